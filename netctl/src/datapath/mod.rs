@@ -1,0 +1,63 @@
+//! The seam between topology and packets. The controller builds links and
+//! addresses; a datapath makes packets move between them: SNAT for egress,
+//! DNAT for published ports, isolation between networks.
+//!
+//! Every method is called in the host namespace (the process has entered it)
+//! and must be idempotent: re-applying what exists changes nothing, removing
+//! what is absent is not an error.
+
+pub mod iptables;
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    config::HostConfig,
+    error::Result,
+    state::{DatapathKind, Endpoint, Network, PortMapping},
+};
+
+/// What a datapath needs to know about the host it runs on.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub config: HostConfig,
+    /// Uplink interface and its primary IPv4 address (SNAT source).
+    pub uplink: Option<Uplink>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Uplink {
+    pub name: String,
+    pub index: u32,
+    pub address: Ipv4Addr,
+}
+
+pub trait Datapath {
+    fn kind(&self) -> DatapathKind;
+
+    /// Host-wide setup before the first network (chains, jumps, programs).
+    fn host_up(&self, host: &HostInfo) -> Result<()>;
+    /// Removes everything the datapath made on the host; keeps going past
+    /// errors and reports all of them.
+    fn host_down(&self) -> Result<()>;
+
+    fn network_up(&self, net: &Network) -> Result<()>;
+    fn network_down(&self, net: &Network) -> Result<()>;
+
+    fn endpoint_added(&self, net: &Network, ep: &Endpoint) -> Result<()>;
+    fn endpoint_removed(&self, net: &Network, ep: &Endpoint) -> Result<()>;
+
+    /// Publishes a batch (one `iptables-restore` or one round of map updates).
+    fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
+    fn ports_unpublished(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
+}
+
+/// The datapath of a given kind for a host.
+pub fn open(kind: DatapathKind, host: &HostInfo) -> Result<Box<dyn Datapath>> {
+    match kind {
+        DatapathKind::Iptables => Ok(Box::new(iptables::Iptables::new(host))),
+        DatapathKind::Ebpf => Err(crate::error::Error::invalid(
+            "datapath ebpf",
+            "not available yet in this build; use --datapath iptables",
+        )),
+    }
+}

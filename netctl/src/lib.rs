@@ -1,0 +1,20 @@
+//! netctl: Docker-style container networking for Linux hosts.
+//!
+//! The library holds everything; `main.rs` only parses the command line.
+//! One module per concern: [`state`] persists, [`ipam`] and [`ports`] are
+//! pure, [`netns`] and [`netlink`] touch the kernel, [`topology`] plans and
+//! applies links and addresses, [`datapath`] moves packets, [`ops`] runs the
+//! commands in transactions.
+
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod error;
+pub mod hosts;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod ops;
+pub mod ports;
+pub mod state;
+pub mod topology;
