@@ -6,6 +6,7 @@
 //! and must be idempotent: re-applying what exists changes nothing, removing
 //! what is absent is not an error.
 
+pub mod ebpf;
 pub mod iptables;
 
 use std::net::Ipv4Addr;
