@@ -1,1 +1,368 @@
-//! TODO
+//! The command line (Docker's words where they fit) and its output.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::{
+    config::HostConfig,
+    error::{Error, Result},
+    netns,
+    ops::{self, ContainerRun, Host, NetworkCreate},
+    process,
+    state::{Container, DatapathKind, Network},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "netctl", version, about = "Docker-style container networking with a TC eBPF datapath")]
+pub struct Cli {
+    /// Host network namespace to act on (a name under /run/netns); the root namespace by default.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub host_netns: Option<String>,
+    /// State directory [default: /var/lib/netctl, or /run/netctl/NAME with --host-netns].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Uplink interface for SNAT [default: the interface of the default route].
+    #[arg(long, global = true, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// cgroup v2 directory for host-side programs and `exec --host` [default: the cgroup v2 root].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage containers (network namespaces attached to networks).
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Run a command inside a container's namespace (peers' names resolve), or on the host.
+    Exec(ExecArgs),
+    /// List a container's published ports.
+    Port { name: String },
+    /// Remove everything netctl made on this host.
+    Down,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a bridge network.
+    Create {
+        name: String,
+        /// Subnet in CIDR form [default: the first free of Docker's pools].
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway (the bridge's address) [default: first address of the subnet].
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Datapath of the host (fixed by its first network).
+        #[arg(long, value_enum)]
+        datapath: Option<DatapathKind>,
+        /// No way out: no SNAT, no published ports, no traffic to other networks.
+        #[arg(long)]
+        internal: bool,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls,
+    /// Show networks in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks (they must have no containers).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every user-defined network without containers.
+    Prune,
+    /// Connect a container to a network.
+    Connect {
+        network: String,
+        container: String,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Disconnect a container from a network.
+    Disconnect { network: String, container: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Make a container namespace and attach it; `-- CMD` starts CMD inside, detached.
+    Run {
+        name: String,
+        /// NET | bridge | host | none | container:NAME
+        #[arg(long, default_value = ops::DEFAULT_NETWORK)]
+        network: String,
+        /// Address on the network [default: the first free one].
+        #[arg(long)]
+        ip: Option<String>,
+        /// Publish a port: [IP:][HOST[-HOST]:]CTR[-CTR][/tcp|/udp].
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
+        /// Publish every --expose'd port on an ephemeral host port.
+        #[arg(short = 'P', long = "publish-all")]
+        publish_all: bool,
+        /// A container port (PORT[/PROTO]) for -P.
+        #[arg(long, value_name = "PORT")]
+        expose: Vec<String>,
+        /// Command to start inside, detached (output in the state dir).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List containers.
+    #[command(alias = "list")]
+    Ls,
+    /// Show containers in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove containers: their command, ports, links and namespace.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Run in the host namespace and cgroup instead of a container.
+    #[arg(long, conflicts_with = "name")]
+    pub host: bool,
+    /// Container to enter.
+    #[arg(required_unless_present = "host")]
+    pub name: Option<String>,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+impl Cli {
+    pub fn host_config(&self) -> HostConfig {
+        HostConfig::new(
+            self.host_netns.clone(),
+            self.state_dir.clone(),
+            self.uplink.clone(),
+            self.cgroup.clone(),
+        )
+    }
+}
+
+/// Runs a parsed command line. The calling thread is already in the host
+/// namespace. `exec` does not return when it succeeds.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = cli.host_config();
+    let format = cli.format;
+    match cli.command {
+        Command::Exec(args) => exec(config, args),
+        Command::Network(cmd) => network(Host::open(config)?, cmd, format).await,
+        Command::Container(cmd) => container(Host::open(config)?, cmd, format).await,
+        Command::Port { name } => {
+            let host = Host::open(config)?;
+            let ctr = host.state.container(&name)?;
+            if format == Format::Json {
+                return print_json(&ctr.ports);
+            }
+            for p in &ctr.ports {
+                println!(
+                    "{}/{} -> {}:{}",
+                    p.container_port,
+                    p.protocol,
+                    p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    p.host_port
+                );
+            }
+            Ok(())
+        }
+        Command::Down => Host::open(config)?.down().await,
+    }
+}
+
+fn exec(config: HostConfig, args: ExecArgs) -> Result<()> {
+    if args.host {
+        let target = process::Target { netns: None, cgroup: Some(&config.cgroup) };
+        return Err(process::exec(&target, &args.command));
+    }
+    let name = args.name.expect("clap requires a name without --host");
+    let ctr = {
+        let dir = crate::state::StateDir::lock(&config.state_dir)?;
+        dir.load()?.container(&name)?.clone()
+    };
+    if let Some(netns_name) = &ctr.netns {
+        if !netns::exists(netns_name) {
+            return Err(Error::system(
+                format!("container {name}"),
+                format!("namespace {netns_name} is gone (run `netctl doctor`)"),
+            ));
+        }
+    }
+    let target = process::Target { netns: ctr.netns.as_deref(), cgroup: None };
+    Err(process::exec(&target, &args.command))
+}
+
+async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<()> {
+    match cmd {
+        NetworkCommand::Create { name, subnet, gateway, datapath, internal } => {
+            let net = host
+                .network_create(NetworkCreate { name, subnet, gateway, datapath, internal })
+                .await?;
+            println!("{}", net.name);
+            Ok(())
+        }
+        NetworkCommand::Ls => {
+            let rows: Vec<NetworkView> =
+                host.state.networks.values().map(|n| NetworkView::new(&host, n)).collect();
+            if format == Format::Json {
+                return print_json(&rows);
+            }
+            print_table(
+                &["NAME", "SUBNET", "GATEWAY", "BRIDGE", "DATAPATH", "INTERNAL", "CONTAINERS"],
+                rows.iter().map(|r| {
+                    vec![
+                        r.network.name.clone(),
+                        r.network.subnet.to_string(),
+                        r.network.gateway.to_string(),
+                        r.network.bridge.clone(),
+                        r.datapath.to_string(),
+                        r.network.internal.to_string(),
+                        r.containers.join(","),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        NetworkCommand::Inspect { names } => {
+            let views = names
+                .iter()
+                .map(|n| host.state.network(n).map(|net| NetworkView::new(&host, net)))
+                .collect::<Result<Vec<_>>>()?;
+            print_json(&views)
+        }
+        NetworkCommand::Rm { names } => {
+            host.network_rm(&names).await?;
+            names.iter().for_each(|n| println!("{n}"));
+            Ok(())
+        }
+        NetworkCommand::Prune => {
+            for name in host.network_prune().await? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        NetworkCommand::Connect { network, container, ip } => {
+            host.network_connect(&network, &container, ip.as_deref()).await
+        }
+        NetworkCommand::Disconnect { network, container } => {
+            host.network_disconnect(&network, &container).await
+        }
+    }
+}
+
+async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Result<()> {
+    match cmd {
+        ContainerCommand::Run { name, network, ip, mut publish, publish_all, expose, command } => {
+            if !expose.is_empty() && !publish_all {
+                return Err(Error::invalid(format!("container {name}"), "--expose needs -P"));
+            }
+            // -P: every exposed port on an ephemeral host port.
+            publish.extend(expose);
+            let ctr = host
+                .container_run(ContainerRun { name, network: Some(network), ip, ports: publish, command })
+                .await?;
+            println!("{}", ctr.name);
+            Ok(())
+        }
+        ContainerCommand::Ls => {
+            let rows: Vec<&Container> = host.state.containers.values().collect();
+            if format == Format::Json {
+                return print_json(&rows);
+            }
+            print_table(
+                &["NAME", "MODE", "NETWORKS", "IPS", "PORTS", "COMMAND"],
+                rows.iter().map(|c| {
+                    vec![
+                        c.name.clone(),
+                        ops::mode_name(&c.mode),
+                        c.endpoints.iter().map(|e| e.network.clone()).collect::<Vec<_>>().join(","),
+                        c.endpoints.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>().join(","),
+                        c.ports.iter().map(|p| p.describe()).collect::<Vec<_>>().join(","),
+                        c.process
+                            .as_ref()
+                            .map(|p| {
+                                let state = if process::is_running(p) { "" } else { " (exited)" };
+                                format!("{}{state}", p.command.join(" "))
+                            })
+                            .unwrap_or_default(),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        ContainerCommand::Inspect { names } => {
+            let ctrs = names.iter().map(|n| host.state.container(n)).collect::<Result<Vec<_>>>()?;
+            print_json(&ctrs)
+        }
+        ContainerCommand::Rm { names } => {
+            host.container_rm(&names).await?;
+            names.iter().for_each(|n| println!("{n}"));
+            Ok(())
+        }
+    }
+}
+
+/// A network as listed: the network, the host's datapath and its members.
+#[derive(Serialize)]
+struct NetworkView<'a> {
+    #[serde(flatten)]
+    network: &'a Network,
+    datapath: String,
+    containers: Vec<String>,
+}
+
+impl<'a> NetworkView<'a> {
+    fn new(host: &'a Host, network: &'a Network) -> Self {
+        NetworkView {
+            network,
+            datapath: host.state.datapath.map(|d| d.to_string()).unwrap_or_default(),
+            containers: host.state.members(&network.name).map(|c| c.name.clone()).collect(),
+        }
+    }
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::system("json output", e))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    rows.into_iter().for_each(line);
+}

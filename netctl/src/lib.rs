@@ -16,5 +16,6 @@ pub mod netlink;
 pub mod netns;
 pub mod ops;
 pub mod ports;
+pub mod process;
 pub mod state;
 pub mod topology;

@@ -1,1 +1,677 @@
-//! TODO
+//! The commands, each a transaction: lock the state → validate → apply the
+//! steps, recording how to undo each → save the state atomically. When a
+//! step fails, the recorded steps are undone in reverse order and the error
+//! of the failed step is returned, so the system is as it was before.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::Ipv4Net;
+
+use crate::{
+    config::HostConfig,
+    datapath::{self, Datapath, HostInfo, Uplink},
+    error::{Error, Result},
+    hosts, ipam,
+    netlink::Netlink,
+    netns,
+    ports::{self, PortSpec},
+    process,
+    state::{
+        Container, DatapathKind, Endpoint, Network, NetworkMode, PortMapping, State, StateDir,
+    },
+    topology,
+};
+
+/// Name of Docker's default network, created on first use.
+pub const DEFAULT_NETWORK: &str = "bridge";
+
+/// The datapath a new host gets when `--datapath` is not given.
+pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Iptables;
+
+/// One step to take back if a later step fails.
+enum Undo {
+    HostDown(DatapathKind),
+    DeleteLink(String),
+    DeleteNetns(String),
+    NetworkDown(Network),
+    EndpointRemoved(Network, Endpoint),
+    PortsUnpublished(Network, Vec<PortMapping>),
+    StopProcess(crate::state::Process),
+}
+
+/// A locked host: the state, a netlink socket in the host namespace and the
+/// steps applied so far.
+pub struct Host {
+    pub config: HostConfig,
+    dir: StateDir,
+    pub state: State,
+    netlink: Netlink,
+    undo: Vec<Undo>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Host {
+    /// Locks the state dir and loads the state. The calling thread must be
+    /// in the host namespace already (main enters it at start-up).
+    pub fn open(config: HostConfig) -> Result<Self> {
+        let dir = StateDir::lock(&config.state_dir)?;
+        let state = dir.load()?;
+        let netlink = Netlink::connect(config.host_netns.as_deref().unwrap_or("root"))?;
+        Ok(Host { config, dir, state, netlink, undo: Vec::new() })
+    }
+
+    /// Host facts for the datapath: the uplink and its address, when found.
+    async fn host_info(&self) -> Result<HostInfo> {
+        let index = match &self.config.uplink {
+            Some(name) => Some(self.netlink.link(name).await?.map(|l| l.index).ok_or_else(|| {
+                Error::invalid(format!("uplink {name}"), "no such interface in the host namespace")
+            })?),
+            None => self.netlink.default_route_interface().await?,
+        };
+        let mut uplink = None;
+        if let Some(index) = index {
+            let name = self.netlink.link_by_index(index).await?.map(|l| l.name).unwrap_or_default();
+            if let Some(address) = self.netlink.ipv4_addresses(index).await?.first() {
+                uplink = Some(Uplink { name, index, address: *address });
+            }
+        }
+        Ok(HostInfo { config: self.config.clone(), uplink })
+    }
+
+    async fn datapath(&self) -> Result<Box<dyn Datapath>> {
+        let kind = self.state.datapath.unwrap_or(DEFAULT_DATAPATH);
+        datapath::open(kind, &self.host_info().await?)
+    }
+
+    /// Runs `apply`; on error undoes what it recorded, on success saves.
+    async fn commit(&mut self, result: Result<()>, removed_netns: &[String]) -> Result<()> {
+        match result {
+            Ok(()) => {
+                let hosts = hosts::refresh(&self.state, removed_netns);
+                self.dir.save(&self.state)?;
+                self.undo.clear();
+                hosts
+            }
+            Err(err) => {
+                let rollback = self.rollback().await;
+                match rollback {
+                    Ok(()) => Err(err),
+                    Err(undo_err) => Err(Error::Many(vec![err, undo_err])),
+                }
+            }
+        }
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        let datapath = self.datapath().await;
+        while let Some(step) = self.undo.pop() {
+            let result = match step {
+                Undo::DeleteLink(name) => self.netlink.delete_link(&name).await,
+                Undo::DeleteNetns(name) => netns::delete(&name),
+                Undo::StopProcess(p) => process::stop(&p),
+                Undo::HostDown(kind) => match datapath::open(kind, &self.host_info().await?) {
+                    Ok(dp) => dp.host_down(),
+                    Err(e) => Err(e),
+                },
+                step => match &datapath {
+                    Ok(dp) => match step {
+                        Undo::NetworkDown(net) => dp.network_down(&net),
+                        Undo::EndpointRemoved(net, ep) => dp.endpoint_removed(&net, &ep),
+                        Undo::PortsUnpublished(net, p) => dp.ports_unpublished(&net, &p),
+                        _ => unreachable!("handled above"),
+                    },
+                    Err(e) => Err(Error::system("datapath", e)),
+                },
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)
+    }
+
+    // ---------------------------------------------------------------- networks
+
+    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        let net = self.plan_network(&req)?;
+        let result = self.apply_network_create(&net, req.datapath).await;
+        self.commit(result, &[]).await?;
+        Ok(net)
+    }
+
+    fn plan_network(&self, req: &NetworkCreate) -> Result<Network> {
+        ipam::check_name("network", &req.name)?;
+        let bridge = ipam::bridge_name(&req.name)?;
+        if self.state.networks.contains_key(&req.name) {
+            return Err(Error::invalid(format!("network {}", req.name), "already exists"));
+        }
+        if let (Some(have), Some(want)) = (self.state.datapath, req.datapath) {
+            if have != want {
+                return Err(Error::invalid(
+                    format!("network {}", req.name),
+                    format!(
+                        "this host uses the {have} datapath; switching to {want} needs `netctl down` first"
+                    ),
+                ));
+            }
+        }
+        let existing: Vec<(&str, Ipv4Net)> =
+            self.state.networks.values().map(|n| (n.name.as_str(), n.subnet)).collect();
+        let subnet = match &req.subnet {
+            Some(text) => {
+                let subnet = ipam::parse_subnet(text)?;
+                ipam::check_overlap(subnet, &existing)?;
+                subnet
+            }
+            None => {
+                if req.gateway.is_some() {
+                    return Err(Error::invalid(
+                        format!("network {}", req.name),
+                        "--gateway needs --subnet",
+                    ));
+                }
+                let subnets: Vec<Ipv4Net> = existing.iter().map(|(_, s)| *s).collect();
+                ipam::pick_subnet(&subnets)?
+            }
+        };
+        let gateway = match &req.gateway {
+            Some(text) => {
+                let gateway = ipam::parse_ip("gateway", text)?;
+                ipam::check_gateway(subnet, gateway)?;
+                gateway
+            }
+            None => ipam::default_gateway(subnet),
+        };
+        Ok(Network {
+            name: req.name.clone(),
+            id: self.state.next_network_id(),
+            bridge,
+            subnet,
+            gateway,
+            internal: req.internal,
+            dns: req.name != DEFAULT_NETWORK,
+            created: now(),
+        })
+    }
+
+    async fn apply_network_create(
+        &mut self,
+        net: &Network,
+        datapath: Option<DatapathKind>,
+    ) -> Result<()> {
+        if self.state.datapath.is_none() {
+            let kind = datapath.unwrap_or(DEFAULT_DATAPATH);
+            let dp = datapath::open(kind, &self.host_info().await?)?;
+            netns::write_sysctl("net.ipv4.ip_forward", "1")?;
+            self.undo.push(Undo::HostDown(kind));
+            dp.host_up(&self.host_info().await?)?;
+            self.state.datapath = Some(kind);
+        }
+        if self.netlink.link(&net.bridge).await?.is_some() {
+            return Err(Error::invalid(
+                format!("network {}", net.name),
+                format!("interface {} already exists on the host", net.bridge),
+            ));
+        }
+        self.undo.push(Undo::DeleteLink(net.bridge.clone()));
+        topology::network_up(&self.netlink, net).await?;
+        let dp = self.datapath().await?;
+        self.undo.push(Undo::NetworkDown(net.clone()));
+        dp.network_up(net)?;
+        self.state.networks.insert(net.name.clone(), net.clone());
+        Ok(())
+    }
+
+    /// The default network, created inside the current transaction if missing.
+    async fn ensure_default_network(&mut self) -> Result<()> {
+        if self.state.networks.contains_key(DEFAULT_NETWORK) {
+            return Ok(());
+        }
+        let req = NetworkCreate { name: DEFAULT_NETWORK.into(), ..NetworkCreate::default() };
+        let net = self.plan_network(&req)?;
+        self.apply_network_create(&net, None).await
+    }
+
+    pub async fn network_rm(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
+            let net = self.state.network(name)?.clone();
+            if name == DEFAULT_NETWORK {
+                return Err(Error::invalid(
+                    format!("network {name}"),
+                    "is the default network and cannot be removed (use `netctl down`)",
+                ));
+            }
+            let users: Vec<&str> = self.state.members(name).map(|c| c.name.as_str()).collect();
+            if !users.is_empty() {
+                return Err(Error::invalid(
+                    format!("network {name}"),
+                    format!("has active endpoints: {}", users.join(", ")),
+                ));
+            }
+            self.remove_network(&net).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes an empty network: datapath first, then the bridge, then state.
+    async fn remove_network(&mut self, net: &Network) -> Result<()> {
+        let dp = self.datapath().await?;
+        let mut errors = Vec::new();
+        if let Err(e) = dp.network_down(net) {
+            errors.push(e);
+        }
+        if let Err(e) = topology::network_down(&self.netlink, net).await {
+            errors.push(e);
+        }
+        self.state.networks.remove(&net.name);
+        let saved = self.dir.save(&self.state);
+        errors.extend(saved.err());
+        Error::collect(errors)
+    }
+
+    /// Removes every user-defined network without containers; returns their names.
+    pub async fn network_prune(&mut self) -> Result<Vec<String>> {
+        let unused: Vec<Network> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.name != DEFAULT_NETWORK && self.state.members(&n.name).next().is_none())
+            .cloned()
+            .collect();
+        let mut errors = Vec::new();
+        for net in &unused {
+            if let Err(e) = self.remove_network(net).await {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)?;
+        Ok(unused.into_iter().map(|n| n.name).collect())
+    }
+
+    pub async fn network_connect(&mut self, network: &str, container: &str, ip: Option<&str>) -> Result<()> {
+        let net = self.state.network(network)?.clone();
+        let ctr = self.state.container(container)?.clone();
+        if ctr.mode != NetworkMode::Bridge {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is in {} mode and cannot join networks", mode_name(&ctr.mode)),
+            ));
+        }
+        if ctr.endpoint(network).is_some() {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is already connected to network {network}"),
+            ));
+        }
+        let ifname = next_ifname(&ctr);
+        let ep = self.plan_endpoint(&net, &ctr.name, &ifname, ip)?;
+        let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
+        let result = self.apply_attach(container, &netns_name, &net, &ep).await;
+        self.commit(result, &[]).await
+    }
+
+    pub async fn network_disconnect(&mut self, network: &str, container: &str) -> Result<()> {
+        let net = self.state.network(network)?.clone();
+        let ctr = self.state.container(container)?.clone();
+        let Some(ep) = ctr.endpoint(network).cloned() else {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is not connected to network {network}"),
+            ));
+        };
+        let dp = self.datapath().await?;
+        let ports: Vec<PortMapping> =
+            ctr.ports.iter().filter(|p| p.network == network).cloned().collect();
+        let mut errors = Vec::new();
+        if !ports.is_empty() {
+            errors.extend(dp.ports_unpublished(&net, &ports).err());
+        }
+        errors.extend(dp.endpoint_removed(&net, &ep).err());
+        errors.extend(topology::detach(&self.netlink, &ep).await.err());
+        let entry = self.state.containers.get_mut(container).expect("checked above");
+        entry.endpoints.retain(|e| e.network != network);
+        entry.ports.retain(|p| p.network != network);
+        let remaining = entry.clone();
+        let gateways = default_gateways(&self.state, &remaining);
+        if let Some(netns_name) = &remaining.netns {
+            errors.extend(topology::restore_default_route(netns_name, &gateways).await.err());
+        }
+        errors.extend(hosts::refresh(&self.state, &[]).err());
+        errors.extend(self.dir.save(&self.state).err());
+        Error::collect(errors)
+    }
+
+    // -------------------------------------------------------------- containers
+
+    pub async fn container_run(&mut self, req: ContainerRun) -> Result<Container> {
+        let result = self.apply_container_run(&req).await;
+        self.commit(result, &[]).await?;
+        Ok(self.state.containers[&req.name].clone())
+    }
+
+    async fn apply_container_run(&mut self, req: &ContainerRun) -> Result<()> {
+        ipam::check_name("container", &req.name)?;
+        let object = || format!("container {}", req.name);
+        if self.state.containers.contains_key(&req.name) {
+            return Err(Error::invalid(object(), "already exists"));
+        }
+        let mode = parse_mode(req.network.as_deref().unwrap_or(DEFAULT_NETWORK));
+        let specs = req.ports.iter().map(|p| ports::parse(p)).collect::<Result<Vec<PortSpec>>>()?;
+        if mode.0 != NetworkMode::Bridge {
+            if !specs.is_empty() {
+                return Err(Error::invalid(
+                    object(),
+                    format!("cannot publish ports in {} network mode", mode_name(&mode.0)),
+                ));
+            }
+            if req.ip.is_some() {
+                return Err(Error::invalid(
+                    object(),
+                    format!("--ip cannot be used in {} network mode", mode_name(&mode.0)),
+                ));
+            }
+        }
+        let (netns_name, mut endpoints) = match &mode {
+            (NetworkMode::Host, _) => (None, Vec::new()),
+            (NetworkMode::Container(other), _) => {
+                let target = self.state.container(other)?;
+                let Some(netns_name) = target.netns.clone() else {
+                    return Err(Error::invalid(
+                        object(),
+                        format!("container {other} uses the host namespace; use --network host"),
+                    ));
+                };
+                (Some(netns_name), Vec::new())
+            }
+            (NetworkMode::None, _) => (Some(self.config.container_netns(&req.name)), Vec::new()),
+            (NetworkMode::Bridge, network) => {
+                let network = network.as_deref().expect("bridge mode names a network");
+                if network == DEFAULT_NETWORK {
+                    self.ensure_default_network().await?;
+                }
+                let net = self.state.network(network)?.clone();
+                if net.internal && !specs.is_empty() {
+                    return Err(Error::invalid(
+                        object(),
+                        format!("cannot publish ports on internal network {network}"),
+                    ));
+                }
+                let ep = self.plan_endpoint(&net, &req.name, "eth0", req.ip.as_deref())?;
+                (Some(self.config.container_netns(&req.name)), vec![(net, ep)])
+            }
+        };
+        let mut container = Container {
+            name: req.name.clone(),
+            mode: mode.0.clone(),
+            netns: netns_name.clone(),
+            endpoints: Vec::new(),
+            ports: Vec::new(),
+            process: None,
+            created: now(),
+        };
+        if let Some((net, ep)) = endpoints.first() {
+            let taken: Vec<PortMapping> = self.state.ports().cloned().collect();
+            container.ports = ports::expand_all(&specs, &taken, &req.name, &net.name, ep.ip)?;
+        }
+        let owns_netns = matches!(mode.0, NetworkMode::Bridge | NetworkMode::None);
+        if let (true, Some(name)) = (owns_netns, &netns_name) {
+            if netns::path(name).exists() {
+                return Err(Error::invalid(object(), format!("namespace {name} already exists")));
+            }
+            self.undo.push(Undo::DeleteNetns(name.clone()));
+            topology::create_container_netns(name).await?;
+        }
+        self.state.containers.insert(req.name.clone(), container.clone());
+        for (net, ep) in endpoints.drain(..) {
+            self.apply_attach(&req.name, netns_name.as_deref().expect("bridge mode"), &net, &ep).await?;
+            if !container.ports.is_empty() {
+                let dp = self.datapath().await?;
+                self.undo.push(Undo::PortsUnpublished(net.clone(), container.ports.clone()));
+                dp.ports_published(&net, &container.ports)?;
+                self.state.containers.get_mut(&req.name).expect("inserted").ports =
+                    container.ports.clone();
+            }
+        }
+        if !req.command.is_empty() {
+            let target = netns_name.as_deref().unwrap_or("");
+            let log = self.config.state_dir.join(format!("{}.log", req.name));
+            let proc = if netns_name.is_some() {
+                process::spawn_detached(target, &req.command, log)?
+            } else {
+                return Err(Error::invalid(
+                    object(),
+                    "a command in host mode runs on the host itself: use `netctl exec --host`",
+                ));
+            };
+            self.undo.push(Undo::StopProcess(proc.clone()));
+            self.state.containers.get_mut(&req.name).expect("inserted").process = Some(proc);
+        }
+        Ok(())
+    }
+
+    fn plan_endpoint(&self, net: &Network, container: &str, ifname: &str, ip: Option<&str>) -> Result<Endpoint> {
+        let used: BTreeSet<Ipv4Addr> =
+            self.state.members(&net.name).filter_map(|c| c.endpoint(&net.name)).map(|e| e.ip).collect();
+        let ip = match ip {
+            Some(text) => {
+                let ip = ipam::parse_ip("ip", text)?;
+                ipam::reserve(net.subnet, net.gateway, &used, ip)?;
+                ip
+            }
+            None => ipam::allocate(net.subnet, net.gateway, &used)?,
+        };
+        Ok(Endpoint {
+            network: net.name.clone(),
+            ifname: ifname.to_owned(),
+            host_veth: ipam::veth_name(container, net.id),
+            ip,
+            mac: ipam::mac_for(ip),
+        })
+    }
+
+    async fn apply_attach(
+        &mut self,
+        container: &str,
+        netns_name: &str,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> Result<()> {
+        if self.netlink.link(&ep.host_veth).await?.is_some() {
+            return Err(Error::system(
+                format!("endpoint {}", ep.host_veth),
+                "interface already exists on the host (left by a crash? run `netctl doctor --fix`)",
+            ));
+        }
+        self.undo.push(Undo::DeleteLink(ep.host_veth.clone()));
+        topology::attach(&self.netlink, netns_name, net, ep).await?;
+        let dp = self.datapath().await?;
+        self.undo.push(Undo::EndpointRemoved(net.clone(), ep.clone()));
+        dp.endpoint_added(net, ep)?;
+        let entry = self.state.containers.get_mut(container).ok_or_else(|| Error::not_found("container", container))?;
+        entry.endpoints.push(ep.clone());
+        Ok(())
+    }
+
+    pub async fn container_rm(&mut self, names: &[String]) -> Result<()> {
+        for name in names {
+            self.state.container(name)?;
+            let sharers: Vec<&str> = self
+                .state
+                .containers
+                .values()
+                .filter(|c| c.mode == NetworkMode::Container(name.clone()))
+                .map(|c| c.name.as_str())
+                .collect();
+            let staying: Vec<&str> = sharers.into_iter().filter(|s| !names.iter().any(|n| n == s)).collect();
+            if !staying.is_empty() {
+                return Err(Error::invalid(
+                    format!("container {name}"),
+                    format!("its namespace is used by container {}", staying.join(", ")),
+                ));
+            }
+        }
+        // Sharers first, so a namespace goes after every container in it.
+        let mut order: Vec<String> = names.to_vec();
+        order.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        let mut errors = Vec::new();
+        for name in &order {
+            if let Err(e) = self.remove_container(name).await {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)
+    }
+
+    /// Takes a container apart, going on past errors: process, ports,
+    /// endpoints, namespace, hosts file, state.
+    async fn remove_container(&mut self, name: &str) -> Result<()> {
+        let ctr = self.state.container(name)?.clone();
+        let mut errors = Vec::new();
+        if let Some(p) = &ctr.process {
+            errors.extend(process::stop(p).err());
+            match std::fs::remove_file(&p.log) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    errors.push(Error::io(format!("log {}", p.log.display()), e))
+                }
+                _ => {}
+            }
+        }
+        match self.datapath().await {
+            Ok(dp) => {
+                for ep in &ctr.endpoints {
+                    let Some(net) = self.state.networks.get(&ep.network) else { continue };
+                    let ports: Vec<PortMapping> =
+                        ctr.ports.iter().filter(|p| p.network == ep.network).cloned().collect();
+                    if !ports.is_empty() {
+                        errors.extend(dp.ports_unpublished(net, &ports).err());
+                    }
+                    errors.extend(dp.endpoint_removed(net, ep).err());
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        for ep in &ctr.endpoints {
+            errors.extend(topology::detach(&self.netlink, ep).await.err());
+        }
+        let mut removed_netns = Vec::new();
+        if matches!(ctr.mode, NetworkMode::Bridge | NetworkMode::None) {
+            if let Some(netns_name) = &ctr.netns {
+                errors.extend(netns::delete(netns_name).err());
+                removed_netns.push(netns_name.clone());
+            }
+        }
+        self.state.containers.remove(name);
+        errors.extend(hosts::refresh(&self.state, &removed_netns).err());
+        errors.extend(self.dir.save(&self.state).err());
+        Error::collect(errors)
+    }
+
+    /// Removes everything netctl made on this host, going on past errors.
+    pub async fn down(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        let mut names: Vec<String> = self.state.containers.keys().cloned().collect();
+        names.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        for name in names {
+            errors.extend(self.remove_container(&name).await.err());
+        }
+        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        for net in &networks {
+            errors.extend(self.remove_network(net).await.err());
+        }
+        if let Some(kind) = self.state.datapath {
+            match datapath::open(kind, &self.host_info().await?) {
+                Ok(dp) => errors.extend(dp.host_down().err()),
+                Err(e) => errors.push(e),
+            }
+        }
+        self.state.datapath = None;
+        if errors.is_empty() {
+            // Nothing left to remember: the state dir goes too (we hold its
+            // lock until exit; a waiting netctl then starts from nothing).
+            errors.extend(self.dir.remove().err());
+        } else {
+            errors.extend(self.dir.save(&self.state).err());
+        }
+        Error::collect(errors)
+    }
+}
+
+/// What `network create` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub datapath: Option<DatapathKind>,
+    pub internal: bool,
+}
+
+/// What `container run` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerRun {
+    pub name: String,
+    pub network: Option<String>,
+    pub ip: Option<String>,
+    pub ports: Vec<String>,
+    pub command: Vec<String>,
+}
+
+/// `--network` value → mode and, for bridge mode, the network's name.
+fn parse_mode(value: &str) -> (NetworkMode, Option<String>) {
+    match value {
+        "host" => (NetworkMode::Host, None),
+        "none" => (NetworkMode::None, None),
+        other => match other.strip_prefix("container:") {
+            Some(target) => (NetworkMode::Container(target.to_owned()), None),
+            None => (NetworkMode::Bridge, Some(other.to_owned())),
+        },
+    }
+}
+
+pub fn mode_name(mode: &NetworkMode) -> String {
+    match mode {
+        NetworkMode::Bridge => "bridge".into(),
+        NetworkMode::Host => "host".into(),
+        NetworkMode::None => "none".into(),
+        NetworkMode::Container(other) => format!("container:{other}"),
+    }
+}
+
+/// First free ethN inside a container.
+fn next_ifname(ctr: &Container) -> String {
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| ctr.endpoints.iter().all(|e| &e.ifname != name))
+        .expect("an unused ethN")
+}
+
+/// Gateways a container could route through, in endpoint order.
+fn default_gateways(state: &State, ctr: &Container) -> Vec<Ipv4Addr> {
+    ctr.endpoints
+        .iter()
+        .filter_map(|e| state.networks.get(&e.network))
+        .filter(|n| !n.internal)
+        .map(|n| n.gateway)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_like_docker() {
+        assert_eq!(parse_mode("host"), (NetworkMode::Host, None));
+        assert_eq!(parse_mode("none"), (NetworkMode::None, None));
+        assert_eq!(parse_mode("container:web"), (NetworkMode::Container("web".into()), None));
+        assert_eq!(parse_mode("front"), (NetworkMode::Bridge, Some("front".into())));
+    }
+}

@@ -1,1 +1,867 @@
-//! TODO
+//! Published ports: Docker's `-p` specs, parsed, then expanded into the
+//! concrete [`PortMapping`]s the datapath installs.
+//!
+//! The forms are Docker's: `[IP:][HOST[-HOST]:]CONTAINER[-CONTAINER][/PROTO]`.
+//! Parsing only checks the text; expanding picks host ports against what is
+//! already published, so that a conflict is refused before anything changes.
+
+use std::{collections::BTreeSet, fmt, net::IpAddr, net::Ipv4Addr, ops::RangeInclusive};
+
+use crate::{
+    error::{Error, Result},
+    ipam::shown,
+    state::{PortMapping, Protocol},
+};
+
+/// Where a spec without host ports publishes: Linux's default
+/// `ip_local_port_range`, which Docker also uses for ephemeral host ports.
+pub const EPHEMERAL_PORTS: RangeInclusive<u16> = 32768..=60999;
+
+/// One `-p` spec, parsed but not yet bound to host ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// `None` publishes on every address of the host (also for `0.0.0.0`).
+    pub host_ip: Option<Ipv4Addr>,
+    /// Inclusive range; `None` asks for ephemeral host ports.
+    pub host_ports: Option<(u16, u16)>,
+    /// Inclusive range.
+    pub container_ports: (u16, u16),
+    pub protocol: Protocol,
+}
+
+/// `8080` or `8080-8090`.
+fn range_text((first, last): (u16, u16)) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
+/// The canonical form of the spec, the one `parse` reads back:
+/// `127.0.0.1:8080-8090:80-90/udp`.
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.host_ip, self.host_ports) {
+            (Some(ip), Some(host)) => write!(f, "{ip}:{}:", range_text(host))?,
+            (Some(ip), None) => write!(f, "{ip}::")?,
+            (None, Some(host)) => write!(f, "{}:", range_text(host))?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", range_text(self.container_ports), self.protocol)
+    }
+}
+
+/// Parses a `-p` spec. Every error names the spec as the user typed it.
+pub fn parse(spec: &str) -> Result<PortSpec> {
+    parse_parts(spec).map_err(|reason| Error::invalid(format!("port spec {}", shown(spec)), reason))
+}
+
+/// The parser proper; its errors are reasons, the caller adds the object.
+fn parse_parts(spec: &str) -> Result<PortSpec, String> {
+    let (ports, protocol) = split_protocol(spec)?;
+    // Like Docker, split from the right: the container ports are last, the
+    // host ports before them, and whatever remains (colons and all) is the IP.
+    let mut parts = ports.rsplitn(3, ':');
+    let container_text = parts.next().unwrap_or_default();
+    let host_text = parts.next().unwrap_or_default();
+    let ip_text = parts.next().unwrap_or_default();
+    let host_ip = parse_host_ip(ip_text)?;
+    let host_ports = match host_text {
+        "" => None,
+        text => Some(parse_range(text).map_err(|reason| hint_missing_host_port(text, reason))?),
+    };
+    let spec = PortSpec {
+        host_ip,
+        host_ports,
+        container_ports: parse_range(container_text)?,
+        protocol,
+    };
+    check_shape(&spec)?;
+    Ok(spec)
+}
+
+/// Splits `80/udp` into the ports and the protocol (TCP when absent).
+fn split_protocol(spec: &str) -> Result<(&str, Protocol), String> {
+    let Some((ports, protocol)) = spec.split_once('/') else {
+        return Ok((spec, Protocol::Tcp));
+    };
+    let protocol = if protocol.eq_ignore_ascii_case("tcp") {
+        Protocol::Tcp
+    } else if protocol.eq_ignore_ascii_case("udp") {
+        Protocol::Udp
+    } else if protocol.is_empty() {
+        return Err("missing protocol after '/' (tcp or udp)".to_owned());
+    } else {
+        return Err(format!("unknown protocol {} (tcp or udp)", shown(protocol)));
+    };
+    Ok((ports, protocol))
+}
+
+/// Empty and `0.0.0.0` both mean every address of the host. IPv6 host
+/// addresses (`[::1]:8080:80`) are recognised only to say they are not
+/// supported.
+fn parse_host_ip(text: &str) -> Result<Option<Ipv4Addr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ok(None),
+        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
+        Ok(IpAddr::V6(_)) => Err(format!(
+            "IPv6 host address {} is not supported",
+            shown(text)
+        )),
+        Err(_) => Err(format!("{} is not a valid IPv4 address", shown(text))),
+    }
+}
+
+/// `127.0.0.1:80` reads as host port `127.0.0.1`: say what was likely meant.
+fn hint_missing_host_port(text: &str, reason: String) -> String {
+    if text.parse::<Ipv4Addr>().is_ok() {
+        format!("{reason} (to publish on {text} with an ephemeral host port, write {text}::PORT)")
+    } else {
+        reason
+    }
+}
+
+/// Parses `80` or `80-90` into an inclusive range.
+fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (parse_port(first)?, parse_port(last)?),
+        None => {
+            let port = parse_port(text)?;
+            (port, port)
+        }
+    };
+    if first > last {
+        return Err(format!("range {first}-{last} is reversed"));
+    }
+    Ok((first, last))
+}
+
+/// Parses one port number, 1 to 65535.
+fn parse_port(text: &str) -> Result<u16, String> {
+    if text.is_empty() {
+        return Err("missing port number".to_owned());
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{} is not a port number", shown(text)));
+    }
+    // Only digits: a parse failure means too many of them.
+    let port = text.parse::<u32>().unwrap_or(u32::MAX);
+    match u16::try_from(port) {
+        Ok(0) => Err("port 0 is not allowed".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("port {text} is out of range 1-65535")),
+    }
+}
+
+/// The rules a spec obeys whether it was parsed or built by hand: ports
+/// from 1, ranges in order, and host ports either one per container port or
+/// a range to pick one from for a single container port.
+fn check_shape(spec: &PortSpec) -> Result<(), String> {
+    let ranges = [Some(spec.container_ports), spec.host_ports];
+    for (first, last) in ranges.into_iter().flatten() {
+        if first == 0 {
+            return Err("port 0 is not allowed".to_owned());
+        }
+        if first > last {
+            return Err(format!("range {first}-{last} is reversed"));
+        }
+    }
+    if let Some(host) = spec.host_ports {
+        let (c_first, c_last) = spec.container_ports;
+        if host.1 - host.0 != c_last - c_first && c_first != c_last {
+            return Err(format!(
+                "host ports {} and container ports {} differ in length",
+                range_text(host),
+                range_text(spec.container_ports)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The container end shared by every mapping of one expansion.
+struct Target<'a> {
+    container: &'a str,
+    network: &'a str,
+    ip: Ipv4Addr,
+}
+
+impl Target<'_> {
+    fn mapping(&self, spec: &PortSpec, host_port: u16, container_port: u16) -> PortMapping {
+        PortMapping {
+            protocol: spec.protocol,
+            host_ip: spec.host_ip,
+            host_port,
+            container_ip: self.ip,
+            container_port,
+            container: self.container.to_owned(),
+            network: self.network.to_owned(),
+        }
+    }
+}
+
+/// `8080/tcp` or `127.0.0.1:8080/tcp`: a host port as errors name it.
+fn host_port_text(host_ip: Option<Ipv4Addr>, ports: (u16, u16), protocol: Protocol) -> String {
+    match host_ip {
+        Some(ip) => format!("{ip}:{}/{protocol}", range_text(ports)),
+        None => format!("{}/{protocol}", range_text(ports)),
+    }
+}
+
+/// Mappings already published on the host plus those of this expansion so
+/// far: a new mapping must conflict with none of them.
+struct Published<'a> {
+    taken: &'a [PortMapping],
+    new: &'a [PortMapping],
+}
+
+impl Published<'_> {
+    fn iter(&self) -> impl Iterator<Item = &PortMapping> {
+        self.taken.iter().chain(self.new)
+    }
+
+    /// The mapping that already holds the host port of `candidate`.
+    fn holder(&self, candidate: &PortMapping) -> Option<&PortMapping> {
+        self.iter().find(|m| m.conflicts_with(candidate))
+    }
+
+    /// The mappings that keep `spec` off their host port: same protocol,
+    /// overlapping host address (the rule of [`PortMapping::conflicts_with`]).
+    fn blockers<'s>(&'s self, spec: &'s PortSpec) -> impl Iterator<Item = &'s PortMapping> + 's {
+        self.iter().filter(|m| {
+            let probe = PortMapping {
+                protocol: spec.protocol,
+                host_ip: spec.host_ip,
+                ..(*m).clone()
+            };
+            m.conflicts_with(&probe)
+        })
+    }
+
+    /// The ports of `range` that `spec` may take, lowest first.
+    fn free_ports(&self, spec: &PortSpec, range: RangeInclusive<u16>) -> impl Iterator<Item = u16> {
+        let busy: BTreeSet<u16> = self.blockers(spec).map(|m| m.host_port).collect();
+        range.filter(move |port| !busy.contains(port))
+    }
+}
+
+/// Turns a spec into concrete mappings for one container endpoint. Fails,
+/// naming the host port and its holder, on any conflict with `taken`.
+pub fn expand(
+    spec: &PortSpec,
+    taken: &[PortMapping],
+    container: &str,
+    network: &str,
+    container_ip: Ipv4Addr,
+) -> Result<Vec<PortMapping>> {
+    expand_all(
+        std::slice::from_ref(spec),
+        taken,
+        container,
+        network,
+        container_ip,
+    )
+}
+
+/// Expands several specs in order; a later spec sees the host ports of the
+/// earlier ones as taken, so two specs of one container cannot collide.
+pub fn expand_all(
+    specs: &[PortSpec],
+    taken: &[PortMapping],
+    container: &str,
+    network: &str,
+    container_ip: Ipv4Addr,
+) -> Result<Vec<PortMapping>> {
+    let target = Target {
+        container,
+        network,
+        ip: container_ip,
+    };
+    let mut out = Vec::new();
+    for spec in specs {
+        check_shape(spec).map_err(|reason| Error::invalid(format!("port spec {spec}"), reason))?;
+        let mappings = expand_one(spec, taken, &out, &target)?;
+        out.extend(mappings);
+    }
+    Ok(out)
+}
+
+/// Expands one well-formed spec against `taken` and the mappings `new`
+/// already made by this expansion.
+fn expand_one(
+    spec: &PortSpec,
+    taken: &[PortMapping],
+    new: &[PortMapping],
+    target: &Target<'_>,
+) -> Result<Vec<PortMapping>> {
+    let (c_first, c_last) = spec.container_ports;
+    match spec.host_ports {
+        Some(host) if c_first == c_last && host.0 != host.1 => {
+            Ok(vec![pick_from_range(spec, host, taken, new, target)?])
+        }
+        Some((h_first, _)) => pairwise(spec, h_first, taken, new, target),
+        None => ephemeral(spec, taken, new, target),
+    }
+}
+
+/// Host range and container range of the same length: `8080-8081:80-81`
+/// maps 8080→80 and 8081→81, every one of them required.
+fn pairwise(
+    spec: &PortSpec,
+    h_first: u16,
+    taken: &[PortMapping],
+    new: &[PortMapping],
+    target: &Target<'_>,
+) -> Result<Vec<PortMapping>> {
+    let published = Published { taken, new };
+    let (c_first, c_last) = spec.container_ports;
+    (c_first..=c_last)
+        .map(|container_port| {
+            let host_port = h_first + (container_port - c_first);
+            let candidate = target.mapping(spec, host_port, container_port);
+            match published.holder(&candidate) {
+                Some(holder) => Err(Error::invalid(
+                    format!(
+                        "host port {}",
+                        host_port_text(spec.host_ip, (host_port, host_port), spec.protocol)
+                    ),
+                    format!("already published by container {}", holder.container),
+                )),
+                None => Ok(candidate),
+            }
+        })
+        .collect()
+}
+
+/// A host range for one container port (`8080-8090:80`): the first free
+/// host port of the range, as Docker does.
+fn pick_from_range(
+    spec: &PortSpec,
+    host: (u16, u16),
+    taken: &[PortMapping],
+    new: &[PortMapping],
+    target: &Target<'_>,
+) -> Result<PortMapping> {
+    let published = Published { taken, new };
+    let range = host.0..=host.1;
+    if let Some(port) = published.free_ports(spec, range.clone()).next() {
+        return Ok(target.mapping(spec, port, spec.container_ports.0));
+    }
+    let holders: BTreeSet<&str> = published
+        .blockers(spec)
+        .filter(|m| range.contains(&m.host_port))
+        .map(|m| m.container.as_str())
+        .collect();
+    let holders: Vec<&str> = holders.into_iter().collect();
+    Err(Error::invalid(
+        format!(
+            "host ports {}",
+            host_port_text(spec.host_ip, host, spec.protocol)
+        ),
+        format!(
+            "all already published (by container {})",
+            holders.join(", ")
+        ),
+    ))
+}
+
+/// No host ports (`80`, `80-90`): each container port gets the lowest free
+/// port of [`EPHEMERAL_PORTS`]. One spec shares protocol and host address,
+/// so the free ports computed once serve every container port in turn.
+fn ephemeral(
+    spec: &PortSpec,
+    taken: &[PortMapping],
+    new: &[PortMapping],
+    target: &Target<'_>,
+) -> Result<Vec<PortMapping>> {
+    let mut free = Published { taken, new }.free_ports(spec, EPHEMERAL_PORTS);
+    let (c_first, c_last) = spec.container_ports;
+    (c_first..=c_last)
+        .map(|container_port| {
+            let port = free.next().ok_or_else(|| {
+                Error::invalid(
+                    format!("port spec {spec}"),
+                    format!(
+                        "no free host port for {container_port}/{} in the ephemeral range {}-{}",
+                        spec.protocol,
+                        EPHEMERAL_PORTS.start(),
+                        EPHEMERAL_PORTS.end()
+                    ),
+                )
+            })?;
+            Ok(target.mapping(spec, port, container_port))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCALHOST: Option<Ipv4Addr> = Some(Ipv4Addr::LOCALHOST);
+    const CTR_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+
+    fn spec(
+        host_ip: Option<Ipv4Addr>,
+        host_ports: Option<(u16, u16)>,
+        container_ports: (u16, u16),
+        protocol: Protocol,
+    ) -> PortSpec {
+        PortSpec {
+            host_ip,
+            host_ports,
+            container_ports,
+            protocol,
+        }
+    }
+
+    /// A mapping held by another container, as `taken` holds it.
+    fn held(
+        container: &str,
+        host_ip: Option<Ipv4Addr>,
+        host_port: u16,
+        protocol: Protocol,
+    ) -> PortMapping {
+        PortMapping {
+            protocol,
+            host_ip,
+            host_port,
+            container_ip: Ipv4Addr::new(172, 18, 0, 2),
+            container_port: 80,
+            container: container.to_owned(),
+            network: "front".to_owned(),
+        }
+    }
+
+    /// A mapping of the container under test ("api" on "back").
+    fn ours(
+        host_ip: Option<Ipv4Addr>,
+        host_port: u16,
+        container_port: u16,
+        protocol: Protocol,
+    ) -> PortMapping {
+        PortMapping {
+            protocol,
+            host_ip,
+            host_port,
+            container_ip: CTR_IP,
+            container_port,
+            container: "api".to_owned(),
+            network: "back".to_owned(),
+        }
+    }
+
+    fn run(text: &str, taken: &[PortMapping]) -> Result<Vec<PortMapping>> {
+        expand(&parse(text).unwrap(), taken, "api", "back", CTR_IP)
+    }
+
+    fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid { .. }),
+            "not a validation error: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(!message.contains('\n'), "multi-line error: {message}");
+        message
+    }
+
+    use Protocol::{Tcp, Udp};
+
+    #[test]
+    fn parse_container_port_only() {
+        assert_eq!(parse("80").unwrap(), spec(None, None, (80, 80), Tcp));
+        assert_eq!(parse("80/udp").unwrap(), spec(None, None, (80, 80), Udp));
+        assert_eq!(parse("53/UDP").unwrap(), spec(None, None, (53, 53), Udp));
+        assert_eq!(parse("80-90").unwrap(), spec(None, None, (80, 90), Tcp));
+    }
+
+    #[test]
+    fn parse_host_and_container_ports() {
+        assert_eq!(
+            parse("8080:80").unwrap(),
+            spec(None, Some((8080, 8080)), (80, 80), Tcp)
+        );
+        assert_eq!(
+            parse("8080:80/tcp").unwrap(),
+            spec(None, Some((8080, 8080)), (80, 80), Tcp)
+        );
+        assert_eq!(
+            parse("65535:1/udp").unwrap(),
+            spec(None, Some((65535, 65535)), (1, 1), Udp)
+        );
+        assert_eq!(
+            parse("8080-8090:80-90").unwrap(),
+            spec(None, Some((8080, 8090)), (80, 90), Tcp)
+        );
+        assert_eq!(
+            parse("8080-8090:80").unwrap(),
+            spec(None, Some((8080, 8090)), (80, 80), Tcp)
+        );
+        // An empty host port is an ephemeral one.
+        assert_eq!(parse(":80").unwrap(), spec(None, None, (80, 80), Tcp));
+    }
+
+    #[test]
+    fn parse_host_address() {
+        assert_eq!(
+            parse("127.0.0.1:8080:80").unwrap(),
+            spec(LOCALHOST, Some((8080, 8080)), (80, 80), Tcp)
+        );
+        assert_eq!(
+            parse("127.0.0.1::80").unwrap(),
+            spec(LOCALHOST, None, (80, 80), Tcp)
+        );
+        assert_eq!(
+            parse("198.51.100.1:5353:53/udp").unwrap(),
+            spec(
+                Some(Ipv4Addr::new(198, 51, 100, 1)),
+                Some((5353, 5353)),
+                (53, 53),
+                Udp
+            )
+        );
+        assert_eq!(
+            parse("0.0.0.0:8080:80").unwrap(),
+            spec(None, Some((8080, 8080)), (80, 80), Tcp)
+        );
+        assert_eq!(parse("::80").unwrap(), spec(None, None, (80, 80), Tcp));
+    }
+
+    #[test]
+    fn parse_rejects_port_zero_and_out_of_range() {
+        assert_eq!(message(parse("0")), "port spec 0: port 0 is not allowed");
+        assert_eq!(
+            message(parse("0:80")),
+            "port spec 0:80: port 0 is not allowed"
+        );
+        assert_eq!(
+            message(parse("8080:0-5")),
+            "port spec 8080:0-5: port 0 is not allowed"
+        );
+        assert_eq!(
+            message(parse("65536:80")),
+            "port spec 65536:80: port 65536 is out of range 1-65535"
+        );
+        assert_eq!(
+            message(parse("99999999999999999999")),
+            "port spec 99999999999999999999: port 99999999999999999999 is out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_non_numeric_ports() {
+        assert_eq!(
+            message(parse("http")),
+            "port spec http: http is not a port number"
+        );
+        assert_eq!(
+            message(parse("8080:+80")),
+            "port spec 8080:+80: +80 is not a port number"
+        );
+        assert_eq!(message(parse("")), "port spec \"\": missing port number");
+        assert_eq!(
+            message(parse("8080:")),
+            "port spec 8080:: missing port number"
+        );
+        assert_eq!(message(parse("80-")), "port spec 80-: missing port number");
+        assert_eq!(
+            message(parse("80 ")),
+            "port spec \"80 \": \"80 \" is not a port number"
+        );
+        assert_eq!(
+            message(parse("127.0.0.1:80")),
+            "port spec 127.0.0.1:80: 127.0.0.1 is not a port number \
+             (to publish on 127.0.0.1 with an ephemeral host port, write 127.0.0.1::PORT)"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_reversed_ranges() {
+        assert_eq!(
+            message(parse("90-80")),
+            "port spec 90-80: range 90-80 is reversed"
+        );
+        assert_eq!(
+            message(parse("8090-8080:80")),
+            "port spec 8090-8080:80: range 8090-8080 is reversed"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_ranges_of_different_lengths() {
+        assert_eq!(
+            message(parse("8080-8085:80-90")),
+            "port spec 8080-8085:80-90: host ports 8080-8085 and container ports 80-90 differ in length"
+        );
+        assert_eq!(
+            message(parse("8080:80-81")),
+            "port spec 8080:80-81: host ports 8080 and container ports 80-81 differ in length"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_bad_and_ipv6_addresses() {
+        assert_eq!(
+            message(parse("127.0.0.300:8080:80")),
+            "port spec 127.0.0.300:8080:80: 127.0.0.300 is not a valid IPv4 address"
+        );
+        assert_eq!(
+            message(parse("localhost:8080:80")),
+            "port spec localhost:8080:80: localhost is not a valid IPv4 address"
+        );
+        assert_eq!(
+            message(parse("[::1]:8080:80")),
+            "port spec [::1]:8080:80: IPv6 host address [::1] is not supported"
+        );
+        assert_eq!(
+            message(parse("::1:8080:80")),
+            "port spec ::1:8080:80: IPv6 host address ::1 is not supported"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_unknown_protocols() {
+        assert_eq!(
+            message(parse("80/sctp")),
+            "port spec 80/sctp: unknown protocol sctp (tcp or udp)"
+        );
+        assert_eq!(
+            message(parse("80/tcp/udp")),
+            "port spec 80/tcp/udp: unknown protocol tcp/udp (tcp or udp)"
+        );
+        assert_eq!(
+            message(parse("80/")),
+            "port spec 80/: missing protocol after '/' (tcp or udp)"
+        );
+    }
+
+    #[test]
+    fn display_is_canonical_and_parses_back() {
+        for (text, canonical) in [
+            ("80", "80/tcp"),
+            ("80-90/udp", "80-90/udp"),
+            ("8080:80", "8080:80/tcp"),
+            ("8080-8090:80", "8080-8090:80/tcp"),
+            (
+                "127.0.0.1:8080-8081:80-81/udp",
+                "127.0.0.1:8080-8081:80-81/udp",
+            ),
+            ("127.0.0.1::80", "127.0.0.1::80/tcp"),
+            ("0.0.0.0:8080:80", "8080:80/tcp"),
+        ] {
+            let parsed = parse(text).unwrap();
+            assert_eq!(parsed.to_string(), canonical);
+            assert_eq!(parse(canonical).unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn expand_single_port() {
+        assert_eq!(
+            run("8080:80", &[]).unwrap(),
+            vec![ours(None, 8080, 80, Tcp)]
+        );
+        assert_eq!(
+            run("127.0.0.1:53:53/udp", &[]).unwrap(),
+            vec![ours(LOCALHOST, 53, 53, Udp)]
+        );
+    }
+
+    #[test]
+    fn expand_equal_ranges_pairwise() {
+        assert_eq!(
+            run("8080-8082:80-82", &[]).unwrap(),
+            vec![
+                ours(None, 8080, 80, Tcp),
+                ours(None, 8081, 81, Tcp),
+                ours(None, 8082, 82, Tcp)
+            ]
+        );
+    }
+
+    #[test]
+    fn expand_host_range_picks_the_first_free_port() {
+        assert_eq!(
+            run("8080-8090:80", &[]).unwrap(),
+            vec![ours(None, 8080, 80, Tcp)]
+        );
+        let taken = [
+            held("web", None, 8080, Tcp),
+            held("db", LOCALHOST, 8081, Tcp),
+            held("dns", None, 8082, Udp),
+        ];
+        assert_eq!(
+            run("8080-8090:80", &taken).unwrap(),
+            vec![ours(None, 8082, 80, Tcp)]
+        );
+        // On another address, 127.0.0.1:8081 does not get in the way.
+        assert_eq!(
+            run("198.51.100.1:8080-8090:80", &taken).unwrap(),
+            vec![ours(Some(Ipv4Addr::new(198, 51, 100, 1)), 8081, 80, Tcp)]
+        );
+    }
+
+    #[test]
+    fn expand_host_range_fails_when_all_are_taken() {
+        let taken = [
+            held("web", None, 8080, Tcp),
+            held("db", LOCALHOST, 8081, Tcp),
+            held("web", None, 8081, Udp),
+        ];
+        assert_eq!(
+            message(run("127.0.0.1:8080-8081:80", &taken)),
+            "host ports 127.0.0.1:8080-8081/tcp: all already published (by container db, web)"
+        );
+    }
+
+    #[test]
+    fn expand_ephemeral_takes_the_lowest_free_ports() {
+        assert_eq!(run("80", &[]).unwrap(), vec![ours(None, 32768, 80, Tcp)]);
+        let taken = [
+            held("web", None, 32768, Tcp),
+            held("db", None, 32770, Tcp),
+            held("dns", None, 32769, Udp),
+        ];
+        assert_eq!(
+            run("80-82", &taken).unwrap(),
+            vec![
+                ours(None, 32769, 80, Tcp),
+                ours(None, 32771, 81, Tcp),
+                ours(None, 32772, 82, Tcp)
+            ]
+        );
+        assert_eq!(
+            run("53/udp", &taken).unwrap(),
+            vec![ours(None, 32768, 53, Udp)]
+        );
+        assert_eq!(
+            run(
+                "127.0.0.1::80",
+                &[held("web", Some(Ipv4Addr::new(10, 0, 0, 1)), 32768, Tcp)]
+            )
+            .unwrap(),
+            vec![ours(LOCALHOST, 32768, 80, Tcp)]
+        );
+    }
+
+    #[test]
+    fn expand_ephemeral_fails_when_the_range_is_exhausted() {
+        let taken: Vec<PortMapping> = EPHEMERAL_PORTS
+            .map(|port| held("web", None, port, Tcp))
+            .collect();
+        assert_eq!(
+            message(run("80", &taken)),
+            "port spec 80/tcp: no free host port for 80/tcp in the ephemeral range 32768-60999"
+        );
+        // UDP is a separate space.
+        assert_eq!(
+            run("80/udp", &taken).unwrap(),
+            vec![ours(None, 32768, 80, Udp)]
+        );
+        // The last free port goes to the first container port; the second has none.
+        let taken = &taken[..taken.len() - 1];
+        assert!(message(run("80-81", taken)).contains("no free host port for 81/tcp"));
+    }
+
+    #[test]
+    fn expand_names_the_holder_of_a_taken_port() {
+        let taken = [held("web", None, 8080, Tcp)];
+        assert_eq!(
+            message(run("8080:80", &taken)),
+            "host port 8080/tcp: already published by container web"
+        );
+        // A specific address collides with "every address", and back.
+        assert_eq!(
+            message(run("127.0.0.1:8080:80", &taken)),
+            "host port 127.0.0.1:8080/tcp: already published by container web"
+        );
+        let taken = [held("db", LOCALHOST, 9001, Tcp)];
+        assert_eq!(
+            message(run("9000-9001:90-91", &taken)),
+            "host port 9001/tcp: already published by container db"
+        );
+        // Different protocol or different address: no conflict.
+        assert_eq!(
+            run("9001:91/udp", &taken).unwrap(),
+            vec![ours(None, 9001, 91, Udp)]
+        );
+        assert_eq!(
+            run("198.51.100.1:9001:91", &taken).unwrap(),
+            vec![ours(Some(Ipv4Addr::new(198, 51, 100, 1)), 9001, 91, Tcp)]
+        );
+    }
+
+    #[test]
+    fn expand_rejects_a_malformed_hand_built_spec() {
+        let bad = spec(None, Some((8080, 8081)), (80, 82), Tcp);
+        assert_eq!(
+            message(expand(&bad, &[], "api", "back", CTR_IP)),
+            "port spec 8080-8081:80-82/tcp: host ports 8080-8081 and container ports 80-82 differ in length"
+        );
+        let reversed = spec(None, None, (90, 80), Tcp);
+        assert!(message(expand(&reversed, &[], "api", "back", CTR_IP))
+            .contains("range 90-80 is reversed"));
+        let zero = spec(None, Some((0, 0)), (80, 80), Tcp);
+        assert!(
+            message(expand(&zero, &[], "api", "back", CTR_IP)).contains("port 0 is not allowed")
+        );
+    }
+
+    #[test]
+    fn expand_all_keeps_order_and_shares_ephemeral_ports() {
+        let specs = [
+            parse("8080:80").unwrap(),
+            parse("443").unwrap(),
+            parse("53/udp").unwrap(),
+            parse("22").unwrap(),
+        ];
+        let taken = [held("web", None, 32768, Tcp)];
+        assert_eq!(
+            expand_all(&specs, &taken, "api", "back", CTR_IP).unwrap(),
+            vec![
+                ours(None, 8080, 80, Tcp),
+                ours(None, 32769, 443, Tcp),
+                ours(None, 32768, 53, Udp),
+                ours(None, 32770, 22, Tcp),
+            ]
+        );
+        assert_eq!(
+            expand_all(&[], &taken, "api", "back", CTR_IP).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn expand_all_rejects_conflicts_between_specs() {
+        let specs = [
+            parse("8080:80").unwrap(),
+            parse("127.0.0.1:8080:81").unwrap(),
+        ];
+        assert_eq!(
+            message(expand_all(&specs, &[], "api", "back", CTR_IP)),
+            "host port 127.0.0.1:8080/tcp: already published by container api"
+        );
+        // A range spec skips a port an earlier spec took.
+        let specs = [parse("8080:80").unwrap(), parse("8080-8090:81").unwrap()];
+        assert_eq!(
+            expand_all(&specs, &[], "api", "back", CTR_IP).unwrap(),
+            vec![ours(None, 8080, 80, Tcp), ours(None, 8081, 81, Tcp)]
+        );
+        // And a conflict with `taken` is still named.
+        let specs = [parse("8081:81").unwrap(), parse("8080:80").unwrap()];
+        let taken = [held("web", None, 8080, Tcp)];
+        assert_eq!(
+            message(expand_all(&specs, &taken, "api", "back", CTR_IP)),
+            "host port 8080/tcp: already published by container web"
+        );
+    }
+}

@@ -269,6 +269,12 @@ impl StateDir {
         }
     }
 
+    /// Deletes the state dir and everything in it.
+    pub fn remove(&self) -> Result<()> {
+        fs::remove_dir_all(&self.path)
+            .map_err(|e| Error::io(format!("state dir {}", self.path.display()), e))
+    }
+
     /// Replaces the state file atomically: a crash leaves the old or the new
     /// state, never a torn one.
     pub fn save(&self, state: &State) -> Result<()> {

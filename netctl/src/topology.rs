@@ -1,1 +1,119 @@
-//! TODO
+//! Links and addresses of networks and endpoints, applied through netlink.
+//!
+//! Each function does one step that the caller records in its undo list;
+//! none of them touches the datapath or the state.
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    error::{Error, Result},
+    netlink::Netlink,
+    netns,
+    state::{Endpoint, Network},
+};
+
+/// Bridge up with the gateway address: the network exists in the kernel.
+pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
+    let bridge = host.ensure_bridge(&net.bridge).await?;
+    host.add_address(bridge, net.gateway, net.subnet.prefix_len()).await
+}
+
+/// Deletes the bridge (its address and any enslaved veth ends go with it).
+pub async fn network_down(host: &Netlink, net: &Network) -> Result<()> {
+    host.delete_link(&net.bridge).await
+}
+
+/// Makes a container namespace with `lo` up.
+pub async fn create_container_netns(name: &str) -> Result<()> {
+    netns::create(name)?;
+    let inside = match Netlink::connect_in(name) {
+        Ok(inside) => inside,
+        Err(e) => {
+            let _ = netns::delete(name);
+            return Err(e);
+        }
+    };
+    let lo = inside.index("lo").await?;
+    inside.set_up(lo).await
+}
+
+/// Name of the container-side veth end while it is still in the host
+/// namespace (renamed to `ifname` once inside).
+fn peer_name(ep: &Endpoint) -> String {
+    format!("{}p", ep.host_veth)
+}
+
+pub fn parse_mac(mac: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))?;
+    bytes.try_into().map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))
+}
+
+/// Connects a container namespace to a network: a veth pair whose host end
+/// joins the bridge and whose other end becomes `ifname` inside, with the
+/// endpoint's MAC and address, and a default route via the gateway unless
+/// the network is internal. On failure the pair is deleted again, which
+/// leaves the system as before.
+pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoint) -> Result<()> {
+    let peer = peer_name(ep);
+    host.add_veth(&ep.host_veth, &peer).await?;
+    let result = async {
+        let bridge = host.index(&net.bridge).await?;
+        let host_end = host.index(&ep.host_veth).await?;
+        host.set_master(host_end, bridge).await?;
+        host.set_hairpin(host_end).await?;
+        host.set_up(host_end).await?;
+        let peer_index = host.index(&peer).await?;
+        let ns = netns::open(netns_name)?;
+        host.move_to_netns(peer_index, &ns, netns_name).await?;
+        configure_inside(netns_name, &peer, net, ep).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = host.delete_link(&ep.host_veth).await;
+    }
+    result
+}
+
+async fn configure_inside(netns_name: &str, peer: &str, net: &Network, ep: &Endpoint) -> Result<()> {
+    let inside = Netlink::connect_in(netns_name)?;
+    let index = inside.index(peer).await?;
+    inside.rename(index, &ep.ifname).await?;
+    inside.set_mac(index, parse_mac(&ep.mac)?).await?;
+    inside.add_address(index, ep.ip, net.subnet.prefix_len()).await?;
+    inside.set_up(index).await?;
+    if !net.internal {
+        inside.add_default_route(net.gateway).await?;
+    }
+    Ok(())
+}
+
+/// Removes an endpoint's veth pair (from the host side; absent is fine).
+pub async fn detach(host: &Netlink, ep: &Endpoint) -> Result<()> {
+    host.delete_link(&ep.host_veth).await
+}
+
+/// After a detach, gives the container a default route again through one of
+/// the networks it is still on (the route left with the deleted link).
+pub async fn restore_default_route(netns_name: &str, gateways: &[Ipv4Addr]) -> Result<()> {
+    let Some(gateway) = gateways.first() else {
+        return Ok(());
+    };
+    let inside = Netlink::connect_in(netns_name)?;
+    inside.add_default_route(*gateway).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_reject() {
+        assert_eq!(parse_mac("02:42:ac:12:00:02").unwrap(), [2, 0x42, 0xac, 0x12, 0, 2]);
+        assert!(parse_mac("02:42:ac:12:00").is_err());
+        assert!(parse_mac("zz:42:ac:12:00:02").is_err());
+    }
+}

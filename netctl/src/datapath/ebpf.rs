@@ -4,4 +4,4 @@
 //! it); the datapath itself is the eBPF issue's work.
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"));

@@ -1,0 +1,41 @@
+//! IPv4 addresses on links.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::address::AddressAttribute;
+
+use super::{errno, Netlink};
+use crate::error::Result;
+
+impl Netlink {
+    /// Adds `ip/prefix` to a link; present already is not an error.
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.error(format!("address {ip}/{prefix} on link #{index}"), e)),
+        }
+    }
+
+    /// IPv4 addresses of a link, primary first.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.error(format!("addresses of link #{index}"), e))?;
+        Ok(messages
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,152 @@
+//! Links: bridges, veth pairs, moving and renaming, up, master, MAC.
+
+use std::os::fd::AsRawFd as _;
+
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+
+use super::{collect, errno, Netlink};
+use crate::error::{Error, Result};
+
+/// What netctl needs to know of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+    /// Index of the bridge it is enslaved to.
+    pub master: Option<u32>,
+}
+
+impl LinkInfo {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mac: None,
+            master: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => info.name = name.clone(),
+                LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                    info.mac = bytes.as_slice().try_into().ok()
+                }
+                LinkAttribute::Controller(index) => info.master = Some(*index),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+impl Netlink {
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let request = self.handle.link().get().match_name(name.to_owned()).execute();
+        let links = collect(request).await.map_err(|e| self.error(format!("link {name}"), e))?;
+        Ok(links.first().map(LinkInfo::from_message))
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
+        let request = self.handle.link().get().match_index(index).execute();
+        let links = collect(request).await.map_err(|e| self.error(format!("link #{index}"), e))?;
+        Ok(links.first().map(LinkInfo::from_message))
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let request = self.handle.link().get().execute();
+        let links = collect(request).await.map_err(|e| self.error("links", e))?;
+        Ok(links.iter().map(LinkInfo::from_message).collect())
+    }
+
+    /// Index of a link that must exist.
+    pub async fn index(&self, name: &str) -> Result<u32> {
+        self.link(name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| Error::system(format!("link {name} in netns {}", self.netns), "not found"))
+    }
+
+    /// Creates a bridge (up) unless it exists; returns its index.
+    pub async fn ensure_bridge(&self, name: &str) -> Result<u32> {
+        if let Some(link) = self.link(name).await? {
+            self.set_up(link.index).await?;
+            return Ok(link.index);
+        }
+        let msg = LinkBridge::new(name).up().build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.error(format!("bridge {name}"), e))?;
+        self.index(name).await
+    }
+
+    /// Creates a veth pair; both ends stay down.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
+        let msg = LinkVeth::new(name, peer).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| self.error(format!("veth {name}/{peer}"), e))
+    }
+
+    async fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
+        self.handle.link().set(msg).execute().await.map_err(|e| self.error(what, e))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(format!("link #{index} up"), LinkUnspec::new_with_index(index).up().build()).await
+    }
+
+    pub async fn set_master(&self, index: u32, bridge: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).controller(bridge).build();
+        self.set(format!("link #{index} master #{bridge}"), msg).await
+    }
+
+    /// Hairpin mode on a bridge port: a frame may leave by the port it came
+    /// in, so a container reaches its own published port through the host.
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        let msg = LinkBridgePort::new(index).hairpin(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| self.error(format!("link #{index} hairpin"), e))
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        self.set(format!("link #{index} address"), msg).await
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).name(name.to_owned()).build();
+        self.set(format!("link #{index} name {name}"), msg).await
+    }
+
+    /// Moves a link into the namespace open as `netns`.
+    pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File, what: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build();
+        self.set(format!("link #{index} to netns {what}"), msg).await
+    }
+
+    /// Deletes a link by name; absent is not an error (deleting one end of
+    /// a veth pair deletes both).
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(self.error(format!("delete link {name}"), e)),
+        }
+    }
+}

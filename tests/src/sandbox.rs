@@ -1,0 +1,288 @@
+//! A sandbox per test: a host namespace (passed to netctl with
+//! `--host-netns`), an "outside" namespace on TEST-NET addresses linked to it
+//! by a veth pair (the uplink), and a cgroup of its own. Everything carries a
+//! unique prefix and is removed when the `Sandbox` drops, also when the test
+//! panics. The root namespace is never changed.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use netctl::{netlink::Netlink, netns};
+
+/// The host's uplink address (SNAT source) and the outside peer's.
+pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const UPLINK: &str = "uplink0";
+const WAN: &str = "wan0";
+
+pub struct Sandbox {
+    pub prefix: String,
+    pub host_netns: String,
+    pub outside_netns: String,
+    pub cgroup: PathBuf,
+    pub state_dir: PathBuf,
+    pub datapath: String,
+    children: Vec<Child>,
+}
+
+/// Directory holding the workspace's binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+}
+
+pub fn netctl_bin() -> PathBuf {
+    let path = std::env::var_os("NETCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("netctl"));
+    assert!(path.exists(), "{} missing: run `cargo build -p netctl` (cargo xtask test does)", path.display());
+    path
+}
+
+/// The traffic tool of this crate (built with its integration tests).
+pub fn nettool_bin() -> PathBuf {
+    bin_dir().join("nettool")
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Mount point of the cgroup v2 hierarchy.
+fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("a cgroup2 mount")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+impl Sandbox {
+    pub fn new(datapath: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("nt{:x}x{n}", std::process::id());
+        let host_netns = format!("{prefix}-host");
+        let sandbox = Sandbox {
+            outside_netns: format!("{prefix}-out"),
+            cgroup: cgroup2_root().join(&prefix),
+            state_dir: PathBuf::from("/run/netctl").join(&host_netns),
+            host_netns,
+            prefix,
+            datapath: datapath.to_owned(),
+            children: Vec::new(),
+        };
+        // Built after the struct exists, so a failure half-way is cleaned by Drop.
+        sandbox.build().unwrap_or_else(|e| panic!("sandbox {}: {e}", sandbox.prefix));
+        sandbox
+    }
+
+    fn build(&self) -> netctl::error::Result<()> {
+        netns::create(&self.host_netns)?;
+        netns::create(&self.outside_netns)?;
+        fs::create_dir(&self.cgroup).map_err(|e| netctl::error::Error::io("sandbox cgroup", e))?;
+        runtime().block_on(async {
+            let host = Netlink::connect_in(&self.host_netns)?;
+            let outside = Netlink::connect_in(&self.outside_netns)?;
+            host.add_veth(UPLINK, WAN).await?;
+            let wan = host.index(WAN).await?;
+            host.move_to_netns(wan, &netns::open(&self.outside_netns)?, &self.outside_netns).await?;
+            for (nl, ifname, ip) in [(&host, UPLINK, HOST_UPLINK_IP), (&outside, WAN, OUTSIDE_IP)] {
+                let lo = nl.index("lo").await?;
+                nl.set_up(lo).await?;
+                let index = nl.index(ifname).await?;
+                nl.add_address(index, ip, 24).await?;
+                nl.set_up(index).await?;
+            }
+            host.add_default_route(OUTSIDE_IP).await
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(netctl_bin());
+        cmd.arg("--host-netns")
+            .arg(&self.host_netns)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs netctl against this sandbox's host.
+    pub fn netctl(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run netctl")
+    }
+
+    /// Runs netctl and returns its stdout; panics with its stderr on failure.
+    pub fn netctl_ok(&self, args: &[&str]) -> String {
+        let out = self.netctl(args);
+        assert!(
+            out.status.success(),
+            "netctl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs netctl expecting failure; returns (exit code, stderr).
+    pub fn netctl_err(&self, args: &[&str]) -> (i32, String) {
+        let out = self.netctl(args);
+        assert!(!out.status.success(), "netctl {} succeeded but should fail", args.join(" "));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Creates a network on this sandbox's datapath.
+    pub fn network(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["network", "create", name, "--datapath", &self.datapath];
+        args.extend_from_slice(extra);
+        self.netctl_ok(&args);
+    }
+
+    /// Container JSON from `container inspect`.
+    pub fn inspect(&self, container: &str) -> serde_json::Value {
+        let text = self.netctl_ok(&["--format", "json", "container", "inspect", container]);
+        let value: serde_json::Value = serde_json::from_str(&text).expect("inspect json");
+        value[0].clone()
+    }
+
+    /// A container's address on a network.
+    pub fn ip_of(&self, container: &str, network: &str) -> Ipv4Addr {
+        let ctr = self.inspect(container);
+        let endpoints = ctr["endpoints"].as_array().expect("endpoints");
+        endpoints
+            .iter()
+            .find(|e| e["network"] == network)
+            .and_then(|e| e["ip"].as_str())
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("{container} has no address on {network}"))
+    }
+
+    /// Runs a command in a container through `netctl exec`.
+    pub fn exec(&self, container: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["exec", container, "--"];
+        args.extend_from_slice(argv);
+        self.netctl(&args)
+    }
+
+    /// Runs a command in a namespace of the sandbox (setns in a thread of
+    /// its own; the child inherits it).
+    pub fn run_in(&self, netns_name: &str, argv: &[&str]) -> Output {
+        let netns_name = netns_name.to_owned();
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        std::thread::spawn(move || {
+            let _guard = netns::NetnsGuard::enter(&netns_name).expect("enter netns");
+            Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).output().expect("run")
+        })
+        .join()
+        .expect("thread")
+    }
+
+    pub fn outside(&self, argv: &[&str]) -> Output {
+        self.run_in(&self.outside_netns, argv)
+    }
+
+    pub fn in_host(&self, argv: &[&str]) -> Output {
+        self.run_in(&self.host_netns, argv)
+    }
+
+    /// Starts a long-running process in a namespace of the sandbox; killed on drop.
+    pub fn spawn_in(&mut self, netns_name: &str, argv: &[&str]) {
+        let netns_name = netns_name.to_owned();
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let child = std::thread::spawn(move || {
+            let _guard = netns::NetnsGuard::enter(&netns_name).expect("enter netns");
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn")
+        })
+        .join()
+        .expect("thread");
+        self.children.push(child);
+    }
+
+    /// Rules of the host namespace as `iptables-save` prints them.
+    pub fn iptables_save(&self) -> String {
+        let out = self.in_host(&["iptables-save"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names of the links in the host namespace, sorted.
+    pub fn host_links(&self) -> Vec<String> {
+        let host_netns = self.host_netns.clone();
+        std::thread::spawn(move || {
+            runtime().block_on(async {
+                let nl = Netlink::connect_in(&host_netns).expect("netlink");
+                let mut names: Vec<String> =
+                    nl.links().await.expect("links").into_iter().map(|l| l.name).collect();
+                names.sort();
+                names
+            })
+        })
+        .join()
+        .expect("thread")
+    }
+
+    /// Namespaces under /run/netns that belong to this sandbox.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(netns::NETNS_DIR)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(&self.prefix));
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // netctl's own teardown first (rules, links, processes), then anything left.
+        if netns::exists(&self.host_netns) && netctl_bin().exists() {
+            let _ = self.command(&["down"]).output();
+        }
+        if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+        for _ in 0..50 {
+            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for name in self.namespaces() {
+            let _ = netns::delete(&name);
+        }
+        if let Ok(dir) = fs::read_dir(netctl::hosts::ETC_NETNS) {
+            for entry in dir.filter_map(|e| e.ok()) {
+                if entry.file_name().to_string_lossy().starts_with(&self.prefix) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
