@@ -3,6 +3,45 @@
 //! Every map key and value is `#[repr(C)]` with explicit padding so both
 //! sides agree on the layout; sizes are asserted at compile time. With the
 //! `user` feature the types implement `aya::Pod` for the controller.
+//! Addresses and ports are stored in network byte order, as they appear in
+//! packets, so the programs compare them without conversion.
 #![no_std]
 
+pub mod config;
+pub mod conntrack;
+pub mod endpoint;
+pub mod portmap;
 pub mod stats;
+
+/// Names of the maps, as the controller opens and pins them.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const NETWORKS: &str = "NETWORKS";
+    pub const PORTMAP: &str = "PORTMAP";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const STATS: &str = "STATS";
+}
+
+/// Declares `aya::Pod` for types that are plain old data (repr(C), every
+/// byte initialised, padding explicit).
+#[cfg(feature = "user")]
+macro_rules! pod {
+    ($($t:ty),* $(,)?) => {
+        // SAFETY: each type is repr(C) with explicit padding fields and no
+        // pointers, so every bit pattern is valid and no byte is uninitialised.
+        $( unsafe impl aya::Pod for $t {} )*
+    };
+}
+
+#[cfg(feature = "user")]
+pod!(
+    config::Config,
+    conntrack::CtKey,
+    conntrack::CtEntry,
+    endpoint::EndpointInfo,
+    endpoint::NetworkInfo,
+    portmap::PortKey,
+    portmap::PortTarget,
+    stats::Counter,
+);

@@ -27,7 +27,3 @@ pub struct Counter {
 }
 
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-
-#[cfg(feature = "user")]
-// SAFETY: plain old data, repr(C), no padding.
-unsafe impl aya::Pod for Counter {}

@@ -1,0 +1,25 @@
+//! `CONFIG`: a one-slot array with the host's settings.
+
+/// Host settings the programs need. Slot 0 of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Uplink interface (SNAT leaves and published ports arrive here).
+    pub uplink_ifindex: u32,
+    /// Uplink IPv4 address, network order: the SNAT source.
+    pub uplink_ip: u32,
+    /// SNAT source ports, host order, inclusive.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Netns cookie of the host namespace: the cgroup programs act only on
+    /// sockets of this namespace.
+    pub host_netns_cookie: u64,
+    /// `CONFIG_FLAG_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// aya-log debug output on (off by default: it costs per packet).
+pub const CONFIG_FLAG_LOG: u32 = 1;
+
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
