@@ -149,6 +149,11 @@ fn published_udp_port_and_ranges(datapath: &str) {
     assert_eq!(lines, ["80/tcp -> 0.0.0.0:9000", "81/tcp -> 0.0.0.0:9001", "90/tcp -> 0.0.0.0:32768"]);
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "9001"]));
     assert_eq!(peer_ip(&reply), OUTSIDE_IP, "second port of the range reaches container port 81");
+
+    // -P publishes every --expose'd port on the next free ephemeral port.
+    sb.netctl_ok(&["container", "run", "auto", "--network", "front", "-P", "--expose", "7000", "--expose", "7001/udp"]);
+    let ports = sb.netctl_ok(&["port", "auto"]);
+    assert_eq!(ports.lines().collect::<Vec<_>>(), ["7000/tcp -> 0.0.0.0:32769", "7001/udp -> 0.0.0.0:32768"]);
 }
 
 fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
@@ -160,6 +165,15 @@ fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
         });
         assert!(reply.starts_with("peer="), "host → {target}:8080 answered {reply:?}");
     }
+    // Published on 127.0.0.1 only: the host reaches it, the outside does not.
+    let tool = nettool();
+    sb.netctl_ok(&["container", "run", "local", "--network", "front", "-p", "127.0.0.1:8181:80", "--", &tool, "serve", "tcp", "80"]);
+    let reply = call_until_answer(|| {
+        sb.netctl(&["exec", "--host", "--", &nettool(), "call", "tcp", "127.0.0.1", "8181"])
+    });
+    assert!(reply.starts_with("peer="), "{reply}");
+    let host = HOST_UPLINK_IP.to_string();
+    assert!(!sb.outside(&[&nettool(), "call", "tcp", &host, "8181"]).status.success());
 }
 
 fn hairpin_from_a_container_to_a_published_port(datapath: &str) {
