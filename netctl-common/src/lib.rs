@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod endpoint;
 pub mod portmap;
+pub mod sock;
 pub mod stats;
 
 /// Names of the maps, as the controller opens and pins them.
@@ -21,6 +22,7 @@ pub mod maps {
     pub const PORTMAP: &str = "PORTMAP";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const STATS: &str = "STATS";
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 }
 
 /// Declares `aya::Pod` for types that are plain old data (repr(C), every
@@ -43,5 +45,7 @@ pod!(
     endpoint::NetworkInfo,
     portmap::PortKey,
     portmap::PortTarget,
+    sock::SockRevKey,
+    sock::SockRevValue,
     stats::Counter,
 );

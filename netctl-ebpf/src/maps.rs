@@ -1,0 +1,43 @@
+//! The maps shared by every program, pinned by name under the host's bpffs
+//! directory (the loader passes it as the pin path), so that a new netctl
+//! process, or a reloaded program, finds the same state.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use netctl_common::{
+    config::Config,
+    conntrack::{CtEntry, CtKey},
+    endpoint::{EndpointInfo, NetworkInfo},
+    portmap::{PortKey, PortTarget},
+    sock::{SockRevKey, SockRevValue},
+    stats::{Counter, STAT_COUNT},
+};
+
+#[map]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Container address → its veth, MAC and network.
+#[map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(65_536, 0);
+
+/// Network id → subnet, gateway, bridge, flags.
+#[map]
+pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(4_096, 0);
+
+/// Published ports.
+#[map]
+pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::pinned(65_536, 0);
+
+/// Translated flows, one entry per direction. LRU: when full, the least
+/// recently used flow is evicted rather than a new one refused.
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+/// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
+#[map]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(65_536, 0);
+
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STAT_COUNT, 0);

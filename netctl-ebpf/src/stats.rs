@@ -1,0 +1,16 @@
+//! Counting verdicts and drop reasons into `STATS`.
+
+use netctl_common::stats::StatIndex;
+
+use crate::maps::STATS;
+
+#[inline(always)]
+pub fn count(index: StatIndex, bytes: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index as u32) {
+        // SAFETY: a per-CPU slot: no other writer runs on this CPU meanwhile.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += u64::from(bytes);
+        }
+    }
+}
