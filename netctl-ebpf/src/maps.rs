@@ -1,6 +1,10 @@
-//! The maps shared by every program, pinned by name under the host's bpffs
-//! directory (the loader passes it as the pin path), so that a new netctl
-//! process, or a reloaded program, finds the same state.
+//! The maps shared by every program.
+//!
+//! Declared unpinned on purpose: aya would pin `pinned` maps under the root
+//! of bpffs by default. The controller instead gives each map its own pin
+//! path under the host's directory (`EbpfLoader::map_pin_path`), so that a
+//! new netctl process or a reloaded program finds the same state, while
+//! tests that load the object get private maps.
 
 use aya_ebpf::{
     macros::map,
@@ -16,28 +20,28 @@ use netctl_common::{
 };
 
 #[map]
-pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Container address → its veth, MAC and network.
 #[map]
-pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(65_536, 0);
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(65_536, 0);
 
 /// Network id → subnet, gateway, bridge, flags.
 #[map]
-pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::pinned(4_096, 0);
+pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(4_096, 0);
 
 /// Published ports.
 #[map]
-pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::pinned(65_536, 0);
+pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(65_536, 0);
 
 /// Translated flows, one entry per direction. LRU: when full, the least
 /// recently used flow is evicted rather than a new one refused.
 #[map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(262_144, 0);
 
 /// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
 #[map]
-pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(65_536, 0);
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::with_max_entries(65_536, 0);
 
 #[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STAT_COUNT, 0);
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
