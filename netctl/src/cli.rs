@@ -54,6 +54,11 @@ pub enum Command {
     Exec(ExecArgs),
     /// List a container's published ports.
     Port { name: String },
+    /// The eBPF datapath's connection tracking table.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+    /// Counters and drop reasons of the eBPF datapath.
+    Stats,
     /// Remove everything netctl made on this host.
     Down,
 }
@@ -141,6 +146,18 @@ pub enum ContainerCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConntrackCommand {
+    /// List translated flows (one entry per direction).
+    #[command(alias = "list")]
+    Ls,
+    /// Remove every entry (established flows are re-created only for
+    /// published ports; SNAT flows then break, as with `conntrack -F`).
+    Flush,
+    /// Remove expired entries.
+    Gc,
+}
+
 #[derive(Args, Debug)]
 pub struct ExecArgs {
     /// Run in the host namespace and cgroup instead of a container.
@@ -168,6 +185,16 @@ impl Cli {
 /// namespace. `exec` does not return when it succeeds.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = cli.host_config();
+    let fresh = !config.state_dir.exists();
+    let state_dir = config.state_dir.clone();
+    let result = dispatch(cli, config).await;
+    if fresh {
+        crate::state::remove_if_unused(&state_dir);
+    }
+    result
+}
+
+async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
     let format = cli.format;
     match cli.command {
         Command::Exec(args) => exec(config, args),
@@ -191,6 +218,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Down => Host::open(config)?.down().await,
+        Command::Conntrack(cmd) => conntrack(&Host::open(config)?, cmd, format),
+        Command::Stats => stats(&Host::open(config)?, format),
     }
 }
 
@@ -324,6 +353,76 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             Ok(())
         }
     }
+}
+
+/// The pin directory of a host whose datapath is eBPF, or why there is none.
+fn ebpf_pins(host: &Host, what: &str) -> Result<std::path::PathBuf> {
+    match host.state.datapath {
+        Some(DatapathKind::Ebpf) => Ok(host.config.pin_dir()),
+        Some(DatapathKind::Iptables) => Err(Error::invalid(
+            what,
+            "this host uses the iptables datapath (its flows: `conntrack -L` in the host namespace)",
+        )),
+        None => Err(Error::invalid(what, "no datapath on this host yet (create a network first)")),
+    }
+}
+
+fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
+    let pins = ebpf_pins(host, "conntrack")?;
+    match cmd {
+        ConntrackCommand::Ls => {
+            let flows = crate::datapath::ebpf::conntrack_list(&pins)?;
+            if format == Format::Json {
+                return print_json(&flows);
+            }
+            print_table(
+                &["PROTO", "SRC", "DST", "TO SRC", "TO DST", "KIND", "DIR", "STATE", "IDLE", "PACKETS", "BYTES"],
+                flows.iter().map(|f| {
+                    vec![
+                        f.proto.to_string(),
+                        f.src.clone(),
+                        f.dst.clone(),
+                        f.translated_src.clone(),
+                        f.translated_dst.clone(),
+                        f.kind.to_string(),
+                        f.direction.to_string(),
+                        f.state.to_string(),
+                        format!("{}s", f.idle_seconds),
+                        f.packets.to_string(),
+                        f.bytes.to_string(),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        ConntrackCommand::Flush => {
+            let n = crate::datapath::ebpf::conntrack_remove(&pins, |_, _| true)?;
+            println!("{n} entries removed");
+            Ok(())
+        }
+        ConntrackCommand::Gc => {
+            let n = crate::datapath::ebpf::conntrack_gc(&pins)?;
+            println!("{n} expired entries removed");
+            Ok(())
+        }
+    }
+}
+
+fn stats(host: &Host, format: Format) -> Result<()> {
+    let pins = ebpf_pins(host, "stats")?;
+    let counters = crate::datapath::ebpf::stats(&pins)?;
+    if format == Format::Json {
+        let map: std::collections::BTreeMap<&str, serde_json::Value> = counters
+            .iter()
+            .map(|(name, c)| (*name, serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+            .collect();
+        return print_json(&map);
+    }
+    print_table(
+        &["COUNTER", "PACKETS", "BYTES"],
+        counters.iter().map(|(name, c)| vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]),
+    );
+    Ok(())
 }
 
 /// A network as listed: the network, the host's datapath and its members.

@@ -219,6 +219,15 @@ pub struct StateDir {
 }
 
 const STATE_FILE: &str = "state.json";
+
+/// Removes a state dir in which nothing was ever saved: a command that
+/// failed, or only read, on a fresh host leaves no trace.
+pub fn remove_if_unused(path: &Path) {
+    if !path.join(STATE_FILE).exists() {
+        let _ = fs::remove_file(path.join(LOCK_FILE));
+        let _ = fs::remove_dir(path);
+    }
+}
 const LOCK_FILE: &str = "lock";
 
 impl StateDir {

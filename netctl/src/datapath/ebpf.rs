@@ -1,7 +1,616 @@
 //! The eBPF datapath: TC programs and BPF maps, no iptables.
 //!
-//! Only the object is exposed for now (the toolchain is proven by loading
-//! it); the datapath itself is the eBPF issue's work.
+//! `host_up` loads the object once, pins every map, program and link under
+//! the host's bpffs directory (`/sys/fs/bpf/netctl/<host id>/`) and writes
+//! `CONFIG`. Every later change — a network, an endpoint, a published port —
+//! opens what is pinned and edits maps (plus one TCX attach per endpoint):
+//! no reload, and nothing stops when netctl exits, because the links are
+//! pinned. `host_down` unpins everything, which detaches the programs.
+//!
+//! Layout of the pin directory:
+//! ```text
+//! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, PORTMAP, CONNTRACK, SOCK_REVNAT, STATS
+//! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
+//! links/<ifname>@<program>    TCX links (uplink, and each endpoint's host-side veth)
+//! links/cgroup@<program>      cgroup sock_addr links (on --cgroup)
+//! ```
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use netctl_common::{
+    config::Config,
+    conntrack::{timeout_ns, CtEntry, CtKey},
+    endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
+    maps,
+    portmap::{PortKey, PortTarget},
+    stats::{Counter, STAT_COUNT, STAT_NAMES},
+};
+
+use super::{Datapath, HostInfo};
+use crate::{
+    error::{Error, Result},
+    state::{DatapathKind, Endpoint, Network, PortMapping},
+};
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Every map of the object, pinned by the controller.
+const MAP_NAMES: [&str; 7] = [
+    maps::CONFIG,
+    maps::ENDPOINTS,
+    maps::NETWORKS,
+    maps::PORTMAP,
+    maps::CONNTRACK,
+    maps::SOCK_REVNAT,
+    maps::STATS,
+];
+
+const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+/// TC programs on the uplink and the hook each goes on.
+const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] =
+    [("uplink_ingress", TcAttachType::Ingress), ("uplink_egress", TcAttachType::Egress)];
+/// cgroup programs: host processes reaching published ports.
+const SOCK_PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
+
+/// SNAT source ports: above the kernel's default ephemeral range
+/// (32768–60999), so translated flows never take a port the host's own
+/// sockets on the uplink address could use.
+pub const SNAT_PORTS: (u16, u16) = (61_000, 65_535);
+
+pub struct Ebpf {
+    pin_dir: PathBuf,
+    host: HostInfo,
+}
+
+fn bpf_error(object: impl Into<String>, err: impl std::fmt::Display) -> Error {
+    Error::system(object, err)
+}
+
+/// Network byte order in a u32, as the programs read addresses from packets.
+fn be_ip(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip_from_be(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn port_key(p: &PortMapping) -> PortKey {
+    PortKey {
+        host_ip: p.host_ip.map(be_ip).unwrap_or(0),
+        host_port: p.host_port.to_be(),
+        proto: p.protocol.number(),
+        _pad: 0,
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not there yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let is_bpffs = nix::sys::statfs::statfs(BPFFS)
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if is_bpffs {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).map_err(|e| Error::io(BPFFS, e))?;
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| Error::system(BPFFS, format!("mount bpffs: {e}")))
+}
+
+/// Interface index in the namespace of the calling thread.
+fn ifindex(name: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(name)
+        .map_err(|e| Error::system(format!("interface {name}"), e))
+}
+
+/// MAC of an interface in the namespace of the calling thread.
+fn mac_of(name: &str) -> Result<[u8; 6]> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::system(format!("interface {name}"), e))?;
+    // SAFETY: ifreq is plain data; the name is NUL-terminated within IFNAMSIZ
+    // (names are at most 15 bytes); SIOCGIFHWADDR only writes into ifreq.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+            *dst = src as libc::c_char;
+        }
+        use std::os::fd::AsRawFd as _;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) < 0 {
+            return Err(Error::system(
+                format!("interface {name}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let data = req.ifr_ifru.ifru_hwaddr.sa_data;
+        Ok([data[0] as u8, data[1] as u8, data[2] as u8, data[3] as u8, data[4] as u8, data[5] as u8])
+    }
+}
+
+/// Netns cookie of the namespace of the calling thread.
+fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::system("netns cookie", e))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(Error::system("netns cookie", std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+/// Typed view of a pinned hash map.
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
+    let path = dir.join("maps").join(name);
+    let data = MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
+    let map = if name == maps::CONNTRACK || name == maps::SOCK_REVNAT {
+        Map::LruHashMap(data)
+    } else {
+        Map::HashMap(data)
+    };
+    HashMap::try_from(map).map_err(|e| bpf_error(format!("map {}", path.display()), e))
+}
+
+impl Ebpf {
+    pub fn new(host: &HostInfo) -> Self {
+        Ebpf { pin_dir: host.config.pin_dir(), host: host.clone() }
+    }
+
+    fn map_path(&self, name: &str) -> PathBuf {
+        self.pin_dir.join("maps").join(name)
+    }
+
+    fn prog_path(&self, name: &str) -> PathBuf {
+        self.pin_dir.join("progs").join(name)
+    }
+
+    fn link_path(&self, target: &str, program: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{target}@{program}"))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>> {
+        pinned_hash(&self.pin_dir, name)
+    }
+
+    /// Whether the datapath of this host is loaded (its maps are pinned).
+    pub fn is_loaded(&self) -> bool {
+        self.map_path(maps::CONFIG).exists()
+    }
+
+    fn config(&self) -> Result<Config> {
+        let uplink = self.host.uplink.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "datapath ebpf",
+                "needs an uplink with an IPv4 address: a default route in the host namespace, or --uplink",
+            )
+        })?;
+        Ok(Config {
+            uplink_ifindex: uplink.index,
+            uplink_ip: be_ip(uplink.address),
+            snat_port_min: SNAT_PORTS.0,
+            snat_port_max: SNAT_PORTS.1,
+            host_netns_cookie: netns_cookie()?,
+            flags: 0,
+            _pad: 0,
+        })
+    }
+
+    /// Loads the object with every map pinned under our directory (reusing
+    /// maps pinned by an earlier load), pins the programs and attaches the
+    /// uplink and cgroup ones with pinned links.
+    fn load_and_attach(&self) -> Result<()> {
+        let config = self.config()?;
+        for sub in ["maps", "progs", "links"] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.pin_dir.join(sub))
+                .map_err(|e| Error::io(format!("pin dir {}", self.pin_dir.display()), e))?;
+        }
+        let map_paths: Vec<(&str, PathBuf)> =
+            MAP_NAMES.iter().map(|name| (*name, self.map_path(name))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut bpf = loader.load(EBPF_OBJECT).map_err(|e| bpf_error("ebpf object", e))?;
+
+        let mut config_map: Array<_, Config> = Array::try_from(
+            bpf.map_mut(maps::CONFIG).ok_or_else(|| bpf_error("map CONFIG", "missing"))?,
+        )
+        .map_err(|e| bpf_error("map CONFIG", e))?;
+        config_map.set(0, config, 0).map_err(|e| bpf_error("map CONFIG", e))?;
+
+        let uplink = self.host.uplink.as_ref().expect("checked by config()");
+        for (name, hook) in [(ENDPOINT_INGRESS, None)]
+            .into_iter()
+            .chain(UPLINK_PROGRAMS.iter().map(|(n, h)| (*n, Some(*h))))
+        {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| bpf_error(format!("program {name}"), "missing from the object"))?
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load().map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let path = self.prog_path(name);
+            let _ = fs::remove_file(&path);
+            prog.pin(&path).map_err(|e| bpf_error(format!("program {name}"), e))?;
+            if let Some(hook) = hook {
+                attach_tc(prog, &uplink.name, hook, &self.link_path(&uplink.name, name))?;
+            }
+        }
+        let cgroup = fs::File::open(&self.host.config.cgroup)
+            .map_err(|e| Error::io(format!("cgroup {}", self.host.config.cgroup.display()), e))?;
+        for name in SOCK_PROGRAMS {
+            let Some(program) = bpf.program_mut(name) else {
+                // Built without the cgroup programs: host → published port
+                // then needs them; say so rather than fail the whole host.
+                log::warn!("program {name} missing from the object: host → published port disabled");
+                continue;
+            };
+            let prog: &mut CgroupSockAddr =
+                program.try_into().map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load().map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| bpf_error(format!("program {name} on cgroup"), e))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| bpf_error(format!("program {name}"), e))?
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let path = self.link_path("cgroup", name);
+            let _ = fs::remove_file(&path);
+            link.pin(&path).map_err(|e| bpf_error(format!("link {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a pinned link, which detaches its program.
+    fn unpin_link(path: &Path) -> Result<()> {
+        match PinnedLink::from_pin(path) {
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .map_err(|e| Error::io(format!("link {}", path.display()), e)),
+            Err(_) if !path.exists() => Ok(()),
+            Err(e) => Err(bpf_error(format!("link {}", path.display()), e)),
+        }
+    }
+}
+
+/// Attaches with TCX and pins the link (it outlives this process).
+fn attach_tc(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType, pin: &Path) -> Result<()> {
+    let name = prog.info().ok().and_then(|i| i.name_as_str().map(str::to_owned)).unwrap_or_default();
+    let id = prog
+        .attach(ifname, hook)
+        .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?
+        .try_into()
+        .map_err(|e| bpf_error(format!("link of {name} on {ifname} (TCX needed, Linux 6.6+)"), e))?;
+    let _ = fs::remove_file(pin);
+    link.pin(pin).map_err(|e| bpf_error(format!("link {}", pin.display()), e))?;
+    Ok(())
+}
+
+impl Datapath for Ebpf {
+    fn kind(&self) -> DatapathKind {
+        DatapathKind::Ebpf
+    }
+
+    fn host_up(&self, _host: &HostInfo) -> Result<()> {
+        ensure_bpffs()?;
+        if self.is_loaded() {
+            return Ok(());
+        }
+        let result = self.load_and_attach();
+        if result.is_err() {
+            let _ = self.host_down();
+        }
+        result
+    }
+
+    fn host_down(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Ok(dir) = fs::read_dir(self.pin_dir.join("links")) {
+            for entry in dir.flatten() {
+                errors.extend(Self::unpin_link(&entry.path()).err());
+            }
+        }
+        match fs::remove_dir_all(&self.pin_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(Error::io(format!("pin dir {}", self.pin_dir.display()), e)),
+        }
+        // The parent /sys/fs/bpf/netctl goes when the last host does.
+        if let Some(parent) = self.pin_dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+        Error::collect(errors)
+    }
+
+    fn network_up(&self, net: &Network) -> Result<()> {
+        let info = NetworkInfo {
+            subnet: be_ip(net.subnet.network()),
+            mask: be_ip(net.subnet.netmask()),
+            gateway: be_ip(net.gateway),
+            bridge_ifindex: ifindex(&net.bridge)?,
+            bridge_mac: mac_of(&net.bridge)?,
+            _pad: [0; 2],
+            flags: if net.internal { NETWORK_FLAG_INTERNAL } else { 0 },
+        };
+        self.hash::<u32, NetworkInfo>(maps::NETWORKS)?
+            .insert(net.id, info, 0)
+            .map_err(|e| bpf_error(format!("network {}: map NETWORKS", net.name), e))
+    }
+
+    fn network_down(&self, net: &Network) -> Result<()> {
+        match self.hash::<u32, NetworkInfo>(maps::NETWORKS)?.remove(&net.id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(bpf_error(format!("network {}: map NETWORKS", net.name), e)),
+        }
+    }
+
+    fn endpoint_added(&self, net: &Network, ep: &Endpoint) -> Result<()> {
+        let index = ifindex(&ep.host_veth)?;
+        let info = EndpointInfo {
+            ifindex: index,
+            network_id: net.id,
+            mac: crate::topology::parse_mac(&ep.mac)?,
+            _pad: [0; 2],
+        };
+        self.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
+            .insert(be_ip(ep.ip), info, 0)
+            .map_err(|e| bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e))?;
+        let mut prog = SchedClassifier::from_pin(self.prog_path(ENDPOINT_INGRESS))
+            .map_err(|e| bpf_error(format!("program {ENDPOINT_INGRESS}"), e))?;
+        attach_tc(
+            &mut prog,
+            &ep.host_veth,
+            TcAttachType::Ingress,
+            &self.link_path(&ep.host_veth, ENDPOINT_INGRESS),
+        )
+    }
+
+    fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        let mut errors = Vec::new();
+        errors.extend(Self::unpin_link(&self.link_path(&ep.host_veth, ENDPOINT_INGRESS)).err());
+        match self.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?.remove(&be_ip(ep.ip)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => errors.push(bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e)),
+        }
+        // Its flows die with it: a later container reusing the address must
+        // not inherit them.
+        errors.extend(conntrack_remove(&self.pin_dir, |k, e| {
+            [k.saddr, k.daddr, e.saddr, e.daddr].contains(&be_ip(ep.ip))
+        })
+        .err());
+        Error::collect(errors)
+    }
+
+    fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {
+        if net.internal {
+            return Err(Error::invalid(
+                format!("network {}", net.name),
+                "is internal: no published ports",
+            ));
+        }
+        let endpoints = self.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?;
+        let mut portmap = self.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
+        let mut done = Vec::new();
+        for p in ports {
+            let target = endpoints.get(&be_ip(p.container_ip), 0).map_err(|e| {
+                bpf_error(format!("port {}: endpoint {}", p.describe(), p.container_ip), e)
+            })?;
+            let value = PortTarget {
+                ip: be_ip(p.container_ip),
+                port: p.container_port.to_be(),
+                _pad: 0,
+                ifindex: target.ifindex,
+            };
+            if let Err(e) = portmap.insert(port_key(p), value, 0) {
+                // All or nothing: take back this batch's entries.
+                for key in &done {
+                    let _ = portmap.remove(key);
+                }
+                return Err(bpf_error(format!("port {}: map PORTMAP", p.describe()), e));
+            }
+            done.push(port_key(p));
+        }
+        Ok(())
+    }
+
+    fn ports_unpublished(&self, _net: &Network, ports: &[PortMapping]) -> Result<()> {
+        let mut portmap = self.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
+        let mut errors = Vec::new();
+        for p in ports {
+            match portmap.remove(&port_key(p)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => errors.push(bpf_error(format!("port {}: map PORTMAP", p.describe()), e)),
+            }
+        }
+        Error::collect(errors)
+    }
+}
+
+/// One conntrack entry, decoded for `netctl conntrack ls`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Flow {
+    pub proto: &'static str,
+    pub src: String,
+    pub dst: String,
+    pub translated_src: String,
+    pub translated_dst: String,
+    pub kind: &'static str,
+    pub direction: &'static str,
+    pub state: &'static str,
+    pub idle_seconds: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        _ => "other",
+    }
+}
+
+fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
+    use netctl_common::conntrack::*;
+    let addr = |ip: u32, port: u16| format!("{}:{}", ip_from_be(ip), u16::from_be(port));
+    Flow {
+        proto: proto_name(k.proto),
+        src: addr(k.saddr, k.sport),
+        dst: addr(k.daddr, k.dport),
+        translated_src: addr(e.saddr, e.sport),
+        translated_dst: addr(e.daddr, e.dport),
+        kind: match e.kind {
+            CT_KIND_SNAT => "snat",
+            CT_KIND_DNAT => "dnat",
+            CT_KIND_HAIRPIN => "hairpin",
+            _ => "unknown",
+        },
+        direction: if e.direction == CT_DIR_REPLY { "reply" } else { "original" },
+        state: match e.state {
+            CT_STATE_NEW => "new",
+            CT_STATE_ESTABLISHED => "established",
+            CT_STATE_CLOSING => "closing",
+            _ => "unknown",
+        },
+        idle_seconds: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
+        packets: e.packets,
+        bytes: e.bytes,
+    }
+}
+
+/// The flows of a host's conntrack table.
+pub fn conntrack_list(pin_dir: &Path) -> Result<Vec<Flow>> {
+    let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
+    let now = monotonic_ns();
+    let mut flows = Vec::new();
+    for item in map.iter() {
+        let (k, e) = item.map_err(|e| bpf_error("map CONNTRACK", e))?;
+        flows.push(decode(&k, &e, now));
+    }
+    Ok(flows)
+}
+
+/// Removes the entries `doomed` selects; returns how many went.
+pub fn conntrack_remove(pin_dir: &Path, doomed: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+    let mut map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
+    // Collect first: deleting while iterating a hash map restarts the walk.
+    let keys: Vec<CtKey> = map
+        .iter()
+        .filter_map(|item| item.ok())
+        .filter(|(k, e)| doomed(k, e))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &keys {
+        match map.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(bpf_error("map CONNTRACK", e)),
+        }
+    }
+    Ok(keys.len())
+}
+
+/// Removes expired entries (the programs also expire them on lookup).
+pub fn conntrack_gc(pin_dir: &Path) -> Result<usize> {
+    let now = monotonic_ns();
+    conntrack_remove(pin_dir, |k, e| now.saturating_sub(e.last_seen_ns) > timeout_ns(k.proto, e.state))
+}
+
+/// Counters summed over CPUs, in index order.
+pub fn stats(pin_dir: &Path) -> Result<Vec<(&'static str, Counter)>> {
+    let path = pin_dir.join("maps").join(maps::STATS);
+    let data = MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
+    let map: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| bpf_error("map STATS", e))?;
+    let mut out = Vec::new();
+    for index in 0..STAT_COUNT {
+        let values = map.get(&index, 0).map_err(|e| bpf_error("map STATS", e))?;
+        let total = values.iter().fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        });
+        out.push((STAT_NAMES[index as usize], total));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_ports_are_stored_as_on_the_wire() {
+        let ip = Ipv4Addr::new(172, 18, 0, 2);
+        assert_eq!(be_ip(ip).to_ne_bytes(), [172, 18, 0, 2]);
+        assert_eq!(ip_from_be(be_ip(ip)), ip);
+        let p = PortMapping {
+            protocol: crate::state::Protocol::Udp,
+            host_ip: None,
+            host_port: 8080,
+            container_ip: ip,
+            container_port: 80,
+            container: "web".into(),
+            network: "front".into(),
+        };
+        let key = port_key(&p);
+        assert_eq!(key.host_ip, 0);
+        assert_eq!(key.host_port.to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(key.proto, 17);
+    }
+}

@@ -56,9 +56,6 @@ pub trait Datapath {
 pub fn open(kind: DatapathKind, host: &HostInfo) -> Result<Box<dyn Datapath>> {
     match kind {
         DatapathKind::Iptables => Ok(Box::new(iptables::Iptables::new(host))),
-        DatapathKind::Ebpf => Err(crate::error::Error::invalid(
-            "datapath ebpf",
-            "not available yet in this build; use --datapath iptables",
-        )),
+        DatapathKind::Ebpf => Ok(Box::new(ebpf::Ebpf::new(host))),
     }
 }
