@@ -121,6 +121,12 @@ fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
     let reply = call_until_answer(|| sb.exec("a", &[&nettool(), "call", "udp", &server, "9001"]));
     assert_eq!(peer_ip(&reply), HOST_UPLINK_IP, "UDP leaves with the uplink address");
     assert!(pings(&sb, "a", &server), "ICMP echo through SNAT");
+    if datapath == "ebpf" {
+        assert_no_rules(&sb);
+        let flows = sb.netctl_ok(&["conntrack", "ls"]);
+        assert!(flows.lines().any(|l| l.contains("snat") && l.contains("172.18.0.2:")), "{flows}");
+        assert!(flows.lines().any(|l| l.starts_with("icmp")), "{flows}");
+    }
 }
 
 fn published_port_from_outside_keeps_the_source(datapath: &str) {
@@ -132,6 +138,34 @@ fn published_port_from_outside_keeps_the_source(datapath: &str) {
     assert_eq!(sb.netctl_ok(&["port", "web"]).trim(), "80/tcp -> 0.0.0.0:8080");
     // Unpublished ports are not reachable.
     assert!(!sb.outside(&[&nettool(), "call", "tcp", &host, "8081"]).status.success());
+    if datapath == "ebpf" {
+        assert_no_rules(&sb);
+        // The flow is in the eBPF conntrack table, both directions, and counted.
+        let flows: serde_json::Value =
+            serde_json::from_str(&sb.netctl_ok(&["--format", "json", "conntrack", "ls"])).unwrap();
+        let flows = flows.as_array().unwrap();
+        assert!(
+            flows.iter().any(|f| f["kind"] == "dnat"
+                && f["translated_dst"] == "172.18.0.2:80"
+                && f["src"].as_str().unwrap().starts_with("198.51.100.2:")),
+            "{flows:?}"
+        );
+        let stats: serde_json::Value =
+            serde_json::from_str(&sb.netctl_ok(&["--format", "json", "stats"])).unwrap();
+        assert!(stats["dnat"]["packets"].as_u64().unwrap() > 0, "{stats}");
+        assert!(stats["redirect_peer"]["packets"].as_u64().unwrap() > 0, "{stats}");
+    }
+}
+
+/// In ebpf mode the host namespace has no netctl chains and no nat or
+/// filter rules at all.
+fn assert_no_rules(sb: &Sandbox) {
+    let rules = sb.iptables_save();
+    assert!(!rules.contains("NETCTL"), "{rules}");
+    assert!(!rules.lines().any(|l| l.starts_with("-A")), "rules in ebpf mode:\n{rules}");
+    let nft = sb.in_host(&["nft", "list", "ruleset"]);
+    let nft = String::from_utf8_lossy(&nft.stdout);
+    assert!(nft.trim().is_empty(), "nftables ruleset in ebpf mode:\n{nft}");
 }
 
 fn published_udp_port_and_ranges(datapath: &str) {

@@ -293,7 +293,7 @@ impl Ebpf {
                 program.try_into().map_err(|e| bpf_error(format!("program {name}"), e))?;
             prog.load().map_err(|e| bpf_error(format!("program {name}"), e))?;
             let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
+                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
                 .map_err(|e| bpf_error(format!("program {name} on cgroup"), e))?;
             let link: FdLink = prog
                 .take_link(id)
