@@ -15,7 +15,11 @@ use crate::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "netctl", version, about = "Docker-style container networking with a TC eBPF datapath")]
+#[command(
+    name = "netctl",
+    version,
+    about = "Docker-style container networking with a TC eBPF datapath"
+)]
 pub struct Cli {
     /// Host network namespace to act on (a name under /run/netns); the root namespace by default.
     #[arg(long, global = true, value_name = "NAME")]
@@ -225,7 +229,10 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
 
 fn exec(config: HostConfig, args: ExecArgs) -> Result<()> {
     if args.host {
-        let target = process::Target { netns: None, cgroup: Some(&config.cgroup) };
+        let target = process::Target {
+            netns: None,
+            cgroup: Some(&config.cgroup),
+        };
         return Err(process::exec(&target, &args.command));
     }
     let name = args.name.expect("clap requires a name without --host");
@@ -241,27 +248,54 @@ fn exec(config: HostConfig, args: ExecArgs) -> Result<()> {
             ));
         }
     }
-    let target = process::Target { netns: ctr.netns.as_deref(), cgroup: None };
+    let target = process::Target {
+        netns: ctr.netns.as_deref(),
+        cgroup: None,
+    };
     Err(process::exec(&target, &args.command))
 }
 
 async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<()> {
     match cmd {
-        NetworkCommand::Create { name, subnet, gateway, datapath, internal } => {
+        NetworkCommand::Create {
+            name,
+            subnet,
+            gateway,
+            datapath,
+            internal,
+        } => {
             let net = host
-                .network_create(NetworkCreate { name, subnet, gateway, datapath, internal })
+                .network_create(NetworkCreate {
+                    name,
+                    subnet,
+                    gateway,
+                    datapath,
+                    internal,
+                })
                 .await?;
             println!("{}", net.name);
             Ok(())
         }
         NetworkCommand::Ls => {
-            let rows: Vec<NetworkView> =
-                host.state.networks.values().map(|n| NetworkView::new(&host, n)).collect();
+            let rows: Vec<NetworkView> = host
+                .state
+                .networks
+                .values()
+                .map(|n| NetworkView::new(&host, n))
+                .collect();
             if format == Format::Json {
                 return print_json(&rows);
             }
             print_table(
-                &["NAME", "SUBNET", "GATEWAY", "BRIDGE", "DATAPATH", "INTERNAL", "CONTAINERS"],
+                &[
+                    "NAME",
+                    "SUBNET",
+                    "GATEWAY",
+                    "BRIDGE",
+                    "DATAPATH",
+                    "INTERNAL",
+                    "CONTAINERS",
+                ],
                 rows.iter().map(|r| {
                     vec![
                         r.network.name.clone(),
@@ -279,7 +313,11 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
         NetworkCommand::Inspect { names } => {
             let views = names
                 .iter()
-                .map(|n| host.state.network(n).map(|net| NetworkView::new(&host, net)))
+                .map(|n| {
+                    host.state
+                        .network(n)
+                        .map(|net| NetworkView::new(&host, net))
+                })
                 .collect::<Result<Vec<_>>>()?;
             print_json(&views)
         }
@@ -294,8 +332,13 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             }
             Ok(())
         }
-        NetworkCommand::Connect { network, container, ip } => {
-            host.network_connect(&network, &container, ip.as_deref()).await
+        NetworkCommand::Connect {
+            network,
+            container,
+            ip,
+        } => {
+            host.network_connect(&network, &container, ip.as_deref())
+                .await
         }
         NetworkCommand::Disconnect { network, container } => {
             host.network_disconnect(&network, &container).await
@@ -305,14 +348,31 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
 
 async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Result<()> {
     match cmd {
-        ContainerCommand::Run { name, network, ip, mut publish, publish_all, expose, command } => {
+        ContainerCommand::Run {
+            name,
+            network,
+            ip,
+            mut publish,
+            publish_all,
+            expose,
+            command,
+        } => {
             if !expose.is_empty() && !publish_all {
-                return Err(Error::invalid(format!("container {name}"), "--expose needs -P"));
+                return Err(Error::invalid(
+                    format!("container {name}"),
+                    "--expose needs -P",
+                ));
             }
             // -P: every exposed port on an ephemeral host port.
             publish.extend(expose);
             let ctr = host
-                .container_run(ContainerRun { name, network: Some(network), ip, ports: publish, command })
+                .container_run(ContainerRun {
+                    name,
+                    network: Some(network),
+                    ip,
+                    ports: publish,
+                    command,
+                })
                 .await?;
             println!("{}", ctr.name);
             Ok(())
@@ -328,13 +388,29 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                     vec![
                         c.name.clone(),
                         ops::mode_name(&c.mode),
-                        c.endpoints.iter().map(|e| e.network.clone()).collect::<Vec<_>>().join(","),
-                        c.endpoints.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>().join(","),
-                        c.ports.iter().map(|p| p.describe()).collect::<Vec<_>>().join(","),
+                        c.endpoints
+                            .iter()
+                            .map(|e| e.network.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        c.endpoints
+                            .iter()
+                            .map(|e| e.ip.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        c.ports
+                            .iter()
+                            .map(|p| p.describe())
+                            .collect::<Vec<_>>()
+                            .join(","),
                         c.process
                             .as_ref()
                             .map(|p| {
-                                let state = if process::is_running(p) { "" } else { " (exited)" };
+                                let state = if process::is_running(p) {
+                                    ""
+                                } else {
+                                    " (exited)"
+                                };
                                 format!("{}{state}", p.command.join(" "))
                             })
                             .unwrap_or_default(),
@@ -344,7 +420,10 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             Ok(())
         }
         ContainerCommand::Inspect { names } => {
-            let ctrs = names.iter().map(|n| host.state.container(n)).collect::<Result<Vec<_>>>()?;
+            let ctrs = names
+                .iter()
+                .map(|n| host.state.container(n))
+                .collect::<Result<Vec<_>>>()?;
             print_json(&ctrs)
         }
         ContainerCommand::Rm { names } => {
@@ -376,7 +455,10 @@ fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
                 return print_json(&flows);
             }
             print_table(
-                &["PROTO", "SRC", "DST", "TO SRC", "TO DST", "KIND", "DIR", "STATE", "IDLE", "PACKETS", "BYTES"],
+                &[
+                    "PROTO", "SRC", "DST", "TO SRC", "TO DST", "KIND", "DIR", "STATE", "IDLE",
+                    "PACKETS", "BYTES",
+                ],
                 flows.iter().map(|f| {
                     vec![
                         f.proto.to_string(),
@@ -414,13 +496,20 @@ fn stats(host: &Host, format: Format) -> Result<()> {
     if format == Format::Json {
         let map: std::collections::BTreeMap<&str, serde_json::Value> = counters
             .iter()
-            .map(|(name, c)| (*name, serde_json::json!({"packets": c.packets, "bytes": c.bytes})))
+            .map(|(name, c)| {
+                (
+                    *name,
+                    serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                )
+            })
             .collect();
         return print_json(&map);
     }
     print_table(
         &["COUNTER", "PACKETS", "BYTES"],
-        counters.iter().map(|(name, c)| vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]),
+        counters
+            .iter()
+            .map(|(name, c)| vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]),
     );
     Ok(())
 }
@@ -438,8 +527,16 @@ impl<'a> NetworkView<'a> {
     fn new(host: &'a Host, network: &'a Network) -> Self {
         NetworkView {
             network,
-            datapath: host.state.datapath.map(|d| d.to_string()).unwrap_or_default(),
-            containers: host.state.members(&network.name).map(|c| c.name.clone()).collect(),
+            datapath: host
+                .state
+                .datapath
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            containers: host
+                .state
+                .members(&network.name)
+                .map(|c| c.name.clone())
+                .collect(),
         }
     }
 }
@@ -455,11 +552,20 @@ fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, h)| rows.iter().map(|r| r[i].len()).chain([h.len()]).max().unwrap_or(0))
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> =
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());

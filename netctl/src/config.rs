@@ -36,7 +36,12 @@ impl HostConfig {
             Some(name) => PathBuf::from("/run/netctl").join(name),
             None => PathBuf::from("/var/lib/netctl"),
         });
-        HostConfig { host_netns, state_dir, uplink, cgroup: cgroup.unwrap_or_else(default_cgroup) }
+        HostConfig {
+            host_netns,
+            state_dir,
+            uplink,
+            cgroup: cgroup.unwrap_or_else(default_cgroup),
+        }
     }
 
     /// Short id of the host, used in pin paths and namespace names.

@@ -27,15 +27,24 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(object: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Invalid { object: object.into(), reason: reason.into() }
+        Error::Invalid {
+            object: object.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
-        Error::NotFound { kind, name: name.into() }
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
     }
 
     pub fn system(object: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Error::System { object: object.into(), reason: reason.to_string() }
+        Error::System {
+            object: object.into(),
+            reason: reason.to_string(),
+        }
     }
 
     /// Wraps an I/O error with the object it concerned.

@@ -32,14 +32,18 @@ pub fn file(netns: &str) -> PathBuf {
 pub fn render_all(state: &State) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     for container in state.containers.values() {
-        let Some(netns) = &container.netns else { continue };
+        let Some(netns) = &container.netns else {
+            continue;
+        };
         // container:OTHER shares OTHER's namespace and so its file.
         if let NetworkMode::Container(_) = container.mode {
             continue;
         }
         let mut entries: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
         for ep in &container.endpoints {
-            let Some(net) = state.networks.get(&ep.network) else { continue };
+            let Some(net) = state.networks.get(&ep.network) else {
+                continue;
+            };
             entries.entry(container.name.clone()).or_insert(ep.ip);
             if !net.dns {
                 continue;
@@ -56,7 +60,8 @@ pub fn render_all(state: &State) -> BTreeMap<String, String> {
                 }
             }
         }
-        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let mut text =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         for (name, ip) in &entries {
             text.push_str(&format!("{ip}\t{name}\n"));
         }

@@ -43,13 +43,27 @@ fn is_namespace(path: &Path) -> bool {
 fn prepare_netns_dir() -> Result<()> {
     let dir = Path::new(NETNS_DIR);
     fs::create_dir_all(dir).map_err(|e| Error::io(NETNS_DIR, e))?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) => Ok(()),
         // Not a mount point yet: bind it onto itself, then share it.
         Err(Errno::EINVAL) => {
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::system(NETNS_DIR, format!("bind mount: {e}")))?;
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::system(NETNS_DIR, format!("bind mount: {e}")))?;
             shared().map_err(|e| Error::system(NETNS_DIR, format!("make shared: {e}")))
         }
         Err(e) => Err(Error::system(NETNS_DIR, format!("make shared: {e}"))),
@@ -101,7 +115,12 @@ pub fn delete(name: &str) -> Result<()> {
     }
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(Error::system(format!("netns {name}"), format!("unmount: {e}"))),
+        Err(e) => {
+            return Err(Error::system(
+                format!("netns {name}"),
+                format!("unmount: {e}"),
+            ))
+        }
     }
     match fs::remove_file(&target) {
         Ok(()) => Ok(()),

@@ -54,7 +54,10 @@ pub struct Host {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Host {
@@ -64,25 +67,48 @@ impl Host {
         let dir = StateDir::lock(&config.state_dir)?;
         let state = dir.load()?;
         let netlink = Netlink::connect(config.host_netns.as_deref().unwrap_or("root"))?;
-        Ok(Host { config, dir, state, netlink, undo: Vec::new() })
+        Ok(Host {
+            config,
+            dir,
+            state,
+            netlink,
+            undo: Vec::new(),
+        })
     }
 
     /// Host facts for the datapath: the uplink and its address, when found.
     async fn host_info(&self) -> Result<HostInfo> {
         let index = match &self.config.uplink {
-            Some(name) => Some(self.netlink.link(name).await?.map(|l| l.index).ok_or_else(|| {
-                Error::invalid(format!("uplink {name}"), "no such interface in the host namespace")
-            })?),
+            Some(name) => Some(self.netlink.link(name).await?.map(|l| l.index).ok_or_else(
+                || {
+                    Error::invalid(
+                        format!("uplink {name}"),
+                        "no such interface in the host namespace",
+                    )
+                },
+            )?),
             None => self.netlink.default_route_interface().await?,
         };
         let mut uplink = None;
         if let Some(index) = index {
-            let name = self.netlink.link_by_index(index).await?.map(|l| l.name).unwrap_or_default();
+            let name = self
+                .netlink
+                .link_by_index(index)
+                .await?
+                .map(|l| l.name)
+                .unwrap_or_default();
             if let Some(address) = self.netlink.ipv4_addresses(index).await?.first() {
-                uplink = Some(Uplink { name, index, address: *address });
+                uplink = Some(Uplink {
+                    name,
+                    index,
+                    address: *address,
+                });
             }
         }
-        Ok(HostInfo { config: self.config.clone(), uplink })
+        Ok(HostInfo {
+            config: self.config.clone(),
+            uplink,
+        })
     }
 
     async fn datapath(&self) -> Result<Box<dyn Datapath>> {
@@ -151,7 +177,10 @@ impl Host {
         ipam::check_name("network", &req.name)?;
         let bridge = ipam::bridge_name(&req.name)?;
         if self.state.networks.contains_key(&req.name) {
-            return Err(Error::invalid(format!("network {}", req.name), "already exists"));
+            return Err(Error::invalid(
+                format!("network {}", req.name),
+                "already exists",
+            ));
         }
         if let (Some(have), Some(want)) = (self.state.datapath, req.datapath) {
             if have != want {
@@ -163,8 +192,12 @@ impl Host {
                 ));
             }
         }
-        let existing: Vec<(&str, Ipv4Net)> =
-            self.state.networks.values().map(|n| (n.name.as_str(), n.subnet)).collect();
+        let existing: Vec<(&str, Ipv4Net)> = self
+            .state
+            .networks
+            .values()
+            .map(|n| (n.name.as_str(), n.subnet))
+            .collect();
         let subnet = match &req.subnet {
             Some(text) => {
                 let subnet = ipam::parse_subnet(text)?;
@@ -235,7 +268,10 @@ impl Host {
         if self.state.networks.contains_key(DEFAULT_NETWORK) {
             return Ok(());
         }
-        let req = NetworkCreate { name: DEFAULT_NETWORK.into(), ..NetworkCreate::default() };
+        let req = NetworkCreate {
+            name: DEFAULT_NETWORK.into(),
+            ..NetworkCreate::default()
+        };
         let net = self.plan_network(&req)?;
         self.apply_network_create(&net, None).await
     }
@@ -296,13 +332,21 @@ impl Host {
         Ok(unused.into_iter().map(|n| n.name).collect())
     }
 
-    pub async fn network_connect(&mut self, network: &str, container: &str, ip: Option<&str>) -> Result<()> {
+    pub async fn network_connect(
+        &mut self,
+        network: &str,
+        container: &str,
+        ip: Option<&str>,
+    ) -> Result<()> {
         let net = self.state.network(network)?.clone();
         let ctr = self.state.container(container)?.clone();
         if ctr.mode != NetworkMode::Bridge {
             return Err(Error::invalid(
                 format!("container {container}"),
-                format!("is in {} mode and cannot join networks", mode_name(&ctr.mode)),
+                format!(
+                    "is in {} mode and cannot join networks",
+                    mode_name(&ctr.mode)
+                ),
             ));
         }
         if ctr.endpoint(network).is_some() {
@@ -328,21 +372,33 @@ impl Host {
             ));
         };
         let dp = self.datapath().await?;
-        let ports: Vec<PortMapping> =
-            ctr.ports.iter().filter(|p| p.network == network).cloned().collect();
+        let ports: Vec<PortMapping> = ctr
+            .ports
+            .iter()
+            .filter(|p| p.network == network)
+            .cloned()
+            .collect();
         let mut errors = Vec::new();
         if !ports.is_empty() {
             errors.extend(dp.ports_unpublished(&net, &ports).err());
         }
         errors.extend(dp.endpoint_removed(&net, &ep).err());
         errors.extend(topology::detach(&self.netlink, &ep).await.err());
-        let entry = self.state.containers.get_mut(container).expect("checked above");
+        let entry = self
+            .state
+            .containers
+            .get_mut(container)
+            .expect("checked above");
         entry.endpoints.retain(|e| e.network != network);
         entry.ports.retain(|p| p.network != network);
         let remaining = entry.clone();
         let gateways = default_gateways(&self.state, &remaining);
         if let Some(netns_name) = &remaining.netns {
-            errors.extend(topology::restore_default_route(netns_name, &gateways).await.err());
+            errors.extend(
+                topology::restore_default_route(netns_name, &gateways)
+                    .await
+                    .err(),
+            );
         }
         errors.extend(hosts::refresh(&self.state, &[]).err());
         errors.extend(self.dir.save(&self.state).err());
@@ -364,12 +420,19 @@ impl Host {
             return Err(Error::invalid(object(), "already exists"));
         }
         let mode = parse_mode(req.network.as_deref().unwrap_or(DEFAULT_NETWORK));
-        let specs = req.ports.iter().map(|p| ports::parse(p)).collect::<Result<Vec<PortSpec>>>()?;
+        let specs = req
+            .ports
+            .iter()
+            .map(|p| ports::parse(p))
+            .collect::<Result<Vec<PortSpec>>>()?;
         if mode.0 != NetworkMode::Bridge {
             if !specs.is_empty() {
                 return Err(Error::invalid(
                     object(),
-                    format!("cannot publish ports in {} network mode", mode_name(&mode.0)),
+                    format!(
+                        "cannot publish ports in {} network mode",
+                        mode_name(&mode.0)
+                    ),
                 ));
             }
             if req.ip.is_some() {
@@ -405,7 +468,10 @@ impl Host {
                     ));
                 }
                 let ep = self.plan_endpoint(&net, &req.name, "eth0", req.ip.as_deref())?;
-                (Some(self.config.container_netns(&req.name)), vec![(net, ep)])
+                (
+                    Some(self.config.container_netns(&req.name)),
+                    vec![(net, ep)],
+                )
             }
         };
         let mut container = Container {
@@ -424,20 +490,35 @@ impl Host {
         let owns_netns = matches!(mode.0, NetworkMode::Bridge | NetworkMode::None);
         if let (true, Some(name)) = (owns_netns, &netns_name) {
             if netns::path(name).exists() {
-                return Err(Error::invalid(object(), format!("namespace {name} already exists")));
+                return Err(Error::invalid(
+                    object(),
+                    format!("namespace {name} already exists"),
+                ));
             }
             self.undo.push(Undo::DeleteNetns(name.clone()));
             topology::create_container_netns(name).await?;
         }
-        self.state.containers.insert(req.name.clone(), container.clone());
+        self.state
+            .containers
+            .insert(req.name.clone(), container.clone());
         for (net, ep) in endpoints.drain(..) {
-            self.apply_attach(&req.name, netns_name.as_deref().expect("bridge mode"), &net, &ep).await?;
+            self.apply_attach(
+                &req.name,
+                netns_name.as_deref().expect("bridge mode"),
+                &net,
+                &ep,
+            )
+            .await?;
             if !container.ports.is_empty() {
                 let dp = self.datapath().await?;
-                self.undo.push(Undo::PortsUnpublished(net.clone(), container.ports.clone()));
+                self.undo
+                    .push(Undo::PortsUnpublished(net.clone(), container.ports.clone()));
                 dp.ports_published(&net, &container.ports)?;
-                self.state.containers.get_mut(&req.name).expect("inserted").ports =
-                    container.ports.clone();
+                self.state
+                    .containers
+                    .get_mut(&req.name)
+                    .expect("inserted")
+                    .ports = container.ports.clone();
             }
         }
         if !req.command.is_empty() {
@@ -452,14 +533,28 @@ impl Host {
                 ));
             };
             self.undo.push(Undo::StopProcess(proc.clone()));
-            self.state.containers.get_mut(&req.name).expect("inserted").process = Some(proc);
+            self.state
+                .containers
+                .get_mut(&req.name)
+                .expect("inserted")
+                .process = Some(proc);
         }
         Ok(())
     }
 
-    fn plan_endpoint(&self, net: &Network, container: &str, ifname: &str, ip: Option<&str>) -> Result<Endpoint> {
-        let used: BTreeSet<Ipv4Addr> =
-            self.state.members(&net.name).filter_map(|c| c.endpoint(&net.name)).map(|e| e.ip).collect();
+    fn plan_endpoint(
+        &self,
+        net: &Network,
+        container: &str,
+        ifname: &str,
+        ip: Option<&str>,
+    ) -> Result<Endpoint> {
+        let used: BTreeSet<Ipv4Addr> = self
+            .state
+            .members(&net.name)
+            .filter_map(|c| c.endpoint(&net.name))
+            .map(|e| e.ip)
+            .collect();
         let ip = match ip {
             Some(text) => {
                 let ip = ipam::parse_ip("ip", text)?;
@@ -493,9 +588,14 @@ impl Host {
         self.undo.push(Undo::DeleteLink(ep.host_veth.clone()));
         topology::attach(&self.netlink, netns_name, net, ep).await?;
         let dp = self.datapath().await?;
-        self.undo.push(Undo::EndpointRemoved(net.clone(), ep.clone()));
+        self.undo
+            .push(Undo::EndpointRemoved(net.clone(), ep.clone()));
         dp.endpoint_added(net, ep)?;
-        let entry = self.state.containers.get_mut(container).ok_or_else(|| Error::not_found("container", container))?;
+        let entry = self
+            .state
+            .containers
+            .get_mut(container)
+            .ok_or_else(|| Error::not_found("container", container))?;
         entry.endpoints.push(ep.clone());
         Ok(())
     }
@@ -510,7 +610,10 @@ impl Host {
                 .filter(|c| c.mode == NetworkMode::Container(name.clone()))
                 .map(|c| c.name.as_str())
                 .collect();
-            let staying: Vec<&str> = sharers.into_iter().filter(|s| !names.iter().any(|n| n == s)).collect();
+            let staying: Vec<&str> = sharers
+                .into_iter()
+                .filter(|s| !names.iter().any(|n| n == s))
+                .collect();
             if !staying.is_empty() {
                 return Err(Error::invalid(
                     format!("container {name}"),
@@ -547,9 +650,15 @@ impl Host {
         match self.datapath().await {
             Ok(dp) => {
                 for ep in &ctr.endpoints {
-                    let Some(net) = self.state.networks.get(&ep.network) else { continue };
-                    let ports: Vec<PortMapping> =
-                        ctr.ports.iter().filter(|p| p.network == ep.network).cloned().collect();
+                    let Some(net) = self.state.networks.get(&ep.network) else {
+                        continue;
+                    };
+                    let ports: Vec<PortMapping> = ctr
+                        .ports
+                        .iter()
+                        .filter(|p| p.network == ep.network)
+                        .cloned()
+                        .collect();
                     if !ports.is_empty() {
                         errors.extend(dp.ports_unpublished(net, &ports).err());
                     }
@@ -671,7 +780,13 @@ mod tests {
     fn modes_parse_like_docker() {
         assert_eq!(parse_mode("host"), (NetworkMode::Host, None));
         assert_eq!(parse_mode("none"), (NetworkMode::None, None));
-        assert_eq!(parse_mode("container:web"), (NetworkMode::Container("web".into()), None));
-        assert_eq!(parse_mode("front"), (NetworkMode::Bridge, Some("front".into())));
+        assert_eq!(
+            parse_mode("container:web"),
+            (NetworkMode::Container("web".into()), None)
+        );
+        assert_eq!(
+            parse_mode("front"),
+            (NetworkMode::Bridge, Some("front".into()))
+        );
     }
 }

@@ -43,10 +43,22 @@ fn enter(target: &Target<'_>) -> Result<()> {
             unshare(CloneFlags::CLONE_NEWNS)
                 .map_err(|e| Error::system("mount namespace", format!("unshare: {e}")))?;
             // Keep our bind mount from propagating back to the host.
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::system("mount namespace", format!("make / slave: {e}")))?;
-            mount(Some(&hosts_file), "/etc/hosts", None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| Error::system(format!("hosts file {}", hosts_file.display()), e))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| Error::system("mount namespace", format!("make / slave: {e}")))?;
+            mount(
+                Some(&hosts_file),
+                "/etc/hosts",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| Error::system(format!("hosts file {}", hosts_file.display()), e))?;
         }
         netns::enter_for_good(name)?;
     }
@@ -82,12 +94,17 @@ pub fn spawn_detached(netns_name: &str, argv: &[String], log: PathBuf) -> Result
         .append(true)
         .open(&log)
         .map_err(|e| Error::io(format!("log {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| Error::io(format!("log {}", log.display()), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io(format!("log {}", log.display()), e))?;
     let netns_name = netns_name.to_owned();
     let program = program.clone();
     let args = args.to_vec();
     let child = std::thread::spawn(move || -> Result<std::process::Child> {
-        enter(&Target { netns: Some(&netns_name), cgroup: None })?;
+        enter(&Target {
+            netns: Some(&netns_name),
+            cgroup: None,
+        })?;
         let mut command = Command::new(&program);
         command
             .args(&args)
@@ -96,14 +113,21 @@ pub fn spawn_detached(netns_name: &str, argv: &[String], log: PathBuf) -> Result
             .stderr(Stdio::from(err))
             // Own session: no terminal, not killed with netctl's process group.
             .process_group(0);
-        command.spawn().map_err(|e| Error::system(format!("command {program}"), e))
+        command
+            .spawn()
+            .map_err(|e| Error::system(format!("command {program}"), e))
     })
     .join()
     .expect("spawn thread panicked")?;
     let pid = child.id();
     // Not waited for: it outlives netctl and is reparented to init.
     std::mem::forget(child);
-    Ok(Process { pid, start_time: start_time(pid).unwrap_or(0), command: argv.to_vec(), log })
+    Ok(Process {
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+        command: argv.to_vec(),
+        log,
+    })
 }
 
 /// State letter and start time (clock ticks since boot) of a pid, from
@@ -112,7 +136,10 @@ fn stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: fields after it follow ')'.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
 }
 
 pub fn start_time(pid: u32) -> Option<u64> {

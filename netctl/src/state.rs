@@ -188,16 +188,22 @@ pub const STATE_VERSION: u32 = 1;
 
 impl State {
     pub fn network(&self, name: &str) -> Result<&Network> {
-        self.networks.get(name).ok_or_else(|| Error::not_found("network", name))
+        self.networks
+            .get(name)
+            .ok_or_else(|| Error::not_found("network", name))
     }
 
     pub fn container(&self, name: &str) -> Result<&Container> {
-        self.containers.get(name).ok_or_else(|| Error::not_found("container", name))
+        self.containers
+            .get(name)
+            .ok_or_else(|| Error::not_found("container", name))
     }
 
     /// Containers with an endpoint on `network`.
     pub fn members<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
-        self.containers.values().filter(move |c| c.endpoint(network).is_some())
+        self.containers
+            .values()
+            .filter(move |c| c.endpoint(network).is_some())
     }
 
     /// Every published port of the host.
@@ -208,7 +214,9 @@ impl State {
     /// Lowest network id not in use.
     pub fn next_network_id(&self) -> u32 {
         let used: std::collections::BTreeSet<u32> = self.networks.values().map(|n| n.id).collect();
-        (1..).find(|id| !used.contains(id)).expect("fewer than u32::MAX networks")
+        (1..)
+            .find(|id| !used.contains(id))
+            .expect("fewer than u32::MAX networks")
     }
 }
 
@@ -249,7 +257,10 @@ impl StateDir {
             .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::system(format!("lock {}", lock_path.display()), e))?;
-        Ok(StateDir { path: path.to_owned(), _lock: lock })
+        Ok(StateDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -271,9 +282,10 @@ impl StateDir {
                 }
                 Ok(state)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(State { version: STATE_VERSION, ..State::default() })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
+                version: STATE_VERSION,
+                ..State::default()
+            }),
             Err(e) => Err(Error::io(format!("state {}", file.display()), e)),
         }
     }
@@ -301,7 +313,9 @@ impl StateDir {
         out.write_all(&bytes).map_err(|e| Error::io(object(), e))?;
         out.sync_all().map_err(|e| Error::io(object(), e))?;
         fs::rename(&tmp, &file).map_err(|e| Error::io(object(), e))?;
-        File::open(&self.path).and_then(|d| d.sync_all()).map_err(|e| Error::io(object(), e))?;
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(object(), e))?;
         Ok(())
     }
 }
@@ -338,7 +352,10 @@ mod tests {
     fn state_round_trips_and_survives_reopen() {
         let dir = std::env::temp_dir().join(format!("netctl-state-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut state = State { version: STATE_VERSION, ..State::default() };
+        let mut state = State {
+            version: STATE_VERSION,
+            ..State::default()
+        };
         state.datapath = Some(DatapathKind::Iptables);
         state.networks.insert(
             "front".into(),
@@ -374,7 +391,10 @@ mod tests {
         assert_eq!(locked.load().unwrap(), state);
         assert_eq!(state.next_network_id(), 2);
         let mode = fs::metadata(dir.join(STATE_FILE)).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         assert!(!dir.join("state.json.tmp").exists());
         drop(locked);
         fs::remove_dir_all(&dir).unwrap();

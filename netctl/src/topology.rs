@@ -15,7 +15,8 @@ use crate::{
 /// Bridge up with the gateway address: the network exists in the kernel.
 pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
     let bridge = host.ensure_bridge(&net.bridge).await?;
-    host.add_address(bridge, net.gateway, net.subnet.prefix_len()).await
+    host.add_address(bridge, net.gateway, net.subnet.prefix_len())
+        .await
 }
 
 /// Deletes the bridge (its address and any enslaved veth ends go with it).
@@ -49,7 +50,9 @@ pub fn parse_mac(mac: &str) -> Result<[u8; 6]> {
         .map(|b| u8::from_str_radix(b, 16))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))?;
-    bytes.try_into().map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))
+    bytes
+        .try_into()
+        .map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))
 }
 
 /// Connects a container namespace to a network: a veth pair whose host end
@@ -78,12 +81,19 @@ pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoi
     result
 }
 
-async fn configure_inside(netns_name: &str, peer: &str, net: &Network, ep: &Endpoint) -> Result<()> {
+async fn configure_inside(
+    netns_name: &str,
+    peer: &str,
+    net: &Network,
+    ep: &Endpoint,
+) -> Result<()> {
     let inside = Netlink::connect_in(netns_name)?;
     let index = inside.index(peer).await?;
     inside.rename(index, &ep.ifname).await?;
     inside.set_mac(index, parse_mac(&ep.mac)?).await?;
-    inside.add_address(index, ep.ip, net.subnet.prefix_len()).await?;
+    inside
+        .add_address(index, ep.ip, net.subnet.prefix_len())
+        .await?;
     inside.set_up(index).await?;
     if !net.internal {
         inside.add_default_route(net.gateway).await?;
@@ -112,7 +122,10 @@ mod tests {
 
     #[test]
     fn macs_parse_and_reject() {
-        assert_eq!(parse_mac("02:42:ac:12:00:02").unwrap(), [2, 0x42, 0xac, 0x12, 0, 2]);
+        assert_eq!(
+            parse_mac("02:42:ac:12:00:02").unwrap(),
+            [2, 0x42, 0xac, 0x12, 0, 2]
+        );
         assert!(parse_mac("02:42:ac:12:00").is_err());
         assert!(parse_mac("zz:42:ac:12:00:02").is_err());
     }

@@ -34,14 +34,21 @@ pub struct Sandbox {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
 }
 
 pub fn netctl_bin() -> PathBuf {
     let path = std::env::var_os("NETCTL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| bin_dir().join("netctl"));
-    assert!(path.exists(), "{} missing: run `cargo build -p netctl` (cargo xtask test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build -p netctl` (cargo xtask test does)",
+        path.display()
+    );
     path
 }
 
@@ -66,7 +73,10 @@ fn cgroup2_root() -> PathBuf {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 impl Sandbox {
@@ -85,7 +95,9 @@ impl Sandbox {
             children: Vec::new(),
         };
         // Built after the struct exists, so a failure half-way is cleaned by Drop.
-        sandbox.build().unwrap_or_else(|e| panic!("sandbox {}: {e}", sandbox.prefix));
+        sandbox
+            .build()
+            .unwrap_or_else(|e| panic!("sandbox {}: {e}", sandbox.prefix));
         sandbox
     }
 
@@ -98,7 +110,8 @@ impl Sandbox {
             let outside = Netlink::connect_in(&self.outside_netns)?;
             host.add_veth(UPLINK, WAN).await?;
             let wan = host.index(WAN).await?;
-            host.move_to_netns(wan, &netns::open(&self.outside_netns)?, &self.outside_netns).await?;
+            host.move_to_netns(wan, &netns::open(&self.outside_netns)?, &self.outside_netns)
+                .await?;
             for (nl, ifname, ip) in [(&host, UPLINK, HOST_UPLINK_IP), (&outside, WAN, OUTSIDE_IP)] {
                 let lo = nl.index("lo").await?;
                 nl.set_up(lo).await?;
@@ -142,8 +155,15 @@ impl Sandbox {
     /// Runs netctl expecting failure; returns (exit code, stderr).
     pub fn netctl_err(&self, args: &[&str]) -> (i32, String) {
         let out = self.netctl(args);
-        assert!(!out.status.success(), "netctl {} succeeded but should fail", args.join(" "));
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        assert!(
+            !out.status.success(),
+            "netctl {} succeeded but should fail",
+            args.join(" ")
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Creates a network on this sandbox's datapath.
@@ -186,7 +206,11 @@ impl Sandbox {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         std::thread::spawn(move || {
             let _guard = netns::NetnsGuard::enter(&netns_name).expect("enter netns");
-            Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).output().expect("run")
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run")
         })
         .join()
         .expect("thread")
@@ -231,8 +255,13 @@ impl Sandbox {
         std::thread::spawn(move || {
             runtime().block_on(async {
                 let nl = Netlink::connect_in(&host_netns).expect("netlink");
-                let mut names: Vec<String> =
-                    nl.links().await.expect("links").into_iter().map(|l| l.name).collect();
+                let mut names: Vec<String> = nl
+                    .links()
+                    .await
+                    .expect("links")
+                    .into_iter()
+                    .map(|l| l.name)
+                    .collect();
                 names.sort();
                 names
             })
@@ -244,7 +273,11 @@ impl Sandbox {
     /// Namespaces under /run/netns that belong to this sandbox.
     pub fn namespaces(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(netns::NETNS_DIR)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.retain(|n| n.starts_with(&self.prefix));
         names.sort();
@@ -264,7 +297,10 @@ impl Drop for Sandbox {
         }
         if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
             for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
             }
         }
         for _ in 0..50 {
@@ -278,7 +314,11 @@ impl Drop for Sandbox {
         }
         if let Ok(dir) = fs::read_dir(netctl::hosts::ETC_NETNS) {
             for entry in dir.filter_map(|e| e.ok()) {
-                if entry.file_name().to_string_lossy().starts_with(&self.prefix) {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.prefix)
+                {
                     let _ = fs::remove_dir_all(entry.path());
                 }
             }

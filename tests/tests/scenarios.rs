@@ -59,8 +59,13 @@ fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
 
 /// Peer address a `nettool serve` reported.
 fn peer_ip(reply: &str) -> Ipv4Addr {
-    let addr = reply.trim().strip_prefix("peer=").unwrap_or_else(|| panic!("reply {reply:?}"));
-    addr.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok()).unwrap_or_else(|| panic!("reply {reply:?}"))
+    let addr = reply
+        .trim()
+        .strip_prefix("peer=")
+        .unwrap_or_else(|| panic!("reply {reply:?}"));
+    addr.rsplit_once(':')
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("reply {reply:?}"))
 }
 
 fn pings(sb: &Sandbox, from: &str, to: &str) -> bool {
@@ -72,7 +77,20 @@ fn pings(sb: &Sandbox, from: &str, to: &str) -> bool {
 fn front_with_web(sb: &Sandbox) {
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     let tool = nettool();
-    sb.netctl_ok(&["container", "run", "web", "--network", "front", "-p", "8080:80", "--", &tool, "serve", "tcp", "80"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "web",
+        "--network",
+        "front",
+        "-p",
+        "8080:80",
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "80",
+    ]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
 }
 
@@ -87,16 +105,30 @@ fn ip_allocation_and_reach_by_ip_and_name(datapath: &str) {
     assert_eq!(sb.ip_of("c", "front"), Ipv4Addr::new(172, 18, 0, 4));
     assert_eq!(sb.inspect("a")["endpoints"][0]["mac"], "02:42:ac:12:00:02");
     // A requested address; the freed one is reused after rm.
-    sb.netctl_ok(&["container", "run", "d", "--network", "front", "--ip", "172.18.0.77"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "d",
+        "--network",
+        "front",
+        "--ip",
+        "172.18.0.77",
+    ]);
     assert_eq!(sb.ip_of("d", "front"), Ipv4Addr::new(172, 18, 0, 77));
     sb.netctl_ok(&["container", "rm", "b"]);
     sb.netctl_ok(&["container", "run", "e", "--network", "front"]);
     assert_eq!(sb.ip_of("e", "front"), Ipv4Addr::new(172, 18, 0, 3));
 
     assert!(pings(&sb, "a", "172.18.0.4"), "a reaches c by IP");
-    assert!(pings(&sb, "a", "c"), "a reaches c by name through netctl exec");
+    assert!(
+        pings(&sb, "a", "c"),
+        "a reaches c by name through netctl exec"
+    );
     assert!(pings(&sb, "c", "e"), "names follow run and rm");
-    assert!(!pings(&sb, "a", "b"), "b was removed: its name no longer resolves");
+    assert!(
+        !pings(&sb, "a", "b"),
+        "b was removed: its name no longer resolves"
+    );
     // The gateway (the bridge address) answers too.
     assert!(pings(&sb, "a", "172.18.0.1"));
     // Names also resolve under `ip netns exec`, which binds /etc/netns/NS/hosts.
@@ -105,7 +137,11 @@ fn ip_allocation_and_reach_by_ip_and_name(datapath: &str) {
         .args(["netns", "exec", &netns, "getent", "hosts", "c"])
         .output()
         .unwrap();
-    assert!(text(&out).starts_with("172.18.0.4"), "ip netns exec resolves c: {}", text(&out));
+    assert!(
+        text(&out).starts_with("172.18.0.4"),
+        "ip netns exec resolves c: {}",
+        text(&out)
+    );
 }
 
 fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
@@ -117,14 +153,27 @@ fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
     sb.spawn_in(&outside, &[&nettool(), "serve", "udp", "9001"]);
     let server = OUTSIDE_IP.to_string();
     let reply = call_until_answer(|| sb.exec("a", &[&nettool(), "call", "tcp", &server, "9000"]));
-    assert_eq!(peer_ip(&reply), HOST_UPLINK_IP, "TCP leaves with the uplink address");
+    assert_eq!(
+        peer_ip(&reply),
+        HOST_UPLINK_IP,
+        "TCP leaves with the uplink address"
+    );
     let reply = call_until_answer(|| sb.exec("a", &[&nettool(), "call", "udp", &server, "9001"]));
-    assert_eq!(peer_ip(&reply), HOST_UPLINK_IP, "UDP leaves with the uplink address");
+    assert_eq!(
+        peer_ip(&reply),
+        HOST_UPLINK_IP,
+        "UDP leaves with the uplink address"
+    );
     assert!(pings(&sb, "a", &server), "ICMP echo through SNAT");
     if datapath == "ebpf" {
         assert_no_rules(&sb);
         let flows = sb.netctl_ok(&["conntrack", "ls"]);
-        assert!(flows.lines().any(|l| l.contains("snat") && l.contains("172.18.0.2:")), "{flows}");
+        assert!(
+            flows
+                .lines()
+                .any(|l| l.contains("snat") && l.contains("172.18.0.2:")),
+            "{flows}"
+        );
         assert!(flows.lines().any(|l| l.starts_with("icmp")), "{flows}");
     }
 }
@@ -134,10 +183,20 @@ fn published_port_from_outside_keeps_the_source(datapath: &str) {
     front_with_web(&sb);
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "8080"]));
-    assert_eq!(peer_ip(&reply), OUTSIDE_IP, "the container sees the client's own address");
-    assert_eq!(sb.netctl_ok(&["port", "web"]).trim(), "80/tcp -> 0.0.0.0:8080");
+    assert_eq!(
+        peer_ip(&reply),
+        OUTSIDE_IP,
+        "the container sees the client's own address"
+    );
+    assert_eq!(
+        sb.netctl_ok(&["port", "web"]).trim(),
+        "80/tcp -> 0.0.0.0:8080"
+    );
     // Unpublished ports are not reachable.
-    assert!(!sb.outside(&[&nettool(), "call", "tcp", &host, "8081"]).status.success());
+    assert!(!sb
+        .outside(&[&nettool(), "call", "tcp", &host, "8081"])
+        .status
+        .success());
     if datapath == "ebpf" {
         assert_no_rules(&sb);
         // The flow is in the eBPF conntrack table, both directions, and counted.
@@ -153,7 +212,10 @@ fn published_port_from_outside_keeps_the_source(datapath: &str) {
         let stats: serde_json::Value =
             serde_json::from_str(&sb.netctl_ok(&["--format", "json", "stats"])).unwrap();
         assert!(stats["dnat"]["packets"].as_u64().unwrap() > 0, "{stats}");
-        assert!(stats["redirect_peer"]["packets"].as_u64().unwrap() > 0, "{stats}");
+        assert!(
+            stats["redirect_peer"]["packets"].as_u64().unwrap() > 0,
+            "{stats}"
+        );
     }
 }
 
@@ -162,32 +224,91 @@ fn published_port_from_outside_keeps_the_source(datapath: &str) {
 fn assert_no_rules(sb: &Sandbox) {
     let rules = sb.iptables_save();
     assert!(!rules.contains("NETCTL"), "{rules}");
-    assert!(!rules.lines().any(|l| l.starts_with("-A")), "rules in ebpf mode:\n{rules}");
+    assert!(
+        !rules.lines().any(|l| l.starts_with("-A")),
+        "rules in ebpf mode:\n{rules}"
+    );
     let nft = sb.in_host(&["nft", "list", "ruleset"]);
     let nft = String::from_utf8_lossy(&nft.stdout);
-    assert!(nft.trim().is_empty(), "nftables ruleset in ebpf mode:\n{nft}");
+    assert!(
+        nft.trim().is_empty(),
+        "nftables ruleset in ebpf mode:\n{nft}"
+    );
 }
 
 fn published_udp_port_and_ranges(datapath: &str) {
     let sb = Sandbox::new(datapath);
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     let tool = nettool();
-    sb.netctl_ok(&["container", "run", "dns", "--network", "front", "-p", "5353:53/udp", "--", &tool, "serve", "udp", "53"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "dns",
+        "--network",
+        "front",
+        "-p",
+        "5353:53/udp",
+        "--",
+        &tool,
+        "serve",
+        "udp",
+        "53",
+    ]);
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "udp", &host, "5353"]));
     assert_eq!(peer_ip(&reply), OUTSIDE_IP);
 
-    sb.netctl_ok(&["container", "run", "multi", "--network", "front", "-p", "9000-9001:80-81", "-p", "90", "--", &tool, "serve", "tcp", "81"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "multi",
+        "--network",
+        "front",
+        "-p",
+        "9000-9001:80-81",
+        "-p",
+        "90",
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "81",
+    ]);
     let ports = sb.netctl_ok(&["port", "multi"]);
     let lines: Vec<&str> = ports.lines().collect();
-    assert_eq!(lines, ["80/tcp -> 0.0.0.0:9000", "81/tcp -> 0.0.0.0:9001", "90/tcp -> 0.0.0.0:32768"]);
+    assert_eq!(
+        lines,
+        [
+            "80/tcp -> 0.0.0.0:9000",
+            "81/tcp -> 0.0.0.0:9001",
+            "90/tcp -> 0.0.0.0:32768"
+        ]
+    );
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "9001"]));
-    assert_eq!(peer_ip(&reply), OUTSIDE_IP, "second port of the range reaches container port 81");
+    assert_eq!(
+        peer_ip(&reply),
+        OUTSIDE_IP,
+        "second port of the range reaches container port 81"
+    );
 
     // -P publishes every --expose'd port on the next free ephemeral port.
-    sb.netctl_ok(&["container", "run", "auto", "--network", "front", "-P", "--expose", "7000", "--expose", "7001/udp"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "auto",
+        "--network",
+        "front",
+        "-P",
+        "--expose",
+        "7000",
+        "--expose",
+        "7001/udp",
+    ]);
     let ports = sb.netctl_ok(&["port", "auto"]);
-    assert_eq!(ports.lines().collect::<Vec<_>>(), ["7000/tcp -> 0.0.0.0:32769", "7001/udp -> 0.0.0.0:32768"]);
+    assert_eq!(
+        ports.lines().collect::<Vec<_>>(),
+        ["7000/tcp -> 0.0.0.0:32769", "7001/udp -> 0.0.0.0:32768"]
+    );
 }
 
 fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
@@ -195,19 +316,56 @@ fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
     front_with_web(&sb);
     for target in [HOST_UPLINK_IP.to_string(), "127.0.0.1".to_string()] {
         let reply = call_until_answer(|| {
-            sb.netctl(&["exec", "--host", "--", &nettool(), "call", "tcp", &target, "8080"])
+            sb.netctl(&[
+                "exec",
+                "--host",
+                "--",
+                &nettool(),
+                "call",
+                "tcp",
+                &target,
+                "8080",
+            ])
         });
-        assert!(reply.starts_with("peer="), "host → {target}:8080 answered {reply:?}");
+        assert!(
+            reply.starts_with("peer="),
+            "host → {target}:8080 answered {reply:?}"
+        );
     }
     // Published on 127.0.0.1 only: the host reaches it, the outside does not.
     let tool = nettool();
-    sb.netctl_ok(&["container", "run", "local", "--network", "front", "-p", "127.0.0.1:8181:80", "--", &tool, "serve", "tcp", "80"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "local",
+        "--network",
+        "front",
+        "-p",
+        "127.0.0.1:8181:80",
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "80",
+    ]);
     let reply = call_until_answer(|| {
-        sb.netctl(&["exec", "--host", "--", &nettool(), "call", "tcp", "127.0.0.1", "8181"])
+        sb.netctl(&[
+            "exec",
+            "--host",
+            "--",
+            &nettool(),
+            "call",
+            "tcp",
+            "127.0.0.1",
+            "8181",
+        ])
     });
     assert!(reply.starts_with("peer="), "{reply}");
     let host = HOST_UPLINK_IP.to_string();
-    assert!(!sb.outside(&[&nettool(), "call", "tcp", &host, "8181"]).status.success());
+    assert!(!sb
+        .outside(&[&nettool(), "call", "tcp", &host, "8181"])
+        .status
+        .success());
 }
 
 fn hairpin_from_a_container_to_a_published_port(datapath: &str) {
@@ -215,7 +373,10 @@ fn hairpin_from_a_container_to_a_published_port(datapath: &str) {
     front_with_web(&sb);
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.exec("a", &[&nettool(), "call", "tcp", &host, "8080"]));
-    assert!(reply.starts_with("peer="), "a → host:8080 → web answered {reply:?}");
+    assert!(
+        reply.starts_with("peer="),
+        "a → host:8080 → web answered {reply:?}"
+    );
     // web reaching its own published port through the host.
     let reply = call_until_answer(|| sb.exec("web", &[&nettool(), "call", "tcp", &host, "8080"]));
     assert!(reply.starts_with("peer="));
@@ -235,7 +396,10 @@ fn networks_are_isolated_until_connected(datapath: &str) {
     let b_red = sb.ip_of("b", "red");
     assert_eq!(b_red, Ipv4Addr::new(172, 20, 0, 3));
     assert_eq!(sb.inspect("b")["endpoints"][1]["ifname"], "eth1");
-    assert!(pings(&sb, "r", "b"), "connected: r reaches b by name on red");
+    assert!(
+        pings(&sb, "r", "b"),
+        "connected: r reaches b by name on red"
+    );
     assert!(pings(&sb, "b", "172.20.0.2"));
 
     sb.netctl_ok(&["network", "disconnect", "red", "b"]);
@@ -244,7 +408,11 @@ fn networks_are_isolated_until_connected(datapath: &str) {
     assert!(pings(&sb, "b", "172.21.0.1"), "b still on blue");
     // Its default route came back through blue.
     let out = sb.exec("b", &["ip", "route", "show", "default"]);
-    assert!(text(&out).contains("via 172.21.0.1"), "default route: {}", text(&out));
+    assert!(
+        text(&out).contains("via 172.21.0.1"),
+        "default route: {}",
+        text(&out)
+    );
 }
 
 fn internal_network_has_no_way_out(datapath: &str) {
@@ -258,9 +426,26 @@ fn internal_network_has_no_way_out(datapath: &str) {
     sb.spawn_in(&outside, &[&nettool(), "serve", "tcp", "9000"]);
     assert!(pings(&sb, "x", "y"), "peers on an internal network talk");
     assert!(!pings(&sb, "x", &OUTSIDE_IP.to_string()), "no way out");
-    assert!(!sb.exec("x", &[&nettool(), "call", "tcp", &OUTSIDE_IP.to_string(), "9000"]).status.success());
-    assert!(!pings(&sb, "f", "172.22.0.2"), "no way in from another network");
-    let (code, err) = sb.netctl_err(&["container", "run", "z", "--network", "vault", "-p", "8080:80"]);
+    assert!(!sb
+        .exec(
+            "x",
+            &[&nettool(), "call", "tcp", &OUTSIDE_IP.to_string(), "9000"]
+        )
+        .status
+        .success());
+    assert!(
+        !pings(&sb, "f", "172.22.0.2"),
+        "no way in from another network"
+    );
+    let (code, err) = sb.netctl_err(&[
+        "container",
+        "run",
+        "z",
+        "--network",
+        "vault",
+        "-p",
+        "8080:80",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("internal"), "{err}");
 }
@@ -271,7 +456,10 @@ fn host_none_and_container_modes(datapath: &str) {
     // host: the host's own namespace, uplink included.
     sb.netctl_ok(&["container", "run", "h", "--network", "host"]);
     let links = text(&sb.exec("h", &["ip", "-o", "link", "show"]));
-    assert!(links.contains("uplink0"), "host mode sees the uplink: {links}");
+    assert!(
+        links.contains("uplink0"),
+        "host mode sees the uplink: {links}"
+    );
     // none: only lo.
     sb.netctl_ok(&["container", "run", "n", "--network", "none"]);
     let links = text(&sb.exec("n", &["ip", "-o", "link", "show"]));
@@ -280,8 +468,12 @@ fn host_none_and_container_modes(datapath: &str) {
     // container:web shares web's namespace: same address, and web's server on localhost.
     sb.netctl_ok(&["container", "run", "side", "--network", "container:web"]);
     let addrs = text(&sb.exec("side", &["ip", "-o", "-4", "addr", "show", "eth0"]));
-    assert!(addrs.contains(&sb.ip_of("web", "front").to_string()), "{addrs}");
-    let reply = call_until_answer(|| sb.exec("side", &[&nettool(), "call", "tcp", "127.0.0.1", "80"]));
+    assert!(
+        addrs.contains(&sb.ip_of("web", "front").to_string()),
+        "{addrs}"
+    );
+    let reply =
+        call_until_answer(|| sb.exec("side", &[&nettool(), "call", "tcp", "127.0.0.1", "80"]));
     assert!(reply.starts_with("peer=127.0.0.1"));
     let (code, err) = sb.netctl_err(&["container", "rm", "web"]);
     assert_eq!(code, 1);
@@ -297,9 +489,18 @@ fn default_bridge_network_has_no_names(datapath: &str) {
     sb.netctl_ok(&["container", "run", "b"]);
     assert_eq!(sb.ip_of("a", "bridge"), Ipv4Addr::new(172, 17, 0, 2));
     assert_eq!(sb.ip_of("b", "bridge"), Ipv4Addr::new(172, 17, 0, 3));
-    assert!(sb.host_links().contains(&"netctl0".to_string()), "Docker's docker0, ours netctl0");
-    assert!(pings(&sb, "a", "172.17.0.3"), "by IP on the default network");
-    assert!(!pings(&sb, "a", "b"), "no name resolution on the default network, as in Docker");
+    assert!(
+        sb.host_links().contains(&"netctl0".to_string()),
+        "Docker's docker0, ours netctl0"
+    );
+    assert!(
+        pings(&sb, "a", "172.17.0.3"),
+        "by IP on the default network"
+    );
+    assert!(
+        !pings(&sb, "a", "b"),
+        "no name resolution on the default network, as in Docker"
+    );
     let (code, err) = sb.netctl_err(&["network", "rm", "bridge"]);
     assert_eq!(code, 1);
     assert!(err.starts_with("netctl: network bridge:"), "{err}");
@@ -307,33 +508,57 @@ fn default_bridge_network_has_no_names(datapath: &str) {
 
 fn network_lifecycle(datapath: &str) {
     let sb = Sandbox::new(datapath);
-    sb.network("front", &["--subnet", "172.18.0.0/16", "--gateway", "172.18.0.254"]);
+    sb.network(
+        "front",
+        &["--subnet", "172.18.0.0/16", "--gateway", "172.18.0.254"],
+    );
     sb.network("back", &[]);
     sb.network("spare", &[]);
-    let ls: serde_json::Value = serde_json::from_str(&sb.netctl_ok(&["--format", "json", "network", "ls"])).unwrap();
-    let names: Vec<&str> = ls.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let ls: serde_json::Value =
+        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "network", "ls"])).unwrap();
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["back", "front", "spare"]);
     let table = sb.netctl_ok(&["network", "ls"]);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("172.18.0.254"), "{table}");
     // Automatic subnets come from Docker's pools, skipping used ones.
-    let back: serde_json::Value = serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "back"])).unwrap();
+    let back: serde_json::Value =
+        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "back"])).unwrap();
     assert_eq!(back[0]["subnet"], "172.17.0.0/16");
     assert_eq!(back[0]["datapath"], datapath);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
-    assert_eq!(sb.ip_of("a", "front"), Ipv4Addr::new(172, 18, 0, 1), "the gateway is .254, so .1 is free");
+    assert_eq!(
+        sb.ip_of("a", "front"),
+        Ipv4Addr::new(172, 18, 0, 1),
+        "the gateway is .254, so .1 is free"
+    );
     assert!(pings(&sb, "a", "172.18.0.254"));
-    let inspect: serde_json::Value = serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "front"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "front"])).unwrap();
     assert_eq!(inspect[0]["containers"][0], "a");
 
     let (code, err) = sb.netctl_err(&["network", "rm", "front"]);
     assert_eq!(code, 1);
     assert!(err.contains("active endpoints: a"), "{err}");
-    assert_eq!(sb.netctl_ok(&["network", "prune"]).lines().collect::<Vec<_>>(), ["back", "spare"]);
+    assert_eq!(
+        sb.netctl_ok(&["network", "prune"])
+            .lines()
+            .collect::<Vec<_>>(),
+        ["back", "spare"]
+    );
     assert!(!sb.host_links().contains(&"nc-back".to_string()));
     sb.netctl_ok(&["container", "rm", "a"]);
     sb.netctl_ok(&["network", "rm", "front"]);
-    assert!(!sb.host_links().iter().any(|l| l.starts_with("nc-")), "{:?}", sb.host_links());
+    assert!(
+        !sb.host_links().iter().any(|l| l.starts_with("nc-")),
+        "{:?}",
+        sb.host_links()
+    );
 }
 
 fn rm_and_down_remove_exactly_what_was_added(datapath: &str) {
@@ -342,29 +567,64 @@ fn rm_and_down_remove_exactly_what_was_added(datapath: &str) {
     let rules_before = sb.iptables_save();
     front_with_web(&sb);
     sb.netctl_ok(&["container", "run", "n", "--network", "none"]);
-    assert_eq!(sb.namespaces().len(), 5, "host, outside, web, a, n: {:?}", sb.namespaces());
-    let web_veth = sb.inspect("web")["endpoints"][0]["host_veth"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sb.namespaces().len(),
+        5,
+        "host, outside, web, a, n: {:?}",
+        sb.namespaces()
+    );
+    let web_veth = sb.inspect("web")["endpoints"][0]["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(sb.host_links().contains(&web_veth));
     if datapath == "iptables" {
-        assert!(sb.iptables_save().contains("--to-destination 172.18.0.2:80"));
+        assert!(sb
+            .iptables_save()
+            .contains("--to-destination 172.18.0.2:80"));
     }
     sb.netctl_ok(&["container", "rm", "web"]);
-    assert!(!sb.host_links().contains(&web_veth), "veth removed with its container");
-    assert!(!sb.iptables_save().contains("--dport 8080"), "its published port is gone");
+    assert!(
+        !sb.host_links().contains(&web_veth),
+        "veth removed with its container"
+    );
+    assert!(
+        !sb.iptables_save().contains("--dport 8080"),
+        "its published port is gone"
+    );
     assert_eq!(sb.namespaces().len(), 4);
     sb.netctl_ok(&["down"]);
-    assert_eq!(sb.host_links(), links_before, "down leaves the host's links as they were");
+    assert_eq!(
+        sb.host_links(),
+        links_before,
+        "down leaves the host's links as they were"
+    );
     let rules_after = sb.iptables_save();
-    assert!(!rules_after.contains("NETCTL"), "no NETCTL rule or chain left:\n{rules_after}");
-    let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+    assert!(
+        !rules_after.contains("NETCTL"),
+        "no NETCTL rule or chain left:\n{rules_after}"
+    );
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     if datapath == "iptables" {
         // Built-in chains exist now (the nat/filter tables were touched) but hold nothing of ours.
-        assert!(strip(&rules_after).iter().all(|l| l.starts_with('*') || l.starts_with(':') || l == "COMMIT"));
+        assert!(strip(&rules_after)
+            .iter()
+            .all(|l| l.starts_with('*') || l.starts_with(':') || l == "COMMIT"));
     } else {
         assert_eq!(strip(&rules_after), strip(&rules_before));
     }
-    assert_eq!(sb.namespaces().len(), 2, "only the sandbox's own namespaces remain");
-    let state: serde_json::Value = serde_json::from_str(&sb.netctl_ok(&["--format", "json", "container", "ls"])).unwrap();
+    assert_eq!(
+        sb.namespaces().len(),
+        2,
+        "only the sandbox's own namespaces remain"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "container", "ls"])).unwrap();
     assert_eq!(state, serde_json::json!([]));
 }
 
@@ -374,7 +634,11 @@ fn snapshot(sb: &Sandbox) -> (String, String, Vec<String>, String, Vec<String>) 
         sb.netctl_ok(&["--format", "json", "network", "ls"]),
         sb.netctl_ok(&["--format", "json", "container", "ls"]),
         sb.host_links(),
-        sb.iptables_save().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n"),
+        sb.iptables_save()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
         sb.namespaces(),
     )
 }
@@ -383,47 +647,208 @@ fn bad_input_changes_nothing(datapath: &str) {
     let sb = Sandbox::new(datapath);
     front_with_web(&sb);
     sb.network("vault", &["--subnet", "172.22.0.0/24", "--internal"]);
-    let other = if datapath == "iptables" { "ebpf" } else { "iptables" };
+    let other = if datapath == "iptables" {
+        "ebpf"
+    } else {
+        "iptables"
+    };
     let cases: &[(&[&str], &str)] = &[
-        (&["network", "create", "n1", "--subnet", "10.0.0.0/33"], "subnet"),
+        (
+            &["network", "create", "n1", "--subnet", "10.0.0.0/33"],
+            "subnet",
+        ),
         (&["network", "create", "n1", "--subnet", "banana"], "banana"),
-        (&["network", "create", "n1", "--subnet", "10.9.0.1/16"], "10.9.0.0/16"),
-        (&["network", "create", "n1", "--subnet", "10.9.0.0/16", "--gateway", "10.8.0.1"], "10.8.0.1"),
-        (&["network", "create", "n1", "--subnet", "172.18.5.0/24"], "front"),
-        (&["network", "create", "front", "--subnet", "10.9.0.0/16"], "already exists"),
-        (&["network", "create", "averyveryverylongname"], "interface name"),
+        (
+            &["network", "create", "n1", "--subnet", "10.9.0.1/16"],
+            "10.9.0.0/16",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "n1",
+                "--subnet",
+                "10.9.0.0/16",
+                "--gateway",
+                "10.8.0.1",
+            ],
+            "10.8.0.1",
+        ),
+        (
+            &["network", "create", "n1", "--subnet", "172.18.5.0/24"],
+            "front",
+        ),
+        (
+            &["network", "create", "front", "--subnet", "10.9.0.0/16"],
+            "already exists",
+        ),
+        (
+            &["network", "create", "averyveryverylongname"],
+            "interface name",
+        ),
         (&["network", "create", "bad name"], "invalid name"),
-        (&["network", "create", "n1", "--datapath", other], "datapath"),
+        (
+            &["network", "create", "n1", "--datapath", other],
+            "datapath",
+        ),
         (&["network", "rm", "nosuch"], "network nosuch: not found"),
         (&["network", "rm", "front"], "active endpoints"),
         (&["network", "connect", "nosuch", "a"], "nosuch"),
         (&["network", "connect", "front", "nosuch"], "nosuch"),
         (&["network", "connect", "front", "a"], "already connected"),
-        (&["container", "run", "a", "--network", "front"], "already exists"),
-        (&["container", "run", "b", "--network", "nosuch"], "network nosuch: not found"),
-        (&["container", "run", "b", "--network", "front", "-p", "0:80"], "0"),
-        (&["container", "run", "b", "--network", "front", "-p", "70000:80"], "70000"),
-        (&["container", "run", "b", "--network", "front", "-p", "8080:80"], "8080"),
-        (&["container", "run", "b", "--network", "front", "-p", "9000-9002:80-81"], "9000-9002"),
-        (&["container", "run", "b", "--network", "front", "--ip", "10.1.1.1"], "10.1.1.1"),
-        (&["container", "run", "b", "--network", "front", "--ip", "172.18.0.2"], "172.18.0.2"),
-        (&["container", "run", "b", "--network", "front", "--ip", "172.18.0.1"], "172.18.0.1"),
-        (&["container", "run", "b", "--network", "vault", "-p", "8081:80"], "internal"),
-        (&["container", "run", "b", "--network", "host", "-p", "8081:80"], "host"),
-        (&["container", "run", "b", "--network", "container:nosuch"], "nosuch"),
-        (&["container", "run", "b/c", "--network", "front"], "invalid name"),
-        (&["container", "rm", "nosuch"], "container nosuch: not found"),
-        (&["container", "inspect", "nosuch"], "container nosuch: not found"),
+        (
+            &["container", "run", "a", "--network", "front"],
+            "already exists",
+        ),
+        (
+            &["container", "run", "b", "--network", "nosuch"],
+            "network nosuch: not found",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "-p", "0:80"],
+            "0",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "-p",
+                "70000:80",
+            ],
+            "70000",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "-p",
+                "8080:80",
+            ],
+            "8080",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "-p",
+                "9000-9002:80-81",
+            ],
+            "9000-9002",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "--ip",
+                "10.1.1.1",
+            ],
+            "10.1.1.1",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "--ip",
+                "172.18.0.2",
+            ],
+            "172.18.0.2",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "front",
+                "--ip",
+                "172.18.0.1",
+            ],
+            "172.18.0.1",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "vault",
+                "-p",
+                "8081:80",
+            ],
+            "internal",
+        ),
+        (
+            &[
+                "container",
+                "run",
+                "b",
+                "--network",
+                "host",
+                "-p",
+                "8081:80",
+            ],
+            "host",
+        ),
+        (
+            &["container", "run", "b", "--network", "container:nosuch"],
+            "nosuch",
+        ),
+        (
+            &["container", "run", "b/c", "--network", "front"],
+            "invalid name",
+        ),
+        (
+            &["container", "rm", "nosuch"],
+            "container nosuch: not found",
+        ),
+        (
+            &["container", "inspect", "nosuch"],
+            "container nosuch: not found",
+        ),
         (&["port", "nosuch"], "nosuch"),
         (&["exec", "nosuch", "--", "true"], "nosuch"),
     ];
     let before = snapshot(&sb);
     for (args, needle) in cases {
         let (code, err) = sb.netctl_err(args);
-        assert_eq!(code, 1, "netctl {}: exit code {code}, {err}", args.join(" "));
-        assert_eq!(err.trim_end().lines().count(), 1, "netctl {}: one line, got {err}", args.join(" "));
+        assert_eq!(
+            code,
+            1,
+            "netctl {}: exit code {code}, {err}",
+            args.join(" ")
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "netctl {}: one line, got {err}",
+            args.join(" ")
+        );
         assert!(err.starts_with("netctl: "), "{err}");
-        assert!(err.contains(needle), "netctl {}: {err:?} should mention {needle:?}", args.join(" "));
-        assert_eq!(snapshot(&sb), before, "netctl {} changed the host", args.join(" "));
+        assert!(
+            err.contains(needle),
+            "netctl {}: {err:?} should mention {needle:?}",
+            args.join(" ")
+        );
+        assert_eq!(
+            snapshot(&sb),
+            before,
+            "netctl {} changed the host",
+            args.join(" ")
+        );
     }
 }

@@ -1,1 +1,98 @@
-fn main() {}
+//! Project tasks: `cargo xtask deps | build | test | run | bench`.
+//!
+//! Everything needs root (packages, bpffs, namespaces); every command xtask
+//! runs is printed before it runs.
+
+mod cmd;
+mod demo;
+mod deps;
+mod net;
+mod snapshot;
+mod testing;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{cargo, run, step};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netctl's project tasks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, nightly rust-src,
+    /// bpf-linker, bpffs); quick and silent when nothing is missing.
+    Deps,
+    /// deps, then `cargo build --release -p netctl` (builds the eBPF object too).
+    Build,
+    /// deps, fmt, clippy, the whole test suite as root, and a check that the
+    /// tests left nothing behind in the root namespace.
+    Test {
+        /// Run the suite several times, with more threads, leak-checking each round.
+        #[arg(long)]
+        stress: bool,
+    },
+    /// The demo: a sandbox, a network, three containers, one check per scenario.
+    Run {
+        #[arg(long, value_enum, default_value_t)]
+        datapath: demo::Datapath,
+        /// Leave the sandbox in place (and print how to remove it).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove a sandbox that `run --keep` left (PREFIX is `ncd<pid>`).
+    DemoTeardown { prefix: String },
+    /// Benchmarks (not implemented yet).
+    Bench,
+    /// Answer each TCP client with "peer=IP:PORT" (used by the demo).
+    #[command(name = "__echo-server", hide = true)]
+    EchoServer { port: u16 },
+    /// Connect, print the server's reply (3 s timeout).
+    #[command(name = "__client", hide = true)]
+    Client {
+        host: String,
+        port: u16,
+        /// Retry refused connections for this many seconds.
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+}
+
+/// `cargo xtask build`.
+pub fn build_release() -> Result<()> {
+    deps::ensure()?;
+    step("building netctl (release; build.rs compiles the eBPF object)");
+    run(cargo().args(["build", "--release", "-p", "netctl"]))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Deps => deps::ensure(),
+        Task::Build => build_release(),
+        Task::Test { stress } => testing::test(stress),
+        Task::Run { datapath, keep } => demo::run_demo(datapath, keep),
+        Task::DemoTeardown { prefix } => demo::teardown(&prefix),
+        Task::Bench => {
+            eprintln!("not implemented yet (issue 5)");
+            return ExitCode::FAILURE;
+        }
+        Task::EchoServer { port } => net::echo_server(port),
+        Task::Client { host, port, wait } => {
+            net::client(&host, port, wait.map(Duration::from_secs_f64))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

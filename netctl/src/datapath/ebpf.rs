@@ -64,8 +64,10 @@ const MAP_NAMES: [&str; 7] = [
 
 const ENDPOINT_INGRESS: &str = "endpoint_ingress";
 /// TC programs on the uplink and the hook each goes on.
-const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] =
-    [("uplink_ingress", TcAttachType::Ingress), ("uplink_egress", TcAttachType::Egress)];
+const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("uplink_ingress", TcAttachType::Ingress),
+    ("uplink_egress", TcAttachType::Egress),
+];
 /// cgroup programs: host processes reaching published ports.
 const SOCK_PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
 
@@ -110,14 +112,19 @@ pub fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(|e| Error::io(BPFFS, e))?;
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| Error::system(BPFFS, format!("mount bpffs: {e}")))
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::system(BPFFS, format!("mount bpffs: {e}")))
 }
 
 /// Interface index in the namespace of the calling thread.
 fn ifindex(name: &str) -> Result<u32> {
-    nix::net::if_::if_nametoindex(name)
-        .map_err(|e| Error::system(format!("interface {name}"), e))
+    nix::net::if_::if_nametoindex(name).map_err(|e| Error::system(format!("interface {name}"), e))
 }
 
 /// MAC of an interface in the namespace of the calling thread.
@@ -133,7 +140,11 @@ fn mac_of(name: &str) -> Result<[u8; 6]> {
     // (names are at most 15 bytes); SIOCGIFHWADDR only writes into ifreq.
     unsafe {
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *dst = src as libc::c_char;
         }
         use std::os::fd::AsRawFd as _;
@@ -144,7 +155,14 @@ fn mac_of(name: &str) -> Result<[u8; 6]> {
             ));
         }
         let data = req.ifr_ifru.ifru_hwaddr.sa_data;
-        Ok([data[0] as u8, data[1] as u8, data[2] as u8, data[3] as u8, data[4] as u8, data[5] as u8])
+        Ok([
+            data[0] as u8,
+            data[1] as u8,
+            data[2] as u8,
+            data[3] as u8,
+            data[4] as u8,
+            data[5] as u8,
+        ])
     }
 }
 
@@ -172,18 +190,19 @@ fn netns_cookie() -> Result<u64> {
         )
     };
     if rc < 0 {
-        return Err(Error::system("netns cookie", std::io::Error::last_os_error()));
+        return Err(Error::system(
+            "netns cookie",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(cookie)
 }
 
 /// Typed view of a pinned hash map.
-fn pinned_hash<K: aya::Pod, V: aya::Pod>(
-    dir: &Path,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>> {
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
     let path = dir.join("maps").join(name);
-    let data = MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
+    let data =
+        MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
     let map = if name == maps::CONNTRACK || name == maps::SOCK_REVNAT {
         Map::LruHashMap(data)
     } else {
@@ -194,7 +213,10 @@ fn pinned_hash<K: aya::Pod, V: aya::Pod>(
 
 impl Ebpf {
     pub fn new(host: &HostInfo) -> Self {
-        Ebpf { pin_dir: host.config.pin_dir(), host: host.clone() }
+        Ebpf {
+            pin_dir: host.config.pin_dir(),
+            host: host.clone(),
+        }
     }
 
     fn map_path(&self, name: &str) -> PathBuf {
@@ -206,7 +228,9 @@ impl Ebpf {
     }
 
     fn link_path(&self, target: &str, program: &str) -> PathBuf {
-        self.pin_dir.join("links").join(format!("{target}@{program}"))
+        self.pin_dir
+            .join("links")
+            .join(format!("{target}@{program}"))
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -248,19 +272,26 @@ impl Ebpf {
                 .create(self.pin_dir.join(sub))
                 .map_err(|e| Error::io(format!("pin dir {}", self.pin_dir.display()), e))?;
         }
-        let map_paths: Vec<(&str, PathBuf)> =
-            MAP_NAMES.iter().map(|name| (*name, self.map_path(name))).collect();
+        let map_paths: Vec<(&str, PathBuf)> = MAP_NAMES
+            .iter()
+            .map(|name| (*name, self.map_path(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut bpf = loader.load(EBPF_OBJECT).map_err(|e| bpf_error("ebpf object", e))?;
+        let mut bpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| bpf_error("ebpf object", e))?;
 
         let mut config_map: Array<_, Config> = Array::try_from(
-            bpf.map_mut(maps::CONFIG).ok_or_else(|| bpf_error("map CONFIG", "missing"))?,
+            bpf.map_mut(maps::CONFIG)
+                .ok_or_else(|| bpf_error("map CONFIG", "missing"))?,
         )
         .map_err(|e| bpf_error("map CONFIG", e))?;
-        config_map.set(0, config, 0).map_err(|e| bpf_error("map CONFIG", e))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(|e| bpf_error("map CONFIG", e))?;
 
         let uplink = self.host.uplink.as_ref().expect("checked by config()");
         for (name, hook) in [(ENDPOINT_INGRESS, None)]
@@ -272,12 +303,19 @@ impl Ebpf {
                 .ok_or_else(|| bpf_error(format!("program {name}"), "missing from the object"))?
                 .try_into()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
-            prog.load().map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
             let path = self.prog_path(name);
             let _ = fs::remove_file(&path);
-            prog.pin(&path).map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.pin(&path)
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
             if let Some(hook) = hook {
-                attach_tc(prog, &uplink.name, hook, &self.link_path(&uplink.name, name))?;
+                attach_tc(
+                    prog,
+                    &uplink.name,
+                    hook,
+                    &self.link_path(&uplink.name, name),
+                )?;
             }
         }
         let cgroup = fs::File::open(&self.host.config.cgroup)
@@ -286,12 +324,16 @@ impl Ebpf {
             let Some(program) = bpf.program_mut(name) else {
                 // Built without the cgroup programs: host → published port
                 // then needs them; say so rather than fail the whole host.
-                log::warn!("program {name} missing from the object: host → published port disabled");
+                log::warn!(
+                    "program {name} missing from the object: host → published port disabled"
+                );
                 continue;
             };
-            let prog: &mut CgroupSockAddr =
-                program.try_into().map_err(|e| bpf_error(format!("program {name}"), e))?;
-            prog.load().map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let prog: &mut CgroupSockAddr = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
             let id = prog
                 .attach(&cgroup, CgroupAttachMode::AllowMultiple)
                 .map_err(|e| bpf_error(format!("program {name} on cgroup"), e))?;
@@ -302,7 +344,8 @@ impl Ebpf {
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
             let path = self.link_path("cgroup", name);
             let _ = fs::remove_file(&path);
-            link.pin(&path).map_err(|e| bpf_error(format!("link {}", path.display()), e))?;
+            link.pin(&path)
+                .map_err(|e| bpf_error(format!("link {}", path.display()), e))?;
         }
         Ok(())
     }
@@ -321,8 +364,17 @@ impl Ebpf {
 }
 
 /// Attaches with TCX and pins the link (it outlives this process).
-fn attach_tc(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType, pin: &Path) -> Result<()> {
-    let name = prog.info().ok().and_then(|i| i.name_as_str().map(str::to_owned)).unwrap_or_default();
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    let name = prog
+        .info()
+        .ok()
+        .and_then(|i| i.name_as_str().map(str::to_owned))
+        .unwrap_or_default();
     let id = prog
         .attach(ifname, hook)
         .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?;
@@ -330,9 +382,15 @@ fn attach_tc(prog: &mut SchedClassifier, ifname: &str, hook: TcAttachType, pin: 
         .take_link(id)
         .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?
         .try_into()
-        .map_err(|e| bpf_error(format!("link of {name} on {ifname} (TCX needed, Linux 6.6+)"), e))?;
+        .map_err(|e| {
+            bpf_error(
+                format!("link of {name} on {ifname} (TCX needed, Linux 6.6+)"),
+                e,
+            )
+        })?;
     let _ = fs::remove_file(pin);
-    link.pin(pin).map_err(|e| bpf_error(format!("link {}", pin.display()), e))?;
+    link.pin(pin)
+        .map_err(|e| bpf_error(format!("link {}", pin.display()), e))?;
     Ok(())
 }
 
@@ -380,7 +438,11 @@ impl Datapath for Ebpf {
             bridge_ifindex: ifindex(&net.bridge)?,
             bridge_mac: mac_of(&net.bridge)?,
             _pad: [0; 2],
-            flags: if net.internal { NETWORK_FLAG_INTERNAL } else { 0 },
+            flags: if net.internal {
+                NETWORK_FLAG_INTERNAL
+            } else {
+                0
+            },
         };
         self.hash::<u32, NetworkInfo>(maps::NETWORKS)?
             .insert(net.id, info, 0)
@@ -388,7 +450,10 @@ impl Datapath for Ebpf {
     }
 
     fn network_down(&self, net: &Network) -> Result<()> {
-        match self.hash::<u32, NetworkInfo>(maps::NETWORKS)?.remove(&net.id) {
+        match self
+            .hash::<u32, NetworkInfo>(maps::NETWORKS)?
+            .remove(&net.id)
+        {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(bpf_error(format!("network {}: map NETWORKS", net.name), e)),
         }
@@ -418,16 +483,21 @@ impl Datapath for Ebpf {
     fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
         let mut errors = Vec::new();
         errors.extend(Self::unpin_link(&self.link_path(&ep.host_veth, ENDPOINT_INGRESS)).err());
-        match self.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?.remove(&be_ip(ep.ip)) {
+        match self
+            .hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
+            .remove(&be_ip(ep.ip))
+        {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => errors.push(bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e)),
         }
         // Its flows die with it: a later container reusing the address must
         // not inherit them.
-        errors.extend(conntrack_remove(&self.pin_dir, |k, e| {
-            [k.saddr, k.daddr, e.saddr, e.daddr].contains(&be_ip(ep.ip))
-        })
-        .err());
+        errors.extend(
+            conntrack_remove(&self.pin_dir, |k, e| {
+                [k.saddr, k.daddr, e.saddr, e.daddr].contains(&be_ip(ep.ip))
+            })
+            .err(),
+        );
         Error::collect(errors)
     }
 
@@ -443,7 +513,10 @@ impl Datapath for Ebpf {
         let mut done = Vec::new();
         for p in ports {
             let target = endpoints.get(&be_ip(p.container_ip), 0).map_err(|e| {
-                bpf_error(format!("port {}: endpoint {}", p.describe(), p.container_ip), e)
+                bpf_error(
+                    format!("port {}: endpoint {}", p.describe(), p.container_ip),
+                    e,
+                )
             })?;
             let value = PortTarget {
                 ip: be_ip(p.container_ip),
@@ -522,7 +595,11 @@ fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
             CT_KIND_HAIRPIN => "hairpin",
             _ => "unknown",
         },
-        direction: if e.direction == CT_DIR_REPLY { "reply" } else { "original" },
+        direction: if e.direction == CT_DIR_REPLY {
+            "reply"
+        } else {
+            "original"
+        },
         state: match e.state {
             CT_STATE_NEW => "new",
             CT_STATE_ESTABLISHED => "established",
@@ -548,7 +625,10 @@ pub fn conntrack_list(pin_dir: &Path) -> Result<Vec<Flow>> {
 }
 
 /// Removes the entries `doomed` selects; returns how many went.
-pub fn conntrack_remove(pin_dir: &Path, doomed: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+pub fn conntrack_remove(
+    pin_dir: &Path,
+    doomed: impl Fn(&CtKey, &CtEntry) -> bool,
+) -> Result<usize> {
     let mut map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
     // Collect first: deleting while iterating a hash map restarts the walk.
     let keys: Vec<CtKey> = map
@@ -569,13 +649,16 @@ pub fn conntrack_remove(pin_dir: &Path, doomed: impl Fn(&CtKey, &CtEntry) -> boo
 /// Removes expired entries (the programs also expire them on lookup).
 pub fn conntrack_gc(pin_dir: &Path) -> Result<usize> {
     let now = monotonic_ns();
-    conntrack_remove(pin_dir, |k, e| now.saturating_sub(e.last_seen_ns) > timeout_ns(k.proto, e.state))
+    conntrack_remove(pin_dir, |k, e| {
+        now.saturating_sub(e.last_seen_ns) > timeout_ns(k.proto, e.state)
+    })
 }
 
 /// Counters summed over CPUs, in index order.
 pub fn stats(pin_dir: &Path) -> Result<Vec<(&'static str, Counter)>> {
     let path = pin_dir.join("maps").join(maps::STATS);
-    let data = MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
+    let data =
+        MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
     let map: PerCpuArray<_, Counter> =
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| bpf_error("map STATS", e))?;
     let mut out = Vec::new();

@@ -11,7 +11,13 @@ use crate::error::Result;
 impl Netlink {
     /// Adds `ip/prefix` to a link; present already is not an error.
     pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(self.error(format!("address {ip}/{prefix} on link #{index}"), e)),

@@ -44,14 +44,23 @@ impl LinkInfo {
 
 impl Netlink {
     pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
-        let request = self.handle.link().get().match_name(name.to_owned()).execute();
-        let links = collect(request).await.map_err(|e| self.error(format!("link {name}"), e))?;
+        let request = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let links = collect(request)
+            .await
+            .map_err(|e| self.error(format!("link {name}"), e))?;
         Ok(links.first().map(LinkInfo::from_message))
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
         let request = self.handle.link().get().match_index(index).execute();
-        let links = collect(request).await.map_err(|e| self.error(format!("link #{index}"), e))?;
+        let links = collect(request)
+            .await
+            .map_err(|e| self.error(format!("link #{index}"), e))?;
         Ok(links.first().map(LinkInfo::from_message))
     }
 
@@ -63,10 +72,9 @@ impl Netlink {
 
     /// Index of a link that must exist.
     pub async fn index(&self, name: &str) -> Result<u32> {
-        self.link(name)
-            .await?
-            .map(|l| l.index)
-            .ok_or_else(|| Error::system(format!("link {name} in netns {}", self.netns), "not found"))
+        self.link(name).await?.map(|l| l.index).ok_or_else(|| {
+            Error::system(format!("link {name} in netns {}", self.netns), "not found")
+        })
     }
 
     /// Creates a bridge (up) unless it exists; returns its index.
@@ -97,16 +105,26 @@ impl Netlink {
     }
 
     async fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
-        self.handle.link().set(msg).execute().await.map_err(|e| self.error(what, e))
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| self.error(what, e))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.set(format!("link #{index} up"), LinkUnspec::new_with_index(index).up().build()).await
+        self.set(
+            format!("link #{index} up"),
+            LinkUnspec::new_with_index(index).up().build(),
+        )
+        .await
     }
 
     pub async fn set_master(&self, index: u32, bridge: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).controller(bridge).build();
-        self.set(format!("link #{index} master #{bridge}"), msg).await
+        self.set(format!("link #{index} master #{bridge}"), msg)
+            .await
     }
 
     /// Hairpin mode on a bridge port: a frame may leave by the port it came
@@ -122,19 +140,26 @@ impl Netlink {
     }
 
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).address(mac.to_vec()).build();
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
         self.set(format!("link #{index} address"), msg).await
     }
 
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).name(name.to_owned()).build();
+        let msg = LinkUnspec::new_with_index(index)
+            .name(name.to_owned())
+            .build();
         self.set(format!("link #{index} name {name}"), msg).await
     }
 
     /// Moves a link into the namespace open as `netns`.
     pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File, what: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).setns_by_fd(netns.as_raw_fd()).build();
-        self.set(format!("link #{index} to netns {what}"), msg).await
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.set(format!("link #{index} to netns {what}"), msg)
+            .await
     }
 
     /// Deletes a link by name; absent is not an error (deleting one end of

@@ -26,7 +26,10 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection()
             .map_err(|e| Error::system(format!("netlink in {netns}"), e))?;
         tokio::spawn(connection);
-        Ok(Netlink { handle, netns: netns.to_owned() })
+        Ok(Netlink {
+            handle,
+            netns: netns.to_owned(),
+        })
     }
 
     /// Connects inside a named namespace, leaving the thread where it was.

@@ -12,7 +12,9 @@ use crate::error::Result;
 impl Netlink {
     /// `default via GATEWAY`; present already is not an error.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
         match self.handle.route().add(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),

@@ -17,7 +17,12 @@ const DEFAULT_COUNT: u64 = 100_000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", proto, port, rest @ ..] => serve(proto, port, rest),
         ["call", proto, host, port] => call(proto, host, port),
         _ => Err("usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT".into()),
@@ -37,13 +42,18 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
         [] => DEFAULT_COUNT,
         _ => return Err("unexpected arguments".into()),
     };
-    let addr: SocketAddr = format!("0.0.0.0:{port}").parse().map_err(|e| format!("{e}"))?;
+    let addr: SocketAddr = format!("0.0.0.0:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     match proto {
         "tcp" => {
             let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
             for stream in listener.incoming().take(count as usize) {
                 let Ok(mut stream) = stream else { continue };
-                let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                let peer = stream
+                    .peer_addr()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 let _ = stream.write_all(format!("peer={peer}\n").as_bytes());
             }
         }
@@ -51,7 +61,9 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
             let socket = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
             let mut buf = [0u8; 2048];
             for _ in 0..count {
-                let Ok((_, peer)) = socket.recv_from(&mut buf) else { continue };
+                let Ok((_, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
                 let _ = socket.send_to(format!("peer={peer}\n").as_bytes(), peer);
             }
         }
@@ -61,22 +73,34 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
 }
 
 fn call(proto: &str, host: &str, port: &str) -> Result<(), String> {
-    let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("{host}:{port}: {e}"))?;
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
     let reply = match proto {
         "tcp" => {
-            let mut stream =
-                TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-            stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            stream
+                .set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
             let mut reply = String::new();
-            stream.read_to_string(&mut reply).map_err(|e| format!("read {addr}: {e}"))?;
+            stream
+                .read_to_string(&mut reply)
+                .map_err(|e| format!("read {addr}: {e}"))?;
             reply
         }
         "udp" => {
             let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-            socket.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-            socket.send_to(b"hello\n", addr).map_err(|e| format!("send {addr}: {e}"))?;
+            socket
+                .set_read_timeout(Some(TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            socket
+                .send_to(b"hello\n", addr)
+                .map_err(|e| format!("send {addr}: {e}"))?;
             let mut buf = [0u8; 2048];
-            let (n, _) = socket.recv_from(&mut buf).map_err(|e| format!("recv {addr}: {e}"))?;
+            let (n, _) = socket
+                .recv_from(&mut buf)
+                .map_err(|e| format!("recv {addr}: {e}"))?;
             String::from_utf8_lossy(&buf[..n]).into_owned()
         }
         other => return Err(format!("unknown protocol {other}")),

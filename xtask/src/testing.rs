@@ -1,0 +1,90 @@
+//! `cargo xtask test [--stress]`: formatting, lints, the whole test suite as
+//! root, and a leak check of the root namespace around the test run.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    cmd::{cargo, run, step, workspace_root},
+    deps,
+    snapshot::Snapshot,
+};
+
+/// With `--stress` the suite runs this many times in a row, with more test
+/// threads than CPUs, and the leak check follows every round: flaky tests
+/// and leaks that need concurrency show up.
+const STRESS_ROUNDS: u32 = 5;
+const STRESS_THREADS_PER_CPU: usize = 4;
+/// no_std, bpf target only: built by netctl's build.rs, linted on its own
+/// target, left out of host builds (a host build fails on its panic handler).
+const EBPF_CRATE: &str = "netctl-ebpf";
+
+pub fn test(stress: bool) -> Result<()> {
+    deps::ensure()?;
+
+    step("formatting (cargo fmt --check)");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+
+    step("lints (clippy, warnings are errors)");
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            EBPF_CRATE,
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"]))?;
+
+    step("lints of the eBPF crate (for its own target, nightly)");
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "-p", EBPF_CRATE])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root()))?;
+
+    step("building the binaries the tests drive (netctl, nettool)");
+    run(cargo().args(["build", "--workspace", "--exclude", EBPF_CRATE, "--bins"]))?;
+
+    step("snapshot of the root namespace before the tests");
+    let before = Snapshot::take()?;
+    println!("{}", before.summary());
+
+    let rounds = if stress { STRESS_ROUNDS } else { 1 };
+    for round in 1..=rounds {
+        let started = Instant::now();
+        step(&format!(
+            "tests, round {round}/{rounds} (as root: they create namespaces)"
+        ));
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--exclude", EBPF_CRATE]);
+        if stress {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cmd.args([
+                "--",
+                &format!("--test-threads={}", cpus * STRESS_THREADS_PER_CPU),
+            ]);
+        }
+        let result = run(&mut cmd);
+        println!("tests took {:.1} s", started.elapsed().as_secs_f64());
+
+        step("leak check: the root namespace after the tests");
+        let after = Snapshot::take()?;
+        let leaks = after.leaks_since(&before);
+        for leak in &leaks {
+            println!("LEAKED {leak}");
+        }
+        if leaks.is_empty() {
+            println!("nothing left behind");
+        }
+        match (result, leaks.len()) {
+            (Ok(()), 0) => {}
+            (Ok(()), n) => bail!("the tests passed but left {n} object(s) behind (listed above)"),
+            (Err(e), 0) => return Err(e),
+            (Err(e), n) => bail!("{e}; and the tests left {n} object(s) behind (listed above)"),
+        }
+    }
+    println!("\nall checks passed");
+    Ok(())
+}
