@@ -33,6 +33,7 @@ scenarios!(
     network_lifecycle,
     rm_and_down_remove_exactly_what_was_added,
     bad_input_changes_nothing,
+    streams_survive_netctl_killed_mid_command,
 );
 
 fn text(out: &Output) -> String {
@@ -849,6 +850,86 @@ fn bad_input_changes_nothing(datapath: &str) {
             before,
             "netctl {} changed the host",
             args.join(" ")
+        );
+    }
+}
+
+/// The datapath lives in the kernel, not in netctl: TCP streams through a
+/// published port and through SNAT keep flowing, with no reset and no lost
+/// byte, while netctl is killed with SIGKILL in the middle of commands and
+/// run again.
+fn streams_survive_netctl_killed_mid_command(datapath: &str) {
+    const SECONDS: &str = "4";
+    let mut sb = Sandbox::new(datapath);
+    sb.network("front", &["--subnet", "172.18.0.0/16"]);
+    let tool = nettool();
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "sink",
+        "--network",
+        "front",
+        "-p",
+        "7070:7070",
+        "--",
+        &tool,
+        "sink",
+        "7070",
+    ]);
+    sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
+    let outside = sb.outside_netns.clone();
+    sb.spawn_in(&outside, &[&tool, "sink", "7071"]);
+    let host = HOST_UPLINK_IP.to_string();
+    let far = OUTSIDE_IP.to_string();
+    // Both sinks answer (a zero-second stream) before the real streams start.
+    call_until_answer(|| sb.outside(&[&tool, "stream", &host, "7070", "0"]));
+    call_until_answer(|| sb.exec("a", &[&tool, "stream", &far, "7071", "0"]));
+
+    let (inbound, outbound) = std::thread::scope(|scope| {
+        let inbound = scope.spawn(|| sb.outside(&[&tool, "stream", &host, "7070", SECONDS]));
+        let outbound = scope.spawn(|| sb.exec("a", &[&tool, "stream", &far, "7071", SECONDS]));
+        sleep(Duration::from_millis(300));
+        for (i, delay_ms) in [5u64, 20, 60].into_iter().enumerate() {
+            let name = format!("killed{i}");
+            let port = format!("{}:80", 9100 + i);
+            let mut child =
+                sb.spawn_netctl(&["container", "run", &name, "--network", "front", "-p", &port]);
+            sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // netctl runs again, completely, while the streams go on.
+        sb.netctl_ok(&[
+            "container",
+            "run",
+            "after",
+            "--network",
+            "front",
+            "-p",
+            "9200:80",
+        ]);
+        (inbound.join().unwrap(), outbound.join().unwrap())
+    });
+    for (what, out) in [
+        ("outside → published port", inbound),
+        ("container → outside (SNAT)", outbound),
+    ] {
+        let report = text(&out);
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            report,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fields: Vec<u64> = report
+            .split_whitespace()
+            .filter_map(|f| f.split_once('=').and_then(|(_, v)| v.parse().ok()))
+            .collect();
+        assert_eq!(fields.len(), 2, "{what}: {report}");
+        assert!(fields[0] > 0, "{what}: nothing sent");
+        assert_eq!(
+            fields[0], fields[1],
+            "{what}: every byte arrived ({report})"
         );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //!   nettool serve tcp|udp PORT [--count N]   answer each client with "peer=IP:PORT"
 //!   nettool call tcp|udp HOST PORT           print the server's answer (3 s timeout)
+//!   nettool sink PORT [--count N]            count each TCP client's bytes, answer "received=N"
+//!   nettool stream HOST PORT SECONDS         send for SECONDS, print "sent=N received=M"
 
 use std::{
     io::{Read as _, Write as _},
@@ -25,7 +27,13 @@ fn main() -> ExitCode {
     {
         ["serve", proto, port, rest @ ..] => serve(proto, port, rest),
         ["call", proto, host, port] => call(proto, host, port),
-        _ => Err("usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT".into()),
+        ["sink", port, rest @ ..] => sink(port, rest),
+        ["stream", host, port, seconds] => stream(host, port, seconds),
+        _ => Err(
+            "usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT \
+                  | sink PORT [--count N] | stream HOST PORT SECONDS"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,12 +44,16 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_count(rest: &[&str]) -> Result<u64, String> {
+    match rest {
+        ["--count", n] => n.parse().map_err(|_| format!("bad count {n}")),
+        [] => Ok(DEFAULT_COUNT),
+        _ => Err("unexpected arguments".into()),
+    }
+}
+
 fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
-    let count = match rest {
-        ["--count", n] => n.parse().map_err(|_| format!("bad count {n}"))?,
-        [] => DEFAULT_COUNT,
-        _ => return Err("unexpected arguments".into()),
-    };
+    let count = parse_count(rest)?;
     let addr: SocketAddr = format!("0.0.0.0:{port}")
         .parse()
         .map_err(|e| format!("{e}"))?;
@@ -106,5 +118,71 @@ fn call(proto: &str, host: &str, port: &str) -> Result<(), String> {
         other => return Err(format!("unknown protocol {other}")),
     };
     print!("{reply}");
+    Ok(())
+}
+
+/// Longest a stream may last: loops stop by themselves.
+const MAX_STREAM_SECONDS: u64 = 60;
+
+/// Reads each client to its end and answers with the byte count.
+fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
+    let count = parse_count(rest)?;
+    let addr = format!("0.0.0.0:{port}");
+    let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    for stream in listener.incoming().take(count as usize) {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total: u64 = 0;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = stream.write_all(format!("received={total}\n").as_bytes());
+        });
+    }
+    Ok(())
+}
+
+/// Sends for a while, then reads the sink's count: any reset or stall on
+/// the way is an error.
+fn stream(host: &str, port: &str, seconds: &str) -> Result<(), String> {
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("bad seconds {seconds}"))?;
+    let seconds = seconds.min(MAX_STREAM_SECONDS);
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; 16 * 1024];
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let mut sent: u64 = 0;
+    while std::time::Instant::now() < deadline {
+        stream
+            .write_all(&chunk)
+            .map_err(|e| format!("send to {addr} after {sent} bytes: {e}"))?;
+        sent += chunk.len() as u64;
+        // Paced, so that the stream lasts without flooding the machine.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    println!("sent={sent} {}", reply.trim());
     Ok(())
 }
