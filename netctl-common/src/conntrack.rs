@@ -73,3 +73,26 @@ pub const fn timeout_ns(proto: u8, state: u8) -> u64 {
         _ => CT_TIMEOUT_ICMP_NS,
     }
 }
+
+/// The key that replies to a packet rewritten by `entry` arrive with: the
+/// rewritten tuple turned around. Either entry of a pair finds the other
+/// this way, so neither stores it.
+#[inline(always)]
+pub fn reverse_key(entry: &CtEntry, proto: u8) -> CtKey {
+    CtKey {
+        saddr: entry.daddr,
+        daddr: entry.saddr,
+        sport: entry.dport,
+        dport: entry.sport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether an entry is past the timeout of its state at `now_ns`
+/// (bpf_ktime_get_ns / CLOCK_MONOTONIC).
+#[inline(always)]
+pub fn expired(entry: &CtEntry, proto: u8, now_ns: u64) -> bool {
+    // saturating: another CPU may have stamped a slightly later time.
+    now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(proto, entry.state)
+}

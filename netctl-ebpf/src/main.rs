@@ -1,20 +1,87 @@
 //! netctl's eBPF programs. Entry points stay thin: each calls a `try_*`
-//! function and turns its result into a verdict.
+//! function and turns its result into a verdict: `Ok(action)` is already
+//! counted, `Err(reason)` is a drop counted under its `Drop*` reason.
+//!
+//! | program | hook | module |
+//! |---|---|---|
+//! | `endpoint_ingress` | TC ingress, host-side veth of a container | [`endpoint`] |
+//! | `uplink_ingress` | TC ingress, the uplink | [`uplink`] |
+//! | `uplink_egress` | TC egress, the uplink | [`uplink`] |
+//!
+//! Every function is `#[inline(always)]`: one BPF function per program,
+//! so that packet pointers and map value pointers never cross a BPF-to-BPF
+//! call (the verifier restricts what a subprogram may receive), and the
+//! stack (512 bytes in all) is shared by LLVM's slot colouring rather than
+//! added up frame by frame. The one exception is the callback of
+//! `bpf_for_each_map_elem` in [`endpoint`], which must be a subprogram.
+//!
+//! Packet data is read once, through bounds-checked pointers, into plain
+//! values ([`parse::Packet`]); every write goes through helpers by offset
+//! (`bpf_skb_store_bytes`, `bpf_l3/l4_csum_replace`), which invalidate the
+//! verifier's packet pointers, so none is kept across them.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
+mod endpoint;
+mod forward;
 mod maps;
+mod nat;
+mod parse;
+mod sock;
 mod stats;
+mod uplink;
 
-use aya_ebpf::{bindings::TC_ACT_PIPE, macros::classifier, programs::TcContext};
-use netctl_common::stats::StatIndex;
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use netctl_common::{config::Config, stats::StatIndex};
 
-/// Host-side veth ingress (packets leaving a container). Placeholder until
-/// the datapath lands: counts and passes.
+/// The verdicts as the entry points return them (the bindings type them
+/// u32 or i32 depending on the target architecture they were generated
+/// for, hence the cast that may be a no-op).
+#[allow(clippy::unnecessary_cast)]
+pub const TC_OK: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
+pub const TC_SHOT: i32 = TC_ACT_SHOT as i32;
+
+/// Host-side veth ingress: packets leaving a container.
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    stats::count(StatIndex::Pass, ctx.len());
-    TC_ACT_PIPE
+    verdict(&ctx, endpoint::try_endpoint_ingress(&ctx))
+}
+
+/// Uplink ingress: replies of SNAT flows, connections to published ports.
+#[classifier]
+pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    verdict(&ctx, uplink::try_uplink_ingress(&ctx))
+}
+
+/// Uplink egress: the slow path's SNAT and reverse DNAT.
+#[classifier]
+pub fn uplink_egress(ctx: TcContext) -> i32 {
+    verdict(&ctx, uplink::try_uplink_egress(&ctx))
+}
+
+#[inline(always)]
+fn verdict(ctx: &TcContext, result: Result<i32, StatIndex>) -> i32 {
+    match result {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::count(reason, ctx.len());
+            TC_SHOT
+        }
+    }
+}
+
+/// CONFIG slot 0 (an array slot always exists; all zero until the
+/// controller writes it, which disables SNAT and DNAT).
+#[inline(always)]
+fn config() -> Config {
+    maps::CONFIG.get(0).copied().unwrap_or_default()
 }
 
 #[cfg(not(test))]

@@ -41,7 +41,8 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(
 
 /// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
 #[map]
-pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::with_max_entries(65_536, 0);
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(65_536, 0);
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

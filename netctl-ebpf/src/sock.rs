@@ -115,7 +115,7 @@ fn published(ip: u32, port: u16, proto: u8, uplink_ip: u32) -> Option<PortTarget
         proto,
         _pad: 0,
     };
-    if let Some(target) = PORTMAP.get_ptr(&key) {
+    if let Some(target) = PORTMAP.get_ptr(key) {
         // SAFETY: a value pointer from a successful lookup; copied at once.
         return Some(unsafe { *target });
     }
@@ -124,7 +124,7 @@ fn published(ip: u32, port: u16, proto: u8, uplink_ip: u32) -> Option<PortTarget
     }
     key.host_ip = 0;
     // SAFETY: as above.
-    PORTMAP.get_ptr(&key).map(|target| unsafe { *target })
+    PORTMAP.get_ptr(key).map(|target| unsafe { *target })
 }
 
 /// connect4/sendmsg4: send a host socket aimed at a published port straight
@@ -164,7 +164,7 @@ fn translate(ctx: &SockAddrContext) {
         // LRU: insertion evicts rather than fails. Should it fail anyway, the
         // datagram is still translated: a connected socket does not need the
         // entry, an unconnected one sees the container's address as source.
-        let _ = SOCK_REVNAT.insert(&key, &original, 0);
+        let _ = SOCK_REVNAT.insert(key, original, 0);
     }
     // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4.
     unsafe {
@@ -191,7 +191,7 @@ fn restore(ctx: &SockAddrContext) {
         port: src_port as u16,
         _pad: 0,
     };
-    let Some(original) = SOCK_REVNAT.get_ptr(&key) else {
+    let Some(original) = SOCK_REVNAT.get_ptr(key) else {
         return;
     };
     // SAFETY: a value pointer from a successful lookup; user_ip4 and

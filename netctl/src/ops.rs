@@ -30,7 +30,7 @@ use crate::{
 pub const DEFAULT_NETWORK: &str = "bridge";
 
 /// The datapath a new host gets when `--datapath` is not given.
-pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Iptables;
+pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
 
 /// One step to take back if a later step fails.
 enum Undo {

@@ -293,7 +293,12 @@ impl StateDir {
     /// Deletes the state dir and everything in it.
     pub fn remove(&self) -> Result<()> {
         fs::remove_dir_all(&self.path)
-            .map_err(|e| Error::io(format!("state dir {}", self.path.display()), e))
+            .map_err(|e| Error::io(format!("state dir {}", self.path.display()), e))?;
+        // /run/netctl, the parent of derived state dirs, goes with the last one.
+        if let Some(parent) = self.path.parent().filter(|p| p.ends_with("netctl")) {
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(())
     }
 
     /// Replaces the state file atomically: a crash leaves the old or the new

@@ -13,8 +13,7 @@ macro_rules! scenarios {
             $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
         }
         mod ebpf {
-            $( #[test] #[ignore = "the eBPF datapath is not implemented yet (issue 4)"]
-               fn $name() { if super::is_root() { super::$name("ebpf") } } )*
+            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
         }
     };
 }

@@ -54,9 +54,9 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Datapath {
     /// Docker's rules in NETCTL-* chains (the reference).
-    #[default]
     Iptables,
     /// TC eBPF programs and BPF maps, no iptables.
+    #[default]
     Ebpf,
 }
 
@@ -171,6 +171,12 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
     step("checks");
     let checks = run_checks(&sandbox, &xtask)?;
     print_table(datapath, &checks);
+    if datapath == Datapath::Ebpf {
+        // What the checks did to the datapath: its flows and its counters.
+        step("the eBPF datapath after the checks: conntrack and counters");
+        sandbox.netctl.run(&["conntrack", "ls"])?;
+        sandbox.netctl.run(&["stats"])?;
+    }
     let failed = checks.iter().filter(|c| !c.pass).count();
     if failed > 0 {
         bail!("{failed} of {} checks failed", checks.len());

@@ -32,7 +32,7 @@ use aya::{
 };
 use netctl_common::{
     config::Config,
-    conntrack::{timeout_ns, CtEntry, CtKey},
+    conntrack::{expired, reverse_key, CtEntry, CtKey},
     endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
     maps,
     portmap::{PortKey, PortTarget},
@@ -81,8 +81,16 @@ pub struct Ebpf {
     host: HostInfo,
 }
 
-fn bpf_error(object: impl Into<String>, err: impl std::fmt::Display) -> Error {
-    Error::system(object, err)
+/// An aya error with its whole chain of causes (aya puts the errno in the
+/// source of a `SyscallError`).
+fn bpf_error(object: impl Into<String>, err: impl std::error::Error) -> Error {
+    let mut reason = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    Error::system(object, reason)
 }
 
 /// Network byte order in a u32, as the programs read addresses from packets.
@@ -286,7 +294,7 @@ impl Ebpf {
 
         let mut config_map: Array<_, Config> = Array::try_from(
             bpf.map_mut(maps::CONFIG)
-                .ok_or_else(|| bpf_error("map CONFIG", "missing"))?,
+                .ok_or_else(|| Error::system("map CONFIG", "missing from the object"))?,
         )
         .map_err(|e| bpf_error("map CONFIG", e))?;
         config_map
@@ -300,7 +308,7 @@ impl Ebpf {
         {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
-                .ok_or_else(|| bpf_error(format!("program {name}"), "missing from the object"))?
+                .ok_or_else(|| Error::system(format!("program {name}"), "missing from the object"))?
                 .try_into()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
             prog.load()
@@ -334,8 +342,11 @@ impl Ebpf {
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
             prog.load()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            // A bpf_link (what aya creates on 5.7+) coexists with other
+            // programs on the cgroup by itself; the kernel refuses the
+            // ALLOW_MULTI flag on link_create with EINVAL, hence Single.
             let id = prog
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(|e| bpf_error(format!("program {name} on cgroup"), e))?;
             let link: FdLink = prog
                 .take_link(id)
@@ -646,11 +657,20 @@ pub fn conntrack_remove(
     Ok(keys.len())
 }
 
-/// Removes expired entries (the programs also expire them on lookup).
+/// Removes expired flows, with the programs' rule: an entry lives while it
+/// or its pair (the other direction) is within its timeout, so a one-way
+/// stream keeps both. The programs also expire entries on lookup.
 pub fn conntrack_gc(pin_dir: &Path) -> Result<usize> {
     let now = monotonic_ns();
+    let table: std::collections::HashMap<CtKey, CtEntry> = {
+        let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
+        map.iter().filter_map(|item| item.ok()).collect()
+    };
     conntrack_remove(pin_dir, |k, e| {
-        now.saturating_sub(e.last_seen_ns) > timeout_ns(k.proto, e.state)
+        let pair_alive = table
+            .get(&reverse_key(e, k.proto))
+            .is_some_and(|pair| !expired(pair, k.proto, now));
+        expired(e, k.proto, now) && !pair_alive
     })
 }
 

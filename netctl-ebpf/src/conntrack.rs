@@ -1,0 +1,202 @@
+//! Connection tracking of translated flows: one `CONNTRACK` entry per
+//! direction. The entry of one direction names the rewrite; the key of the
+//! other direction is the rewritten tuple turned around ([`reverse_key`]),
+//! so either entry finds its pair without storing it.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use netctl_common::{
+    conntrack::{
+        expired, CtEntry, CtKey, CT_DIR_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+    },
+    stats::StatIndex,
+};
+
+pub use netctl_common::conntrack::reverse_key;
+
+use crate::{
+    maps::CONNTRACK,
+    parse::{Packet, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+const EEXIST: i32 = 17;
+
+/// See [`seen`].
+const PAIR_REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The packet's tuple as a key.
+#[inline(always)]
+pub fn key_of(pkt: &Packet) -> CtKey {
+    CtKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Looks a tuple up. An entry past its timeout is a miss, unless its pair
+/// is still alive: a flow lives as long as either direction is seen (a
+/// one-way UDP stream refreshes only one of the two). Dead pairs are deleted
+/// here, so an expired entry never blocks a port or a new flow.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
+    // SAFETY: a map value pointer from a successful lookup; concurrent
+    // writers only store whole scalar fields.
+    unsafe {
+        if !expired(&*entry, key.proto, now) {
+            return Some(entry);
+        }
+        let pair_key = reverse_key(&*entry, key.proto);
+        if let Some(pair) = CONNTRACK.get_ptr_mut(pair_key) {
+            if !expired(&*pair, key.proto, now) {
+                return Some(entry);
+            }
+            let _ = CONNTRACK.remove(pair_key);
+        }
+    }
+    let _ = CONNTRACK.remove(key);
+    None
+}
+
+/// TCP state after a packet with `flags` in `direction`. UDP and ICMP pass
+/// flags 0: they become ESTABLISHED once a reply was seen.
+#[inline(always)]
+fn next_state(state: u8, direction: u8, flags: u8) -> u8 {
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_STATE_CLOSING
+    } else if state == CT_STATE_CLOSING {
+        // A fresh SYN reuses the tuple of a closing connection.
+        if direction != CT_DIR_REPLY && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+            CT_STATE_NEW
+        } else {
+            CT_STATE_CLOSING
+        }
+    } else if direction == CT_DIR_REPLY {
+        CT_STATE_ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// State of a new flow from its first packet (mid-stream TCP is picked up
+/// as established, as the kernel's conntrack does by default).
+#[inline(always)]
+pub fn initial_state(pkt: &Packet) -> u8 {
+    if pkt.l4 != L4::Tcp {
+        CT_STATE_NEW
+    } else if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_STATE_CLOSING
+    } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
+        CT_STATE_NEW
+    } else {
+        CT_STATE_ESTABLISHED
+    }
+}
+
+/// Records a packet on `entry`: last seen, counters, state. A state change
+/// is written to the pair too, so both directions share one timeout; and
+/// the pair's last-seen time follows this one's, at most a second behind
+/// (refreshed when this entry was idle for a second or more: one extra
+/// lookup per second per active direction, not per packet), so that a flow
+/// seen in one direction only (a UDP stream) keeps both entries alive, for
+/// `netctl conntrack gc` too.
+#[inline(always)]
+pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
+    let now = now();
+    let flags = if pkt.l4 == L4::Tcp { pkt.tcp_flags } else { 0 };
+    // SAFETY: a map value pointer from `lookup`. The counters are shared by
+    // every CPU that sees the flow and are added to without atomics (Rust
+    // has no fetch_add on the bpf target, which lacks compare-and-swap): two
+    // CPUs racing on one flow may lose an increment. They are statistics;
+    // nothing decides on them.
+    unsafe {
+        let idle = now.saturating_sub((*entry).last_seen_ns);
+        (*entry).last_seen_ns = now;
+        (*entry).packets += 1;
+        (*entry).bytes += u64::from(bytes);
+        let state = (*entry).state;
+        let next = next_state(state, (*entry).direction, flags);
+        if next != state || idle >= PAIR_REFRESH_NS {
+            (*entry).state = next;
+            let pair_key = reverse_key(&*entry, pkt.proto);
+            if let Some(pair) = CONNTRACK.get_ptr_mut(pair_key) {
+                (*pair).state = next;
+                (*pair).last_seen_ns = now;
+            }
+        }
+    }
+}
+
+/// Inserts the reply entry of a new flow, claiming its key: `Ok(false)`
+/// when the key is taken by a live flow (the caller tries another port).
+/// BPF_NOEXIST makes the claim atomic between CPUs.
+#[inline(always)]
+pub fn claim(key: &CtKey, entry: &CtEntry) -> Result<bool, StatIndex> {
+    if lookup(key).is_some() {
+        return Ok(false);
+    }
+    match CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Ok(true),
+        Err(e) if e == -EEXIST => Ok(false),
+        Err(_) => Err(StatIndex::DropConntrackFull),
+    }
+}
+
+/// Inserts or replaces an entry.
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry) -> Result<(), StatIndex> {
+    CONNTRACK
+        .insert(key, entry, 0)
+        .map_err(|_| StatIndex::DropConntrackFull)
+}
+
+/// Inserts the original entry of a flow whose reply entry is in place;
+/// on failure the reply entry is taken back.
+#[inline(always)]
+pub fn insert_original(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Result<(), StatIndex> {
+    if CONNTRACK.insert(key, entry, 0).is_err() {
+        let _ = CONNTRACK.remove(reply_key);
+        return Err(StatIndex::DropConntrackFull);
+    }
+    Ok(())
+}
+
+/// A new entry for one direction: rewrite to `src` → `dst` (address and
+/// port each, network order). The original direction counts the packet
+/// that created the flow.
+#[inline(always)]
+pub fn entry(
+    src: (u32, u16),
+    dst: (u32, u16),
+    kind: u8,
+    direction: u8,
+    ifindex: u32,
+    state: u8,
+    bytes: u32,
+) -> CtEntry {
+    let packets = if direction == CT_DIR_REPLY { 0 } else { 1 };
+    CtEntry {
+        saddr: src.0,
+        daddr: dst.0,
+        sport: src.1,
+        dport: dst.1,
+        kind,
+        state,
+        direction,
+        _pad: 0,
+        ifindex,
+        last_seen_ns: now(),
+        packets,
+        bytes: if packets == 1 { u64::from(bytes) } else { 0 },
+    }
+}

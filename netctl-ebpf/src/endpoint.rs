@@ -1,0 +1,317 @@
+//! `endpoint_ingress`: TC ingress of a container's host-side veth, so every
+//! packet the container sends.
+//!
+//! Order: anti-spoofing, then known flows (conntrack), then the destination
+//! decides: own subnet → the bridge; another network → dropped; the uplink
+//! address or a gateway → published port (hairpin) or the host; routed
+//! through the uplink → SNAT to the uplink address and straight out of the
+//! uplink; anything else → the kernel.
+//!
+//! The FIB is asked before anything is translated: when it has no answer
+//! the fast path can use, the packet goes to the kernel *untranslated*, the
+//! kernel routes it like any forwarded packet (ICMP errors, neighbour
+//! resolution...), and `uplink_egress` translates it on the way out with
+//! the same conntrack entry or SNAT function. A translated packet handed to
+//! the kernel would instead be dropped as a martian (its source would be a
+//! local address arriving on a veth).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_for_each_map_elem, programs::TcContext};
+use netctl_common::{
+    config::Config,
+    conntrack::{CtEntry, CT_KIND_HAIRPIN},
+    endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
+    portmap::PortTarget,
+    stats::StatIndex,
+};
+
+use crate::{
+    config,
+    conntrack::{self, key_of},
+    forward::{self, fib_route, network, peer_target, Route},
+    maps::{ENDPOINTS, NETWORKS},
+    nat::{self, NewFlow},
+    parse::{parse, skb_ifindex, Packet, L4},
+    stats::{count, pass},
+};
+
+pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
+    let bytes = ctx.len();
+    let pkt = match parse(ctx) {
+        Ok(pkt) => pkt,
+        // ARP, IPv6, truncated: the kernel's business, untouched.
+        Err(reason) => return Ok(pass(reason, bytes)),
+    };
+
+    // Anti-spoofing: the source must be the endpoint of this very veth,
+    // with its own MAC.
+    // SAFETY: plain-data value copied out at once.
+    let ep = unsafe { ENDPOINTS.get(pkt.saddr).copied() }.ok_or(StatIndex::DropSpoofed)?;
+    if ep.ifindex != skb_ifindex(ctx) || ep.mac != pkt.eth_src {
+        return Err(StatIndex::DropSpoofed);
+    }
+    if pkt.l4 == L4::Truncated {
+        return Ok(pass(StatIndex::Truncated, bytes));
+    }
+    let cfg = config();
+
+    // A known flow first: egress SNAT, the reply of a DNAT flow, hairpin in
+    // either direction.
+    if pkt.has_tuple() {
+        if let Some(entry) = conntrack::lookup(&key_of(&pkt)) {
+            return known_flow(ctx, &pkt, entry, &cfg, bytes);
+        }
+    }
+
+    // An endpoint whose network is missing: fail closed.
+    let net = network(ep.network_id).ok_or(StatIndex::DropIsolated)?;
+    let internal = net.flags & NETWORK_FLAG_INTERNAL != 0;
+
+    // Multicast and broadcast stay on the bridge.
+    if pkt.daddr.to_ne_bytes()[0] >= 224 {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    // The own subnet: the bridge delivers. The gateway is in the subnet but
+    // is a host address, with maybe a published port: below.
+    let own_gateway = pkt.daddr == net.gateway;
+    if !own_gateway && pkt.daddr & net.mask == net.subnet & net.mask {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    // Another network's container.
+    // SAFETY: plain-data value copied out at once.
+    if let Some(peer) = unsafe { ENDPOINTS.get(pkt.daddr).copied() } {
+        if peer.network_id != ep.network_id {
+            return Err(StatIndex::DropIsolated);
+        }
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+
+    // The host addresses with published ports: the uplink address and the
+    // networks' gateways; any other address of another network's subnet is
+    // isolated.
+    let host = own_gateway
+        || pkt.daddr == cfg.uplink_ip
+        || match probe_networks(pkt.daddr) {
+            Probe::Gateway => true,
+            Probe::Subnet => return Err(StatIndex::DropIsolated),
+            Probe::None => false,
+        };
+    if host {
+        return to_host(ctx, &pkt, &ep, internal, own_gateway, &cfg, bytes);
+    }
+    if internal {
+        return Err(StatIndex::DropInternal);
+    }
+    let route = fib_route(ctx, &pkt);
+    match route {
+        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
+            if ifindex == cfg.uplink_ifindex =>
+        {
+            to_outside(ctx, &pkt, &ep, &cfg, &route, bytes)
+        }
+        // Everything else is the kernel's, untranslated: another host
+        // address, no route, unreachable, forwarding disabled, fragmentation
+        // needed, or a route through an interface other than the uplink
+        // (netctl translates for the uplink only: replies through another
+        // interface would not come back through uplink_ingress). What the
+        // kernel does route out of the uplink, uplink_egress translates.
+        _ => Ok(pass(StatIndex::FibPass, bytes)),
+    }
+}
+
+/// What `probe_networks` found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    None,
+    /// The address is a network's gateway (a host address).
+    Gateway,
+    /// The address lies in a network's subnet (not its gateway).
+    Subnet,
+}
+
+/// Callback context of `probe_networks`: on the stack of the program,
+/// which the verifier lets the callback write (PTR_TO_STACK).
+#[repr(C)]
+struct NetworkProbe {
+    addr: u32,
+    found: u32,
+}
+
+const PROBE_GATEWAY: u32 = 1;
+const PROBE_SUBNET: u32 = 2;
+
+/// Which network, if any, `addr` belongs to. BPF cannot loop over a hash
+/// map's keys, so this walks NETWORKS with bpf_for_each_map_elem (kernel
+/// 5.13+), whose callback is a BPF subprogram of its own (hence
+/// `inline(never)` and the C ABI: the verifier checks it as a callback
+/// taking map, key, value and context, returning 0 (go on) or 1 (stop)).
+/// The walk is bounded by the map's size; it runs only for destinations
+/// outside the own subnet that are not containers, the uplink address or
+/// the own gateway.
+#[inline(always)]
+fn probe_networks(addr: u32) -> Probe {
+    let mut probe = NetworkProbe { addr, found: 0 };
+    // SAFETY: a map definition, a callback of the expected signature, a
+    // context on our stack that outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const NETWORKS).cast_mut().cast(),
+            probe_network as *mut c_void,
+            (&raw mut probe).cast(),
+            0,
+        );
+    }
+    match probe.found {
+        PROBE_GATEWAY => Probe::Gateway,
+        PROBE_SUBNET => Probe::Subnet,
+        _ => Probe::None,
+    }
+}
+
+#[inline(never)]
+extern "C" fn probe_network(
+    _map: *mut c_void,
+    _id: *const u32,
+    net: *const NetworkInfo,
+    probe: *mut NetworkProbe,
+) -> i64 {
+    // SAFETY: the kernel passes a valid value and our context.
+    unsafe {
+        let addr = (*probe).addr;
+        if addr == (*net).gateway {
+            (*probe).found = PROBE_GATEWAY;
+            return 1;
+        }
+        if addr & (*net).mask == (*net).subnet & (*net).mask {
+            (*probe).found = PROBE_SUBNET;
+            return 1;
+        }
+    }
+    0
+}
+
+/// A packet of a tracked flow: rewrite with the entry, deliver into the
+/// entry's container or out of the uplink.
+#[inline(always)]
+fn known_flow(
+    ctx: &TcContext,
+    pkt: &Packet,
+    entry_ptr: *mut CtEntry,
+    cfg: &Config,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    // SAFETY: a map value from conntrack::lookup, copied.
+    let entry = unsafe { *entry_ptr };
+    // TTL expiring here: the kernel's forwarding sends the ICMP time
+    // exceeded (traceroute's first hop); untranslated, as it is.
+    if pkt.ttl <= 1 {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    if entry.ifindex != 0 {
+        let target = peer_target(entry.daddr, entry.ifindex)?;
+        nat::translate(ctx, pkt, entry_ptr, &entry, bytes)?;
+        return forward::redirect_peer(ctx, pkt, &target);
+    }
+    let route = fib_route(ctx, pkt);
+    match route {
+        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
+            if ifindex == cfg.uplink_ifindex =>
+        {
+            nat::translate(ctx, pkt, entry_ptr, &entry, bytes)?;
+            forward::redirect_out(ctx, pkt, &route)
+        }
+        // Untranslated to the kernel: uplink_egress applies this same entry
+        // if the kernel routes it out of the uplink.
+        _ => Ok(pass(StatIndex::FibPass, bytes)),
+    }
+}
+
+/// To a host address: a published port there is reached by hairpin,
+/// anything else is the host's (DNS on the gateway, say).
+#[inline(always)]
+fn to_host(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &EndpointInfo,
+    internal: bool,
+    own_gateway: bool,
+    cfg: &Config,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    if pkt.has_ports() {
+        if let Some(target) = nat::portmap(pkt.daddr, pkt.dport, pkt.proto) {
+            if pkt.fragment {
+                return Err(StatIndex::DropFragment);
+            }
+            return hairpin(ctx, pkt, ep, internal, &target, cfg, bytes);
+        }
+    }
+    // An internal network reaches its own gateway, no other host address.
+    if internal && !own_gateway {
+        return Err(StatIndex::DropInternal);
+    }
+    Ok(pass(StatIndex::Pass, bytes))
+}
+
+/// Container → host address:published port → container: DNAT to the target
+/// and SNAT to the target's gateway, so that the reply comes back through
+/// the target's veth (this program again) instead of going straight to the
+/// client, which would not know the target's address.
+#[inline(always)]
+fn hairpin(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &EndpointInfo,
+    internal: bool,
+    target: &PortTarget,
+    cfg: &Config,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    let peer = peer_target(target.ip, target.ifindex)?;
+    // Internal networks have no published ports (the controller refuses
+    // them; this holds even if PORTMAP says otherwise): nothing reaches them
+    // through one, and they reach none.
+    if internal || peer.internal {
+        return Err(StatIndex::DropInternal);
+    }
+    if pkt.ttl <= 1 {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    let entry = nat::new_flow(
+        pkt,
+        cfg,
+        &NewFlow {
+            kind: CT_KIND_HAIRPIN,
+            nat_ip: peer.gateway,
+            dst_ip: target.ip,
+            dst_port: target.port,
+            out_ifindex: target.ifindex,
+            back_ifindex: ep.ifindex,
+        },
+        bytes,
+    )?;
+    nat::apply(ctx, pkt, &entry)?;
+    count(StatIndex::Hairpin, bytes);
+    forward::redirect_peer(ctx, pkt, &peer)
+}
+
+/// A new flow to the outside, routed through the uplink: SNAT, then out.
+#[inline(always)]
+fn to_outside(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &EndpointInfo,
+    cfg: &Config,
+    route: &Route,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    // TTL expiring here: the kernel sends the ICMP time exceeded.
+    if pkt.ttl <= 1 {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    match nat::masquerade(ctx, pkt, cfg, ep.ifindex, bytes)? {
+        Some(verdict) => Ok(verdict),
+        None => forward::redirect_out(ctx, pkt, route),
+    }
+}

@@ -1,0 +1,226 @@
+//! Reading a frame into a [`Packet`]: plain values copied out of the
+//! headers, so that nothing holds a packet pointer once the rewrites start
+//! (every `bpf_skb_store_bytes` / `bpf_l*_csum_replace` invalidates the
+//! verifier's packet pointers; offsets stay valid, pointers do not).
+
+use core::mem;
+
+use aya_ebpf::programs::TcContext;
+use netctl_common::stats::StatIndex;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+/// Offset of the IPv4 header (no VLAN tags on our links).
+pub const IP_OFF: usize = EthHdr::LEN;
+/// Offsets of fields inside the IPv4 header.
+pub const IP_TTL_OFF: usize = IP_OFF + 8;
+pub const IP_CSUM_OFF: usize = IP_OFF + 10;
+pub const IP_SADDR_OFF: usize = IP_OFF + 12;
+pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What follows the IPv4 header, as far as translation cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+    /// ICMP echo request or reply: the identifier plays the port.
+    IcmpEcho,
+    /// Any other protocol, any other ICMP type: never translated.
+    Other,
+    /// A non-first fragment: no L4 header to read.
+    Fragment,
+    /// TCP, UDP or ICMP whose header is cut short. Not an `Err` of
+    /// [`parse`]: the IPv4 header is whole, so the kernel would still route
+    /// it, and anti-spoofing must see it first.
+    Truncated,
+}
+
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub eth_src: [u8; 6],
+    /// Addresses as they sit in the packet (network order).
+    pub saddr: u32,
+    pub daddr: u32,
+    pub proto: u8,
+    pub ttl: u8,
+    pub tos: u8,
+    /// MF set or a fragment offset: part of a fragmented datagram.
+    pub fragment: bool,
+    pub l4: L4,
+    /// Offset of the L4 header: 14 + ihl * 4, so IP options are skipped.
+    pub l4_off: usize,
+    /// Ports (TCP/UDP) or the echo identifier (both fields), network order;
+    /// 0 for [`L4::Other`], [`L4::Fragment`] and [`L4::Truncated`].
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// ICMP type (echo request or reply), 0 otherwise.
+    pub icmp_type: u8,
+}
+
+impl Packet {
+    /// A translatable 5-tuple: TCP, UDP or ICMP echo, and not a fragment
+    /// (the ports of a first fragment are real, but translating it alone
+    /// would orphan the other fragments, so fragments never match a flow).
+    #[inline(always)]
+    pub fn has_tuple(&self) -> bool {
+        !self.fragment && matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho)
+    }
+
+    /// Not something a new flow can be translated for: protocols other than
+    /// TCP, UDP and ICMP, and ICMP other than echo requests (errors would
+    /// need their embedded header translated too; echo replies only exist
+    /// as replies).
+    #[inline(always)]
+    pub fn unsupported(&self) -> bool {
+        match self.l4 {
+            L4::Tcp | L4::Udp => false,
+            L4::IcmpEcho => self.icmp_type != ICMP_ECHO_REQUEST,
+            L4::Fragment => !matches!(self.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP),
+            L4::Other | L4::Truncated => true,
+        }
+    }
+
+    /// TCP or UDP with ports (what `PORTMAP` can publish).
+    #[inline(always)]
+    pub fn has_ports(&self) -> bool {
+        matches!(self.l4, L4::Tcp | L4::Udp)
+    }
+}
+
+/// A pointer to a `T` at `offset`, after the bounds check the verifier
+/// needs before any direct packet access: `data + offset + size <= data_end`
+/// compared in this shape (pointer plus constant or bounded variable against
+/// `data_end`; never arithmetic on `data_end` itself, which it rejects).
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Reads the headers. `Err` carries the reason to pass the frame untouched
+/// (`NotIpv4`, or `Truncated` when the Ethernet or IPv4 header is: the
+/// kernel's ip_rcv drops those itself); a short L4 header is
+/// [`L4::Truncated`].
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| StatIndex::Truncated)?;
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    let (ether_type, eth_src) = unsafe { ((*eth).ether_type, (*eth).src_addr) };
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Err(StatIndex::NotIpv4);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, IP_OFF).map_err(|()| StatIndex::Truncated)?;
+    // SAFETY: as above.
+    let ip = unsafe { *ip };
+    if ip.vihl >> 4 != 4 {
+        return Err(StatIndex::NotIpv4);
+    }
+    // `& 0xf` bounds the header length to 60 bytes: the verifier then knows
+    // the L4 offset is at most 74 and accepts `data + l4_off` below.
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ihl < Ipv4Hdr::LEN {
+        return Err(StatIndex::Truncated);
+    }
+    let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    if tot_len < ihl || (ctx.len() as usize) < IP_OFF + tot_len {
+        return Err(StatIndex::Truncated);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let offset = frags & 0x1fff;
+    let more_fragments = frags & 0x2000 != 0;
+    let l4_off = IP_OFF + ihl;
+
+    let mut pkt = Packet {
+        eth_src,
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        proto: ip.proto,
+        ttl: ip.ttl,
+        tos: ip.tos,
+        fragment: more_fragments || offset != 0,
+        l4: L4::Other,
+        l4_off,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+    };
+    if offset != 0 {
+        pkt.l4 = L4::Fragment;
+        return Ok(pkt);
+    }
+    match pkt.proto {
+        PROTO_TCP => {
+            let Ok(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            };
+            // SAFETY: inside the packet (ptr_at); flags are byte 13 of the header.
+            unsafe {
+                pkt.sport = u16::from_ne_bytes((*tcp).source);
+                pkt.dport = u16::from_ne_bytes((*tcp).dest);
+                pkt.tcp_flags = *tcp.cast::<u8>().add(13);
+            }
+            pkt.l4 = L4::Tcp;
+        }
+        PROTO_UDP => {
+            let Ok(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            };
+            // SAFETY: inside the packet (ptr_at).
+            unsafe {
+                pkt.sport = u16::from_ne_bytes((*udp).src);
+                pkt.dport = u16::from_ne_bytes((*udp).dst);
+            }
+            pkt.l4 = L4::Udp;
+        }
+        PROTO_ICMP => {
+            let Ok(icmp) = ptr_at::<Icmpv4Hdr>(ctx, l4_off) else {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            };
+            // SAFETY: inside the packet (ptr_at).
+            let (ty, data) = unsafe { ((*icmp).type_, (*icmp).data) };
+            if ty == ICMP_ECHO_REQUEST || ty == ICMP_ECHO_REPLY {
+                let id = u16::from_ne_bytes([data[0], data[1]]);
+                pkt.sport = id;
+                pkt.dport = id;
+                pkt.icmp_type = ty;
+                pkt.l4 = L4::IcmpEcho;
+            }
+        }
+        _ => {}
+    }
+    Ok(pkt)
+}
+
+/// The `__sk_buff` ifindex: the device the program runs on.
+#[inline(always)]
+pub fn skb_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer the kernel handed to the program.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
