@@ -60,6 +60,63 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Totals of the `test result:` lines of a cargo test run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds one libtest summary line ("test result: ok. 3 passed; 0 failed; 1 ignored; ...").
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match label {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`run`], passing stdout through line by line while adding up the
+/// test summaries it prints.
+pub fn run_tests(cmd: &mut Command) -> (Result<()>, TestTotals) {
+    use std::io::BufRead as _;
+    let line = display(cmd);
+    println!("$ {line}");
+    let mut totals = TestTotals::default();
+    let mut child = match cmd.stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return (Err(anyhow::anyhow!("cannot start `{line}`: {e}")), totals),
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    for out in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{out}");
+        totals.add_line(&out);
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("`{line}` failed ({status})")),
+        Err(e) => Err(anyhow::anyhow!("waiting for `{line}`: {e}")),
+    };
+    (result, totals)
+}
+
 /// Runs the command silently and returns its stdout; on failure the error
 /// holds its stderr. For reading state (`dpkg-query`, `ip`, `iptables-save`).
 pub fn read(cmd: &mut Command) -> Result<String> {
@@ -96,4 +153,27 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 /// Prints a step header.
 pub fn step(what: &str) {
     println!("\n==> {what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_summaries_add_up() {
+        let mut totals = TestTotals::default();
+        totals.add_line("test result: ok. 66 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.27s");
+        totals.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        totals.add_line("running 4 tests");
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 69,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::{process::Command, time::Instant};
 use anyhow::{bail, Result};
 
 use crate::{
-    cmd::{cargo, run, step, workspace_root},
+    cmd::{cargo, run, run_tests, step, workspace_root},
     deps,
     snapshot::Snapshot,
 };
@@ -66,8 +66,14 @@ pub fn test(stress: bool) -> Result<()> {
                 &format!("--test-threads={}", cpus * STRESS_THREADS_PER_CPU),
             ]);
         }
-        let result = run(&mut cmd);
+        let (result, totals) = run_tests(&mut cmd);
         println!("tests took {:.1} s", started.elapsed().as_secs_f64());
+        // One plain closing line for the whole workspace (the last of
+        // cargo's own lines is often a crate's empty doc-test run).
+        println!(
+            "{} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
 
         step("leak check: the root namespace after the tests");
         let after = Snapshot::take()?;
