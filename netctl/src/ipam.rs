@@ -269,7 +269,7 @@ pub fn veth_name(container: &str, network_id: u32) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn net(s: &str) -> Ipv4Net {
@@ -280,7 +280,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
+    /// The one-line message of a validation error (shared with ports' tests).
+    pub(crate) fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
         let err = result.unwrap_err();
         assert!(
             matches!(err, Error::Invalid { .. }),

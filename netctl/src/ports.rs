@@ -463,16 +463,7 @@ mod tests {
         expand(&parse(text).unwrap(), taken, "api", "back", CTR_IP)
     }
 
-    fn message<T: std::fmt::Debug>(result: Result<T>) -> String {
-        let err = result.unwrap_err();
-        assert!(
-            matches!(err, Error::Invalid { .. }),
-            "not a validation error: {err:?}"
-        );
-        let message = err.to_string();
-        assert!(!message.contains('\n'), "multi-line error: {message}");
-        message
-    }
+    use crate::ipam::tests::message;
 
     use Protocol::{Tcp, Udp};
 

@@ -62,7 +62,7 @@ pub fn is_root() -> bool {
 }
 
 /// Mount point of the cgroup v2 hierarchy.
-fn cgroup2_root() -> PathBuf {
+pub fn cgroup2_root() -> PathBuf {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     mounts
         .lines()

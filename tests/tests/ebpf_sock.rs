@@ -561,17 +561,6 @@ impl Client {
     }
 }
 
-/// Mount point of the cgroup v2 hierarchy.
-fn cgroup2_root() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/mounts").expect("/proc/mounts");
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .expect("a cgroup2 mount")
-}
-
 /// A cgroup v2 directory of this test; its processes killed and the
 /// directory removed on drop.
 struct CgroupDir {
@@ -580,7 +569,8 @@ struct CgroupDir {
 
 impl CgroupDir {
     fn create() -> Self {
-        let path = cgroup2_root().join(format!("netctl-sock-test-{}", std::process::id()));
+        let path = netctl_tests::sandbox::cgroup2_root()
+            .join(format!("netctl-sock-test-{}", std::process::id()));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         CgroupDir { path }
     }
