@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
+    rc::Rc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -34,7 +35,7 @@ pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
 
 /// One step to take back if a later step fails.
 enum Undo {
-    HostDown(DatapathKind),
+    HostDown,
     DeleteLink(String),
     DeleteNetns(String),
     NetworkDown(Network),
@@ -51,6 +52,8 @@ pub struct Host {
     pub state: State,
     netlink: Netlink,
     undo: Vec<Undo>,
+    /// The datapath once opened (opening looks the uplink up through netlink).
+    datapath: Option<Rc<dyn Datapath>>,
 }
 
 pub fn now() -> u64 {
@@ -73,6 +76,7 @@ impl Host {
             state,
             netlink,
             undo: Vec::new(),
+            datapath: None,
         })
     }
 
@@ -111,9 +115,17 @@ impl Host {
         })
     }
 
-    async fn datapath(&self) -> Result<Box<dyn Datapath>> {
+    /// The host's datapath, opened once per command.
+    async fn datapath(&mut self) -> Result<Rc<dyn Datapath>> {
         let kind = self.state.datapath.unwrap_or(DEFAULT_DATAPATH);
-        datapath::open(kind, &self.host_info().await?)
+        match &self.datapath {
+            Some(dp) if dp.kind() == kind => Ok(dp.clone()),
+            _ => {
+                let dp: Rc<dyn Datapath> = datapath::open(kind, &self.host_info().await?)?.into();
+                self.datapath = Some(dp.clone());
+                Ok(dp)
+            }
+        }
     }
 
     /// Runs `apply`; on error undoes what it recorded, on success saves.
@@ -137,18 +149,18 @@ impl Host {
 
     async fn rollback(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        // HostDown is only recorded once the datapath is fixed, so this is
+        // the datapath every recorded datapath step was applied to.
         let datapath = self.datapath().await;
         while let Some(step) = self.undo.pop() {
+            // No `?` in here: a failing step must not stop the others.
             let result = match step {
                 Undo::DeleteLink(name) => self.netlink.delete_link(&name).await,
                 Undo::DeleteNetns(name) => netns::delete(&name),
                 Undo::StopProcess(p) => process::stop(&p),
-                Undo::HostDown(kind) => match datapath::open(kind, &self.host_info().await?) {
-                    Ok(dp) => dp.host_down(),
-                    Err(e) => Err(e),
-                },
                 step => match &datapath {
                     Ok(dp) => match step {
+                        Undo::HostDown => dp.host_down(),
                         Undo::NetworkDown(net) => dp.network_down(&net),
                         Undo::EndpointRemoved(net, ep) => dp.endpoint_removed(&net, &ep),
                         Undo::PortsUnpublished(net, p) => dp.ports_unpublished(&net, &p),
@@ -242,11 +254,10 @@ impl Host {
     ) -> Result<()> {
         if self.state.datapath.is_none() {
             let kind = datapath.unwrap_or(DEFAULT_DATAPATH);
-            let dp = datapath::open(kind, &self.host_info().await?)?;
-            netns::write_sysctl("net.ipv4.ip_forward", "1")?;
-            self.undo.push(Undo::HostDown(kind));
-            dp.host_up(&self.host_info().await?)?;
             self.state.datapath = Some(kind);
+            let dp = self.datapath().await?;
+            self.undo.push(Undo::HostDown);
+            dp.host_up()?;
         }
         if self.netlink.link(&net.bridge).await?.is_some() {
             return Err(Error::invalid(
@@ -695,11 +706,8 @@ impl Host {
         for net in &networks {
             errors.extend(self.remove_network(net).await.err());
         }
-        if let Some(kind) = self.state.datapath {
-            match datapath::open(kind, &self.host_info().await?) {
-                Ok(dp) => errors.extend(dp.host_down().err()),
-                Err(e) => errors.push(e),
-            }
+        if self.state.datapath.is_some() {
+            errors.extend(self.datapath().await.and_then(|dp| dp.host_down()).err());
         }
         self.state.datapath = None;
         if errors.is_empty() {

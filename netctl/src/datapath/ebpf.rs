@@ -410,7 +410,9 @@ impl Datapath for Ebpf {
         DatapathKind::Ebpf
     }
 
-    fn host_up(&self, _host: &HostInfo) -> Result<()> {
+    fn host_up(&self) -> Result<()> {
+        // The kernel forwards what the fast path hands back (FibPass).
+        crate::netns::write_sysctl("net.ipv4.ip_forward", "1")?;
         ensure_bpffs()?;
         if self.is_loaded() {
             return Ok(());

@@ -754,7 +754,7 @@ impl Datapath for Iptables {
         DatapathKind::Iptables
     }
 
-    fn host_up(&self, _host: &HostInfo) -> Result<()> {
+    fn host_up(&self) -> Result<()> {
         // /proc/sys/net resolves to the namespace of the writing thread.
         write_sysctl("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward")?;
         let saved = self.saved()?;
@@ -1475,7 +1475,7 @@ COMMIT
             let int = network("int", "nc-int", "172.20.0.0/16", true);
             let ports = front_ports();
             let apply = || {
-                dp.host_up(&host()).unwrap();
+                dp.host_up().unwrap();
                 for net in [&front, &back, &int] {
                     dp.network_up(net).unwrap();
                 }
@@ -1665,7 +1665,7 @@ COMMIT
     fn failures_name_the_operation_and_change_nothing() {
         in_private_netns("failures_name_the_operation_and_change_nothing", || {
             let dp = Iptables::new(&host());
-            dp.host_up(&host()).unwrap();
+            dp.host_up().unwrap();
             let before = save_text();
             // A batch failing on its last line leaves its first lines unapplied.
             let mut batch = Batch::default();

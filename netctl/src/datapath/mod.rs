@@ -36,7 +36,7 @@ pub trait Datapath {
     fn kind(&self) -> DatapathKind;
 
     /// Host-wide setup before the first network (chains, jumps, programs).
-    fn host_up(&self, host: &HostInfo) -> Result<()>;
+    fn host_up(&self) -> Result<()>;
     /// Removes everything the datapath made on the host; keeps going past
     /// errors and reports all of them.
     fn host_down(&self) -> Result<()>;
