@@ -33,6 +33,7 @@ scenarios!(
     rm_and_down_remove_exactly_what_was_added,
     bad_input_changes_nothing,
     streams_survive_netctl_killed_mid_command,
+    global_options_state_dir_and_uplink,
 );
 
 fn text(out: &Output) -> String {
@@ -931,4 +932,59 @@ fn streams_survive_netctl_killed_mid_command(datapath: &str) {
             "{what}: every byte arrived ({report})"
         );
     }
+}
+
+/// `--state-dir` keeps the state where it is told, `--uplink` names the
+/// uplink (and a wrong one is refused with nothing changed).
+fn global_options_state_dir_and_uplink(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let dir = format!("/run/netctl/{}-custom", sb.prefix);
+    let (code, err) = sb.netctl_err(&[
+        "--uplink",
+        "nosuch0",
+        "network",
+        "create",
+        "front",
+        "--datapath",
+        datapath,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("uplink nosuch0"), "{err}");
+    assert!(
+        sb.host_links().iter().all(|l| !l.starts_with("nc-")),
+        "nothing created"
+    );
+
+    sb.netctl_ok(&[
+        "--state-dir",
+        &dir,
+        "--uplink",
+        "uplink0",
+        "network",
+        "create",
+        "front",
+        "--datapath",
+        datapath,
+    ]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["networks"]["front"]["subnet"], "172.17.0.0/16");
+    let mode = std::fs::metadata(format!("{dir}/state.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    // The default state dir of this host knows nothing of it.
+    assert_eq!(
+        sb.netctl_ok(&["--format", "json", "network", "ls"]).trim(),
+        "[]"
+    );
+    let ls = sb.netctl_ok(&["--state-dir", &dir, "--format", "json", "network", "ls"]);
+    assert!(ls.contains("\"front\""), "{ls}");
+    sb.netctl_ok(&["--state-dir", &dir, "down"]);
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "down removes its state dir"
+    );
 }
