@@ -38,7 +38,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netctl_common::{config::Config, stats::StatIndex};
+use aya_log_ebpf::debug;
+use netctl_common::{
+    config::{Config, CONFIG_FLAG_LOG},
+    stats::StatIndex,
+};
 
 /// The verdicts as the entry points return them (the bindings type them
 /// u32 or i32 depending on the target architecture they were generated
@@ -51,30 +55,59 @@ pub const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 /// Host-side veth ingress: packets leaving a container.
 #[classifier]
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
-    verdict(&ctx, endpoint::try_endpoint_ingress(&ctx))
+    verdict(
+        &ctx,
+        "endpoint_ingress",
+        endpoint::try_endpoint_ingress(&ctx),
+    )
 }
 
 /// Uplink ingress: replies of SNAT flows, connections to published ports.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    verdict(&ctx, uplink::try_uplink_ingress(&ctx))
+    verdict(&ctx, "uplink_ingress", uplink::try_uplink_ingress(&ctx))
 }
 
 /// Uplink egress: the slow path's SNAT and reverse DNAT.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    verdict(&ctx, uplink::try_uplink_egress(&ctx))
+    verdict(&ctx, "uplink_egress", uplink::try_uplink_egress(&ctx))
 }
 
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<i32, StatIndex>) -> i32 {
+fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex>) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
             stats::count(reason, ctx.len());
+            if log_enabled() {
+                // Re-read from the frame (the try_* functions keep their
+                // Packet to themselves); 0.0.0.0 when not IPv4 or short.
+                let saddr: u32 = ctx.load(parse::IP_SADDR_OFF).unwrap_or(0);
+                let daddr: u32 = ctx.load(parse::IP_DADDR_OFF).unwrap_or(0);
+                debug!(
+                    ctx,
+                    "drop program={} reason={} src={:i} dst={:i}",
+                    program,
+                    reason as u32,
+                    saddr.to_ne_bytes(),
+                    daddr.to_ne_bytes()
+                );
+            }
             TC_SHOT
         }
     }
+}
+
+/// `netctl trace` is running: CONFIG has `CONFIG_FLAG_LOG` set. Every log
+/// statement sits behind this test, so that logging costs one flag check
+/// per packet (plus a CONFIG lookup where the caller has no `Config` at
+/// hand) while nobody is tracing.
+#[inline(always)]
+fn log_enabled() -> bool {
+    maps::CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CONFIG_FLAG_LOG != 0)
 }
 
 /// CONFIG slot 0 (an array slot always exists; all zero until the

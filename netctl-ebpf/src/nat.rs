@@ -2,8 +2,9 @@
 //! and creating the entries of new SNAT, DNAT and hairpin flows.
 
 use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::debug;
 use netctl_common::{
-    config::Config,
+    config::{Config, CONFIG_FLAG_LOG},
     conntrack::{
         CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
     },
@@ -78,6 +79,35 @@ pub fn masquerade(
     apply(ctx, pkt, &entry)?;
     count(StatIndex::Snat, bytes);
     Ok(None)
+}
+
+/// With `CONFIG_FLAG_LOG` (`netctl trace`): one line per new translated
+/// flow, its packet tuple and what it becomes (port in host order).
+/// Called for DNAT only (uplink_ingress): in endpoint_ingress (SNAT,
+/// hairpin) the log code pushes the verifier past its stack limit (a
+/// 64-byte subprogram frame over the 496-byte main one) and near 1M
+/// processed instructions.
+#[inline(always)]
+pub fn log_new_flow(
+    ctx: &TcContext,
+    cfg: &Config,
+    kind: &'static str,
+    pkt: &Packet,
+    entry: &CtEntry,
+) {
+    if cfg.flags & CONFIG_FLAG_LOG == 0 {
+        return;
+    }
+    debug!(
+        ctx,
+        "new {} flow proto={} src={:i} dst={:i} as src={:i}:{}",
+        kind,
+        pkt.proto,
+        pkt.saddr.to_ne_bytes(),
+        pkt.daddr.to_ne_bytes(),
+        entry.saddr.to_ne_bytes(),
+        u16::from_be(entry.sport)
+    );
 }
 
 /// The counter of a translated packet.

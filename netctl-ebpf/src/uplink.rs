@@ -74,6 +74,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
                 return Ok(pass(StatIndex::Pass, bytes));
             }
             let entry = nat::dnat(&pkt, &target, bytes)?;
+            nat::log_new_flow(ctx, &cfg, "dnat", &pkt, &entry);
             nat::apply(ctx, &pkt, &entry)?;
             count(StatIndex::Dnat, bytes);
             return forward::redirect_peer(ctx, &pkt, &peer);

@@ -63,6 +63,13 @@ pub enum Command {
     Conntrack(ConntrackCommand),
     /// Counters and drop reasons of the eBPF datapath.
     Stats,
+    /// Print the eBPF programs' debug log (drops with their reason, new
+    /// DNAT flows) for a while: turns aya-log output on, then off again.
+    Trace {
+        /// How long to trace, 1 to 3600.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
+    },
     /// Remove everything netctl made on this host.
     Down,
 }
@@ -224,6 +231,12 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         Command::Down => Host::open(config)?.down().await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config)?, cmd, format),
         Command::Stats => stats(&Host::open(config)?, format),
+        Command::Trace { seconds } => {
+            // The host (and its state lock) is released before tracing:
+            // other commands run meanwhile.
+            let pins = ebpf_pins(&Host::open(config)?, "trace")?;
+            crate::datapath::ebpf::trace(&pins, seconds, &mut std::io::stdout().lock())
+        }
     }
 }
 

@@ -134,6 +134,12 @@ impl Sandbox {
         cmd
     }
 
+    /// A netctl command against this sandbox's host, to configure (stdio,
+    /// spawn) before running it.
+    pub fn netctl_command(&self, args: &[&str]) -> Command {
+        self.command(args)
+    }
+
     /// Runs netctl against this sandbox's host.
     pub fn netctl(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run netctl")
