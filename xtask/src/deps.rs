@@ -27,7 +27,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "the iptables datapath, and leak checks"),
     ("iproute2", "ip: sandboxes and leak checks"),
     ("iputils-ping", "ping in the scenarios"),
-    ("nftables", "nft: asserting the eBPF datapath leaves no nftables rule"),
+    (
+        "nftables",
+        "nft: asserting the eBPF datapath leaves no nftables rule",
+    ),
     ("iperf3", "benchmarks"),
     ("sockperf", "benchmarks"),
     (

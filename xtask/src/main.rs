@@ -3,6 +3,7 @@
 //! Everything needs root (packages, bpffs, namespaces); every command xtask
 //! runs is printed before it runs.
 
+mod bench;
 mod cmd;
 mod demo;
 mod deps;
@@ -48,8 +49,13 @@ enum Task {
     },
     /// Remove a sandbox that `run --keep` left (PREFIX is `ncd<pid>`).
     DemoTeardown { prefix: String },
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Benchmarks: netctl's datapaths against a no-NAT ceiling, CNI and
+    /// netavark, in sandboxes; writes target/bench/report.{md,json} and SVGs.
+    Bench {
+        /// One repetition of 2-second runs, fewer paths (a few minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Answer each TCP client with "peer=IP:PORT" (used by the demo).
     #[command(name = "__echo-server", hide = true)]
     EchoServer { port: u16 },
@@ -79,10 +85,7 @@ fn main() -> ExitCode {
         Task::Test { stress } => testing::test(stress),
         Task::Run { datapath, keep } => demo::run_demo(datapath, keep),
         Task::DemoTeardown { prefix } => demo::teardown(&prefix),
-        Task::Bench => {
-            eprintln!("not implemented yet (issue 5)");
-            return ExitCode::FAILURE;
-        }
+        Task::Bench { quick } => bench::bench(quick),
         Task::EchoServer { port } => net::echo_server(port),
         Task::Client { host, port, wait } => {
             net::client(&host, port, wait.map(Duration::from_secs_f64))

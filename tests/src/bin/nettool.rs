@@ -5,6 +5,12 @@
 //!   nettool call tcp|udp HOST PORT           print the server's answer (3 s timeout)
 //!   nettool sink PORT [--count N]            count each TCP client's bytes, answer "received=N"
 //!   nettool stream HOST PORT SECONDS         send for SECONDS, print "sent=N received=M"
+//!   nettool pong PORT [--count N]            answer each byte with one byte, one client at a time
+//!   nettool crr HOST PORT SECONDS            new connections/s against `pong`: connect,
+//!                                            1-byte request, 1-byte response, close
+//!   nettool rr HOST PORT SECONDS             request/response rate on one connection
+//!
+//! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`.
 
 use std::{
     io::{Read as _, Write as _},
@@ -29,9 +35,13 @@ fn main() -> ExitCode {
         ["call", proto, host, port] => call(proto, host, port),
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
+        ["pong", port, rest @ ..] => pong(port, rest),
+        ["crr", host, port, seconds] => load(Load::Crr, host, port, seconds),
+        ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
         _ => Err(
             "usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT \
-                  | sink PORT [--count N] | stream HOST PORT SECONDS"
+                  | sink PORT [--count N] | stream HOST PORT SECONDS \
+                  | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS"
                 .into(),
         ),
     };
@@ -184,5 +194,132 @@ fn stream(host: &str, port: &str, seconds: &str) -> Result<(), String> {
         .read_to_string(&mut reply)
         .map_err(|e| format!("read from {addr}: {e}"))?;
     println!("sent={sent} {}", reply.trim());
+    Ok(())
+}
+
+/// Most connections `pong` serves unless told otherwise (a crr run at
+/// 10,000/s for 60 s stays below it).
+const PONG_DEFAULT_COUNT: u64 = 10_000_000;
+/// Most request/response rounds on one connection.
+const MAX_ROUNDS: u64 = 100_000_000;
+
+/// Serves one client at a time: each byte read is answered with one byte,
+/// until the client closes (or stalls for [`TIMEOUT`]).
+fn pong(port: &str, rest: &[&str]) -> Result<(), String> {
+    let count = match rest {
+        [] => PONG_DEFAULT_COUNT,
+        _ => parse_count(rest)?,
+    };
+    let addr = format!("0.0.0.0:{port}");
+    let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!("listening on {addr}");
+    for stream in listener.incoming().take(count as usize) {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(TIMEOUT));
+        let _ = stream.set_write_timeout(Some(TIMEOUT));
+        let mut byte = [0u8; 1];
+        for _ in 0..MAX_ROUNDS {
+            match stream.read(&mut byte) {
+                Ok(1) => {
+                    if stream.write_all(b"o").is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// A new connection per request.
+    Crr,
+    /// One connection for every request.
+    Rr,
+}
+
+/// Most failed attempts before a load run gives up.
+const MAX_ERRORS: u64 = 1_000;
+
+/// One request/response round: 1 byte each way.
+fn round(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    stream.write_all(b"i")?;
+    stream.read_exact(&mut byte)
+}
+
+fn connect(addr: &SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(addr, TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Runs rounds against `pong` for SECONDS (at most [`MAX_STREAM_SECONDS`])
+/// and prints the rate and the latency percentiles of one round.
+fn load(kind: Load, host: &str, port: &str, seconds: &str) -> Result<(), String> {
+    let seconds: f64 = seconds
+        .parse()
+        .map_err(|_| format!("bad seconds {seconds}"))?;
+    let seconds = seconds.clamp(0.1, MAX_STREAM_SECONDS as f64);
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+    let mut errors: u64 = 0;
+    let mut last_error = String::new();
+    let mut conn = match kind {
+        Load::Rr => Some(connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?),
+        Load::Crr => None,
+    };
+    for _ in 0..MAX_ROUNDS {
+        let now = std::time::Instant::now();
+        if now >= deadline || errors >= MAX_ERRORS {
+            break;
+        }
+        let result = match kind {
+            Load::Crr => connect(&addr).and_then(|mut s| round(&mut s)),
+            Load::Rr => match conn.as_mut() {
+                Some(stream) => round(stream),
+                None => connect(&addr).and_then(|mut s| {
+                    let r = round(&mut s);
+                    conn = Some(s);
+                    r
+                }),
+            },
+        };
+        match result {
+            Ok(()) => latencies.push(now.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Err(e) => {
+                errors += 1;
+                last_error = e.to_string();
+                if kind == Load::Rr {
+                    conn = None;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if latencies.is_empty() {
+        return Err(format!("no round succeeded against {addr}: {last_error}"));
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "count={} errors={errors} seconds={elapsed:.3} rate={:.1} p50_us={} p99_us={}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99)
+    );
+    if errors > 0 {
+        eprintln!("nettool: {errors} failed rounds, last: {last_error}");
+    }
     Ok(())
 }

@@ -1,0 +1,176 @@
+//! The peers, driven the way a runtime drives them, inside the sandbox's
+//! host namespace (`ip netns exec HOST`): Debian's CNI plugins (bridge +
+//! host-local + portmap) and netavark. Their undo (DEL, teardown) is queued
+//! on the sandbox, which runs it before deleting the namespaces.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::sandbox::{Cleanup, Sandbox};
+use crate::cmd::{display, run};
+
+pub const CNI_PATH: &str = "/usr/lib/cni";
+pub const NETAVARK: &str = "/usr/lib/podman/netavark";
+const NET_NAME: &str = "ncbnet";
+
+/// Runs a command with `stdin`, returns stdout; stderr (and stdout, where
+/// CNI plugins write their errors) in the error.
+fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Result<String> {
+    let line = display(cmd);
+    println!("$ {line} <<< (config)");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {} {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout)
+}
+
+fn cni_command(sb: &Sandbox, verb: &str, plugin: &str, id: &str, netns: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &sb.host])
+        .arg(format!("{CNI_PATH}/{plugin}"))
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", CNI_PATH);
+    cmd
+}
+
+/// Makes namespace `<p>-<name>` and attaches it with bridge (+ portmap when
+/// `ports` is not empty, as (host, container) pairs). Returns its IPv4.
+pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[(u16, u16)]) -> Result<String> {
+    let netns = format!("{}-{name}", sb.prefix);
+    run(Command::new("ip").args(["netns", "add", &netns]))?;
+    run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
+    let id = format!("{}-{name}", sb.prefix);
+    let data_dir = sb.tmp.join("cni");
+    let bridge = json!({
+        "cniVersion": "0.4.0",
+        "name": NET_NAME,
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": true,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data_dir,
+            "ranges": [[{"subnet": "10.88.0.0/16"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+        },
+    })
+    .to_string();
+    let result = run_with_stdin(&mut cni_command(sb, "ADD", "bridge", &id, &netns), &bridge)?;
+    sb.cleanups.push(Cleanup {
+        cmd: cni_command(sb, "DEL", "bridge", &id, &netns),
+        stdin: Some(bridge),
+    });
+    let result: Value = serde_json::from_str(&result).context("bridge plugin result")?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .ok_or_else(|| anyhow!("no ips[0].address in {result}"))?
+        .to_owned();
+    if !ports.is_empty() {
+        let mappings: Vec<Value> = ports
+            .iter()
+            .map(|(h, c)| json!({"hostPort": h, "containerPort": c, "protocol": "tcp"}))
+            .collect();
+        let portmap = json!({
+            "cniVersion": "0.4.0",
+            "name": NET_NAME,
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "snat": true,
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": result,
+        })
+        .to_string();
+        run_with_stdin(
+            &mut cni_command(sb, "ADD", "portmap", &id, &netns),
+            &portmap,
+        )?;
+        sb.cleanups.push(Cleanup {
+            cmd: cni_command(sb, "DEL", "portmap", &id, &netns),
+            stdin: Some(portmap),
+        });
+    }
+    Ok(ip)
+}
+
+fn netavark_command(sb: &Sandbox, verb: &str, opts: &std::path::Path, netns: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &sb.host, NETAVARK, "--config"])
+        .arg(sb.tmp.join("netavark"))
+        .arg("-f")
+        .arg(opts)
+        .args([verb, &format!("/run/netns/{netns}")]);
+    cmd
+}
+
+/// Makes namespace `<p>-<name>` and runs `netavark setup` for it with the
+/// static address `ip` on 10.89.0.0/24 and the given (host, container) ports.
+pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[(u16, u16)]) -> Result<()> {
+    let netns = format!("{}-{name}", sb.prefix);
+    run(Command::new("ip").args(["netns", "add", &netns]))?;
+    run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
+    std::fs::create_dir_all(sb.tmp.join("netavark"))?;
+    let hex64 = |s: &str| {
+        let mut h: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+        h.truncate(64);
+        format!("{h:0<64}")
+    };
+    let port_mappings: Vec<Value> = ports
+        .iter()
+        .map(|(h, c)| {
+            json!({"host_ip": "", "container_port": c, "host_port": h, "range": 1, "protocol": "tcp"})
+        })
+        .collect();
+    let opts = json!({
+        "container_id": hex64(&netns),
+        "container_name": name,
+        "port_mappings": port_mappings,
+        "networks": {NET_NAME: {"static_ips": [ip], "interface_name": "eth0"}},
+        "network_info": {NET_NAME: {
+            "name": NET_NAME,
+            "id": hex64(NET_NAME),
+            "driver": "bridge",
+            "network_interface": "ncbbr0",
+            "subnets": [{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}],
+            "ipv6_enabled": false,
+            "internal": false,
+            "dns_enabled": false,
+        }},
+    });
+    let path = sb.tmp.join(format!("netavark-{name}.json"));
+    std::fs::write(&path, opts.to_string())?;
+    run(&mut netavark_command(sb, "setup", &path, &netns))?;
+    sb.cleanups.push(Cleanup {
+        cmd: netavark_command(sb, "teardown", &path, &netns),
+        stdin: None,
+    });
+    Ok(())
+}
