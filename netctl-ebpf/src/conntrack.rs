@@ -15,7 +15,7 @@ pub use netctl_common::conntrack::reverse_key;
 
 use crate::{
     maps::CONNTRACK,
-    parse::{Packet, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Packet, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const EEXIST: i32 = 17;
@@ -61,6 +61,30 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
             if !expired(&*pair, key.proto, now) {
                 return Some(entry);
             }
+            let _ = CONNTRACK.remove(pair_key);
+        }
+    }
+    let _ = CONNTRACK.remove(key);
+    None
+}
+
+/// The known flow of a packet. A bare SYN that meets a closing TCP flow
+/// starts a new one instead, as the kernel's conntrack does in TIME_WAIT:
+/// the old entry goes, and its pair too unless a new flow has taken that
+/// tuple over already (see [`claim`]); the packet is then a miss.
+#[inline(always)]
+pub fn lookup_packet(pkt: &Packet) -> Option<*mut CtEntry> {
+    let key = key_of(pkt);
+    let entry = lookup(&key)?;
+    // SAFETY: a map value pointer from a successful lookup, read at once.
+    let old = unsafe { *entry };
+    if pkt.l4 != L4::Tcp || initial_state(pkt) != CT_STATE_NEW || old.state != CT_STATE_CLOSING {
+        return Some(entry);
+    }
+    let pair_key = reverse_key(&old, pkt.proto);
+    if let Some(pair) = CONNTRACK.get_ptr(pair_key) {
+        // SAFETY: as above.
+        if reverse_key(unsafe { &*pair }, pkt.proto) == key {
             let _ = CONNTRACK.remove(pair_key);
         }
     }
@@ -140,9 +164,22 @@ pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
 /// Inserts the reply entry of a new flow, claiming its key: `Ok(false)`
 /// when the key is taken by a live flow (the caller tries another port).
 /// BPF_NOEXIST makes the claim atomic between CPUs.
+///
+/// A TCP flow that is closing gives its tuple to a new connection (a SYN),
+/// as the kernel's conntrack does for a SYN that meets TIME_WAIT: otherwise
+/// every SNAT port stays held for the whole closing timeout and a client
+/// opening short connections to one server runs out of ports within
+/// seconds. That takeover overwrites; two CPUs taking over the same closing
+/// tuple in the same instant is the one race left (the kernel serialises it
+/// under a lock; a map has no compare-and-swap).
 #[inline(always)]
 pub fn claim(key: &CtKey, entry: &CtEntry) -> Result<bool, StatIndex> {
-    if lookup(key).is_some() {
+    if let Some(existing) = lookup(key) {
+        // SAFETY: a map value pointer, read at once.
+        let closing = unsafe { (*existing).state } == CT_STATE_CLOSING;
+        if key.proto == PROTO_TCP && entry.state == CT_STATE_NEW && closing {
+            return insert(key, entry).map(|()| true);
+        }
         return Ok(false);
     }
     match CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)) {

@@ -27,8 +27,7 @@ use netctl_common::{
 };
 
 use crate::{
-    config,
-    conntrack::{self, key_of},
+    config, conntrack,
     forward::{self, fib_route, network, peer_target, Route},
     maps::{ENDPOINTS, NETWORKS},
     nat::{self, NewFlow},
@@ -59,7 +58,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // A known flow first: egress SNAT, the reply of a DNAT flow, hairpin in
     // either direction.
     if pkt.has_tuple() {
-        if let Some(entry) = conntrack::lookup(&key_of(&pkt)) {
+        if let Some(entry) = conntrack::lookup_packet(&pkt) {
             return known_flow(ctx, &pkt, entry, &cfg, bytes);
         }
     }

@@ -13,8 +13,7 @@ use aya_ebpf::programs::TcContext;
 use netctl_common::{endpoint::NETWORK_FLAG_INTERNAL, stats::StatIndex};
 
 use crate::{
-    config,
-    conntrack::{self, key_of},
+    config, conntrack,
     forward::{self, network, peer_target},
     maps::ENDPOINTS,
     nat,
@@ -46,7 +45,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // A known flow: the reply of an SNAT flow, or the next packet of a
     // connection to a published port.
     if pkt.has_tuple() {
-        if let Some(entry_ptr) = conntrack::lookup(&key_of(&pkt)) {
+        if let Some(entry_ptr) = conntrack::lookup_packet(&pkt) {
             // SAFETY: a map value from conntrack::lookup, copied.
             let entry = unsafe { *entry_ptr };
             // ifindex 0 would mean "to the uplink": not a flow arriving here.
@@ -101,7 +100,7 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let cfg = config();
 
     if pkt.has_tuple() {
-        if let Some(entry_ptr) = conntrack::lookup(&key_of(&pkt)) {
+        if let Some(entry_ptr) = conntrack::lookup_packet(&pkt) {
             // SAFETY: a map value from conntrack::lookup, copied.
             let entry = unsafe { *entry_ptr };
             // A flow delivered into a container (hairpin) never leaves here.

@@ -1487,6 +1487,120 @@ fn snat_exhaustion_and_expired_ports_are_reused() {
     });
 }
 
+/// A closing TCP flow (FIN or RST seen, not yet expired) gives its port to
+/// a new SYN, as the kernel's conntrack does in TIME_WAIT; an established
+/// one and a non-SYN packet do not take it.
+#[test]
+fn a_new_syn_takes_over_the_port_of_a_closing_flow() {
+    let opts = Opts {
+        snat_ports: (40_000, 40_000),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let taken = ct_key(REMOTE, UPLINK_IP, 443, 40_000, TCP);
+        let mut other = entry(
+            REMOTE,
+            A2.ip,
+            443,
+            35000,
+            CT_KIND_SNAT,
+            CT_STATE_CLOSING,
+            CT_DIR_REPLY,
+            env.veth(A2),
+        );
+        other.last_seen_ns = monotonic_ns();
+        env.ct_insert(taken, other);
+        // Not a SYN: the closing flow keeps its port.
+        let ack = Frame::from(A1, REMOTE, tcp(33000, 443, ACK)).bytes();
+        assert_verdict(env.endpoint(A1, &ack), TC_ACT_SHOT, &ack);
+        assert_eq!(
+            env.ct_get(&taken).unwrap().daddr,
+            other.daddr,
+            "still the old flow's"
+        );
+
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN)).bytes();
+        let (verdict, out) = env.endpoint(A1, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, 40_000);
+        assert_checksums(&out);
+        assert_entry(
+            env.ct_get(&taken),
+            entry(
+                REMOTE,
+                A1.ip,
+                443,
+                33000,
+                CT_KIND_SNAT,
+                CT_STATE_NEW,
+                CT_DIR_REPLY,
+                env.veth(A1),
+            ),
+            "the port's new owner",
+        );
+        // The new flow is not closing: the next SYN finds no port.
+        let next = Frame::from(A1, REMOTE, tcp(33001, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A1, &next), TC_ACT_SHOT, &next);
+        env.assert_stats(&[
+            (StatIndex::DropSnatExhausted, 2),
+            (StatIndex::Snat, 1),
+            (StatIndex::RedirectUplink, 1),
+        ]);
+    });
+}
+
+/// A container reusing a source port whose old flow is closing starts a
+/// new flow: the old entries go (the kernel's TIME_WAIT rule) instead of the
+/// SYN riding a translation whose port may belong to someone else by now.
+#[test]
+fn a_syn_on_a_closing_flow_starts_a_new_one() {
+    let opts = Opts {
+        snat_ports: (40_000, 40_001),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let first = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &first.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let old_port = view(&out).sport;
+        let fin = Frame::from(A1, REMOTE, tcp(33000, 443, FIN | ACK)).bytes();
+        let (verdict, _) = env.endpoint(A1, &fin);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let original = ct_key(A1.ip, REMOTE, 33000, 443, TCP);
+        assert_eq!(env.ct_get(&original).unwrap().state, CT_STATE_CLOSING);
+        let old_reply = ct_key(REMOTE, UPLINK_IP, 443, old_port, TCP);
+
+        // Another flow takes the closing flow's port over (claim)...
+        let taker = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        let (verdict, out) = env.endpoint(A2, &taker);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let taker_port = view(&out).sport;
+
+        // ...then A1 reuses 33000: a new flow, never the stale translation.
+        let again = Frame::from(A1, REMOTE, tcp(33000, 443, SYN)).bytes();
+        let (verdict, out) = env.endpoint(A1, &again);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let new_port = view(&out).sport;
+        let new_reply = ct_key(REMOTE, UPLINK_IP, 443, new_port, TCP);
+        assert_eq!(
+            env.ct_get(&original).unwrap().state,
+            CT_STATE_NEW,
+            "a fresh original entry"
+        );
+        assert_eq!(
+            env.ct_get(&new_reply).unwrap().daddr,
+            be_ip(A1.ip),
+            "replies come back to A1"
+        );
+        if taker_port == old_port {
+            // The taken-over reply entry still belongs to A2's flow.
+            assert_ne!(new_port, old_port);
+            assert_eq!(env.ct_get(&old_reply).unwrap().daddr, be_ip(A2.ip));
+        }
+        assert_checksums(&out);
+    });
+}
+
 #[test]
 fn expired_entries_are_misses_unless_their_pair_lives() {
     in_netns(Opts::default(), |env| {

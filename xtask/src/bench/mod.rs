@@ -69,7 +69,11 @@ const FULL_PLAN: &[(&str, &str)] = &[
     ("c2c", "gbit1"),
     ("c2c", "conn_s"),
 ];
-const QUICK_PLAN: &[(&str, &str)] = &[("published", "gbit1"), ("published", "conn_s")];
+const QUICK_PLAN: &[(&str, &str)] = &[
+    ("published", "gbit1"),
+    ("published", "conn_s"),
+    ("snat", "conn_s"),
+];
 
 /// What a run measures and how long.
 struct Mode {
