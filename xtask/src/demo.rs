@@ -69,9 +69,7 @@ impl fmt::Display for Datapath {
     }
 }
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const UPLINK_PREFIX_LEN: u8 = 24;
+use crate::uplink::{HOST_IP, OUTSIDE_IP};
 const NETWORK: &str = "demo";
 const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);
 const WEB_PORT: u16 = 80;
@@ -437,20 +435,12 @@ impl Sandbox {
     /// Namespaces, the uplink veth, addresses, routes and the cgroup. Called
     /// after `new` so that a failure half-way is still torn down.
     fn build(&self) -> Result<()> {
-        let (host, out) = (self.host_netns.as_str(), self.outside_netns.as_str());
-        run(Command::new("ip").args(["netns", "add", host]))?;
-        run(Command::new("ip").args(["netns", "add", out]))?;
-        run(Command::new("ip")
-            .args(["-n", host, "link", "add", &self.uplink, "type", "veth"])
-            .args(["peer", "name", &self.wan, "netns", out]))?;
-        for (ns, dev, ip) in [(host, &self.uplink, HOST_IP), (out, &self.wan, OUTSIDE_IP)] {
-            let cidr = format!("{ip}/{UPLINK_PREFIX_LEN}");
-            run(Command::new("ip").args(["-n", ns, "addr", "add", &cidr, "dev", dev]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
-        }
-        let gateway = OUTSIDE_IP.to_string();
-        run(Command::new("ip").args(["-n", host, "route", "add", "default", "via", &gateway]))?;
+        crate::uplink::build(
+            &self.host_netns,
+            &self.outside_netns,
+            &self.uplink,
+            &self.wan,
+        )?;
         println!("$ mkdir {}", self.netctl.cgroup.display());
         std::fs::create_dir(&self.netctl.cgroup)
             .with_context(|| format!("mkdir {}", self.netctl.cgroup.display()))

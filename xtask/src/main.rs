@@ -10,6 +10,7 @@ mod deps;
 mod net;
 mod snapshot;
 mod testing;
+mod uplink;
 
 use std::{process::ExitCode, time::Duration};
 

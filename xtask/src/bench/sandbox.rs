@@ -13,7 +13,6 @@
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
@@ -27,8 +26,7 @@ use crate::{
     deps::mounts_of_type,
 };
 
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub use crate::uplink::{HOST_IP, OUTSIDE_IP};
 pub const PREFIX_START: &str = "ncb";
 
 /// A command to run (best effort) before the namespaces go: a peer's
@@ -76,25 +74,12 @@ impl Sandbox {
     }
 
     fn build(&self) -> Result<()> {
-        let (host, out) = (self.host.as_str(), self.out.as_str());
-        run(Command::new("ip").args(["netns", "add", host]))?;
-        run(Command::new("ip").args(["netns", "add", out]))?;
-        run(Command::new("ip")
-            .args(["-n", host, "link", "add", &self.uplink, "type", "veth"])
-            .args(["peer", "name", &self.wan, "netns", out]))?;
-        for (ns, dev, ip) in [(host, &self.uplink, HOST_IP), (out, &self.wan, OUTSIDE_IP)] {
-            let cidr = format!("{ip}/24");
-            run(Command::new("ip").args(["-n", ns, "addr", "add", &cidr, "dev", dev]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", dev, "up"]))?;
-            run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
-        }
-        let gateway = OUTSIDE_IP.to_string();
-        run(Command::new("ip").args(["-n", host, "route", "add", "default", "via", &gateway]))?;
+        crate::uplink::build(&self.host, &self.out, &self.uplink, &self.wan)?;
         println!("$ mkdir {} {}", self.cgroup.display(), self.tmp.display());
         std::fs::create_dir(&self.cgroup)
             .with_context(|| format!("mkdir {}", self.cgroup.display()))?;
         std::fs::create_dir(&self.tmp).with_context(|| format!("mkdir {}", self.tmp.display()))?;
-        client_sysctls(out)
+        client_sysctls(&self.out)
     }
 
     /// The netctl binary bound to this sandbox.
