@@ -39,8 +39,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -69,7 +68,7 @@ impl fmt::Display for Datapath {
     }
 }
 
-use crate::uplink::{HOST_IP, OUTSIDE_IP};
+use crate::sandbox::{kill_all, remove_cgroup, HOST_IP, OUTSIDE_IP};
 const NETWORK: &str = "demo";
 const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);
 const WEB_PORT: u16 = 80;
@@ -435,7 +434,7 @@ impl Sandbox {
     /// Namespaces, the uplink veth, addresses, routes and the cgroup. Called
     /// after `new` so that a failure half-way is still torn down.
     fn build(&self) -> Result<()> {
-        crate::uplink::build(
+        crate::sandbox::build_uplink(
             &self.host_netns,
             &self.outside_netns,
             &self.uplink,
@@ -580,37 +579,6 @@ pub fn teardown(prefix: &str) -> Result<()> {
     } else {
         bail!("{}", errors.join("; "))
     }
-}
-
-/// SIGKILLs every pid in a whitespace-separated list.
-fn kill_all(pids: &str) {
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        println!("$ kill -9 {pid}");
-        // SAFETY: kill(2) with a pid read from our own sandbox; no memory involved.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-/// Kills the cgroup's processes and removes it (it empties asynchronously).
-fn remove_cgroup(cgroup: &Path) -> Result<()> {
-    kill_all(&std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default());
-    println!("$ rmdir {}", cgroup.display());
-    let mut last = None;
-    for _ in 0..50 {
-        match std::fs::remove_dir(cgroup) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Err(anyhow!(
-        "rmdir {}: {}",
-        cgroup.display(),
-        last.expect("tried")
-    ))
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ mod cmd;
 mod demo;
 mod deps;
 mod net;
+mod sandbox;
 mod snapshot;
 mod testing;
-mod uplink;
 
 use std::{process::ExitCode, time::Duration};
 

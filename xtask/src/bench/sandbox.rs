@@ -26,7 +26,8 @@ use crate::{
     deps::mounts_of_type,
 };
 
-pub use crate::uplink::{HOST_IP, OUTSIDE_IP};
+use crate::sandbox::{kill_all, remove_cgroup};
+pub use crate::sandbox::{HOST_IP, OUTSIDE_IP};
 pub const PREFIX_START: &str = "ncb";
 
 /// A command to run (best effort) before the namespaces go: a peer's
@@ -74,7 +75,7 @@ impl Sandbox {
     }
 
     fn build(&self) -> Result<()> {
-        crate::uplink::build(&self.host, &self.out, &self.uplink, &self.wan)?;
+        crate::sandbox::build_uplink(&self.host, &self.out, &self.uplink, &self.wan)?;
         println!("$ mkdir {} {}", self.cgroup.display(), self.tmp.display());
         std::fs::create_dir(&self.cgroup)
             .with_context(|| format!("mkdir {}", self.cgroup.display()))?;
@@ -266,31 +267,4 @@ pub fn teardown(prefix: &str, netctl_bin: Option<&Path>) -> Result<()> {
     } else {
         bail!("{}", errors.join("; "))
     }
-}
-
-fn kill_all(pids: &str) {
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        // SAFETY: kill(2) with a pid read from our own sandbox; no memory involved.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-fn remove_cgroup(cgroup: &Path) -> Result<()> {
-    kill_all(&std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default());
-    let mut last = None;
-    for _ in 0..50 {
-        match std::fs::remove_dir(cgroup) {
-            Ok(()) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Err(anyhow!(
-        "rmdir {}: {}",
-        cgroup.display(),
-        last.expect("tried")
-    ))
 }
