@@ -185,7 +185,8 @@ pub fn reserve(
 
 /// Docker's MAC for a container address: `02:42` (locally administered,
 /// unicast) followed by the four bytes of the IP, so that the MAC is stable
-/// and never collides on a bridge where IPs are unique.
+/// and never collides on a bridge where IPs are unique. The bridge itself
+/// gets the MAC of its gateway address.
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let [a, b, c, d] = ip.octets();
     format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use crate::{
     error::{Error, Result},
+    ipam,
     netlink::Netlink,
     netns,
     state::{Endpoint, Network},
@@ -14,7 +15,8 @@ use crate::{
 
 /// Bridge up with the gateway address: the network exists in the kernel.
 pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
-    let bridge = host.ensure_bridge(&net.bridge).await?;
+    let mac = parse_mac(&ipam::mac_for(net.gateway))?;
+    let bridge = host.ensure_bridge(&net.bridge, mac).await?;
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
         .await
 }

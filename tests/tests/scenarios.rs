@@ -539,6 +539,12 @@ fn network_lifecycle(datapath: &str) {
         "the gateway is .254, so .1 is free"
     );
     assert!(pings(&sb, "a", "172.18.0.254"));
+    // The bridge keeps its gateway's MAC while ports come and go, so the
+    // containers' ARP entries for the gateway never go stale.
+    sb.netctl_ok(&["container", "run", "b", "--network", "front"]);
+    sb.netctl_ok(&["container", "rm", "b"]);
+    let link = text(&sb.in_host(&["ip", "-br", "link", "show", "nc-front"]));
+    assert!(link.contains("02:42:ac:12:00:fe"), "{link}");
     let inspect: serde_json::Value =
         serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "front"])).unwrap();
     assert_eq!(inspect[0]["containers"][0], "a");

@@ -78,12 +78,16 @@ impl Netlink {
     }
 
     /// Creates a bridge (up) unless it exists; returns its index.
-    pub async fn ensure_bridge(&self, name: &str) -> Result<u32> {
+    /// The MAC is set at creation: a bridge whose address was never set
+    /// takes the lowest MAC among its ports and changes it whenever a port
+    /// comes or goes, which leaves every container's ARP entry for the
+    /// gateway stale and stalls its traffic for seconds.
+    pub async fn ensure_bridge(&self, name: &str, mac: [u8; 6]) -> Result<u32> {
         if let Some(link) = self.link(name).await? {
             self.set_up(link.index).await?;
             return Ok(link.index);
         }
-        let msg = LinkBridge::new(name).up().build();
+        let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
         self.handle
             .link()
             .add(msg)
