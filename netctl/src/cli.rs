@@ -70,6 +70,13 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         seconds: u64,
     },
+    /// Compare the state with the kernel: report what is missing, and what
+    /// carries netctl's names without being in the state.
+    Doctor {
+        /// Repair: rebuild what the state names, remove what nothing owns.
+        #[arg(long)]
+        fix: bool,
+    },
     /// Remove everything netctl made on this host.
     Down,
 }
@@ -209,10 +216,10 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
     let format = cli.format;
     match cli.command {
         Command::Exec(args) => exec(config, args),
-        Command::Network(cmd) => network(Host::open(config)?, cmd, format).await,
-        Command::Container(cmd) => container(Host::open(config)?, cmd, format).await,
+        Command::Network(cmd) => network(Host::open(config).await?, cmd, format).await,
+        Command::Container(cmd) => container(Host::open(config).await?, cmd, format).await,
         Command::Port { name } => {
-            let host = Host::open(config)?;
+            let host = Host::open(config).await?;
             let ctr = host.state.container(&name)?;
             if format == Format::Json {
                 return print_json(&ctr.ports);
@@ -228,15 +235,42 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             }
             Ok(())
         }
-        Command::Down => Host::open(config)?.down().await,
-        Command::Conntrack(cmd) => conntrack(&Host::open(config)?, cmd, format),
-        Command::Stats => stats(&Host::open(config)?, format),
+        Command::Doctor { fix } => doctor(Host::open(config).await?, fix, format).await,
+        Command::Down => Host::open(config).await?.down().await,
+        Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
+        Command::Stats => stats(&Host::open(config).await?, format),
         Command::Trace { seconds } => {
             // The host (and its state lock) is released before tracing:
             // other commands run meanwhile.
-            let pins = ebpf_pins(&Host::open(config)?, "trace")?;
+            let pins = ebpf_pins(&Host::open(config).await?, "trace")?;
             crate::datapath::ebpf::trace(&pins, seconds, &mut std::io::stdout().lock())
         }
+    }
+}
+
+/// Prints every difference; fails (exit 1) when some remain, so that a
+/// script can use `netctl doctor` as a check.
+async fn doctor(mut host: Host, fix: bool, format: Format) -> Result<()> {
+    let findings = host.doctor(fix).await?;
+    if format == Format::Json {
+        print_json(&findings)?;
+    } else {
+        for f in &findings {
+            let mark = if f.fixed { " (fixed)" } else { "" };
+            println!("{}: {}{mark}", f.object, f.problem);
+        }
+        if findings.is_empty() {
+            println!("state and kernel agree");
+        }
+    }
+    let left = findings.iter().filter(|f| !f.fixed).count();
+    match (left, fix) {
+        (0, _) => Ok(()),
+        (n, false) => Err(Error::invalid(
+            "doctor",
+            format!("{n} difference(s) between the state and the kernel; `netctl doctor --fix` repairs them"),
+        )),
+        (n, true) => Err(Error::system("doctor --fix", format!("{n} difference(s) remain"))),
     }
 }
 

@@ -264,6 +264,20 @@ fn fnv1a32(bytes: impl IntoIterator<Item = u8>) -> u32 {
 /// The host-side veth of a container on a network: `ve` + 8 hex digits of a
 /// hash of the container name and the network id. It fits IFNAMSIZ for any
 /// name and is the same on every run, so teardown and `doctor` can find it.
+/// Whether a host link carries one of the names netctl gives: a bridge
+/// (`nc-NAME`, `netctl0`) or a veth end (`veXXXXXXXX`, and its peer with a
+/// `p` while it is still on the host side).
+pub fn is_netctl_link_name(name: &str) -> bool {
+    if name == DEFAULT_BRIDGE || name.starts_with(BRIDGE_PREFIX) {
+        return true;
+    }
+    let Some(hex) = name.strip_prefix("ve") else {
+        return false;
+    };
+    let hex = hex.strip_suffix('p').unwrap_or(hex);
+    hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 pub fn veth_name(container: &str, network_id: u32) -> String {
     let bytes = container.bytes().chain(network_id.to_be_bytes());
     format!("ve{:08x}", fnv1a32(bytes))
@@ -546,6 +560,16 @@ pub(crate) mod tests {
             "ip 172.18.0.1: is the gateway of 172.18.0.0/16"
         );
         assert_eq!(check("172.18.0.2"), "ip 172.18.0.2: already in use");
+    }
+
+    #[test]
+    fn netctl_link_names_are_recognised() {
+        for name in ["netctl0", "nc-front", &veth_name("web", 3), "ve0123abcdp"] {
+            assert!(is_netctl_link_name(name), "{name}");
+        }
+        for name in ["eth0", "lo", "veth0", "ve0123abcdx", "ve0123abc", "docker0"] {
+            assert!(!is_netctl_link_name(name), "{name}");
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::{
     config::HostConfig,
     datapath::{self, Datapath, HostInfo, Uplink},
     error::{Error, Result},
-    hosts, ipam,
+    failpoint, hosts, ipam,
+    journal::{Journal, Undo},
     netlink::Netlink,
     netns,
     ports::{self, PortSpec},
@@ -27,22 +28,15 @@ use crate::{
     topology,
 };
 
+mod doctor;
+
+pub use doctor::Finding;
+
 /// Name of Docker's default network, created on first use.
 pub const DEFAULT_NETWORK: &str = "bridge";
 
 /// The datapath a new host gets when `--datapath` is not given.
 pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
-
-/// One step to take back if a later step fails.
-enum Undo {
-    HostDown,
-    DeleteLink(String),
-    DeleteNetns(String),
-    NetworkDown(Network),
-    EndpointRemoved(Network, Endpoint),
-    PortsUnpublished(Network, Vec<PortMapping>),
-    StopProcess(crate::state::Process),
-}
 
 /// A locked host: the state, a netlink socket in the host namespace and the
 /// steps applied so far.
@@ -50,7 +44,15 @@ pub struct Host {
     pub config: HostConfig,
     dir: StateDir,
     pub state: State,
+    /// The state as last saved by a commit: what a rollback returns to and
+    /// what the journal is written into.
+    committed: State,
+    /// Whether a state file existed when the host was opened (a fresh host
+    /// whose first command fails keeps no state file).
+    had_state_file: bool,
     netlink: Netlink,
+    /// The command under way, for the journal.
+    command: String,
     undo: Vec<Undo>,
     /// The datapath once opened (opening looks the uplink up through netlink).
     datapath: Option<Rc<dyn Datapath>>,
@@ -64,20 +66,111 @@ pub fn now() -> u64 {
 }
 
 impl Host {
-    /// Locks the state dir and loads the state. The calling thread must be
-    /// in the host namespace already (main enters it at start-up).
-    pub fn open(config: HostConfig) -> Result<Self> {
+    /// Locks the state dir and loads the state, finishing first what an
+    /// interrupted netctl left in the journal. The calling thread must be in
+    /// the host namespace already (main enters it at start-up).
+    pub async fn open(config: HostConfig) -> Result<Self> {
         let dir = StateDir::lock(&config.state_dir)?;
+        let had_state_file = dir.has_state_file();
         let state = dir.load()?;
         let netlink = Netlink::connect(config.host_netns.as_deref().unwrap_or("root"))?;
-        Ok(Host {
+        let mut host = Host {
             config,
             dir,
+            committed: state.clone(),
             state,
+            had_state_file,
             netlink,
+            command: String::new(),
             undo: Vec::new(),
             datapath: None,
+        };
+        if let Some(journal) = host.state.journal.take() {
+            host.committed.journal = None;
+            host.recover(journal).await?;
+        }
+        Ok(host)
+    }
+
+    /// Completes what a killed netctl left: undoes the steps of a command
+    /// that never committed, finishes removals that had begun, then saves.
+    async fn recover(&mut self, journal: Journal) -> Result<()> {
+        eprintln!(
+            "netctl: finishing `{}`, interrupted: undoing {} step(s), removing {} container(s) and {} network(s)",
+            journal.command,
+            journal.undo.len(),
+            journal.removing_containers.len(),
+            journal.removing_networks.len()
+        );
+        let mut errors = Vec::new();
+        // The steps may name a datapath the state does not record yet (the
+        // host's first command); undo them against that one.
+        let recorded = self.state.datapath;
+        if journal.datapath.is_some() {
+            self.state.datapath = journal.datapath;
+        }
+        self.undo = journal.undo;
+        errors.extend(self.rollback().await.err());
+        self.state.datapath = recorded;
+        for name in &journal.removing_containers {
+            if self.state.containers.contains_key(name) {
+                errors.extend(self.remove_container(name).await.err());
+            }
+        }
+        for name in &journal.removing_networks {
+            if let Some(net) = self.state.networks.get(name).cloned() {
+                errors.extend(self.remove_network(&net).await.err());
+            }
+        }
+        errors.extend(self.dir.save(&self.state).err());
+        self.committed = self.state.clone();
+        self.had_state_file = true;
+        Error::collect(errors).map_err(|e| {
+            Error::system(
+                format!("recovery of `{}`", journal.command),
+                format!("{e} (run `netctl doctor --fix`)"),
+            )
         })
+    }
+
+    /// Names the command whose steps the journal records from now on.
+    fn begin(&mut self, command: impl Into<String>) {
+        self.command = command.into();
+        self.undo.clear();
+    }
+
+    /// Records how to undo a step, in the journal on disk, before the step
+    /// is taken: a crash in the middle of the step still leaves its undo.
+    fn record(&mut self, step: Undo) -> Result<()> {
+        self.undo.push(step);
+        let journal = Journal {
+            command: self.command.clone(),
+            datapath: self.state.datapath,
+            undo: self.undo.clone(),
+            ..Journal::default()
+        };
+        self.dir.save_journal(&self.committed, &journal)
+    }
+
+    /// Saves a journal of removals about to start (see `recover`).
+    fn record_removal(&mut self, containers: &[String], networks: &[String]) -> Result<()> {
+        let journal = Journal {
+            command: self.command.clone(),
+            datapath: self.state.datapath,
+            removing_containers: containers.to_vec(),
+            removing_networks: networks.to_vec(),
+            ..Journal::default()
+        };
+        self.dir.save_journal(&self.committed, &journal)
+    }
+
+    /// Saves the state as committed: the journal is gone with the same write.
+    fn save_committed(&mut self) -> Result<()> {
+        self.state.journal = None;
+        self.dir.save(&self.state)?;
+        self.committed = self.state.clone();
+        self.had_state_file = true;
+        Ok(())
     }
 
     /// Host facts for the datapath: the uplink and its address, when found.
@@ -128,21 +221,32 @@ impl Host {
         }
     }
 
-    /// Runs `apply`; on error undoes what it recorded, on success saves.
+    /// Ends a command: on success saves the state (which drops the
+    /// journal); on error undoes the recorded steps and returns to the
+    /// committed state.
     async fn commit(&mut self, result: Result<()>, removed_netns: &[String]) -> Result<()> {
+        let result = result.and_then(|()| failpoint::check("commit"));
         match result {
             Ok(()) => {
                 let hosts = hosts::refresh(&self.state, removed_netns);
-                self.dir.save(&self.state)?;
+                self.save_committed()?;
                 self.undo.clear();
                 hosts
             }
             Err(err) => {
-                let rollback = self.rollback().await;
-                match rollback {
-                    Ok(()) => Err(err),
-                    Err(undo_err) => Err(Error::Many(vec![err, undo_err])),
+                let journaled = !self.undo.is_empty();
+                let mut errors = vec![err];
+                errors.extend(self.rollback().await.err());
+                self.state = self.committed.clone();
+                if journaled {
+                    let cleared = if self.had_state_file {
+                        self.dir.save(&self.state)
+                    } else {
+                        self.dir.remove_state_file()
+                    };
+                    errors.extend(cleared.err());
                 }
+                Err(Error::collect(errors).expect_err("the command's error"))
             }
         }
     }
@@ -155,15 +259,19 @@ impl Host {
         while let Some(step) = self.undo.pop() {
             // No `?` in here: a failing step must not stop the others.
             let result = match step {
-                Undo::DeleteLink(name) => self.netlink.delete_link(&name).await,
-                Undo::DeleteNetns(name) => netns::delete(&name),
-                Undo::StopProcess(p) => process::stop(&p),
+                Undo::DeleteLink { name } => self.netlink.delete_link(&name).await,
+                Undo::DeleteNetns { name } => netns::delete(&name),
+                Undo::StopProcess { process } => process::stop(&process),
                 step => match &datapath {
                     Ok(dp) => match step {
                         Undo::HostDown => dp.host_down(),
-                        Undo::NetworkDown(net) => dp.network_down(&net),
-                        Undo::EndpointRemoved(net, ep) => dp.endpoint_removed(&net, &ep),
-                        Undo::PortsUnpublished(net, p) => dp.ports_unpublished(&net, &p),
+                        Undo::NetworkDown { network } => dp.network_down(&network),
+                        Undo::EndpointRemoved { network, endpoint } => {
+                            dp.endpoint_removed(&network, &endpoint)
+                        }
+                        Undo::PortsUnpublished { network, ports } => {
+                            dp.ports_unpublished(&network, &ports)
+                        }
                         _ => unreachable!("handled above"),
                     },
                     Err(e) => Err(Error::system("datapath", e)),
@@ -179,6 +287,7 @@ impl Host {
     // ---------------------------------------------------------------- networks
 
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        self.begin(format!("network create {}", req.name));
         let net = self.plan_network(&req)?;
         let result = self.apply_network_create(&net, req.datapath).await;
         self.commit(result, &[]).await?;
@@ -256,8 +365,9 @@ impl Host {
             let kind = datapath.unwrap_or(DEFAULT_DATAPATH);
             self.state.datapath = Some(kind);
             let dp = self.datapath().await?;
-            self.undo.push(Undo::HostDown);
+            self.record(Undo::HostDown)?;
             dp.host_up()?;
+            failpoint::check("create.host")?;
         }
         if self.netlink.link(&net.bridge).await?.is_some() {
             return Err(Error::invalid(
@@ -265,11 +375,17 @@ impl Host {
                 format!("interface {} already exists on the host", net.bridge),
             ));
         }
-        self.undo.push(Undo::DeleteLink(net.bridge.clone()));
+        self.record(Undo::DeleteLink {
+            name: net.bridge.clone(),
+        })?;
         topology::network_up(&self.netlink, net).await?;
+        failpoint::check("create.bridge")?;
         let dp = self.datapath().await?;
-        self.undo.push(Undo::NetworkDown(net.clone()));
+        self.record(Undo::NetworkDown {
+            network: net.clone(),
+        })?;
         dp.network_up(net)?;
+        failpoint::check("create.network")?;
         self.state.networks.insert(net.name.clone(), net.clone());
         Ok(())
     }
@@ -288,6 +404,7 @@ impl Host {
     }
 
     pub async fn network_rm(&mut self, names: &[String]) -> Result<()> {
+        self.begin(format!("network rm {}", names.join(" ")));
         for name in names {
             let net = self.state.network(name)?.clone();
             if name == DEFAULT_NETWORK {
@@ -310,22 +427,24 @@ impl Host {
 
     /// Removes an empty network: datapath first, then the bridge, then state.
     async fn remove_network(&mut self, net: &Network) -> Result<()> {
+        self.record_removal(&[], std::slice::from_ref(&net.name))?;
         let dp = self.datapath().await?;
         let mut errors = Vec::new();
         if let Err(e) = dp.network_down(net) {
             errors.push(e);
         }
+        errors.extend(failpoint::check("network-rm.datapath").err());
         if let Err(e) = topology::network_down(&self.netlink, net).await {
             errors.push(e);
         }
         self.state.networks.remove(&net.name);
-        let saved = self.dir.save(&self.state);
-        errors.extend(saved.err());
+        errors.extend(self.save_committed().err());
         Error::collect(errors)
     }
 
     /// Removes every user-defined network without containers; returns their names.
     pub async fn network_prune(&mut self) -> Result<Vec<String>> {
+        self.begin("network prune");
         let unused: Vec<Network> = self
             .state
             .networks
@@ -366,10 +485,13 @@ impl Host {
                 format!("is already connected to network {network}"),
             ));
         }
+        self.begin(format!("network connect {network} {container}"));
         let ifname = next_ifname(&ctr);
         let ep = self.plan_endpoint(&net, &ctr.name, &ifname, ip)?;
         let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
-        let result = self.apply_attach(container, &netns_name, &net, &ep).await;
+        let result = self
+            .apply_attach("connect", container, &netns_name, &net, &ep)
+            .await;
         self.commit(result, &[]).await
     }
 
@@ -412,13 +534,14 @@ impl Host {
             );
         }
         errors.extend(hosts::refresh(&self.state, &[]).err());
-        errors.extend(self.dir.save(&self.state).err());
+        errors.extend(self.save_committed().err());
         Error::collect(errors)
     }
 
     // -------------------------------------------------------------- containers
 
     pub async fn container_run(&mut self, req: ContainerRun) -> Result<Container> {
+        self.begin(format!("container run {}", req.name));
         let result = self.apply_container_run(&req).await;
         self.commit(result, &[]).await?;
         Ok(self.state.containers[&req.name].clone())
@@ -506,14 +629,16 @@ impl Host {
                     format!("namespace {name} already exists"),
                 ));
             }
-            self.undo.push(Undo::DeleteNetns(name.clone()));
+            self.record(Undo::DeleteNetns { name: name.clone() })?;
             topology::create_container_netns(name).await?;
+            failpoint::check("run.netns")?;
         }
         self.state
             .containers
             .insert(req.name.clone(), container.clone());
         for (net, ep) in endpoints.drain(..) {
             self.apply_attach(
+                "run",
                 &req.name,
                 netns_name.as_deref().expect("bridge mode"),
                 &net,
@@ -522,9 +647,12 @@ impl Host {
             .await?;
             if !container.ports.is_empty() {
                 let dp = self.datapath().await?;
-                self.undo
-                    .push(Undo::PortsUnpublished(net.clone(), container.ports.clone()));
+                self.record(Undo::PortsUnpublished {
+                    network: net.clone(),
+                    ports: container.ports.clone(),
+                })?;
                 dp.ports_published(&net, &container.ports)?;
+                failpoint::check("run.ports")?;
                 self.state
                     .containers
                     .get_mut(&req.name)
@@ -543,7 +671,12 @@ impl Host {
                     "a command in host mode runs on the host itself: use `netctl exec --host`",
                 ));
             };
-            self.undo.push(Undo::StopProcess(proc.clone()));
+            // Recorded once started (its pid is only known then); a crash in
+            // between leaves a process in a namespace the recovery deletes.
+            self.record(Undo::StopProcess {
+                process: proc.clone(),
+            })?;
+            failpoint::check("run.process")?;
             self.state
                 .containers
                 .get_mut(&req.name)
@@ -583,8 +716,10 @@ impl Host {
         })
     }
 
+    /// `command` names the failpoints (`run.link`, `connect.link`, ...).
     async fn apply_attach(
         &mut self,
+        command: &str,
         container: &str,
         netns_name: &str,
         net: &Network,
@@ -596,12 +731,18 @@ impl Host {
                 "interface already exists on the host (left by a crash? run `netctl doctor --fix`)",
             ));
         }
-        self.undo.push(Undo::DeleteLink(ep.host_veth.clone()));
+        self.record(Undo::DeleteLink {
+            name: ep.host_veth.clone(),
+        })?;
         topology::attach(&self.netlink, netns_name, net, ep).await?;
+        failpoint::check(&format!("{command}.link"))?;
         let dp = self.datapath().await?;
-        self.undo
-            .push(Undo::EndpointRemoved(net.clone(), ep.clone()));
+        self.record(Undo::EndpointRemoved {
+            network: net.clone(),
+            endpoint: ep.clone(),
+        })?;
         dp.endpoint_added(net, ep)?;
+        failpoint::check(&format!("{command}.endpoint"))?;
         let entry = self
             .state
             .containers
@@ -612,6 +753,7 @@ impl Host {
     }
 
     pub async fn container_rm(&mut self, names: &[String]) -> Result<()> {
+        self.begin(format!("container rm {}", names.join(" ")));
         for name in names {
             self.state.container(name)?;
             let sharers: Vec<&str> = self
@@ -648,6 +790,7 @@ impl Host {
     /// endpoints, namespace, hosts file, state.
     async fn remove_container(&mut self, name: &str) -> Result<()> {
         let ctr = self.state.container(name)?.clone();
+        self.record_removal(std::slice::from_ref(&ctr.name), &[])?;
         let mut errors = Vec::new();
         if let Some(p) = &ctr.process {
             errors.extend(process::stop(p).err());
@@ -678,9 +821,11 @@ impl Host {
             }
             Err(e) => errors.push(e),
         }
+        errors.extend(failpoint::check("rm.datapath").err());
         for ep in &ctr.endpoints {
             errors.extend(topology::detach(&self.netlink, ep).await.err());
         }
+        errors.extend(failpoint::check("rm.links").err());
         let mut removed_netns = Vec::new();
         if matches!(ctr.mode, NetworkMode::Bridge | NetworkMode::None) {
             if let Some(netns_name) = &ctr.netns {
@@ -688,14 +833,16 @@ impl Host {
                 removed_netns.push(netns_name.clone());
             }
         }
+        errors.extend(failpoint::check("rm.netns").err());
         self.state.containers.remove(name);
         errors.extend(hosts::refresh(&self.state, &removed_netns).err());
-        errors.extend(self.dir.save(&self.state).err());
+        errors.extend(self.save_committed().err());
         Error::collect(errors)
     }
 
     /// Removes everything netctl made on this host, going on past errors.
     pub async fn down(&mut self) -> Result<()> {
+        self.begin("down");
         let mut errors = Vec::new();
         let mut names: Vec<String> = self.state.containers.keys().cloned().collect();
         names.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
@@ -715,7 +862,7 @@ impl Host {
             // lock until exit; a waiting netctl then starts from nothing).
             errors.extend(self.dir.remove().err());
         } else {
-            errors.extend(self.dir.save(&self.state).err());
+            errors.extend(self.save_committed().err());
         }
         Error::collect(errors)
     }

@@ -7,7 +7,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
     net::Ipv4Addr,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -15,7 +15,10 @@ use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    journal::Journal,
+};
 
 /// Which datapath moves the packets of a host. The first network fixes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -182,6 +185,10 @@ pub struct State {
     pub datapath: Option<DatapathKind>,
     pub networks: BTreeMap<String, Network>,
     pub containers: BTreeMap<String, Container>,
+    /// Left by a command that did not finish (see journal.rs); the next
+    /// netctl completes or undoes it before anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<Journal>,
 }
 
 pub const STATE_VERSION: u32 = 1;
@@ -257,6 +264,17 @@ impl StateDir {
             .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::system(format!("lock {}", lock_path.display()), e))?;
+        // `down` removes the dir, lock file included, while others may be
+        // waiting on that file: a lock on a file no longer at its path
+        // protects nothing, so take the lock again on the new one.
+        let same_file = match (lock.metadata(), fs::metadata(&lock_path)) {
+            (Ok(held), Ok(current)) => held.ino() == current.ino() && held.dev() == current.dev(),
+            _ => false,
+        };
+        if !same_file {
+            drop(lock);
+            return Self::lock(path);
+        }
         Ok(StateDir {
             path: path.to_owned(),
             _lock: lock,
@@ -290,6 +308,22 @@ impl StateDir {
         }
     }
 
+    pub fn has_state_file(&self) -> bool {
+        self.path.join(STATE_FILE).exists()
+    }
+
+    /// Deletes the state file only (a fresh host's first command failed
+    /// after writing its journal).
+    pub fn remove_state_file(&self) -> Result<()> {
+        let file = self.path.join(STATE_FILE);
+        match fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("state {}", file.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes the state dir and everything in it.
     pub fn remove(&self) -> Result<()> {
         fs::remove_dir_all(&self.path)
@@ -304,6 +338,20 @@ impl StateDir {
     /// Replaces the state file atomically: a crash leaves the old or the new
     /// state, never a torn one.
     pub fn save(&self, state: &State) -> Result<()> {
+        self.write(state, true)
+    }
+
+    /// Writes the last committed state with the journal of the command under
+    /// way. Not synced to disk: it guards against a killed process, whose
+    /// writes the page cache keeps; after a power loss the links and
+    /// namespaces it describes are gone anyway.
+    pub fn save_journal(&self, committed: &State, journal: &Journal) -> Result<()> {
+        let mut state = committed.clone();
+        state.journal = Some(journal.clone());
+        self.write(&state, false)
+    }
+
+    fn write(&self, state: &State, sync: bool) -> Result<()> {
         let file = self.path.join(STATE_FILE);
         let tmp = self.path.join(format!("{STATE_FILE}.tmp"));
         let object = || format!("state {}", file.display());
@@ -316,11 +364,15 @@ impl StateDir {
             .open(&tmp)
             .map_err(|e| Error::io(object(), e))?;
         out.write_all(&bytes).map_err(|e| Error::io(object(), e))?;
-        out.sync_all().map_err(|e| Error::io(object(), e))?;
+        if sync {
+            out.sync_all().map_err(|e| Error::io(object(), e))?;
+        }
         fs::rename(&tmp, &file).map_err(|e| Error::io(object(), e))?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(object(), e))?;
+        if sync {
+            File::open(&self.path)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(object(), e))?;
+        }
         Ok(())
     }
 }

@@ -285,6 +285,46 @@ impl Sandbox {
         .expect("thread")
     }
 
+    /// A path under this host's bpffs pin directory.
+    pub fn pin_path(&self, relative: &str) -> String {
+        format!("/sys/fs/bpf/netctl/{}/{relative}", self.host_netns)
+    }
+
+    /// Everything pinned for this host (eBPF datapath), relative, sorted.
+    pub fn pins(&self) -> Vec<String> {
+        let root = PathBuf::from(self.pin_path(""));
+        let mut found = Vec::new();
+        for sub in ["maps", "progs", "links"] {
+            if let Ok(dir) = fs::read_dir(root.join(sub)) {
+                found.extend(
+                    dir.flatten()
+                        .map(|e| format!("{sub}/{}", e.file_name().to_string_lossy())),
+                );
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The entries of one pinned map as `bpftool` prints them (sorted
+    /// lines), or "" when it is not pinned.
+    pub fn bpf_map_dump(&self, map: &str) -> String {
+        let path = self.pin_path(&format!("maps/{map}"));
+        if !Path::new(&path).exists() {
+            return String::new();
+        }
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "pinned", &path])
+            .output()
+            .expect("bpftool");
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
     /// Namespaces under /run/netns that belong to this sandbox.
     pub fn namespaces(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(netns::NETNS_DIR)

@@ -266,7 +266,9 @@ impl Env {
                 nl.add_default_route(WAN_GW).await.expect("default route");
             }
             for net in NETS {
-                let index = nl.ensure_bridge(net.bridge).await.expect("bridge");
+                let mac = netctl::topology::parse_mac(&netctl::ipam::mac_for(net.gateway))
+                    .expect("gateway mac");
+                let index = nl.ensure_bridge(net.bridge, mac).await.expect("bridge");
                 nl.add_address(index, net.gateway, 16)
                     .await
                     .expect("bridge address");

@@ -46,10 +46,12 @@ use netctl_common::{
 };
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use super::{Datapath, HostInfo};
+mod audit;
+
+use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, PortMapping},
+    state::{DatapathKind, Endpoint, Network, PortMapping, State},
 };
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
@@ -98,6 +100,17 @@ fn bpf_error(object: impl Into<String>, err: impl std::error::Error) -> Error {
         source = cause.source();
     }
     Error::system(object, reason)
+}
+
+/// Whether a failed delete only found the key absent: aya reports that as
+/// `KeyNotFound` from some calls and as the syscall's ENOENT from `remove`.
+/// Removing what is absent is not an error (the datapath is idempotent).
+fn is_absent(err: &aya::maps::MapError) -> bool {
+    match err {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 /// Network byte order in a u32, as the programs read addresses from packets.
@@ -474,7 +487,8 @@ impl Datapath for Ebpf {
             .hash::<u32, NetworkInfo>(maps::NETWORKS)?
             .remove(&net.id)
         {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
             Err(e) => Err(bpf_error(format!("network {}: map NETWORKS", net.name), e)),
         }
     }
@@ -507,7 +521,8 @@ impl Datapath for Ebpf {
             .hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
             .remove(&be_ip(ep.ip))
         {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => {}
             Err(e) => errors.push(bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e)),
         }
         // Its flows die with it: a later container reusing the address must
@@ -556,12 +571,21 @@ impl Datapath for Ebpf {
         Ok(())
     }
 
+    fn audit(&self, state: &State) -> Result<Vec<Drift>> {
+        audit::audit(self, state)
+    }
+
+    fn reconcile(&self, state: &State) -> Result<()> {
+        audit::reconcile(self, state)
+    }
+
     fn ports_unpublished(&self, _net: &Network, ports: &[PortMapping]) -> Result<()> {
         let mut portmap = self.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
         let mut errors = Vec::new();
         for p in ports {
             match portmap.remove(&port_key(p)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_absent(&e) => {}
                 Err(e) => errors.push(bpf_error(format!("port {}: map PORTMAP", p.describe()), e)),
             }
         }
@@ -659,7 +683,8 @@ pub fn conntrack_remove(
         .collect();
     for key in &keys {
         match map.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => {}
             Err(e) => return Err(bpf_error("map CONNTRACK", e)),
         }
     }

@@ -45,10 +45,12 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Datapath, HostInfo};
+mod audit;
+
+use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, PortMapping, Protocol},
+    state::{DatapathKind, Endpoint, Network, PortMapping, Protocol, State},
 };
 
 /// Every chain netctl creates starts with this.
@@ -879,6 +881,14 @@ impl Datapath for Iptables {
             ),
             &batch,
         )
+    }
+
+    fn audit(&self, state: &State) -> Result<Vec<Drift>> {
+        audit::audit(self, state)
+    }
+
+    fn reconcile(&self, state: &State) -> Result<()> {
+        audit::reconcile(self, state)
     }
 
     fn ports_unpublished(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {

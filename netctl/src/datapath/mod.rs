@@ -14,8 +14,24 @@ use std::net::Ipv4Addr;
 use crate::{
     config::HostConfig,
     error::Result,
-    state::{DatapathKind, Endpoint, Network, PortMapping},
+    state::{DatapathKind, Endpoint, Network, PortMapping, State},
 };
+
+/// One difference between what a datapath holds and what the state says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Drift {
+    pub object: String,
+    pub problem: String,
+}
+
+impl Drift {
+    pub fn new(object: impl Into<String>, problem: impl Into<String>) -> Self {
+        Drift {
+            object: object.into(),
+            problem: problem.into(),
+        }
+    }
+}
 
 /// What a datapath needs to know about the host it runs on.
 #[derive(Clone, Debug)]
@@ -50,6 +66,13 @@ pub trait Datapath {
     /// Publishes a batch (one `iptables-restore` or one round of map updates).
     fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
     fn ports_unpublished(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
+
+    /// What the datapath lacks of `state`, and what it holds that no
+    /// object of `state` owns (for `netctl doctor`). Reads only.
+    fn audit(&self, state: &State) -> Result<Vec<Drift>>;
+    /// Makes the datapath hold exactly `state`: re-applies what is missing
+    /// and removes what nothing owns (for `netctl doctor --fix`).
+    fn reconcile(&self, state: &State) -> Result<()>;
 }
 
 /// The datapath of a given kind for a host.

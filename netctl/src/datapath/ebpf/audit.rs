@@ -1,0 +1,282 @@
+//! `netctl doctor` for the eBPF datapath: the pins, links and map entries
+//! the state implies, against what is pinned and what the maps hold.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    fs,
+    path::Path,
+};
+
+use netctl_common::{
+    endpoint::{EndpointInfo, NetworkInfo},
+    maps,
+    portmap::{PortKey, PortTarget},
+};
+
+use super::{
+    be_ip, bpf_error, ifindex, ip_from_be, port_key, Ebpf, ENDPOINT_INGRESS, MAP_NAMES,
+    UPLINK_PROGRAMS,
+};
+use crate::{
+    datapath::{Datapath, Drift},
+    error::{Error, Result},
+    state::{DatapathKind, Endpoint, Network, State},
+};
+
+/// Endpoints of the state with their network.
+fn endpoints(state: &State) -> impl Iterator<Item = (&Network, &Endpoint)> {
+    state.containers.values().flat_map(move |c| {
+        c.endpoints
+            .iter()
+            .filter_map(move |ep| state.networks.get(&ep.network).map(|net| (net, ep)))
+    })
+}
+
+/// Names under `links/` (`<ifname>@<program>`).
+fn pinned_links(dir: &Path) -> BTreeSet<String> {
+    fs::read_dir(dir.join("links"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Links the state implies: the uplink's programs, one per endpoint.
+fn wanted_links(dp: &Ebpf, state: &State) -> BTreeSet<String> {
+    let mut wanted: BTreeSet<String> = endpoints(state)
+        .map(|(_, ep)| format!("{}@{ENDPOINT_INGRESS}", ep.host_veth))
+        .collect();
+    if let Some(uplink) = &dp.host.uplink {
+        wanted.extend(
+            UPLINK_PROGRAMS
+                .iter()
+                .map(|(prog, _)| format!("{}@{prog}", uplink.name)),
+        );
+    }
+    wanted
+}
+
+/// What the ENDPOINTS entry of `ep` should be (its veth's current ifindex).
+fn endpoint_info(net: &Network, ep: &Endpoint) -> Result<EndpointInfo> {
+    Ok(EndpointInfo {
+        ifindex: ifindex(&ep.host_veth)?,
+        network_id: net.id,
+        mac: crate::topology::parse_mac(&ep.mac)?,
+        _pad: [0; 2],
+    })
+}
+
+/// The drifts of one endpoint: entry absent or stale, link not pinned.
+fn endpoint_drift(dp: &Ebpf, net: &Network, ep: &Endpoint, links: &BTreeSet<String>) -> Vec<Drift> {
+    let object = format!("ebpf endpoint {} ({})", ep.ip, ep.host_veth);
+    let mut drift = Vec::new();
+    match (
+        endpoint_info(net, ep),
+        dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)
+            .map(|m| m.get(&be_ip(ep.ip), 0).ok()),
+    ) {
+        (_, Ok(None)) => drift.push(Drift::new(&object, "missing from map ENDPOINTS")),
+        (Ok(want), Ok(Some(have))) if want != have => {
+            drift.push(Drift::new(&object, "stale entry in map ENDPOINTS"))
+        }
+        (Err(e), _) | (_, Err(e)) => drift.push(Drift::new(&object, e.to_string())),
+        _ => {}
+    }
+    if !links.contains(&format!("{}@{ENDPOINT_INGRESS}", ep.host_veth)) {
+        drift.push(Drift::new(&object, "program link not pinned"));
+    }
+    drift
+}
+
+pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
+    let mut drift = Vec::new();
+    if state.datapath != Some(DatapathKind::Ebpf) {
+        if dp.pin_dir.exists() {
+            drift.push(Drift::new(
+                format!("ebpf pins {}", dp.pin_dir.display()),
+                "present, but the host has no eBPF network",
+            ));
+        }
+        return Ok(drift);
+    }
+    let missing_maps: Vec<&str> = MAP_NAMES
+        .into_iter()
+        .filter(|name| !dp.map_path(name).exists())
+        .collect();
+    if !missing_maps.is_empty() {
+        drift.push(Drift::new(
+            format!("ebpf pins {}", dp.pin_dir.display()),
+            format!("maps not pinned: {}", missing_maps.join(", ")),
+        ));
+        return Ok(drift);
+    }
+    let links = pinned_links(&dp.pin_dir);
+    let wanted = wanted_links(dp, state);
+    for name in wanted.difference(&links) {
+        if !name.contains(ENDPOINT_INGRESS) {
+            drift.push(Drift::new(format!("ebpf link {name}"), "not pinned"));
+        }
+    }
+    for name in links.difference(&wanted) {
+        if !name.starts_with("cgroup@") {
+            drift.push(Drift::new(
+                format!("ebpf link {name}"),
+                "not implied by the state",
+            ));
+        }
+    }
+
+    let networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
+    let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
+    for net in state.networks.values() {
+        let object = format!("ebpf network {}", net.name);
+        match networks.get(&net.id, 0) {
+            Err(_) => drift.push(Drift::new(&object, "missing from map NETWORKS")),
+            Ok(have) if ifindex(&net.bridge).ok() != Some(have.bridge_ifindex) => {
+                drift.push(Drift::new(&object, "stale bridge in map NETWORKS"))
+            }
+            Ok(_) => {}
+        }
+    }
+    for id in networks
+        .keys()
+        .flatten()
+        .filter(|id| !known_ids.contains(id))
+    {
+        drift.push(Drift::new(
+            format!("ebpf network id {id}"),
+            "in map NETWORKS, not in the state",
+        ));
+    }
+
+    let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
+    for (net, ep) in endpoints(state) {
+        drift.extend(endpoint_drift(dp, net, ep, &links));
+    }
+    let endpoint_map = dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?;
+    for ip in endpoint_map
+        .keys()
+        .flatten()
+        .filter(|ip| !known_ips.contains(ip))
+    {
+        drift.push(Drift::new(
+            format!("ebpf endpoint {}", ip_from_be(ip)),
+            "in map ENDPOINTS, not in the state",
+        ));
+    }
+
+    let portmap = dp.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
+    let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
+    for p in state.ports() {
+        let object = format!("ebpf port {}", p.describe());
+        match portmap.get(&port_key(p), 0) {
+            Err(_) => drift.push(Drift::new(&object, "missing from map PORTMAP")),
+            Ok(t) if t.ip != be_ip(p.container_ip) || t.port != p.container_port.to_be() => {
+                drift.push(Drift::new(&object, "points elsewhere in map PORTMAP"))
+            }
+            Ok(_) => {}
+        }
+    }
+    for key in portmap
+        .keys()
+        .flatten()
+        .filter(|k| !known_ports.contains(k))
+    {
+        drift.push(Drift::new(
+            format!(
+                "ebpf port {}:{}/{}",
+                ip_from_be(key.host_ip),
+                u16::from_be(key.host_port),
+                key.proto
+            ),
+            "in map PORTMAP, not in the state",
+        ));
+    }
+    Ok(drift)
+}
+
+pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
+    if state.datapath != Some(DatapathKind::Ebpf) {
+        return dp.host_down();
+    }
+    let mut errors = Vec::new();
+    // A half-pinned datapath is reloaded whole: the maps it kept are reused.
+    if MAP_NAMES.iter().any(|name| !dp.map_path(name).exists()) {
+        errors.extend(dp.host_down().err());
+    }
+    errors.extend(dp.host_up().err());
+    let links = pinned_links(&dp.pin_dir);
+    for net in state.networks.values() {
+        errors.extend(dp.network_up(net).err());
+    }
+    for (net, ep) in endpoints(state) {
+        if !endpoint_drift(dp, net, ep, &links).is_empty() {
+            errors.extend(dp.endpoint_added(net, ep).err());
+        }
+    }
+    for net in state.networks.values() {
+        let ports: Vec<_> = state
+            .ports()
+            .filter(|p| p.network == net.name)
+            .cloned()
+            .collect();
+        if !ports.is_empty() {
+            errors.extend(dp.ports_published(net, &ports).err());
+        }
+    }
+    // Then what nothing owns.
+    let wanted = wanted_links(dp, state);
+    for name in links.difference(&wanted) {
+        if !name.starts_with("cgroup@") {
+            errors.extend(Ebpf::unpin_link(&dp.pin_dir.join("links").join(name)).err());
+        }
+    }
+    let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
+    let mut networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
+    let stale: Vec<u32> = networks
+        .keys()
+        .flatten()
+        .filter(|id| !known_ids.contains(id))
+        .collect();
+    for id in stale {
+        errors.extend(
+            networks
+                .remove(&id)
+                .map_err(|e| bpf_error("map NETWORKS", e))
+                .err(),
+        );
+    }
+    let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
+    let mut endpoint_map = dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?;
+    let stale: Vec<u32> = endpoint_map
+        .keys()
+        .flatten()
+        .filter(|ip| !known_ips.contains(ip))
+        .collect();
+    for ip in stale {
+        errors.extend(
+            endpoint_map
+                .remove(&ip)
+                .map_err(|e| bpf_error("map ENDPOINTS", e))
+                .err(),
+        );
+    }
+    let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
+    let mut portmap = dp.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
+    let stale: Vec<PortKey> = portmap
+        .keys()
+        .flatten()
+        .filter(|k| !known_ports.contains(k))
+        .collect();
+    for key in stale {
+        errors.extend(
+            portmap
+                .remove(&key)
+                .map_err(|e| bpf_error("map PORTMAP", e))
+                .err(),
+        );
+    }
+    Error::collect(errors)
+}

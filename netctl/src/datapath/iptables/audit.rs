@@ -1,0 +1,139 @@
+//! `netctl doctor` for the iptables datapath: the rules the state implies,
+//! against what `iptables-save` shows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    host_rules, network_rules, port_rules, Batch, Iptables, Rule, Saved, Table, CHAINS,
+    CHAIN_PREFIX,
+};
+use crate::{
+    datapath::{Datapath, Drift},
+    error::{Error, Result},
+    state::{DatapathKind, PortMapping, State},
+};
+
+/// Every rule the state implies. None at all when the host is not on this
+/// datapath (its first network fixes that).
+fn desired_rules(state: &State) -> Vec<Rule> {
+    if state.datapath != Some(DatapathKind::Iptables) {
+        return Vec::new();
+    }
+    let mut rules = host_rules();
+    for net in state.networks.values() {
+        rules.extend(network_rules(net));
+    }
+    let ports: Vec<PortMapping> = state.ports().cloned().collect();
+    rules.extend(port_rules(&ports));
+    rules
+}
+
+/// Lines in our chains, or jumping into them, that no object of the state
+/// implies: `(table, line)`.
+fn extra_lines(saved: &Saved, desired: &[Rule]) -> Vec<(Table, String)> {
+    let wanted: BTreeSet<(Table, String)> = desired.iter().map(|r| (r.table, r.saved())).collect();
+    let mut extra = Vec::new();
+    for table in Table::ALL {
+        for line in saved.rules(table) {
+            if line.contains(CHAIN_PREFIX) && !wanted.contains(&(table, line.clone())) {
+                extra.push((table, line.clone()));
+            }
+        }
+    }
+    extra
+}
+
+/// Chains named like ours that netctl does not make.
+fn extra_chains(saved: &Saved) -> Vec<(Table, String)> {
+    Table::ALL
+        .into_iter()
+        .flat_map(|table| {
+            saved
+                .chains(table)
+                .filter(|c| c.starts_with(CHAIN_PREFIX))
+                .filter(move |c| !CHAINS.contains(&(table, c)))
+                .map(move |c| (table, c.to_owned()))
+        })
+        .collect()
+}
+
+pub(super) fn audit(ipt: &Iptables, state: &State) -> Result<Vec<Drift>> {
+    let saved = ipt.saved()?;
+    let desired = desired_rules(state);
+    let mut drift = Vec::new();
+    if !desired.is_empty() {
+        for (table, chain) in CHAINS {
+            if !saved.has_chain(table, chain) {
+                drift.push(Drift::new(
+                    format!("iptables chain {table} {chain}"),
+                    "missing",
+                ));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for rule in &desired {
+        if !seen.insert(rule.to_string()) {
+            continue;
+        }
+        match saved.count(rule) {
+            0 => drift.push(Drift::new(format!("iptables rule `{rule}`"), "missing")),
+            1 => {}
+            n => drift.push(Drift::new(
+                format!("iptables rule `{rule}`"),
+                format!("present {n} times"),
+            )),
+        }
+    }
+    for (table, line) in extra_lines(&saved, &desired) {
+        drift.push(Drift::new(
+            format!("iptables rule `{table} {line}`"),
+            "not implied by the state",
+        ));
+    }
+    for (table, chain) in extra_chains(&saved) {
+        drift.push(Drift::new(
+            format!("iptables chain {table} {chain}"),
+            "not made by netctl",
+        ));
+    }
+    Ok(drift)
+}
+
+pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
+    if state.datapath != Some(DatapathKind::Iptables) {
+        return ipt.host_down();
+    }
+    let mut errors = Vec::new();
+    // Re-applying is idempotent and puts each group back in its order.
+    errors.extend(ipt.host_up().err());
+    let mut ports: BTreeMap<&str, Vec<PortMapping>> = BTreeMap::new();
+    for p in state.ports() {
+        ports.entry(p.network.as_str()).or_default().push(p.clone());
+    }
+    for net in state.networks.values() {
+        errors.extend(ipt.network_up(net).err());
+        if let Some(ports) = ports.get(net.name.as_str()) {
+            errors.extend(ipt.ports_published(net, ports).err());
+        }
+    }
+    // Then whatever nothing owns, and duplicates beyond the first copy.
+    let saved = ipt.saved()?;
+    let desired = desired_rules(state);
+    let mut batch = Batch::default();
+    for (table, line) in extra_lines(&saved, &desired) {
+        batch.push(table, format!("-D {}", &line[3..]));
+    }
+    let mut seen = BTreeSet::new();
+    for rule in &desired {
+        if seen.insert(rule.to_string()) {
+            (1..saved.count(rule)).for_each(|_| batch.push(rule.table, rule.delete()));
+        }
+    }
+    for (table, chain) in extra_chains(&saved) {
+        batch.push(table, format!("-F {chain}"));
+        batch.push(table, format!("-X {chain}"));
+    }
+    errors.extend(ipt.restore("iptables: doctor --fix", &batch).err());
+    Error::collect(errors)
+}

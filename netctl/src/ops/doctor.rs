@@ -1,0 +1,322 @@
+//! `netctl doctor [--fix]`: compares the state with the kernel.
+//!
+//! It reports what the state names and the kernel lacks (a namespace, veth
+//! or bridge deleted behind netctl's back, rules flushed, map entries gone)
+//! and what the kernel holds under netctl's names that the state does not
+//! own (left by a crash or by hand). `--fix` converges on the state: a
+//! container whose namespace is gone is forgotten, everything else the
+//! state names is rebuilt, and what nothing owns is removed.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::Host;
+use crate::{
+    datapath::Drift,
+    error::{Error, Result},
+    hosts, ipam,
+    netlink::LinkInfo,
+    netns,
+    state::{Endpoint, Network, NetworkMode},
+    topology,
+};
+
+/// One difference, and whether `--fix` made it go away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub object: String,
+    pub problem: String,
+    pub fixed: bool,
+}
+
+/// How a difference is repaired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Repair {
+    /// A namespace under our prefix that no container owns.
+    DeleteNetns(String),
+    /// A link with one of our names that no network or endpoint owns.
+    DeleteLink(String),
+    /// A container whose namespace is gone: nothing left to repair.
+    ForgetContainer(String),
+    /// A network's bridge missing, down or without its gateway address.
+    Bridge(String),
+    /// An endpoint whose veth pair is gone: (container, network).
+    Reattach(String, String),
+    /// An endpoint's veth no longer on its bridge: (container, network).
+    Reenslave(String, String),
+    /// Rules or map entries: the datapath reconciles as a whole.
+    Datapath,
+}
+
+impl Host {
+    pub async fn doctor(&mut self, fix: bool) -> Result<Vec<Finding>> {
+        let before = self.survey().await?;
+        if !fix {
+            return Ok(before
+                .into_iter()
+                .map(|(d, _)| Finding {
+                    object: d.object,
+                    problem: d.problem,
+                    fixed: false,
+                })
+                .collect());
+        }
+        self.begin("doctor --fix");
+        let mut errors = Vec::new();
+        let repairs: Vec<Repair> = before.iter().map(|(_, r)| r.clone()).collect();
+        errors.extend(self.repair(&repairs).await.err());
+        let after: BTreeSet<(String, String)> = self
+            .survey()
+            .await?
+            .into_iter()
+            .map(|(d, _)| (d.object, d.problem))
+            .collect();
+        let findings = before
+            .into_iter()
+            .map(|(d, _)| Finding {
+                fixed: !after.contains(&(d.object.clone(), d.problem.clone())),
+                object: d.object,
+                problem: d.problem,
+            })
+            .collect();
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("netctl: doctor --fix: {e}");
+            }
+        }
+        Ok(findings)
+    }
+
+    /// Every difference with its repair, in the order repairs must run.
+    async fn survey(&mut self) -> Result<Vec<(Drift, Repair)>> {
+        let mut found = Vec::new();
+        let links = self.netlink.links().await?;
+        let link = |name: &str| links.iter().find(|l| l.name == name);
+
+        // Containers first: one whose namespace is gone takes its endpoints
+        // with it, and its other problems are moot.
+        let mut owned_netns = BTreeSet::new();
+        let mut owned_links: BTreeSet<String> = BTreeSet::new();
+        for ctr in self.state.containers.values() {
+            let owns_netns = matches!(ctr.mode, NetworkMode::Bridge | NetworkMode::None);
+            if let (true, Some(name)) = (owns_netns, &ctr.netns) {
+                owned_netns.insert(name.clone());
+                if !netns::exists(name) {
+                    found.push((
+                        Drift::new(
+                            format!("container {}", ctr.name),
+                            format!("namespace {name} is gone"),
+                        ),
+                        Repair::ForgetContainer(ctr.name.clone()),
+                    ));
+                    continue;
+                }
+            }
+            for ep in &ctr.endpoints {
+                owned_links.insert(ep.host_veth.clone());
+                let Some(net) = self.state.networks.get(&ep.network) else {
+                    continue;
+                };
+                let object = format!("container {} on network {}", ctr.name, ep.network);
+                let bridge = link(&net.bridge).map(|l| l.index);
+                match link(&ep.host_veth) {
+                    None => found.push((
+                        Drift::new(object, format!("veth {} is gone", ep.host_veth)),
+                        Repair::Reattach(ctr.name.clone(), ep.network.clone()),
+                    )),
+                    Some(veth) if bridge.is_some() && veth.master != bridge => found.push((
+                        Drift::new(
+                            object,
+                            format!("veth {} is not on bridge {}", ep.host_veth, net.bridge),
+                        ),
+                        Repair::Reenslave(ctr.name.clone(), ep.network.clone()),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        for net in self.state.networks.values() {
+            owned_links.insert(net.bridge.clone());
+            if let Some(problem) = self.bridge_problem(net, link(&net.bridge)).await? {
+                found.push((
+                    Drift::new(format!("network {}", net.name), problem),
+                    Repair::Bridge(net.name.clone()),
+                ));
+            }
+        }
+        // What carries our names and nothing owns.
+        let prefix = format!("{}-", self.config.host_id());
+        for name in namespaces_with_prefix(&prefix) {
+            if !owned_netns.contains(&name) {
+                found.push((
+                    Drift::new(format!("netns {name}"), "not in the state"),
+                    Repair::DeleteNetns(name),
+                ));
+            }
+        }
+        for name in hosts_dirs_with_prefix(&prefix) {
+            if !owned_netns.contains(&name) && !netns::path(&name).exists() {
+                found.push((
+                    Drift::new(
+                        format!("hosts dir {}", hosts::dir(&name).display()),
+                        "not in the state",
+                    ),
+                    Repair::DeleteNetns(name),
+                ));
+            }
+        }
+        for l in &links {
+            if ipam::is_netctl_link_name(&l.name) && !owned_links.contains(&l.name) {
+                found.push((
+                    Drift::new(format!("link {}", l.name), "not in the state"),
+                    Repair::DeleteLink(l.name.clone()),
+                ));
+            }
+        }
+        if self.state.datapath.is_some() || !found.is_empty() {
+            let dp = self.datapath().await?;
+            for drift in dp.audit(&self.state)? {
+                found.push((drift, Repair::Datapath));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn bridge_problem(
+        &self,
+        net: &Network,
+        bridge: Option<&LinkInfo>,
+    ) -> Result<Option<String>> {
+        let Some(bridge) = bridge else {
+            return Ok(Some(format!("bridge {} is gone", net.bridge)));
+        };
+        if !bridge.up {
+            return Ok(Some(format!("bridge {} is down", net.bridge)));
+        }
+        let addresses = self.netlink.ipv4_addresses(bridge.index).await?;
+        if !addresses.contains(&net.gateway) {
+            return Ok(Some(format!(
+                "bridge {} lacks the gateway address {}",
+                net.bridge, net.gateway
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Runs the repairs, going on past errors; saves the state at the end.
+    async fn repair(&mut self, repairs: &[Repair]) -> Result<()> {
+        let mut errors = Vec::new();
+        let mut topology_changed = false;
+        for repair in repairs {
+            let result = match repair {
+                Repair::ForgetContainer(name) => {
+                    topology_changed = true;
+                    self.remove_container(name).await
+                }
+                Repair::DeleteNetns(name) => hosts::remove(name).and_then(|()| netns::delete(name)),
+                Repair::DeleteLink(name) => self.netlink.delete_link(name).await,
+                Repair::Bridge(network) => {
+                    topology_changed = true;
+                    self.rebuild_bridge(network).await
+                }
+                Repair::Reattach(container, network) => {
+                    topology_changed = true;
+                    self.reattach(container, network).await
+                }
+                Repair::Reenslave(container, network) => {
+                    let (net, ep) = self.endpoint_of(container, network)?;
+                    self.enslave(&net, &ep).await
+                }
+                Repair::Datapath => Ok(()),
+            };
+            errors.extend(result.err());
+        }
+        // New links have new ifindexes: the datapath is reconciled after
+        // any topology repair, not only when it reported drift itself.
+        if topology_changed || repairs.contains(&Repair::Datapath) {
+            match self.datapath().await {
+                Ok(dp) => errors.extend(dp.reconcile(&self.state).err()),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors.extend(hosts::refresh(&self.state, &[]).err());
+        errors.extend(self.save_committed().err());
+        Error::collect(errors)
+    }
+
+    fn endpoint_of(&self, container: &str, network: &str) -> Result<(Network, Endpoint)> {
+        let ctr = self.state.container(container)?;
+        let ep = ctr
+            .endpoint(network)
+            .ok_or_else(|| Error::not_found("endpoint", format!("{container} on {network}")))?;
+        Ok((self.state.network(network)?.clone(), ep.clone()))
+    }
+
+    /// The bridge again (with its MAC and gateway), and every endpoint of
+    /// the network back on it.
+    async fn rebuild_bridge(&mut self, network: &str) -> Result<()> {
+        let net = self.state.network(network)?.clone();
+        topology::network_up(&self.netlink, &net).await?;
+        let members: Vec<String> = self
+            .state
+            .members(network)
+            .map(|c| c.name.clone())
+            .collect();
+        let mut errors = Vec::new();
+        for name in members {
+            let (net, ep) = self.endpoint_of(&name, network)?;
+            if self.netlink.link(&ep.host_veth).await?.is_some() {
+                errors.extend(self.enslave(&net, &ep).await.err());
+            }
+        }
+        Error::collect(errors)
+    }
+
+    async fn enslave(&self, net: &Network, ep: &Endpoint) -> Result<()> {
+        let bridge = self.netlink.index(&net.bridge).await?;
+        let veth = self.netlink.index(&ep.host_veth).await?;
+        self.netlink.set_master(veth, bridge).await?;
+        self.netlink.set_hairpin(veth).await?;
+        self.netlink.set_up(veth).await
+    }
+
+    /// A new veth pair into the container's namespace, same name, address
+    /// and MAC as recorded; the datapath picks it up when reconciled.
+    async fn reattach(&mut self, container: &str, network: &str) -> Result<()> {
+        let (net, ep) = self.endpoint_of(container, network)?;
+        let netns_name = self
+            .state
+            .container(container)?
+            .netns
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("container {container}"), "has no namespace"))?;
+        if self.netlink.link(&net.bridge).await?.is_none() {
+            self.rebuild_bridge(network).await?;
+        }
+        topology::attach(&self.netlink, &netns_name, &net, &ep).await
+    }
+}
+
+/// Names under /run/netns starting with `prefix`.
+fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    names_with_prefix(netns::NETNS_DIR, prefix)
+}
+
+/// Names under /etc/netns (hosts files) starting with `prefix`.
+fn hosts_dirs_with_prefix(prefix: &str) -> Vec<String> {
+    names_with_prefix(hosts::ETC_NETNS, prefix)
+}
+
+fn names_with_prefix(dir: &str, prefix: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
