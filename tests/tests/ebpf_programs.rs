@@ -55,8 +55,11 @@ fn arp_ipv6_and_truncated_frames_pass_untouched() {
             (short_tcp, StatIndex::Truncated),
             (long_len, StatIndex::Truncated),
         ];
-        for (frame, _) in &frames {
-            assert_verdict(env.endpoint(A1, frame), TC_ACT_OK, frame);
+        for (i, (frame, _)) in frames.iter().enumerate() {
+            // A short TCP header leaving its network from a container is
+            // dropped (see truncated_l4_headers_never_leave_their_network).
+            let from_a1 = if i == 3 { TC_ACT_SHOT } else { TC_ACT_OK };
+            assert_verdict(env.endpoint(A1, frame), from_a1, frame);
             assert_verdict(env.uplink_in(frame), TC_ACT_OK, frame);
             assert_verdict(env.uplink_out(frame), TC_ACT_OK, frame);
         }
@@ -65,8 +68,9 @@ fn arp_ipv6_and_truncated_frames_pass_untouched() {
         // there.
         env.assert_stats(&[
             (StatIndex::NotIpv4, 6),
-            (StatIndex::Truncated, 8),
+            (StatIndex::Truncated, 7),
             (StatIndex::Pass, 1),
+            (StatIndex::DropIsolated, 1),
         ]);
         let arp_len = frames[0].0.len() as u64;
         let ipv6_len = frames[1].0.len() as u64;
@@ -75,6 +79,56 @@ fn arp_ipv6_and_truncated_frames_pass_untouched() {
             3 * (arp_len + ipv6_len),
             "bytes"
         );
+        assert!(env.conntrack().is_empty());
+    });
+}
+
+/// The frame with another IPv4 total length (and the header checksum to match).
+fn with_total_length(frame: &[u8], total: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&f[14..34]]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn truncated_l4_headers_never_leave_their_network() {
+    in_netns(Opts::default(), |env| {
+        // An echo request whose datagram ends 4 bytes into ICMP: the
+        // identifier after it is Ethernet padding, not a header (found by
+        // ebpf_fuzz: it was read, translated and its checksum "updated").
+        let padded_ping = with_total_length(&Frame::from(A1, REMOTE, echo(8, 77)).bytes(), 24);
+        // A whole TCP header, all of it past a total length of 30.
+        let padded_syn =
+            with_total_length(&Frame::from(A1, REMOTE, tcp(33000, 443, SYN)).bytes(), 30);
+        // To the outside or another network: nothing to translate, and
+        // handed to the kernel they would leave their network untranslated.
+        for frame in [&padded_ping, &padded_syn] {
+            assert_verdict(env.endpoint(A1, frame), TC_ACT_SHOT, frame);
+        }
+        let to_b1 = cut_l4(&Frame::from(A1, B1.ip, tcp(33000, 80, SYN)).bytes());
+        assert_verdict(env.endpoint(A1, &to_b1), TC_ACT_SHOT, &to_b1);
+        // From an internal network, not even that way out.
+        let out_of_i1 = cut_l4(&Frame::from(I1, REMOTE, tcp(33000, 80, SYN)).bytes());
+        assert_verdict(env.endpoint(I1, &out_of_i1), TC_ACT_SHOT, &out_of_i1);
+        // On their own network they pass untouched (the receiver drops them).
+        let to_a2 = with_total_length(&Frame::from(A1, A2.ip, echo(8, 77)).bytes(), 24);
+        assert_verdict(env.endpoint(A1, &to_a2), TC_ACT_OK, &to_a2);
+        let in_i1 = cut_l4(&Frame::from(I1, Ipv4Addr::new(172, 20, 0, 9), tcp(1, 80, SYN)).bytes());
+        assert_verdict(env.endpoint(I1, &in_i1), TC_ACT_OK, &in_i1);
+        // From the outside, a padded echo reply to the uplink: the host's.
+        let reply = with_total_length(
+            &Frame::from_outside(REMOTE, UPLINK_IP, echo(0, 77)).bytes(),
+            24,
+        );
+        assert_verdict(env.uplink_in(&reply), TC_ACT_OK, &reply);
+        env.assert_stats(&[
+            (StatIndex::DropIsolated, 3),
+            (StatIndex::DropInternal, 1),
+            (StatIndex::Truncated, 3),
+        ]);
         assert!(env.conntrack().is_empty());
     });
 }
