@@ -23,6 +23,7 @@ on_both_datapaths!(
     reachability_matrix_is_exactly_the_allowed_one,
     outside_reaches_containers_only_through_published_ports,
     forged_source_addresses_and_macs_are_dropped_and_counted,
+    truncated_packets_stay_on_their_network,
 );
 
 fn nettool() -> String {
@@ -522,4 +523,121 @@ fn forged_source_addresses_and_macs_are_dropped_and_counted(datapath: &str) {
             assert_eq!(count(&by_mac), FRAMES, "{counters:?}");
         }
     }
+}
+
+/// A packet whose L4 header is cut short (its IPv4 total length ends inside
+/// it) has nothing to translate, but isolation holds for it like for any
+/// other: it reaches its own network and nothing else.
+fn truncated_packets_stay_on_their_network(datapath: &str) {
+    const FRAMES: u64 = 10;
+    const LISTEN_MS: &str = "3000";
+    let sb = Sandbox::new(datapath);
+    sb.network("neta", &["--subnet", "172.30.1.0/24"]);
+    sb.network("netb", &["--subnet", "172.30.2.0/24"]);
+    sb.network("neti", &["--subnet", "172.30.3.0/24", "--internal"]);
+    for (name, network) in [
+        ("a1", "neta"),
+        ("a2", "neta"),
+        ("b1", "netb"),
+        ("i1", "neti"),
+    ] {
+        sb.netctl_ok(&["container", "run", name, "--network", network]);
+    }
+    let ep = |name: &str| {
+        let json = sb.inspect(name);
+        (
+            json["netns"].as_str().unwrap().to_owned(),
+            json["endpoints"][0]["ip"].as_str().unwrap().to_owned(),
+            json["endpoints"][0]["mac"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (a1_ns, a1_ip, a1_mac) = ep("a1");
+    let (a2_ns, a2_ip, a2_mac) = ep("a2");
+    let (b1_ns, b1_ip, _) = ep("b1");
+    let (i1_ns, i1_ip, i1_mac) = ep("i1");
+    let gw_a = netctl::ipam::mac_for(Ipv4Addr::new(172, 30, 1, 1));
+    let gw_i = netctl::ipam::mac_for(Ipv4Addr::new(172, 30, 3, 1));
+    let outside_ip = OUTSIDE_IP.to_string();
+    let tool = nettool();
+    // (sender netns, source MAC, destination MAC, source, destination, truncated)
+    let sends = [
+        (&a1_ns, &a1_mac, &a2_mac, &a1_ip, &a2_ip, true),
+        (&a1_ns, &a1_mac, &gw_a, &a1_ip, &b1_ip, true),
+        (&i1_ns, &i1_mac, &gw_i, &i1_ip, &outside_ip, true),
+        // Control: a whole datagram to the outside arrives (SNAT).
+        (&a1_ns, &a1_mac, &gw_a, &a1_ip, &outside_ip, false),
+    ];
+    let seen: Vec<String> = std::thread::scope(|scope| {
+        let sniffers: Vec<_> = [
+            (&a2_ns, "eth0"),
+            (&b1_ns, "eth0"),
+            (&sb.outside_netns, "wan0"),
+        ]
+        .into_iter()
+        .map(|(netns, iface)| {
+            let (sb, tool) = (&sb, &tool);
+            scope.spawn(move || text(&sb.run_in(netns, &[tool, "sniff", iface, LISTEN_MS])))
+        })
+        .collect();
+        sleep(Duration::from_millis(500));
+        for (netns, src_mac, dst_mac, src, dst, truncated) in &sends {
+            let count = FRAMES.to_string();
+            let mut argv = vec![
+                tool.as_str(),
+                "rawsend",
+                "eth0",
+                src_mac,
+                dst_mac,
+                src,
+                dst,
+                "9",
+                &count,
+            ];
+            if *truncated {
+                argv.push("--truncated");
+            }
+            let out = sb.run_in(netns, &argv);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        sniffers.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Frames per source address, from each sniffer's last line.
+    let from = |i: usize| -> Vec<(String, u64)> {
+        let line = seen[i].lines().last().unwrap_or_default();
+        line.strip_prefix("from=")
+            .unwrap_or_else(|| panic!("sniffer {i}: {}", seen[i]))
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (ip, n) = e.rsplit_once(':').unwrap();
+                (ip.to_owned(), n.parse().unwrap())
+            })
+            .collect()
+    };
+    let count = |i: usize, ip: &str| from(i).iter().find(|(s, _)| s == ip).map_or(0, |(_, n)| *n);
+    assert_eq!(count(0, &a1_ip), FRAMES, "a2 gets a1's frames: {}", seen[0]);
+    assert_eq!(
+        count(1, &a1_ip),
+        0,
+        "b1 gets nothing from another network: {}",
+        seen[1]
+    );
+    assert_eq!(
+        count(2, &HOST_UPLINK_IP.to_string()),
+        FRAMES,
+        "the outside gets the whole datagrams: {}",
+        seen[2]
+    );
+    let private: Vec<(String, u64)> = from(2)
+        .into_iter()
+        .filter(|(ip, _)| ip.starts_with("172.30."))
+        .collect();
+    assert!(
+        private.is_empty(),
+        "container addresses reached the outside: {private:?}"
+    );
 }

@@ -13,9 +13,13 @@
 //!
 //!   nettool count PORT MILLIS                count UDP datagrams for MILLIS ms, print
 //!                                            `received=N` and `from=IP,...`
-//!   nettool rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT
+//!   nettool rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated]
 //!                                            send COUNT UDP frames built by hand
-//!                                            (any source MAC and address) out of IFACE
+//!                                            (any source MAC and address) out of IFACE;
+//!                                            --truncated: the IPv4 total length ends
+//!                                            4 bytes into the UDP header
+//!   nettool sniff IFACE MILLIS               count the IPv4 frames IFACE receives for
+//!                                            MILLIS ms, per source: `from=IP:N,...`
 //!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`.
 
@@ -45,9 +49,15 @@ fn main() -> ExitCode {
             Err(_) => Err(format!("bad timeout {ms}")),
         },
         ["count", port, millis] => count(port, millis),
-        ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count] => {
-            raw_send(iface, src_mac, dst_mac, src_ip, dst_ip, port, count)
+        ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count] => raw_send(
+            iface,
+            [src_mac, dst_mac, src_ip, dst_ip, port, count],
+            false,
+        ),
+        ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count, "--truncated"] => {
+            raw_send(iface, [src_mac, dst_mac, src_ip, dst_ip, port, count], true)
         }
+        ["sniff", iface, millis] => sniff(iface, millis),
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
@@ -55,7 +65,8 @@ fn main() -> ExitCode {
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
         _ => Err("usage: nettool serve tcp|udp PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
-                  | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT \
+                  | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
+                  | sniff IFACE MILLIS \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS"
             .into()),
@@ -450,15 +461,8 @@ fn udp_frame(
 
 /// Sends hand-built frames through an AF_PACKET socket: the kernel puts
 /// them on the wire as they are, source MAC and address included.
-fn raw_send(
-    iface: &str,
-    src_mac: &str,
-    dst_mac: &str,
-    src_ip: &str,
-    dst_ip: &str,
-    port: &str,
-    count: &str,
-) -> Result<(), String> {
+fn raw_send(iface: &str, args: [&str; 6], truncated: bool) -> Result<(), String> {
+    let [src_mac, dst_mac, src_ip, dst_ip, port, count] = args;
     let src_mac = parse_mac(src_mac)?;
     let dst_mac = parse_mac(dst_mac)?;
     let src: std::net::Ipv4Addr = src_ip
@@ -469,26 +473,9 @@ fn raw_send(
         .map_err(|_| format!("bad address {dst_ip}"))?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
     let count: u64 = count.parse().map_err(|_| format!("bad count {count}"))?;
-    let name = std::ffi::CString::new(iface).map_err(|_| format!("bad interface {iface}"))?;
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(format!(
-            "interface {iface}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let ifindex = if_index(iface)?;
     // Protocol 0: the socket only sends, it never receives a frame.
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: fd is a socket this function owns from here on.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let socket = packet_socket(0)?;
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -497,7 +484,15 @@ fn raw_send(
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&dst_mac);
     for seq in 0..count.min(MAX_RAW_FRAMES) {
-        let frame = udp_frame(src_mac, dst_mac, src, dst, port, seq as u16);
+        let mut frame = udp_frame(src_mac, dst_mac, src, dst, port, seq as u16);
+        if truncated {
+            // The datagram ends 4 bytes into the UDP header; what follows
+            // is padding to the receiver. Header checksum to match.
+            frame[16..18].copy_from_slice(&24u16.to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let c = inet_checksum(&[&frame[14..34]]);
+            frame[24..26].copy_from_slice(&c.to_be_bytes());
+        }
         // SAFETY: the buffer and the address outlive the call; the length
         // is the address's own size.
         let sent = unsafe {
@@ -518,5 +513,101 @@ fn raw_send(
         }
     }
     println!("sent={}", count.min(MAX_RAW_FRAMES));
+    Ok(())
+}
+
+fn if_index(iface: &str) -> Result<u32, String> {
+    let name = std::ffi::CString::new(iface).map_err(|_| format!("bad interface {iface}"))?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!(
+            "interface {iface}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(ifindex)
+}
+
+/// An AF_PACKET raw socket for `protocol` (network order; 0: send only).
+fn packet_socket(protocol: u16) -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a new socket, owned from here on.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Counts the IPv4 frames IFACE receives (whatever their L4 header, whole
+/// or not) for MILLIS ms, per source address.
+fn sniff(iface: &str, millis: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let millis: u64 = millis
+        .parse()
+        .map_err(|_| format!("bad milliseconds {millis}"))?;
+    let ifindex = if_index(iface)?;
+    let socket = packet_socket((libc::ETH_P_IP as u16).to_be())?;
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: a valid address of its own size.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if bound < 0 {
+        return Err(format!(
+            "bind to {iface}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(format!("SO_RCVTIMEO: {}", std::io::Error::last_os_error()));
+    }
+    println!("listening on {iface}");
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis.min(MAX_COUNT_MILLIS));
+    let mut seen: std::collections::BTreeMap<std::net::Ipv4Addr, u64> = Default::default();
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: the buffer outlives the call and its length is given.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // SOCK_RAW: the frame from its Ethernet header on.
+        if n >= 34 && buf[12..14] == [0x08, 0x00] {
+            let src = std::net::Ipv4Addr::new(buf[26], buf[27], buf[28], buf[29]);
+            *seen.entry(src).or_default() += 1;
+        }
+    }
+    let list: Vec<String> = seen.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
+    println!("from={}", list.join(","));
     Ok(())
 }
