@@ -564,6 +564,8 @@ fn truncated_packets_stay_on_their_network(datapath: &str) {
         (&a1_ns, &a1_mac, &a2_mac, &a1_ip, &a2_ip, true),
         (&a1_ns, &a1_mac, &gw_a, &a1_ip, &b1_ip, true),
         (&i1_ns, &i1_mac, &gw_i, &i1_ip, &outside_ip, true),
+        // Nothing to translate: it must not leave with a private address.
+        (&a1_ns, &a1_mac, &gw_a, &a1_ip, &outside_ip, true),
         // Control: a whole datagram to the outside arrives (SNAT).
         (&a1_ns, &a1_mac, &gw_a, &a1_ip, &outside_ip, false),
     ];

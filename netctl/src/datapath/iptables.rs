@@ -12,7 +12,8 @@
 //!                             address -> DROP, with another source MAC -> DROP
 //! filter  FORWARD      -j NETCTL-FORWARD                 (first rule)
 //!         NETCTL-FORWARD      -j NETCTL-ISOLATION-1      (first rule), then per
-//!                             network: replies and published ports in, all out, DROP
+//!                             network: replies and published ports in, INVALID
+//!                             (un-NATable) leaving DROP, all out, DROP
 //!         NETCTL-ISOLATION-1  per network: leaving its bridge -> ISOLATION-2;
 //!                             per internal network: DROP anything in or out
 //!         NETCTL-ISOLATION-2  published-port connections RETURN (first rule), then
@@ -372,6 +373,11 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
         // New connections to published ports (rewritten by NETCTL-DNAT):
         // one rule for all ports instead of one per port.
         filter(Spec::jump("ACCEPT").out(br).ctstate("DNAT")),
+        // What conntrack cannot follow (a truncated header, a TCP segment
+        // out of window) is never NATed: leaving the bridge it would go out
+        // with the container's private address, as it does with Docker.
+        // Dropped instead (kube-proxy does the same), like the eBPF datapath.
+        filter(Spec::jump("DROP").in_(br).not_out(br).ctstate("INVALID")),
         // Egress, and container to container on the same bridge.
         filter(Spec::jump("ACCEPT").in_(br)),
         // Anything else from outside never reaches a container; must stay
@@ -1173,6 +1179,7 @@ mod tests {
                 "-A NETCTL-ISOLATION-2 -o nc-front -j DROP",
                 "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                 "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
                 "-A NETCTL-FORWARD -i nc-front -j ACCEPT",
                 "-A NETCTL-FORWARD -o nc-front -j DROP",
             ]
@@ -1429,7 +1436,7 @@ COMMIT
         batch.remove(&saved, &port_rules(&front_ports()));
         assert!(batch.is_empty());
         batch.remove(&saved, &network_rules(&front()));
-        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 9);
+        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 10);
     }
 
     #[test]
@@ -1698,10 +1705,12 @@ COMMIT
                     "-A NETCTL-FORWARD -j NETCTL-ISOLATION-1",
                     "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                    "-A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
                     "-A NETCTL-FORWARD -i nc-front -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-front -j DROP",
                     "-A NETCTL-FORWARD -o nc-back -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-back -m conntrack --ctstate DNAT -j ACCEPT",
+                    "-A NETCTL-FORWARD -i nc-back ! -o nc-back -m conntrack --ctstate INVALID -j DROP",
                     "-A NETCTL-FORWARD -i nc-back -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-back -j DROP",
                     "-A NETCTL-FORWARD -i nc-int -o nc-int -j ACCEPT",
