@@ -51,7 +51,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return Err(StatIndex::DropSpoofed);
     }
     if pkt.l4 == L4::Truncated {
-        return Ok(pass(StatIndex::Truncated, bytes));
+        return truncated(&pkt, &ep, bytes);
     }
     let cfg = config();
 
@@ -117,6 +117,23 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         // kernel does route out of the uplink, uplink_egress translates.
         _ => Ok(pass(StatIndex::FibPass, bytes)),
     }
+}
+
+/// A short L4 header: nothing to translate, but isolation still holds. It
+/// may stay on its own network (the receiving kernel drops it there),
+/// nowhere else: passed to the kernel it would be routed to another
+/// network or, from an `--internal` one, out, with its private source.
+#[inline(always)]
+fn truncated(pkt: &Packet, ep: &EndpointInfo, bytes: u32) -> Result<i32, StatIndex> {
+    let net = network(ep.network_id).ok_or(StatIndex::DropIsolated)?;
+    let multicast = pkt.daddr.to_ne_bytes()[0] >= 224;
+    if multicast || pkt.daddr & net.mask == net.subnet & net.mask {
+        return Ok(pass(StatIndex::Truncated, bytes));
+    }
+    if net.flags & NETWORK_FLAG_INTERNAL != 0 {
+        return Err(StatIndex::DropInternal);
+    }
+    Err(StatIndex::DropIsolated)
 }
 
 /// What `probe_networks` found.

@@ -46,9 +46,10 @@ pub enum L4 {
     Other,
     /// A non-first fragment: no L4 header to read.
     Fragment,
-    /// TCP, UDP or ICMP whose header is cut short. Not an `Err` of
-    /// [`parse`]: the IPv4 header is whole, so the kernel would still route
-    /// it, and anti-spoofing must see it first.
+    /// TCP, UDP or ICMP whose header is cut short, by the frame's end or by
+    /// the IPv4 total length. Not an `Err` of [`parse`]: the IPv4 header is
+    /// whole, so the kernel would still route it, and anti-spoofing and
+    /// isolation must see it first.
     Truncated,
 }
 
@@ -152,6 +153,9 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
     let offset = frags & 0x1fff;
     let more_fragments = frags & 0x2000 != 0;
     let l4_off = IP_OFF + ihl;
+    // Where the datagram ends: bytes past it (Ethernet padding) are no
+    // header, whatever they hold; the receiving kernel trims them.
+    let l4_end = IP_OFF + tot_len;
 
     let mut pkt = Packet {
         eth_src,
@@ -178,6 +182,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
                 pkt.l4 = L4::Truncated;
                 return Ok(pkt);
             };
+            if l4_off + TcpHdr::LEN > l4_end {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            }
             // SAFETY: inside the packet (ptr_at); flags are byte 13 of the header.
             unsafe {
                 pkt.sport = u16::from_ne_bytes((*tcp).source);
@@ -191,6 +199,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
                 pkt.l4 = L4::Truncated;
                 return Ok(pkt);
             };
+            if l4_off + UdpHdr::LEN > l4_end {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            }
             // SAFETY: inside the packet (ptr_at).
             unsafe {
                 pkt.sport = u16::from_ne_bytes((*udp).src);
@@ -203,6 +215,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
                 pkt.l4 = L4::Truncated;
                 return Ok(pkt);
             };
+            if l4_off + Icmpv4Hdr::LEN > l4_end {
+                pkt.l4 = L4::Truncated;
+                return Ok(pkt);
+            }
             // SAFETY: inside the packet (ptr_at).
             let (ty, data) = unsafe { ((*icmp).type_, (*icmp).data) };
             if ty == ICMP_ECHO_REQUEST || ty == ICMP_ECHO_REPLY {

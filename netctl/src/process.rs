@@ -8,7 +8,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -89,9 +89,11 @@ pub fn spawn_detached(netns_name: &str, argv: &[String], log: PathBuf) -> Result
     let Some((program, args)) = argv.split_first() else {
         return Err(Error::invalid("command", "empty"));
     };
+    // The command's output may hold anything: root only, like the state.
     let out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(|e| Error::io(format!("log {}", log.display()), e))?;
     let err = out

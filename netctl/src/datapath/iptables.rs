@@ -7,9 +7,13 @@
 //!         POSTROUTING  -j NETCTL-POSTROUTING
 //!         NETCTL-DNAT         one DNAT rule per published port
 //!         NETCTL-POSTROUTING  per network: egress MASQUERADE, hairpin, 127.0.0.1
+//! raw     PREROUTING   -j NETCTL-ANTISPOOF               (first rule)
+//!         NETCTL-ANTISPOOF    per endpoint: from its veth with another source
+//!                             address -> DROP, with another source MAC -> DROP
 //! filter  FORWARD      -j NETCTL-FORWARD                 (first rule)
 //!         NETCTL-FORWARD      -j NETCTL-ISOLATION-1      (first rule), then per
-//!                             network: replies and published ports in, all out, DROP
+//!                             network: replies and published ports in, INVALID
+//!                             (un-NATable) leaving DROP, all out, DROP
 //!         NETCTL-ISOLATION-1  per network: leaving its bridge -> ISOLATION-2;
 //!                             per internal network: DROP anything in or out
 //!         NETCTL-ISOLATION-2  published-port connections RETURN (first rule), then
@@ -21,6 +25,15 @@
 //! client would (as with Docker's default userland proxy; moby#38784 is the
 //! bug Docker had without it); internal networks reach nothing and nothing
 //! reaches them.
+//!
+//! Anti-spoofing goes beyond Docker (which has none): a container may send
+//! IPv4 only from its own address and MAC, on its own veth, like the eBPF
+//! datapath's `endpoint_ingress`. The rules match the bridge port with
+//! `physdev`, so they need br_netfilter's `net.bridge.bridge-nf-call-iptables`
+//! (per network namespace since Linux 5.3, 1 by default): `host_up` sets it
+//! in the host namespace only, and never turns it back off. They sit in the
+//! raw table, before conntrack, so a forged packet leaves no flow behind, and
+//! their packet counters (`iptables-save -c -t raw`) count what was dropped.
 //!
 //! Rules are data ([`Rule`]): the same value renders the line that adds it
 //! (`-A`/`-I`), the line that deletes it (`-D`) and the line `iptables-save`
@@ -65,33 +78,39 @@ pub const FORWARD_CHAIN: &str = "NETCTL-FORWARD";
 pub const ISOLATION_1_CHAIN: &str = "NETCTL-ISOLATION-1";
 /// filter: ...are dropped if that interface is another network's bridge.
 pub const ISOLATION_2_CHAIN: &str = "NETCTL-ISOLATION-2";
+/// raw: per endpoint, packets from its veth with a forged source address or MAC.
+pub const ANTISPOOF_CHAIN: &str = "NETCTL-ANTISPOOF";
 
 /// The chains of the host, created by `host_up` (and re-created by any
 /// `*_up` that finds them missing).
-const CHAINS: [(Table, &str); 5] = [
+const CHAINS: [(Table, &str); 6] = [
     (Table::Nat, DNAT_CHAIN),
     (Table::Nat, POSTROUTING_CHAIN),
     (Table::Filter, FORWARD_CHAIN),
     (Table::Filter, ISOLATION_1_CHAIN),
     (Table::Filter, ISOLATION_2_CHAIN),
+    (Table::Raw, ANTISPOOF_CHAIN),
 ];
 
 const RESTORE: &str = "iptables-restore";
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 const SAVE: &str = "iptables-save";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     Filter,
     Nat,
+    Raw,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Filter, Table::Nat];
+    pub const ALL: [Table; 3] = [Table::Filter, Table::Nat, Table::Raw];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Table::Filter => "filter",
             Table::Nat => "nat",
+            Table::Raw => "raw",
         }
     }
 
@@ -170,11 +189,17 @@ impl std::fmt::Display for Rule {
 #[derive(Default)]
 struct Spec {
     source: Option<Ipv4Net>,
+    /// `! -s`: any source but `source`.
+    source_negated: bool,
     destination: Option<Ipv4Net>,
     /// (negated, interface)
     input: Option<(bool, String)>,
     output: Option<(bool, String)>,
     dport: Option<(Protocol, u16)>,
+    /// `-m physdev --physdev-in PORT`: the bridge port a packet came in by.
+    physdev_in: Option<String>,
+    /// `-m mac ! --mac-source MAC` (lower case, as iptables-save prints it).
+    not_mac_source: Option<String>,
     dst_local: bool,
     ctstate: Option<&'static str>,
     target: String,
@@ -190,6 +215,22 @@ impl Spec {
 
     fn src(mut self, net: Ipv4Net) -> Spec {
         self.source = Some(net.trunc());
+        self
+    }
+
+    fn not_src_host(mut self, ip: Ipv4Addr) -> Spec {
+        self.source = Some(Ipv4Net::from(ip));
+        self.source_negated = true;
+        self
+    }
+
+    fn physdev_in(mut self, port: &str) -> Spec {
+        self.physdev_in = Some(port.to_owned());
+        self
+    }
+
+    fn not_mac_source(mut self, mac: &str) -> Spec {
+        self.not_mac_source = Some(mac.to_ascii_lowercase());
         self
     }
 
@@ -237,7 +278,8 @@ impl Spec {
         let mut parts: Vec<String> = Vec::new();
         // iptables-save always prints the prefix length, /32 included.
         if let Some(net) = self.source {
-            parts.push(format!("-s {net}"));
+            let not = if self.source_negated { "! " } else { "" };
+            parts.push(format!("{not}-s {net}"));
         }
         if let Some(net) = self.destination {
             parts.push(format!("-d {net}"));
@@ -250,6 +292,12 @@ impl Spec {
         if let Some((protocol, port)) = self.dport {
             // `-p tcp --dport N` loads the tcp match implicitly; save shows it.
             parts.push(format!("-p {protocol} -m {protocol} --dport {port}"));
+        }
+        if let Some(port) = &self.physdev_in {
+            parts.push(format!("-m physdev --physdev-in {port}"));
+        }
+        if let Some(mac) = &self.not_mac_source {
+            parts.push(format!("-m mac ! --mac-source {mac}"));
         }
         if self.dst_local {
             parts.push("-m addrtype --dst-type LOCAL".to_owned());
@@ -275,6 +323,9 @@ pub fn host_rules() -> Vec<Rule> {
         // First in FORWARD, as Docker does: a DROP policy or another tool's
         // rules must not decide for container traffic before we do.
         Rule::insert_first(Table::Filter, "FORWARD", Spec::jump(FORWARD_CHAIN)),
+        // Anti-spoofing first of all: another tool's ACCEPT or NOTRACK in
+        // raw must not let a forged packet skip it.
+        Rule::insert_first(Table::Raw, "PREROUTING", Spec::jump(ANTISPOOF_CHAIN)),
         // Isolation before any network's ACCEPT: once it is first, the
         // per-network rules below only ever see traffic that stays on
         // their bridge, goes between it and a non-netctl interface, or is
@@ -324,6 +375,11 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
         // New connections to published ports (rewritten by NETCTL-DNAT):
         // one rule for all ports instead of one per port.
         filter(Spec::jump("ACCEPT").out(br).ctstate("DNAT")),
+        // What conntrack cannot follow (a truncated header, a TCP segment
+        // out of window) is never NATed: leaving the bridge it would go out
+        // with the container's private address, as it does with Docker.
+        // Dropped instead (kube-proxy does the same), like the eBPF datapath.
+        filter(Spec::jump("DROP").in_(br).not_out(br).ctstate("INVALID")),
         // Egress, and container to container on the same bridge.
         filter(Spec::jump("ACCEPT").in_(br)),
         // Anything else from outside never reaches a container; must stay
@@ -350,6 +406,25 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
             Table::Nat,
             POSTROUTING_CHAIN,
             Spec::jump("MASQUERADE").src(localnet).out(br),
+        ),
+    ]
+}
+
+/// Anti-spoofing of one endpoint: what enters the bridge by its veth must
+/// carry its own address and its own MAC. Two rules, so that each reason
+/// has its own counter; a packet with both forged counts as a forged address.
+pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
+    let veth = ep.host_veth.as_str();
+    vec![
+        Rule::append(
+            Table::Raw,
+            ANTISPOOF_CHAIN,
+            Spec::jump("DROP").not_src_host(ep.ip).physdev_in(veth),
+        ),
+        Rule::append(
+            Table::Raw,
+            ANTISPOOF_CHAIN,
+            Spec::jump("DROP").physdev_in(veth).not_mac_source(&ep.mac),
         ),
     ]
 }
@@ -593,6 +668,34 @@ fn check_bridge(net: &Network) -> Result<()> {
     }
 }
 
+/// An endpoint whose veth name and MAC iptables reads as exactly those.
+fn check_endpoint(ep: &Endpoint) -> Result<()> {
+    let name = &ep.host_veth;
+    let name_ok = (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let mac_ok = ep.mac.len() == 17
+        && ep.mac.split(':').count() == 6
+        && ep
+            .mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+    if !name_ok {
+        return Err(Error::invalid(
+            format!("endpoint {name}"),
+            "veth name cannot be used in iptables rules",
+        ));
+    }
+    if !mac_ok {
+        return Err(Error::invalid(
+            format!("endpoint {name}"),
+            format!("MAC {:?} cannot be used in iptables rules", ep.mac),
+        ));
+    }
+    Ok(())
+}
+
 /// `8080/tcp`, `127.0.0.1:8080/tcp`.
 fn describe_ports(ports: &[PortMapping]) -> String {
     ports
@@ -759,6 +862,18 @@ impl Datapath for Iptables {
     fn host_up(&self) -> Result<()> {
         // /proc/sys/net resolves to the namespace of the writing thread.
         write_sysctl("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward")?;
+        // Anti-spoofing sees bridged packets (container to container) only
+        // through br_netfilter; the sysctl is the host namespace's own.
+        if !std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists() {
+            return Err(Error::system(
+                "sysctl net.bridge.bridge-nf-call-iptables",
+                "missing: the iptables datapath needs br_netfilter (modprobe br_netfilter)",
+            ));
+        }
+        write_sysctl(
+            "net.bridge.bridge-nf-call-iptables",
+            BRIDGE_NF_CALL_IPTABLES,
+        )?;
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.ensure_host(&saved);
@@ -840,17 +955,56 @@ impl Datapath for Iptables {
                 batch.push(Table::Nat, format!("-D {}", &line[3..]));
             }
         }
+        // Likewise anti-spoofing rules of endpoints in its subnet (both
+        // rules of each: the MAC rule is found by the veth of the address rule).
+        let antispoof = saved.chain_rules(Table::Raw, ANTISPOOF_CHAIN);
+        let stale_veths: BTreeSet<&str> = antispoof
+            .iter()
+            .filter_map(|line| {
+                let ip = line
+                    .split_once("! -s ")?
+                    .1
+                    .split(['/', ' '])
+                    .next()?
+                    .parse::<Ipv4Addr>()
+                    .ok()?;
+                let veth = line.split_once("--physdev-in ")?.1.split(' ').next()?;
+                net.subnet.contains(&ip).then_some(veth)
+            })
+            .collect();
+        for line in &antispoof {
+            let veth = line
+                .split_once("--physdev-in ")
+                .and_then(|(_, rest)| rest.split(' ').next());
+            if veth.is_some_and(|v| stale_veths.contains(v)) {
+                batch.push(Table::Raw, format!("-D {}", &line[3..]));
+            }
+        }
         self.restore(&format!("iptables: network {} down", net.name), &batch)
     }
 
-    /// Nothing per endpoint: the network's rules match on its bridge, and
-    /// published ports come with their own calls.
-    fn endpoint_added(&self, _net: &Network, _ep: &Endpoint) -> Result<()> {
-        Ok(())
+    /// Anti-spoofing of the endpoint; isolation and NAT match on the
+    /// network's bridge, and published ports come with their own calls.
+    fn endpoint_added(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        check_endpoint(ep)?;
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_once(&saved, &endpoint_rules(ep));
+        self.restore(
+            &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
+            &batch,
+        )
     }
 
-    fn endpoint_removed(&self, _net: &Network, _ep: &Endpoint) -> Result<()> {
-        Ok(())
+    fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.remove(&saved, &endpoint_rules(ep));
+        self.restore(
+            &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
+            &batch,
+        )
     }
 
     fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {
@@ -1004,6 +1158,7 @@ mod tests {
                 "nat -A OUTPUT -m addrtype --dst-type LOCAL -j NETCTL-DNAT",
                 "nat -A POSTROUTING -j NETCTL-POSTROUTING",
                 "filter -I FORWARD 1 -j NETCTL-FORWARD",
+                "raw -I PREROUTING 1 -j NETCTL-ANTISPOOF",
                 "filter -I NETCTL-FORWARD 1 -j NETCTL-ISOLATION-1",
                 "filter -I NETCTL-ISOLATION-2 1 -m conntrack --ctstate DNAT -j RETURN",
             ]
@@ -1034,6 +1189,7 @@ mod tests {
                 "-A NETCTL-ISOLATION-2 -o nc-front -j DROP",
                 "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                 "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                "-A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
                 "-A NETCTL-FORWARD -i nc-front -j ACCEPT",
                 "-A NETCTL-FORWARD -o nc-front -j DROP",
             ]
@@ -1049,6 +1205,23 @@ mod tests {
         // A subnet given with host bits renders as its network address.
         let sloppy = network("front", "nc-front", "172.18.0.5/16", false);
         assert_eq!(network_rules(&sloppy), rules);
+    }
+
+    #[test]
+    fn endpoint_rules_render_exactly() {
+        let rules = endpoint_rules(&Endpoint {
+            mac: "02:42:AC:12:00:02".into(),
+            ..endpoint()
+        });
+        assert_eq!(
+            rules.iter().map(Rule::to_string).collect::<Vec<_>>(),
+            [
+                "raw -A NETCTL-ANTISPOOF ! -s 172.18.0.2/32 -m physdev --physdev-in veth0 -j DROP",
+                // iptables-save prints the MAC in lower case.
+                "raw -A NETCTL-ANTISPOOF -m physdev --physdev-in veth0 -m mac ! --mac-source 02:42:ac:12:00:02 -j DROP",
+            ]
+        );
+        assert!(rules.iter().all(|r| !r.first));
     }
 
     #[test]
@@ -1273,7 +1446,7 @@ COMMIT
         batch.remove(&saved, &port_rules(&front_ports()));
         assert!(batch.is_empty());
         batch.remove(&saved, &network_rules(&front()));
-        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 9);
+        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 10);
     }
 
     #[test]
@@ -1337,11 +1510,27 @@ COMMIT
                 .unwrap_err();
             assert!(matches!(err, Error::Invalid { .. }), "{bridge:?}: {err}");
         }
+        for (veth, mac) in [
+            ("veth+", "02:42:ac:12:00:02"),
+            ("a b", "02:42:ac:12:00:02"),
+            ("veth0", "02:42:ac:12:00"),
+            ("veth0", "02:42:ac:12:00:0g"),
+            ("veth0", "02:42:ac:12:00:02 -j ACCEPT"),
+        ] {
+            let ep = Endpoint {
+                host_veth: veth.into(),
+                mac: mac.into(),
+                ..endpoint()
+            };
+            let err = dp.endpoint_added(&front(), &ep).unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid { .. }),
+                "{veth:?} {mac:?}: {err}"
+            );
+        }
         // Nothing to do is done without running anything.
         dp.ports_published(&front(), &[]).unwrap();
         dp.ports_unpublished(&front(), &[]).unwrap();
-        dp.endpoint_added(&front(), &endpoint()).unwrap();
-        dp.endpoint_removed(&front(), &endpoint()).unwrap();
         // And a failing iptables-save is reported, not mistaken for "no rules".
         let err = dp.network_down(&front()).unwrap_err();
         assert!(matches!(err, Error::System { .. }), "{err}");
@@ -1472,7 +1661,8 @@ COMMIT
             // Someone else's rules: they must stay, untouched and in order.
             restore_raw(
                 "*filter\n:OTHER - [0:0]\n-A FORWARD -i eth9 -j ACCEPT\n-A OTHER -j RETURN\nCOMMIT\n\
-                 *nat\n-A POSTROUTING -o eth9 -j MASQUERADE\n-A PREROUTING -p tcp -m tcp --dport 1 -j ACCEPT\nCOMMIT\n",
+                 *nat\n-A POSTROUTING -o eth9 -j MASQUERADE\n-A PREROUTING -p tcp -m tcp --dport 1 -j ACCEPT\nCOMMIT\n\
+                 *raw\n-A PREROUTING -i eth9 -j ACCEPT\nCOMMIT\n",
             );
             let before = save_text();
             assert!(!before.contains("NETCTL"));
@@ -1484,11 +1674,20 @@ COMMIT
             let back = network("back", "nc-back", "172.19.0.0/16", false);
             let int = network("int", "nc-int", "172.20.0.0/16", true);
             let ports = front_ports();
+            let web = endpoint();
+            let peer = Endpoint {
+                host_veth: "veth1".into(),
+                ip: Ipv4Addr::new(172, 18, 0, 3),
+                mac: "02:42:ac:12:00:03".into(),
+                ..endpoint()
+            };
             let apply = || {
                 dp.host_up().unwrap();
                 for net in [&front, &back, &int] {
                     dp.network_up(net).unwrap();
                 }
+                dp.endpoint_added(&front, &web).unwrap();
+                dp.endpoint_added(&front, &peer).unwrap();
                 dp.ports_published(&front, &ports).unwrap();
             };
             apply();
@@ -1497,6 +1696,8 @@ COMMIT
             let all: Vec<Rule> = host_rules()
                 .into_iter()
                 .chain([&front, &back, &int].into_iter().flat_map(network_rules))
+                .chain(endpoint_rules(&web))
+                .chain(endpoint_rules(&peer))
                 .chain(port_rules(&ports))
                 .collect();
             let saved = dp.saved().unwrap();
@@ -1514,10 +1715,12 @@ COMMIT
                     "-A NETCTL-FORWARD -j NETCTL-ISOLATION-1",
                     "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                    "-A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
                     "-A NETCTL-FORWARD -i nc-front -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-front -j DROP",
                     "-A NETCTL-FORWARD -o nc-back -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-back -m conntrack --ctstate DNAT -j ACCEPT",
+                    "-A NETCTL-FORWARD -i nc-back ! -o nc-back -m conntrack --ctstate INVALID -j DROP",
                     "-A NETCTL-FORWARD -i nc-back -j ACCEPT",
                     "-A NETCTL-FORWARD -o nc-back -j DROP",
                     "-A NETCTL-FORWARD -i nc-int -o nc-int -j ACCEPT",
@@ -1554,8 +1757,19 @@ COMMIT
                     "-A POSTROUTING -j NETCTL-POSTROUTING"
                 ]
             );
+            assert_eq!(
+                saved.chain_rules(Table::Raw, "PREROUTING"),
+                [
+                    "-A PREROUTING -j NETCTL-ANTISPOOF",
+                    "-A PREROUTING -i eth9 -j ACCEPT"
+                ]
+            );
             // Sysctls of this namespace.
             assert_eq!(sysctl("ip_forward"), "1");
+            assert_eq!(
+                fs::read_to_string(BRIDGE_NF_CALL_IPTABLES).unwrap().trim(),
+                "1"
+            );
             assert_eq!(sysctl("conf/nc-front/route_localnet"), "1");
             assert_eq!(sysctl("conf/nc-back/route_localnet"), "1");
             assert_eq!(
@@ -1579,6 +1793,15 @@ COMMIT
             assert_eq!(save_text(), text);
 
             // Teardown, step by step; each step also when repeated.
+            for _ in 0..2 {
+                dp.endpoint_removed(&front, &peer).unwrap();
+                let saved = dp.saved().unwrap();
+                assert_eq!(
+                    saved.chain_rules(Table::Raw, ANTISPOOF_CHAIN),
+                    saved_lines(&endpoint_rules(&web)),
+                    "only the other endpoint's rules stay"
+                );
+            }
             for _ in 0..2 {
                 dp.ports_unpublished(&front, &ports).unwrap();
                 let saved = dp.saved().unwrap();
@@ -1659,7 +1882,21 @@ COMMIT
             ));
             dp.ports_published(&front, ports).unwrap();
             assert_eq!(dp.saved().unwrap().count(dnat), 1);
+            // Anti-spoofing rules of an endpoint a crash left behind go with
+            // their network too; another subnet's stay.
+            let other = Endpoint {
+                host_veth: "veth9".into(),
+                ip: Ipv4Addr::new(10, 9, 0, 9),
+                mac: "02:42:0a:09:00:09".into(),
+                ..endpoint()
+            };
+            dp.endpoint_added(&front, &endpoint()).unwrap();
+            dp.endpoint_added(&front, &other).unwrap();
             dp.network_down(&front).unwrap();
+            assert_eq!(
+                dp.saved().unwrap().chain_rules(Table::Raw, ANTISPOOF_CHAIN),
+                saved_lines(&endpoint_rules(&other))
+            );
             assert_eq!(
                 dp.saved().unwrap().chain_rules(Table::Nat, DNAT_CHAIN),
                 ["-A NETCTL-DNAT -p tcp -m tcp --dport 3333 -j DNAT --to-destination 10.9.0.9:22"],

@@ -2,13 +2,24 @@
 //! addresses it is given (sandbox addresses) and every loop is bounded.
 //!
 //!   nettool serve tcp|udp PORT [--count N]   answer each client with "peer=IP:PORT"
-//!   nettool call tcp|udp HOST PORT           print the server's answer (3 s timeout)
+//!   nettool call tcp|udp HOST PORT [--timeout-ms N]
+//!                                            print the server's answer (3 s timeout)
 //!   nettool sink PORT [--count N]            count each TCP client's bytes, answer "received=N"
 //!   nettool stream HOST PORT SECONDS         send for SECONDS, print "sent=N received=M"
 //!   nettool pong PORT [--count N]            answer each byte with one byte, one client at a time
 //!   nettool crr HOST PORT SECONDS            new connections/s against `pong`: connect,
 //!                                            1-byte request, 1-byte response, close
 //!   nettool rr HOST PORT SECONDS             request/response rate on one connection
+//!
+//!   nettool count PORT MILLIS                count UDP datagrams for MILLIS ms, print
+//!                                            `received=N` and `from=IP,...`
+//!   nettool rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated]
+//!                                            send COUNT UDP frames built by hand
+//!                                            (any source MAC and address) out of IFACE;
+//!                                            --truncated: the IPv4 total length ends
+//!                                            4 bytes into the UDP header
+//!   nettool sniff IFACE MILLIS               count the IPv4 frames IFACE receives for
+//!                                            MILLIS ms, per source: `from=IP:N,...`
 //!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`.
 
@@ -32,18 +43,33 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["serve", proto, port, rest @ ..] => serve(proto, port, rest),
-        ["call", proto, host, port] => call(proto, host, port),
+        ["call", proto, host, port] => call(proto, host, port, TIMEOUT),
+        ["call", proto, host, port, "--timeout-ms", ms] => match ms.parse() {
+            Ok(ms) => call(proto, host, port, Duration::from_millis(ms)),
+            Err(_) => Err(format!("bad timeout {ms}")),
+        },
+        ["count", port, millis] => count(port, millis),
+        ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count] => raw_send(
+            iface,
+            [src_mac, dst_mac, src_ip, dst_ip, port, count],
+            false,
+        ),
+        ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count, "--truncated"] => {
+            raw_send(iface, [src_mac, dst_mac, src_ip, dst_ip, port, count], true)
+        }
+        ["sniff", iface, millis] => sniff(iface, millis),
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
         ["crr", host, port, seconds] => load(Load::Crr, host, port, seconds),
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
-        _ => Err(
-            "usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT \
+        _ => Err("usage: nettool serve tcp|udp PORT [--count N] \
+                  | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
+                  | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
+                  | sniff IFACE MILLIS \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS"
-                .into(),
-        ),
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,16 +120,16 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn call(proto: &str, host: &str, port: &str) -> Result<(), String> {
+fn call(proto: &str, host: &str, port: &str, timeout: Duration) -> Result<(), String> {
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .map_err(|e| format!("{host}:{port}: {e}"))?;
     let reply = match proto {
         "tcp" => {
-            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+            let mut stream = TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| format!("connect {addr}: {e}"))?;
             stream
-                .set_read_timeout(Some(TIMEOUT))
+                .set_read_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
             let mut reply = String::new();
             stream
@@ -114,7 +140,7 @@ fn call(proto: &str, host: &str, port: &str) -> Result<(), String> {
         "udp" => {
             let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
             socket
-                .set_read_timeout(Some(TIMEOUT))
+                .set_read_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
             socket
                 .send_to(b"hello\n", addr)
@@ -321,5 +347,267 @@ fn load(kind: Load, host: &str, port: &str, seconds: &str) -> Result<(), String>
     if errors > 0 {
         eprintln!("nettool: {errors} failed rounds, last: {last_error}");
     }
+    Ok(())
+}
+
+/// Longest `count` listens.
+const MAX_COUNT_MILLIS: u64 = 60_000;
+
+/// Counts the UDP datagrams reaching PORT during MILLIS ms and lists their
+/// sources: proves what arrived, and that nothing did.
+fn count(port: &str, millis: &str) -> Result<(), String> {
+    let millis: u64 = millis
+        .parse()
+        .map_err(|_| format!("bad milliseconds {millis}"))?;
+    let addr = format!("0.0.0.0:{port}");
+    let socket = UdpSocket::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    // Ready: the caller may start sending once this line is out.
+    println!("listening on {addr}");
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis.min(MAX_COUNT_MILLIS));
+    let mut received = 0u64;
+    let mut sources = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        socket
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            received += 1;
+            sources.insert(peer.ip().to_string());
+        }
+    }
+    let sources: Vec<String> = sources.into_iter().collect();
+    println!("received={received} from={}", sources.join(","));
+    Ok(())
+}
+
+/// Most frames one `rawsend` sends.
+const MAX_RAW_FRAMES: u64 = 10_000;
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad MAC {text}"))?;
+    bytes.try_into().map_err(|_| format!("bad MAC {text}"))
+}
+
+/// RFC 1071 checksum over `chunks` (each of even length but the last).
+fn inet_checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for bytes in chunks {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 + UDP frame with correct checksums, whatever its
+/// addresses: what a container forging its identity would send.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+    seq: u16,
+) -> Vec<u8> {
+    let payload = b"netctl rawsend";
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&40_000u16.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    let c = match inet_checksum(&[&pseudo, &udp]) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&seq.to_be_bytes());
+    ip.extend_from_slice(&0x4000u16.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = inet_checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+    let mut frame = Vec::with_capacity(14 + ip.len() + udp.len());
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&udp);
+    frame
+}
+
+/// Sends hand-built frames through an AF_PACKET socket: the kernel puts
+/// them on the wire as they are, source MAC and address included.
+fn raw_send(iface: &str, args: [&str; 6], truncated: bool) -> Result<(), String> {
+    let [src_mac, dst_mac, src_ip, dst_ip, port, count] = args;
+    let src_mac = parse_mac(src_mac)?;
+    let dst_mac = parse_mac(dst_mac)?;
+    let src: std::net::Ipv4Addr = src_ip
+        .parse()
+        .map_err(|_| format!("bad address {src_ip}"))?;
+    let dst: std::net::Ipv4Addr = dst_ip
+        .parse()
+        .map_err(|_| format!("bad address {dst_ip}"))?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
+    let count: u64 = count.parse().map_err(|_| format!("bad count {count}"))?;
+    let ifindex = if_index(iface)?;
+    // Protocol 0: the socket only sends, it never receives a frame.
+    let socket = packet_socket(0)?;
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&dst_mac);
+    for seq in 0..count.min(MAX_RAW_FRAMES) {
+        let mut frame = udp_frame(src_mac, dst_mac, src, dst, port, seq as u16);
+        if truncated {
+            // The datagram ends 4 bytes into the UDP header; what follows
+            // is padding to the receiver. Header checksum to match.
+            frame[16..18].copy_from_slice(&24u16.to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let c = inet_checksum(&[&frame[14..34]]);
+            frame[24..26].copy_from_slice(&c.to_be_bytes());
+        }
+        // SAFETY: the buffer and the address outlive the call; the length
+        // is the address's own size.
+        let sent = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(format!(
+                "send on {iface}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    println!("sent={}", count.min(MAX_RAW_FRAMES));
+    Ok(())
+}
+
+fn if_index(iface: &str) -> Result<u32, String> {
+    let name = std::ffi::CString::new(iface).map_err(|_| format!("bad interface {iface}"))?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!(
+            "interface {iface}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(ifindex)
+}
+
+/// An AF_PACKET raw socket for `protocol` (network order; 0: send only).
+fn packet_socket(protocol: u16) -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a new socket, owned from here on.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Counts the IPv4 frames IFACE receives (whatever their L4 header, whole
+/// or not) for MILLIS ms, per source address.
+fn sniff(iface: &str, millis: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let millis: u64 = millis
+        .parse()
+        .map_err(|_| format!("bad milliseconds {millis}"))?;
+    let ifindex = if_index(iface)?;
+    let socket = packet_socket((libc::ETH_P_IP as u16).to_be())?;
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: a valid address of its own size.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if bound < 0 {
+        return Err(format!(
+            "bind to {iface}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::addr_of!(timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(format!("SO_RCVTIMEO: {}", std::io::Error::last_os_error()));
+    }
+    println!("listening on {iface}");
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis.min(MAX_COUNT_MILLIS));
+    let mut seen: std::collections::BTreeMap<std::net::Ipv4Addr, u64> = Default::default();
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: the buffer outlives the call and its length is given.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        // SOCK_RAW: the frame from its Ethernet header on.
+        if n >= 34 && buf[12..14] == [0x08, 0x00] {
+            let src = std::net::Ipv4Addr::new(buf[26], buf[27], buf[28], buf[29]);
+            *seen.entry(src).or_default() += 1;
+        }
+    }
+    let list: Vec<String> = seen.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
+    println!("from={}", list.join(","));
     Ok(())
 }
