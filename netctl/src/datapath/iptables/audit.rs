@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    host_rules, network_rules, port_rules, Batch, Iptables, Rule, Saved, Table, CHAINS,
-    CHAIN_PREFIX,
+    endpoint_rules, host_rules, network_rules, port_rules, Batch, Iptables, Rule, Saved, Table,
+    CHAINS, CHAIN_PREFIX,
 };
 use crate::{
     datapath::{Datapath, Drift},
@@ -22,6 +22,15 @@ fn desired_rules(state: &State) -> Vec<Rule> {
     let mut rules = host_rules();
     for net in state.networks.values() {
         rules.extend(network_rules(net));
+    }
+    for ctr in state.containers.values() {
+        for ep in ctr
+            .endpoints
+            .iter()
+            .filter(|ep| state.networks.contains_key(&ep.network))
+        {
+            rules.extend(endpoint_rules(ep));
+        }
     }
     let ports: Vec<PortMapping> = state.ports().cloned().collect();
     rules.extend(port_rules(&ports));
@@ -113,6 +122,12 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
     }
     for net in state.networks.values() {
         errors.extend(ipt.network_up(net).err());
+        for ep in state
+            .members(&net.name)
+            .filter_map(|c| c.endpoint(&net.name))
+        {
+            errors.extend(ipt.endpoint_added(net, ep).err());
+        }
         if let Some(ports) = ports.get(net.name.as_str()) {
             errors.extend(ipt.ports_published(net, ports).err());
         }
