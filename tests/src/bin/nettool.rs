@@ -9,8 +9,11 @@
 //!   nettool crr HOST PORT SECONDS            new connections/s against `pong`: connect,
 //!                                            1-byte request, 1-byte response, close
 //!   nettool rr HOST PORT SECONDS             request/response rate on one connection
+//!   nettool udpsink PORT                     count UDP datagrams; answer "END" with "received=N"
+//!   nettool udpflood HOST PORT SECONDS       send 64-byte datagrams to `udpsink` for SECONDS
 //!
-//! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`.
+//! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
+//! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
 use std::{
     io::{Read as _, Write as _},
@@ -38,10 +41,13 @@ fn main() -> ExitCode {
         ["pong", port, rest @ ..] => pong(port, rest),
         ["crr", host, port, seconds] => load(Load::Crr, host, port, seconds),
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
+        ["udpsink", port] => udp_sink(port),
+        ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         _ => Err(
             "usage: nettool serve tcp|udp PORT [--count N] | call tcp|udp HOST PORT \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
-                  | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS"
+                  | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
+                  | udpsink PORT | udpflood HOST PORT SECONDS"
                 .into(),
         ),
     };
@@ -322,4 +328,103 @@ fn load(kind: Load, host: &str, port: &str, seconds: &str) -> Result<(), String>
         eprintln!("nettool: {errors} failed rounds, last: {last_error}");
     }
     Ok(())
+}
+
+/// The datagram that ends a flood and asks the sink for its count.
+const UDP_END: &[u8] = b"END";
+/// Size of a flood datagram's payload: small, so that the per-packet cost
+/// of the path shows rather than the copy.
+const UDP_PAYLOAD: usize = 64;
+/// Most datagrams one flood sends (with [`MAX_STREAM_SECONDS`], the bound).
+const MAX_DATAGRAMS: u64 = 50_000_000;
+/// Most floods a sink counts before it exits.
+const MAX_FLOODS: u64 = 100_000;
+
+/// Counts the datagrams of one flood at a time; an `END` datagram is
+/// answered with the count so far, which then starts again from zero.
+fn udp_sink(port: &str) -> Result<(), String> {
+    let addr = format!("0.0.0.0:{port}");
+    let socket = UdpSocket::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let mut received: u64 = 0;
+    let mut floods = 0;
+    while floods < MAX_FLOODS {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        if &buf[..n] == UDP_END {
+            let _ = socket.send_to(format!("received={received}\n").as_bytes(), peer);
+            received = 0;
+            floods += 1;
+        } else {
+            received += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Sends datagrams as fast as one thread can for SECONDS, lets the sink
+/// drain, then asks it (a few times: the question may be dropped too) how
+/// many arrived.
+fn udp_flood(host: &str, port: &str, seconds: &str) -> Result<(), String> {
+    let seconds: f64 = seconds
+        .parse()
+        .map_err(|_| format!("bad seconds {seconds}"))?;
+    let seconds = seconds.clamp(0.1, MAX_STREAM_SECONDS as f64);
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let payload = [0x5au8; UDP_PAYLOAD];
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut sent: u64 = 0;
+    let mut failed: u64 = 0;
+    while sent < MAX_DATAGRAMS {
+        // The clock is read once per batch: it costs as much as a send.
+        if sent % 64 == 0 && std::time::Instant::now() >= deadline {
+            break;
+        }
+        match socket.send(&payload) {
+            Ok(_) => sent += 1,
+            // ENOBUFS, or ECONNREFUSED from an ICMP error: count and go on.
+            Err(_) => {
+                failed += 1;
+                if failed > MAX_DATAGRAMS {
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(100));
+        if socket.send(UDP_END).is_err() {
+            continue;
+        }
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        let received: u64 = reply
+            .trim()
+            .strip_prefix("received=")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("unexpected answer {reply:?} from {addr}"))?;
+        println!(
+            "sent={sent} received={received} seconds={elapsed:.3} rate={:.1}",
+            received as f64 / elapsed
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "no count from the sink at {addr} after {sent} datagrams"
+    ))
 }
