@@ -385,7 +385,7 @@ fn udp_flood(host: &str, port: &str, seconds: &str) -> Result<(), String> {
     let mut failed: u64 = 0;
     while sent < MAX_DATAGRAMS {
         // The clock is read once per batch: it costs as much as a send.
-        if sent % 64 == 0 && std::time::Instant::now() >= deadline {
+        if sent.is_multiple_of(64) && std::time::Instant::now() >= deadline {
             break;
         }
         match socket.send(&payload) {

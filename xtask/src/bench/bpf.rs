@@ -65,20 +65,41 @@ pub fn map_memory(host_netns: &str) -> Result<Vec<MapMemory>> {
         .collect()
 }
 
-/// Run count and total run time (ns) of each pinned program.
+/// Run count and total run time (ns) of each program, by name.
 pub type ProgStats = BTreeMap<String, (u64, u64)>;
 
+/// Every program attached for the host: those pinned under `progs/` and
+/// those only reachable through a pinned link (the cgroup programs).
 pub fn prog_stats(host_netns: &str) -> Result<ProgStats> {
-    pinned(&pin_dir(host_netns).join("progs"))?
+    let dir = pin_dir(host_netns);
+    // Named after their pin (the kernel cuts program names at 15 bytes).
+    let mut programs: Vec<(String, serde_json::Value)> = pinned(&dir.join("progs"))?
         .into_iter()
-        .map(|(name, path)| {
-            let v = bpftool_json("prog", &path)?;
+        .map(|(name, path)| Ok((name, bpftool_json("prog", &path)?)))
+        .collect::<Result<_>>()?;
+    for (_, path) in pinned(&dir.join("links"))? {
+        let link = bpftool_json("link", &path)?;
+        let Some(id) = link["prog_id"].as_u64() else {
+            continue;
+        };
+        if programs.iter().any(|(_, p)| p["id"].as_u64() == Some(id)) {
+            continue;
+        }
+        let out =
+            read(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+        let prog: serde_json::Value = serde_json::from_str(&out).context("bpftool prog show id")?;
+        let name = prog["name"].as_str().unwrap_or("?").to_owned();
+        programs.push((name, prog));
+    }
+    Ok(programs
+        .into_iter()
+        .map(|(name, v)| {
             // bpftool omits both fields while they are zero.
             let runs = v["run_cnt"].as_u64().unwrap_or(0);
             let ns = v["run_time_ns"].as_u64().unwrap_or(0);
-            Ok((name, (runs, ns)))
+            (name, (runs, ns))
         })
-        .collect()
+        .collect())
 }
 
 /// Difference of two snapshots, programs that ran only.

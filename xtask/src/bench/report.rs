@@ -397,7 +397,7 @@ impl Results {
                 let x = last.conn_s / first.conn_s;
                 out.push((
                     format!(
-                        "ebpf conn/s with {} published ports within 5% of {}",
+                        "ebpf conn/s with {} published ports not more than 5% below {}",
                         grouped(last.ports as f64),
                         first.ports
                     ),
