@@ -145,9 +145,10 @@ fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
     let count = parse_count(rest)?;
     let addr = format!("0.0.0.0:{port}");
     let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut clients = Vec::new();
     for stream in listener.incoming().take(count as usize) {
         let Ok(mut stream) = stream else { continue };
-        std::thread::spawn(move || {
+        clients.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             let mut total: u64 = 0;
             loop {
@@ -158,7 +159,11 @@ fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
                 }
             }
             let _ = stream.write_all(format!("received={total}\n").as_bytes());
-        });
+        }));
+    }
+    // The last clients are still being read: exiting now would reset them.
+    for client in clients {
+        let _ = client.join();
     }
     Ok(())
 }
