@@ -53,9 +53,18 @@ enum Task {
     /// Benchmarks: netctl's datapaths against a no-NAT ceiling, CNI and
     /// netavark, in sandboxes; writes target/bench/report.{md,json} and SVGs.
     Bench {
-        /// One repetition of 2-second runs, fewer paths (a few minutes).
+        /// One repetition of 1-second runs, a reduced plan that still covers
+        /// every path and every metric (under 3 minutes once built).
         #[arg(long)]
         quick: bool,
+        /// Only these configurations (comma-separated: veth, iptables,
+        /// ebpf, cni, netavark); the ratios need veth and iptables.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also sample every CPU with `perf record -e cpu-clock -g` during
+        /// the eBPF profiling runs (target/bench/perf-PATH-METRIC.data).
+        #[arg(long)]
+        perf: bool,
     },
     /// Answer each TCP client with "peer=IP:PORT" (used by the demo).
     #[command(name = "__echo-server", hide = true)]
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
         Task::Test { stress } => testing::test(stress),
         Task::Run { datapath, keep } => demo::run_demo(datapath, keep),
         Task::DemoTeardown { prefix } => demo::teardown(&prefix),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, only, perf } => bench::bench(bench::Options { quick, only, perf }),
         Task::EchoServer { port } => net::echo_server(port),
         Task::Client { host, port, wait } => {
             net::client(&host, port, wait.map(Duration::from_secs_f64))

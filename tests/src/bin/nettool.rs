@@ -10,6 +10,8 @@
 //!   nettool crr HOST PORT SECONDS            new connections/s against `pong`: connect,
 //!                                            1-byte request, 1-byte response, close
 //!   nettool rr HOST PORT SECONDS             request/response rate on one connection
+//!   nettool udpsink PORT                     count UDP datagrams; answer "END" with "received=N"
+//!   nettool udpflood HOST PORT SECONDS       send 64-byte datagrams to `udpsink` for SECONDS
 //!
 //!   nettool count PORT MILLIS                count UDP datagrams for MILLIS ms, print
 //!                                            `received=N` and `from=IP,...`
@@ -21,7 +23,8 @@
 //!   nettool sniff IFACE MILLIS               count the IPv4 frames IFACE receives for
 //!                                            MILLIS ms, per source: `from=IP:N,...`
 //!
-//! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`.
+//! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
+//! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
 use std::{
     io::{Read as _, Write as _},
@@ -63,12 +66,15 @@ fn main() -> ExitCode {
         ["pong", port, rest @ ..] => pong(port, rest),
         ["crr", host, port, seconds] => load(Load::Crr, host, port, seconds),
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
+        ["udpsink", port] => udp_sink(port),
+        ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         _ => Err("usage: nettool serve tcp|udp PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
                   | sniff IFACE MILLIS \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
-                  | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS"
+                  | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
+                  | udpsink PORT | udpflood HOST PORT SECONDS"
             .into()),
     };
     match result {
@@ -165,9 +171,10 @@ fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
     let count = parse_count(rest)?;
     let addr = format!("0.0.0.0:{port}");
     let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut clients = Vec::new();
     for stream in listener.incoming().take(count as usize) {
         let Ok(mut stream) = stream else { continue };
-        std::thread::spawn(move || {
+        clients.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             let mut total: u64 = 0;
             loop {
@@ -178,7 +185,11 @@ fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
                 }
             }
             let _ = stream.write_all(format!("received={total}\n").as_bytes());
-        });
+        }));
+    }
+    // The last clients are still being read: exiting now would reset them.
+    for client in clients {
+        let _ = client.join();
     }
     Ok(())
 }
@@ -610,4 +621,101 @@ fn sniff(iface: &str, millis: &str) -> Result<(), String> {
     let list: Vec<String> = seen.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
     println!("from={}", list.join(","));
     Ok(())
+/// The datagram that ends a flood and asks the sink for its count.
+const UDP_END: &[u8] = b"END";
+/// Size of a flood datagram's payload: small, so that the per-packet cost
+/// of the path shows rather than the copy.
+const UDP_PAYLOAD: usize = 64;
+/// Most datagrams one flood sends (with [`MAX_STREAM_SECONDS`], the bound).
+const MAX_DATAGRAMS: u64 = 50_000_000;
+/// Most floods a sink counts before it exits.
+const MAX_FLOODS: u64 = 100_000;
+
+/// Counts the datagrams of one flood at a time; an `END` datagram is
+/// answered with the count so far, which then starts again from zero.
+fn udp_sink(port: &str) -> Result<(), String> {
+    let addr = format!("0.0.0.0:{port}");
+    let socket = UdpSocket::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let mut received: u64 = 0;
+    let mut floods = 0;
+    while floods < MAX_FLOODS {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        if &buf[..n] == UDP_END {
+            let _ = socket.send_to(format!("received={received}\n").as_bytes(), peer);
+            received = 0;
+            floods += 1;
+        } else {
+            received += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Sends datagrams as fast as one thread can for SECONDS, lets the sink
+/// drain, then asks it (a few times: the question may be dropped too) how
+/// many arrived.
+fn udp_flood(host: &str, port: &str, seconds: &str) -> Result<(), String> {
+    let seconds: f64 = seconds
+        .parse()
+        .map_err(|_| format!("bad seconds {seconds}"))?;
+    let seconds = seconds.clamp(0.1, MAX_STREAM_SECONDS as f64);
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let payload = [0x5au8; UDP_PAYLOAD];
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut sent: u64 = 0;
+    let mut failed: u64 = 0;
+    while sent < MAX_DATAGRAMS {
+        // The clock is read once per batch: it costs as much as a send.
+        if sent.is_multiple_of(64) && std::time::Instant::now() >= deadline {
+            break;
+        }
+        match socket.send(&payload) {
+            Ok(_) => sent += 1,
+            // ENOBUFS, or ECONNREFUSED from an ICMP error: count and go on.
+            Err(_) => {
+                failed += 1;
+                if failed > MAX_DATAGRAMS {
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 256];
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(100));
+        if socket.send(UDP_END).is_err() {
+            continue;
+        }
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        let received: u64 = reply
+            .trim()
+            .strip_prefix("received=")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("unexpected answer {reply:?} from {addr}"))?;
+        println!(
+            "sent={sent} received={received} seconds={elapsed:.3} rate={:.1}",
+            received as f64 / elapsed
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "no count from the sink at {addr} after {sent} datagrams"
+    ))
 }

@@ -4,16 +4,19 @@
 //! One sandbox per configuration (see [`sandbox`]), all alive at once so
 //! that the repetitions can be interleaved:
 //!
-//! | configuration | published port path | container → outside | container ↔ container |
-//! |---|---|---|---|
-//! | `veth` (ceiling) | outside → host IP, no NAT | host → outside | same veth |
-//! | `iptables`, `ebpf` | outside → 198.51.100.1:8080 → `srv`:80 | `cli` → outside (SNAT) | `cli` → `srv` on the bridge |
-//! | `cni`, `netavark` | the same through their bridge and DNAT | | |
+//! | configuration | outside → published port | container → outside | host → published port | container ↔ container |
+//! |---|---|---|---|---|
+//! | `veth` (ceiling) | outside → host IP, no NAT | host → outside | host → outside | outside → host |
+//! | `iptables`, `ebpf` | outside → 198.51.100.1:808x → `srv` | `cli` → outside (SNAT) | host (in the sandbox cgroup) → 127.0.0.1:808x → `srv` | `cli` → `srv` on the bridge |
+//! | `cni`, `netavark` | the same through their bridge and DNAT | | | |
 //!
-//! Servers: `nettool pong` (crr) and `iperf3 -s` behind each target; clients
-//! run with `ip netns exec`. Nothing is asserted about speed: the figures go
-//! to `target/bench/report.{md,json}` and SVG charts beside them.
+//! Servers behind each target: `nettool pong` (rr, crr), `iperf3 -s` (TCP
+//! throughput) and `nettool udpsink` (UDP datagrams/s); clients run with
+//! `ip netns exec`, the host's inside the sandbox's cgroup. Nothing is
+//! asserted about speed: the figures go to `target/bench/report.{md,json}`
+//! and SVG charts beside them.
 
+mod bpf;
 mod load;
 mod peers;
 mod report;
@@ -29,8 +32,9 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
 use self::{
-    load::Target,
-    report::{Control, Results, Sample, ScalePoint},
+    load::{Client, Target},
+    peers::PortMapping,
+    report::{Control, Measured, ProfileRow, Results, ScalePoint},
     sandbox::{client_sysctls, Sandbox, HOST_IP, OUTSIDE_IP, PREFIX_START},
 };
 use crate::cmd::{cargo, read_echoed, run, step, workspace_root};
@@ -44,13 +48,24 @@ fn checkpoint() -> Result<()> {
     Ok(())
 }
 
-/// Ports behind every target.
+/// Ports behind every target: pong (TCP), iperf3 (TCP), udpsink (UDP).
 const PONG_PORT: u16 = 80;
 const IPERF_PORT: u16 = 5201;
+const UDP_PORT: u16 = 7000;
 const PUBLISHED_PONG: u16 = 8080;
 const PUBLISHED_IPERF: u16 = 8081;
+const PUBLISHED_UDP: u16 = 8082;
 const OUTSIDE_PONG: u16 = 9000;
 const OUTSIDE_IPERF: u16 = 9001;
+const OUTSIDE_UDP: u16 = 9002;
+/// The three published ports of the bench server.
+const PUBLISHED: [PortMapping; 3] = [
+    (PUBLISHED_PONG, PONG_PORT, "tcp"),
+    (PUBLISHED_IPERF, IPERF_PORT, "tcp"),
+    (PUBLISHED_UDP, UDP_PORT, "udp"),
+];
+/// Where the host's client reaches a published port (as `curl localhost:8080`).
+const LOOPBACK: &str = "127.0.0.1";
 /// The scaling probe's published port, the bulk range's first host port and
 /// the control plane's first host port.
 const PROBE_PORT: u16 = 8090;
@@ -59,20 +74,56 @@ const BULK_CONTAINER_FIRST: u32 = 1000;
 const CONTROL_FIRST: u32 = 40000;
 const NETWORK: &str = "bench";
 
-/// (path, metric) pairs measured on every configuration.
+/// (path, metric) pairs measured on every configuration: all of them, in
+/// report order (paths: published, snat, host, c2c).
 const FULL_PLAN: &[(&str, &str)] = &[
     ("published", "gbit1"),
     ("published", "gbit4"),
+    ("published", "udp_pps"),
+    ("published", "rr"),
     ("published", "conn_s"),
     ("snat", "gbit1"),
+    ("snat", "gbit4"),
+    ("snat", "udp_pps"),
+    ("snat", "rr"),
     ("snat", "conn_s"),
+    ("host", "gbit1"),
+    ("host", "gbit4"),
+    ("host", "udp_pps"),
+    ("host", "rr"),
+    ("host", "conn_s"),
     ("c2c", "gbit1"),
+    ("c2c", "gbit4"),
+    ("c2c", "udp_pps"),
+    ("c2c", "rr"),
     ("c2c", "conn_s"),
 ];
+/// Every path and every metric at least once.
 const QUICK_PLAN: &[(&str, &str)] = &[
     ("published", "gbit1"),
+    ("published", "gbit4"),
+    ("published", "udp_pps"),
+    ("published", "rr"),
     ("published", "conn_s"),
+    ("snat", "udp_pps"),
     ("snat", "conn_s"),
+    ("host", "gbit1"),
+    ("host", "conn_s"),
+    ("c2c", "gbit1"),
+    ("c2c", "rr"),
+];
+/// What the profiling pass runs on the eBPF configuration.
+/// rr shows the cost per packet of a known flow, conn_s adds the new flows'.
+const PROFILE_PLAN: &[(&str, &str)] = &[
+    ("published", "rr"),
+    ("published", "conn_s"),
+    ("published", "udp_pps"),
+    ("snat", "rr"),
+    ("snat", "conn_s"),
+    ("snat", "udp_pps"),
+    ("host", "rr"),
+    ("host", "conn_s"),
+    ("c2c", "rr"),
 ];
 
 /// What a run measures and how long.
@@ -89,14 +140,14 @@ struct Mode {
 
 const QUICK: Mode = Mode {
     reps: 1,
-    secs: 2,
+    secs: 1,
     plan: QUICK_PLAN,
     levels: &[1, 100, 1000],
     containers: 20,
 };
 const FULL: Mode = Mode {
     reps: 3,
-    secs: 3,
+    secs: 2,
     plan: FULL_PLAN,
     levels: &[1, 100, 1000, 10_000],
     containers: 100,
@@ -167,10 +218,30 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+/// `cargo xtask bench` flags.
+pub struct Options {
+    pub quick: bool,
+    /// Configuration names to run (all when empty).
+    pub only: Vec<String>,
+    /// `perf record` during the eBPF profiling runs.
+    pub perf: bool,
+}
+
+pub fn bench(opts: Options) -> Result<()> {
     let started = Instant::now();
+    let configs: Vec<Config> = Config::ALL
+        .into_iter()
+        .filter(|c| opts.only.is_empty() || opts.only.iter().any(|o| o == c.name()))
+        .collect();
+    if let Some(unknown) = opts
+        .only
+        .iter()
+        .find(|o| !Config::ALL.iter().any(|c| c.name() == o.as_str()))
+    {
+        bail!("--only {unknown}: no such configuration (veth, iptables, ebpf, cni, netavark)");
+    }
     crate::build_release()?;
-    step("building nettool (release): the crr client and server");
+    step("building nettool (release): the load clients and servers");
     run(cargo().args([
         "build",
         "--release",
@@ -186,10 +257,12 @@ pub fn bench(quick: bool) -> Result<()> {
     for bin in [&tools.netctl, &tools.nettool] {
         ensure!(bin.exists(), "{} missing after the build", bin.display());
     }
-    ensure!(
-        crate::cmd::succeeds(Command::new("iperf3").arg("--version")),
-        "iperf3 is missing (cargo xtask deps installs it)"
-    );
+    for (tool, why) in [("iperf3", "--version"), ("bpftool", "version")] {
+        ensure!(
+            crate::cmd::succeeds(Command::new(tool).arg(why)),
+            "{tool} is missing (cargo xtask deps installs it)"
+        );
+    }
     ctrlc::set_handler(|| {
         eprintln!("\ninterrupted: tearing the sandboxes down");
         INTERRUPTED.store(true, Ordering::SeqCst);
@@ -197,88 +270,66 @@ pub fn bench(quick: bool) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
     let build_secs = started.elapsed().as_secs_f64();
 
-    let mode = if quick { QUICK } else { FULL };
-    let (reps, secs, plan, levels, control_n) = (
-        mode.reps,
-        mode.secs,
-        mode.plan,
-        mode.levels,
-        mode.containers,
-    );
-    let mut results = Results {
-        quick,
-        secs: f64::from(secs),
-        reps,
-        configs: Vec::new(),
-        samples: Vec::new(),
-        scaling: Vec::new(),
-        control: Vec::new(),
-        notes: Vec::new(),
-        build_secs,
-        wall_secs: 0.0,
-    };
+    let mode = if opts.quick { QUICK } else { FULL };
+    let mut results = Results::new(opts.quick, mode.secs, mode.reps, mode.plan);
+    results.build_secs = build_secs;
 
     let pid = std::process::id();
     let mut rigs: Vec<Rig> = Vec::new();
     let outcome = (|| -> Result<()> {
-        for config in Config::ALL {
+        for &config in &configs {
             checkpoint()?;
             let prefix = format!("{PREFIX_START}{pid}{}", config.tag());
             step(&format!("setting up {} in sandbox {prefix}", config.name()));
-            match setup(config, &prefix, &tools) {
-                Ok(rig) => {
-                    results.configs.push(config.name().to_owned());
-                    rigs.push(rig);
-                }
+            results.configs.push(config.name().to_owned());
+            match setup(config, &prefix, &tools, &mut results) {
+                Ok(rig) => rigs.push(rig),
                 Err(e) => {
-                    let note = format!("{} could not run: {e:#}", config.name());
-                    println!("!! {note}");
-                    results.notes.push(note);
+                    let reason = format!("{e:#}");
+                    println!("!! {} could not run: {reason}", config.name());
+                    results.unavailable.push((config.name().to_owned(), reason));
                 }
             }
         }
-        checkpoint()?;
-        for rep in 0..reps {
+        for rep in 0..mode.reps {
             for rig in &rigs {
-                for &(path, metric) in plan {
+                for &(path, metric) in mode.plan {
                     checkpoint()?;
                     let Some(target) = rig.target(path) else {
                         continue;
                     };
                     step(&format!(
-                        "[{}/{reps}] {} {path} {metric}",
+                        "[{}/{}] {} {path} {metric}",
                         rep + 1,
+                        mode.reps,
                         rig.config.name()
                     ));
-                    let measured = match metric {
-                        "gbit1" => load::iperf(target, secs, 1).map(|g| (g, 0)),
-                        "gbit4" => load::iperf(target, secs, 4).map(|g| (g, 0)),
-                        _ => load::crr(&tools.nettool, target, f64::from(secs)).map(|r| {
-                            println!("   p50 {} µs, p99 {} µs per connection", r.p50_us, r.p99_us);
-                            (r.per_sec, r.errors)
-                        }),
-                    };
-                    match measured {
-                        Ok((value, errors)) => {
-                            println!("   = {}", report::show(metric, value));
-                            results.add(rig.config.name(), path, metric, value, errors);
+                    match measure(&tools, target, metric, f64::from(mode.secs)) {
+                        Ok(m) => {
+                            println!("   = {}", report::show(metric, m.value));
+                            results.add(rig.config.name(), path, metric, m);
                         }
-                        Err(e) => {
-                            let note =
-                                format!("{} {path} {metric} failed: {e:#}", rig.config.name());
-                            println!("!! {note}");
-                            results.notes.push(note);
-                        }
+                        Err(e) => results.fail(rig.config.name(), path, metric, &e),
                     }
                 }
             }
         }
+        if let Some(rig) = rigs.iter().find(|r| r.config == Config::Ebpf) {
+            checkpoint()?;
+            step("where the time goes: eBPF program run time and counters per path");
+            let perf_dir = opts.perf.then(|| target_dir().join("bench"));
+            match profile(rig, &tools, f64::from(mode.secs), perf_dir.as_deref()) {
+                Ok(rows) => results.profile = rows,
+                Err(e) => results.notes.push(format!("ebpf profile failed: {e:#}")),
+            }
+        }
         for rig in rigs.iter_mut().filter(|r| r.config.is_netctl()) {
+            checkpoint()?;
             step(&format!(
                 "scaling: {} with many published ports",
                 rig.config.name()
             ));
-            match scaling(rig, levels, secs, &tools) {
+            match scaling(rig, mode.levels, mode.secs, &tools, &mut results) {
                 Ok(points) => results.scaling.extend(points),
                 Err(e) => results
                     .notes
@@ -286,10 +337,11 @@ pub fn bench(quick: bool) -> Result<()> {
             }
             checkpoint()?;
             step(&format!(
-                "control plane: {} runs {control_n} containers with one published port each",
-                rig.config.name()
+                "control plane: {} runs {} containers with one published port each",
+                rig.config.name(),
+                mode.containers
             ));
-            match control_plane(rig, control_n) {
+            match control_plane(rig, mode.containers) {
                 Ok(c) => results.control.push(c),
                 Err(e) => results
                     .notes
@@ -302,6 +354,7 @@ pub fn bench(quick: bool) -> Result<()> {
     step("tearing the sandboxes down");
     drop(rigs);
     results.wall_secs = started.elapsed().as_secs_f64();
+    results.machine.load_end = report::loadavg();
     if let Err(e) = &outcome {
         results.notes.push(format!("the run stopped early: {e:#}"));
     }
@@ -317,61 +370,110 @@ pub fn bench(quick: bool) -> Result<()> {
     outcome
 }
 
-/// Servers in the outside namespace, for the container → outside path.
-fn outside_servers(sb: &mut Sandbox, tools: &Tools) -> Result<()> {
-    let out = sb.out.clone();
-    start_servers(sb, &out, OUTSIDE_PONG, OUTSIDE_IPERF, tools)
-}
-
-fn start_servers(sb: &mut Sandbox, ns: &str, pong: u16, iperf: u16, tools: &Tools) -> Result<()> {
-    let nettool = tools.nettool.to_string_lossy().into_owned();
-    sb.spawn_server(ns, pong, &[&nettool, "pong", &pong.to_string()])?;
-    sb.spawn_server(ns, iperf, &["iperf3", "-s", "-p", &iperf.to_string()])?;
-    Ok(())
-}
-
-fn target(client_ns: &str, ip: impl ToString, crr_port: u16, iperf_port: u16) -> Target {
-    Target {
-        client_ns: client_ns.to_owned(),
-        ip: ip.to_string(),
-        crr_port,
-        iperf_port,
+/// One run of `metric` against `target`.
+fn measure(tools: &Tools, target: &Target, metric: &str, secs: f64) -> Result<Measured> {
+    let whole_secs = secs.ceil().max(1.0) as u32;
+    let plain = |value: f64| Measured {
+        value,
+        errors: 0,
+        latency: None,
+    };
+    match metric {
+        "gbit1" => load::iperf(target, whole_secs, 1).map(plain),
+        "gbit4" => load::iperf(target, whole_secs, 4).map(plain),
+        "udp_pps" => load::udp_pps(&tools.nettool, target, secs).map(plain),
+        "rr" | "conn_s" => {
+            let r = if metric == "rr" {
+                load::rr(&tools.nettool, target, secs)?
+            } else {
+                load::crr(&tools.nettool, target, secs)?
+            };
+            println!("   p50 {} µs, p99 {} µs per round", r.p50_us, r.p99_us);
+            Ok(Measured {
+                value: r.per_sec,
+                errors: r.errors,
+                latency: Some((r.p50_us as f64, r.p99_us as f64)),
+            })
+        }
+        other => bail!("unknown metric {other}"),
     }
 }
 
-/// The three targets of a configuration whose server namespace is
-/// `srv_ns` (address `srv_ip`) and client container namespace `cli_ns`.
+/// The pong, iperf3 and udpsink servers in `ns` on the given ports.
+fn start_servers(sb: &mut Sandbox, ns: &str, ports: [u16; 3], tools: &Tools) -> Result<()> {
+    let [pong, iperf, udp] = ports;
+    let nettool = tools.nettool.to_string_lossy().into_owned();
+    sb.spawn_server(ns, "tcp", pong, &[&nettool, "pong", &pong.to_string()])?;
+    sb.spawn_server(
+        ns,
+        "tcp",
+        iperf,
+        &["iperf3", "-s", "-p", &iperf.to_string()],
+    )?;
+    sb.spawn_server(ns, "udp", udp, &[&nettool, "udpsink", &udp.to_string()])?;
+    Ok(())
+}
+
+const CONTAINER_PORTS: [u16; 3] = [PONG_PORT, IPERF_PORT, UDP_PORT];
+const PUBLISHED_PORTS: [u16; 3] = [PUBLISHED_PONG, PUBLISHED_IPERF, PUBLISHED_UDP];
+const OUTSIDE_PORTS: [u16; 3] = [OUTSIDE_PONG, OUTSIDE_IPERF, OUTSIDE_UDP];
+
+fn target(client: Client, ip: impl ToString, ports: [u16; 3]) -> Target {
+    let [crr_port, iperf_port, udp_port] = ports;
+    Target {
+        client,
+        ip: ip.to_string(),
+        crr_port,
+        iperf_port,
+        udp_port,
+    }
+}
+
+fn in_ns(ns: &str) -> Client {
+    Client::Netns(ns.to_owned())
+}
+
+fn host_client(sb: &Sandbox) -> Client {
+    Client::HostCgroup {
+        ns: sb.host.clone(),
+        cgroup: sb.cgroup.clone(),
+    }
+}
+
+/// The four targets of a configuration whose server container has the
+/// address `srv_ip` and whose client container's namespace is `cli_ns`.
 fn container_targets(sb: &Sandbox, srv_ip: &str, cli_ns: &str) -> Vec<(&'static str, Target)> {
     vec![
         (
             "published",
-            target(&sb.out, HOST_IP, PUBLISHED_PONG, PUBLISHED_IPERF),
+            target(in_ns(&sb.out), HOST_IP, PUBLISHED_PORTS),
         ),
-        (
-            "snat",
-            target(cli_ns, OUTSIDE_IP, OUTSIDE_PONG, OUTSIDE_IPERF),
-        ),
-        ("c2c", target(cli_ns, srv_ip, PONG_PORT, IPERF_PORT)),
+        ("snat", target(in_ns(cli_ns), OUTSIDE_IP, OUTSIDE_PORTS)),
+        ("host", target(host_client(sb), LOOPBACK, PUBLISHED_PORTS)),
+        ("c2c", target(in_ns(cli_ns), srv_ip, CONTAINER_PORTS)),
     ]
 }
 
-fn setup(config: Config, prefix: &str, tools: &Tools) -> Result<Rig> {
+fn setup(config: Config, prefix: &str, tools: &Tools, results: &mut Results) -> Result<Rig> {
     let netctl = config.is_netctl().then(|| tools.netctl.clone());
     let mut sb = Sandbox::new(prefix, netctl)?;
-    outside_servers(&mut sb, tools)?;
-    let ports = [(PUBLISHED_PONG, PONG_PORT), (PUBLISHED_IPERF, IPERF_PORT)];
+    let out = sb.out.clone();
+    start_servers(&mut sb, &out, OUTSIDE_PORTS, tools)?;
     let targets = match config {
         Config::Veth => {
+            // No bridge, no NAT: the servers sit in the host namespace and
+            // every path is one veth hop between two namespaces.
             let host = sb.host.clone();
-            start_servers(&mut sb, &host, PONG_PORT, IPERF_PORT, tools)?;
+            start_servers(&mut sb, &host, CONTAINER_PORTS, tools)?;
             client_sysctls(&host)?;
             vec![
-                ("published", target(&sb.out, HOST_IP, PONG_PORT, IPERF_PORT)),
                 (
-                    "snat",
-                    target(&host, OUTSIDE_IP, OUTSIDE_PONG, OUTSIDE_IPERF),
+                    "published",
+                    target(in_ns(&sb.out), HOST_IP, CONTAINER_PORTS),
                 ),
-                ("c2c", target(&sb.out, HOST_IP, PONG_PORT, IPERF_PORT)),
+                ("snat", target(in_ns(&host), OUTSIDE_IP, OUTSIDE_PORTS)),
+                ("host", target(host_client(&sb), OUTSIDE_IP, OUTSIDE_PORTS)),
+                ("c2c", target(in_ns(&sb.out), HOST_IP, CONTAINER_PORTS)),
             ]
         }
         Config::Iptables | Config::Ebpf => {
@@ -385,25 +487,23 @@ fn setup(config: Config, prefix: &str, tools: &Tools) -> Result<Rig> {
                 "--datapath",
                 config.name(),
             ]))?;
-            let publish: Vec<String> = ports.iter().map(|(h, c)| format!("{h}:{c}")).collect();
-            run(&mut sb.netctl(&[
-                "container",
-                "run",
-                "srv",
-                "--network",
-                NETWORK,
-                "-p",
-                &publish[0],
-                "-p",
-                &publish[1],
-            ]))?;
+            let mut args = vec!["container", "run", "srv", "--network", NETWORK];
+            let publish: Vec<String> = PUBLISHED
+                .iter()
+                .map(|(h, c, proto)| format!("{h}:{c}/{proto}"))
+                .collect();
+            for p in &publish {
+                args.extend(["-p", p.as_str()]);
+            }
+            run(&mut sb.netctl(&args))?;
             run(&mut sb.netctl(&["container", "run", "cli", "--network", NETWORK]))?;
             let json =
                 read_echoed(&mut sb.netctl(&["--format", "json", "container", "inspect", "srv"]))?;
             let srv_ip = crate::demo::endpoint_ip(&json, NETWORK)?.to_string();
             let (srv_ns, cli_ns) = (format!("{}-srv", sb.host), format!("{}-cli", sb.host));
-            start_servers(&mut sb, &srv_ns, PONG_PORT, IPERF_PORT, tools)?;
+            start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
             client_sysctls(&cli_ns)?;
+            client_sysctls(&sb.host.clone())?;
             container_targets(&sb, &srv_ip, &cli_ns)
         }
         Config::Cni => {
@@ -420,11 +520,12 @@ fn setup(config: Config, prefix: &str, tools: &Tools) -> Result<Rig> {
                 "-qw",
                 "net.ipv4.ip_forward=1",
             ]))?;
-            let srv_ip = peers::cni_add(&mut sb, "csrv", &ports)?;
+            let srv_ip = peers::cni_add(&mut sb, "csrv", &PUBLISHED)?;
             peers::cni_add(&mut sb, "ccli", &[])?;
             let (srv_ns, cli_ns) = (format!("{prefix}-csrv"), format!("{prefix}-ccli"));
-            start_servers(&mut sb, &srv_ns, PONG_PORT, IPERF_PORT, tools)?;
+            start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
             client_sysctls(&cli_ns)?;
+            client_sysctls(&sb.host.clone())?;
             container_targets(&sb, &srv_ip, &cli_ns)
         }
         Config::Netavark => {
@@ -434,23 +535,37 @@ fn setup(config: Config, prefix: &str, tools: &Tools) -> Result<Rig> {
                 peers::NETAVARK
             );
             let srv_ip = "10.89.0.2";
-            peers::netavark_add(&mut sb, "nsrv", srv_ip, &ports)?;
+            peers::netavark_add(&mut sb, "nsrv", srv_ip, &PUBLISHED)?;
             peers::netavark_add(&mut sb, "ncli", "10.89.0.3", &[])?;
             let (srv_ns, cli_ns) = (format!("{prefix}-nsrv"), format!("{prefix}-ncli"));
-            start_servers(&mut sb, &srv_ns, PONG_PORT, IPERF_PORT, tools)?;
+            start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
             client_sysctls(&cli_ns)?;
+            client_sysctls(&sb.host.clone())?;
             container_targets(&sb, srv_ip, &cli_ns)
         }
     };
-    // A first round trip through every target: a setup that does not carry
-    // traffic is a failed setup, not a zero in the table.
-    for (path, t) in &targets {
-        load::crr(&tools.nettool, t, 0.2).with_context(|| format!("{path} does not answer"))?;
+    // A first round trip through every target: a path that does not carry
+    // traffic is reported as failed (with the reason), not as a zero, and
+    // is left out of the runs; the configuration's other paths go on.
+    let mut working = Vec::new();
+    for (path, t) in targets {
+        match load::crr(&tools.nettool, &t, 0.2) {
+            Ok(_) => working.push((path, t)),
+            Err(e) => {
+                let e = e.context("no answer at setup");
+                for &(p, metric) in &results.plan.clone() {
+                    if p == path {
+                        results.fail(config.name(), path, metric, &e);
+                    }
+                }
+            }
+        }
     }
+    ensure!(!working.is_empty(), "no path carries traffic");
     Ok(Rig {
         config,
         sb,
-        targets,
+        targets: working,
     })
 }
 
@@ -461,36 +576,55 @@ fn timed(cmd: &mut Command) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// conn/s through a port published after `level` others, and the time
-/// `container run -p` takes to publish it.
-fn scaling(rig: &mut Rig, levels: &[usize], secs: u32, tools: &Tools) -> Result<Vec<ScalePoint>> {
+/// The total memory of the host's pinned maps (eBPF only).
+fn map_bytes(rig: &Rig, results: &mut Results) -> Option<u64> {
+    if rig.config != Config::Ebpf {
+        return None;
+    }
+    match bpf::map_memory(&rig.sb.host) {
+        Ok(maps) => {
+            let total = maps.iter().map(|m| m.bytes).sum();
+            results.maps = maps;
+            Some(total)
+        }
+        Err(e) => {
+            results.notes.push(format!("ebpf map memory: {e:#}"));
+            None
+        }
+    }
+}
+
+/// For each level: publishes `level` ports with one `container run -p
+/// A-B:C-D` (timed), then times `container run -p` of one more port (the
+/// probe) and measures conn/s from outside through the probe's port.
+fn scaling(
+    rig: &mut Rig,
+    levels: &[usize],
+    secs: u32,
+    tools: &Tools,
+    results: &mut Results,
+) -> Result<Vec<ScalePoint>> {
     let mut points = Vec::new();
     let nettool = tools.nettool.to_string_lossy().into_owned();
-    // The bench server already publishes two ports.
-    let present = 2usize;
     for &level in levels {
         checkpoint()?;
-        let bulk = level.saturating_sub(present) as u32;
-        let bulk_ms = if bulk > 0 {
-            let spec = format!(
-                "{}-{}:{}-{}",
-                BULK_FIRST,
-                BULK_FIRST + bulk - 1,
-                BULK_CONTAINER_FIRST,
-                BULK_CONTAINER_FIRST + bulk - 1
-            );
-            Some(timed(&mut rig.sb.netctl(&[
-                "container",
-                "run",
-                "bulk",
-                "--network",
-                NETWORK,
-                "-p",
-                &spec,
-            ]))?)
-        } else {
-            None
-        };
+        let bulk = level as u32;
+        let spec = format!(
+            "{}-{}:{}-{}",
+            BULK_FIRST,
+            BULK_FIRST + bulk - 1,
+            BULK_CONTAINER_FIRST,
+            BULK_CONTAINER_FIRST + bulk - 1
+        );
+        let bulk_ms = timed(&mut rig.sb.netctl(&[
+            "container",
+            "run",
+            "bulk",
+            "--network",
+            NETWORK,
+            "-p",
+            &spec,
+        ]))?;
         let probe = format!("{PROBE_PORT}:{PONG_PORT}");
         let publish_ms = timed(&mut rig.sb.netctl(&[
             "container",
@@ -501,39 +635,106 @@ fn scaling(rig: &mut Rig, levels: &[usize], secs: u32, tools: &Tools) -> Result<
             "-p",
             &probe,
         ]))?;
+        let map_bytes = map_bytes(rig, results);
         let probe_ns = format!("{}-probe", rig.sb.host);
         let server = rig.sb.spawn_server(
             &probe_ns,
+            "tcp",
             PONG_PORT,
             &[&nettool, "pong", &PONG_PORT.to_string()],
         )?;
-        let t = target(&rig.sb.out, HOST_IP, PROBE_PORT, 0);
+        let t = target(in_ns(&rig.sb.out), HOST_IP, [PROBE_PORT, 0, 0]);
         let rate = load::crr(&tools.nettool, &t, f64::from(secs));
         rig.sb.stop(server);
-        let mut rm = vec!["container", "rm", "probe"];
-        if bulk > 0 {
-            rm.push("bulk");
-        }
-        let rm_ms = timed(&mut rig.sb.netctl(&rm))?;
+        let rm_ms = timed(&mut rig.sb.netctl(&["container", "rm", "probe", "bulk"]))?;
         let rate = rate?;
-        let ports = present + bulk as usize;
         println!(
-            "   = {ports} ports present: {:.0} conn/s, publish one more in {publish_ms:.1} ms{}",
+            "   = {level} ports published: {:.0} conn/s, publish one more in {publish_ms:.1} ms \
+             (publishing the {level} took {bulk_ms:.0} ms, removing {rm_ms:.0} ms)",
             rate.per_sec,
-            bulk_ms.map_or(String::new(), |ms| format!(
-                " (publishing the {bulk} took {ms:.0} ms, removing {rm_ms:.0} ms)"
-            ))
         );
         points.push(ScalePoint {
             config: rig.config.name().to_owned(),
-            ports,
+            ports: level,
             conn_s: rate.per_sec,
             errors: rate.errors,
             publish_ms,
             bulk_ms,
+            map_bytes,
         });
     }
     Ok(points)
+}
+
+/// Runs the [`PROFILE_PLAN`] on the eBPF rig with the kernel's BPF run-time
+/// statistics on, and reads each program's runs and time and netctl's
+/// counters around every run. Separate from the measured runs, which the
+/// statistics (two clock reads per program run) would slow down.
+fn profile(
+    rig: &Rig,
+    tools: &Tools,
+    secs: f64,
+    perf_dir: Option<&std::path::Path>,
+) -> Result<Vec<ProfileRow>> {
+    let stats_on = bpf::enable_run_time_stats()?;
+    if let Some(dir) = perf_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut rows = Vec::new();
+    for &(path, metric) in PROFILE_PLAN {
+        checkpoint()?;
+        let Some(target) = rig.target(path) else {
+            continue;
+        };
+        let counters = |rig: &Rig| -> Result<_> {
+            bpf::counters(&read_echoed(
+                &mut rig.sb.netctl(&["--format", "json", "stats"]),
+            )?)
+        };
+        let (progs0, counters0) = (bpf::prog_stats(&rig.sb.host)?, counters(rig)?);
+        // Sampled for the load's duration (whole CPUs: the machine's other
+        // work shows too; `perf report --comm` separates it).
+        let perf = match perf_dir {
+            Some(dir) => Some(
+                Command::new("perf")
+                    .args(["record", "-q", "-e", "cpu-clock", "-a", "-g", "-o"])
+                    .arg(dir.join(format!("perf-{path}-{metric}.data")))
+                    .args(["--", "sleep", &format!("{secs}")])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting perf record")?,
+            ),
+            None => None,
+        };
+        let started = Instant::now();
+        let measured = measure(tools, target, metric, secs);
+        let elapsed = started.elapsed().as_secs_f64();
+        if let Some(mut perf) = perf {
+            let _ = perf.wait();
+        }
+        let measured = measured?;
+        let (progs1, counters1) = (bpf::prog_stats(&rig.sb.host)?, counters(rig)?);
+        let counters: Vec<(String, u64)> = counters1
+            .iter()
+            .filter_map(|(k, &v)| {
+                let d = v.saturating_sub(counters0.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect();
+        let row = ProfileRow {
+            path,
+            metric,
+            rate: measured.value,
+            secs: elapsed,
+            programs: bpf::prog_delta(&progs0, &progs1).into_iter().collect(),
+            counters,
+        };
+        println!("   = {}", report::profile_line(&row));
+        rows.push(row);
+    }
+    drop(stats_on);
+    Ok(rows)
 }
 
 /// `container run` N containers with one published port each, then removes
@@ -580,26 +781,4 @@ fn control_plane(rig: &mut Rig, n: usize) -> Result<Control> {
         run_ms,
         rm_ms,
     })
-}
-
-impl Results {
-    fn add(&mut self, config: &str, path: &'static str, metric: &'static str, v: f64, errors: u64) {
-        match self
-            .samples
-            .iter_mut()
-            .find(|s| s.config == config && s.path == path && s.metric == metric)
-        {
-            Some(s) => {
-                s.values.push(v);
-                s.errors += errors;
-            }
-            None => self.samples.push(Sample {
-                config: config.to_owned(),
-                path,
-                metric,
-                values: vec![v],
-                errors,
-            }),
-        }
-    }
 }

@@ -59,9 +59,12 @@ fn cni_command(sb: &Sandbox, verb: &str, plugin: &str, id: &str, netns: &str) ->
     cmd
 }
 
+/// A port to publish: host port, container port, "tcp" or "udp".
+pub type PortMapping = (u16, u16, &'static str);
+
 /// Makes namespace `<p>-<name>` and attaches it with bridge (+ portmap when
-/// `ports` is not empty, as (host, container) pairs). Returns its IPv4.
-pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[(u16, u16)]) -> Result<String> {
+/// `ports` is not empty). Returns its IPv4.
+pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<String> {
     let netns = format!("{}-{name}", sb.prefix);
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
@@ -97,7 +100,7 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[(u16, u16)]) -> Result<Str
     if !ports.is_empty() {
         let mappings: Vec<Value> = ports
             .iter()
-            .map(|(h, c)| json!({"hostPort": h, "containerPort": c, "protocol": "tcp"}))
+            .map(|(h, c, proto)| json!({"hostPort": h, "containerPort": c, "protocol": proto}))
             .collect();
         let portmap = json!({
             "cniVersion": "0.4.0",
@@ -132,8 +135,8 @@ fn netavark_command(sb: &Sandbox, verb: &str, opts: &std::path::Path, netns: &st
 }
 
 /// Makes namespace `<p>-<name>` and runs `netavark setup` for it with the
-/// static address `ip` on 10.89.0.0/24 and the given (host, container) ports.
-pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[(u16, u16)]) -> Result<()> {
+/// static address `ip` on 10.89.0.0/24 and the given ports.
+pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping]) -> Result<()> {
     let netns = format!("{}-{name}", sb.prefix);
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
@@ -145,8 +148,8 @@ pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[(u16, u16)]
     };
     let port_mappings: Vec<Value> = ports
         .iter()
-        .map(|(h, c)| {
-            json!({"host_ip": "", "container_port": c, "host_port": h, "range": 1, "protocol": "tcp"})
+        .map(|(h, c, proto)| {
+            json!({"host_ip": "", "container_port": c, "host_port": h, "range": 1, "protocol": proto})
         })
         .collect();
     let opts = json!({

@@ -97,8 +97,15 @@ impl Sandbox {
     }
 
     /// Starts a server in `ns` and waits (at most 5 s) until it listens on
-    /// TCP `port`. Killed by Drop, or earlier with [`Sandbox::stop`].
-    pub fn spawn_server(&mut self, ns: &str, port: u16, program: &[&str]) -> Result<usize> {
+    /// `port` (`proto` "tcp" or "udp"). Killed by Drop, or earlier with
+    /// [`Sandbox::stop`].
+    pub fn spawn_server(
+        &mut self,
+        ns: &str,
+        proto: &str,
+        port: u16,
+        program: &[&str],
+    ) -> Result<usize> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .args(program)
@@ -112,9 +119,10 @@ impl Sandbox {
         self.children.push(child);
         let index = self.children.len() - 1;
         let filter = format!("sport = :{port}");
+        let ss_flags = if proto == "udp" { "-Hlun" } else { "-Hltn" };
         for _ in 0..50 {
             let listening =
-                read(Command::new("ip").args(["netns", "exec", ns, "ss", "-Hltn", &filter]))
+                read(Command::new("ip").args(["netns", "exec", ns, "ss", ss_flags, &filter]))
                     .unwrap_or_default();
             if !listening.trim().is_empty() {
                 return Ok(index);
