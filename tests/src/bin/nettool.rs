@@ -621,6 +621,8 @@ fn sniff(iface: &str, millis: &str) -> Result<(), String> {
     let list: Vec<String> = seen.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
     println!("from={}", list.join(","));
     Ok(())
+}
+
 /// The datagram that ends a flood and asks the sink for its count.
 const UDP_END: &[u8] = b"END";
 /// Size of a flood datagram's payload: small, so that the per-packet cost
