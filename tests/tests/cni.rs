@@ -558,8 +558,11 @@ fn egress_published_port_and_peers_on_cni_containers(datapath: &str) {
     let reply =
         call_until_answer(|| sb.run_in(&client_name, &[&tool, "call", "tcp", "10.77.0.50", "80"]));
     assert_eq!(peer_ip(&reply), client_ip);
-    // The CLI sees the CNI-made containers and their port.
+    // The CLI sees the CNI-made containers and their port; doctor finds
+    // the runtime's namespaces and the attachments in order.
     assert_eq!(containers(&sb), vec![container(1), container(2)]);
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {doctor:?}");
     assert_eq!(
         sb.netctl_ok(&["port", &container(1)]).trim(),
         "80/tcp -> 0.0.0.0:8080"
@@ -625,11 +628,18 @@ fn del_twice_and_after_the_netns_is_gone(datapath: &str) {
         .unwrap()
         .to_owned();
     netns::delete(Path::new(&second).file_name().unwrap().to_str().unwrap()).unwrap();
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(
+        !doctor.status.success() && text(&doctor).contains("is gone"),
+        "doctor sees the namespace gone: {doctor:?}"
+    );
     rt.del(&id(3), &second, &published);
     rt.del(&id(3), "", &published);
     assert!(!sb.host_links().contains(&veth));
     assert_eq!(snapshot(&sb), empty_network);
     assert_eq!(containers(&sb), vec![container(1)]);
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor after DEL: {doctor:?}");
     // The address is free again: the next attachment gets it back.
     let third = rt.make_netns("c3");
     let result = rt.add(&id(4), &third, &conf);

@@ -56,7 +56,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             Command::Add => cmd.add().await.map(Some),
             Command::Del => cmd.del().await.map(|()| None),
             Command::Check => cmd.check().await.map(|()| None),
-            Command::Status => cmd.status().map(|()| None),
+            Command::Status => cmd.status().await.map(|()| None),
             Command::Gc => cmd.gc().await.map(|()| None),
             Command::Version => unreachable!("answered above"),
         }
@@ -132,7 +132,7 @@ impl Invocation<'_> {
         let name = container_name(&self.env.container_id, &self.env.ifname);
         let ports = port_specs(self.conf)?;
         let requested_ip = self.conf.requested_ip()?;
-        let mut host = Host::open(self.config.clone())?;
+        let mut host = Host::open(self.config.clone()).await?;
         if let Some(existing) = host.state.containers.get(&name) {
             return Err(CniError::new(
                 Code::Refused,
@@ -193,7 +193,7 @@ impl Invocation<'_> {
                 // rollback, so open it again).
                 drop(host);
                 if created_network {
-                    if let Ok(mut host) = Host::open(self.config.clone()) {
+                    if let Ok(mut host) = Host::open(self.config.clone()).await {
                         let _ = host.network_rm(std::slice::from_ref(&self.conf.name)).await;
                     }
                 }
@@ -348,7 +348,7 @@ impl Invocation<'_> {
     /// Removes the attachment; an unknown one, or one whose namespace is
     /// gone, is not an error (the runtime may call DEL more than once).
     async fn del(&self) -> Result<(), CniError> {
-        let mut host = Host::open(self.config.clone())?;
+        let mut host = Host::open(self.config.clone()).await?;
         let removed = match self.ours(&host).map(|c| c.name.clone()) {
             Some(name) => host.container_rm(&[name]).await.map_err(CniError::from),
             None => Ok(()),
@@ -370,7 +370,7 @@ impl Invocation<'_> {
     /// the previous result and the published ports.
     async fn check(&self) -> Result<(), CniError> {
         let failed = |what: String| CniError::new(Code::CheckFailed, what);
-        let host = Host::open(self.config.clone())?;
+        let host = Host::open(self.config.clone()).await?;
         let attachment = format!("attachment {}/{}", self.env.container_id, self.env.ifname);
         let ctr = self
             .ours(&host)
@@ -466,7 +466,7 @@ impl Invocation<'_> {
                 "GC needs cni.dev/valid-attachments".to_owned(),
             )
         })?;
-        let mut host = Host::open(self.config.clone())?;
+        let mut host = Host::open(self.config.clone()).await?;
         let stale: Vec<(String, CniAttachment)> = host
             .state
             .containers
@@ -527,10 +527,11 @@ impl Invocation<'_> {
 
     /// Ready for ADDs: the state is readable, bpffs is there for the eBPF
     /// datapath, a delegated IPAM plugin can be found.
-    fn status(&self) -> Result<(), CniError> {
+    async fn status(&self) -> Result<(), CniError> {
         let unavailable = |what: String| CniError::new(Code::NotAvailable, what);
-        let host =
-            Host::open(self.config.clone()).map_err(|e| unavailable(format!("state: {e}")))?;
+        let host = Host::open(self.config.clone())
+            .await
+            .map_err(|e| unavailable(format!("state: {e}")))?;
         let datapath = host
             .state
             .datapath
