@@ -563,6 +563,10 @@ fn egress_published_port_and_peers_on_cni_containers(datapath: &str) {
     assert_eq!(containers(&sb), vec![container(1), container(2)]);
     let doctor = sb.netctl(&["doctor"]);
     assert!(doctor.status.success(), "doctor: {doctor:?}");
+    // `netctl exec` enters the runtime's namespace.
+    let reply =
+        call_until_answer(|| sb.exec(&container(2), &[&tool, "call", "tcp", "10.77.0.50", "80"]));
+    assert_eq!(peer_ip(&reply), client_ip);
     assert_eq!(
         sb.netctl_ok(&["port", &container(1)]).trim(),
         "80/tcp -> 0.0.0.0:8080"
