@@ -490,6 +490,25 @@ fn errors_are_spec_error_objects(datapath: &str) {
         code(rt.netctl("ADD", &id(1), &netns_path, &sctp), "sctp"),
         7
     );
+    // A delegated IPAM plugin that is not installed: ADD refuses the
+    // config, STATUS says the plugin is not available.
+    let mut missing_ipam = conf.clone();
+    missing_ipam["ipam"] = json!({"type": "no-such-ipam"});
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(1), &netns_path, &missing_ipam),
+            "missing ipam"
+        ),
+        7
+    );
+    missing_ipam["cniVersion"] = json!("1.1.0");
+    assert_eq!(
+        code(
+            rt.netctl("STATUS", "", "", &missing_ipam),
+            "STATUS missing ipam"
+        ),
+        50
+    );
     // Nothing of the above changed anything.
     assert_eq!(snapshot(&sb), before);
     assert!(!links_in(&sb, &netns_path).contains("eth0"));
