@@ -301,16 +301,16 @@ impl Host {
             Some(name) => ipam::check_bridge_name(&req.name, name)?,
             None => ipam::bridge_name(&req.name)?,
         };
-        if let Some(other) = self.state.networks.values().find(|n| n.bridge == bridge) {
-            return Err(Error::invalid(
-                format!("network {}", req.name),
-                format!("bridge {bridge} is the bridge of network {}", other.name),
-            ));
-        }
         if self.state.networks.contains_key(&req.name) {
             return Err(Error::invalid(
                 format!("network {}", req.name),
                 "already exists",
+            ));
+        }
+        if let Some(other) = self.state.networks.values().find(|n| n.bridge == bridge) {
+            return Err(Error::invalid(
+                format!("network {}", req.name),
+                format!("bridge {bridge} is the bridge of network {}", other.name),
             ));
         }
         if let (Some(have), Some(want)) = (self.state.datapath, req.datapath) {

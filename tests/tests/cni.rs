@@ -520,6 +520,19 @@ fn errors_are_spec_error_objects(datapath: &str) {
         100
     );
     assert_eq!(snapshot(&sb), after_first);
+    // A second network cannot take the first one's bridge.
+    let mut same_bridge = conf.clone();
+    same_bridge["name"] = json!("othernet");
+    same_bridge["subnet"] = json!("10.78.0.0/24");
+    same_bridge["bridge"] = json!("nc-cninet");
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(2), &netns_path, &same_bridge),
+            "bridge taken"
+        ),
+        7
+    );
+    assert_eq!(snapshot(&sb), after_first);
     // An existing network is checked against the configuration.
     let mut other_subnet = conf.clone();
     other_subnet["subnet"] = json!("10.99.0.0/24");
