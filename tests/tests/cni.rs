@@ -39,6 +39,7 @@ scenarios!(
     gc_keeps_only_the_valid_attachments,
     chained_with_the_reference_tuning_plugin,
     delegated_host_local_ipam,
+    netns_given_as_a_proc_path,
 );
 
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -892,4 +893,50 @@ fn delegated_host_local_ipam(datapath: &str) {
     rt.netctl("GC", "", "", &gc).ok("GC");
     assert!(containers(&sb).is_empty());
     assert!(!data_dir.join(NETWORK).join("10.79.0.101").exists());
+}
+
+/// A process killed when dropped, also on panic.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn netns_given_as_a_proc_path(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    rt.make_netns("c1");
+    let name = format!("{}-c1", sb.prefix);
+    // A runtime may name the namespace by a process in it (podman does).
+    let holder = {
+        let name = name.clone();
+        Holder(
+            std::thread::spawn(move || {
+                let _guard = netns::NetnsGuard::enter(&name).expect("enter netns");
+                Command::new("sleep")
+                    .arg("60")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("sleep")
+            })
+            .join()
+            .expect("thread"),
+        )
+    };
+    let proc_path = format!("/proc/{}/ns/net", holder.0.id());
+    let conf = rt.conf("1.0.0");
+    let result = rt.add(&id(1), &proc_path, &conf);
+    assert_eq!(result["interfaces"][2]["sandbox"], proc_path.as_str());
+    let inside = text(&sb.run_in(&name, &["ip", "-o", "addr", "show", "dev", "eth0"]));
+    assert!(inside.contains("10.77.0.2/24"), "{inside}");
+    let mut check = conf.clone();
+    check["prevResult"] = result;
+    rt.netctl("CHECK", &id(1), &proc_path, &check).ok("CHECK");
+    rt.del(&id(1), &proc_path, &conf);
+    assert!(!links_in(&sb, &netns::path(&name).display().to_string()).contains("eth0"));
+    assert!(containers(&sb).is_empty());
+    drop(holder);
 }
