@@ -318,6 +318,7 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
                     gateway,
                     datapath,
                     internal,
+                    ..NetworkCreate::default()
                 })
                 .await?;
             println!("{}", net.name);
@@ -419,6 +420,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                     ip,
                     ports: publish,
                     command,
+                    ..ContainerRun::default()
                 })
                 .await?;
             println!("{}", ctr.name);

@@ -39,6 +39,10 @@ pub fn render_all(state: &State) -> BTreeMap<String, String> {
         if let NetworkMode::Container(_) = container.mode {
             continue;
         }
+        // A CNI runtime owns its containers' /etc/hosts.
+        if container.cni.is_some() {
+            continue;
+        }
         let mut entries: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
         for ep in &container.endpoints {
             let Some(net) = state.networks.get(&ep.network) else {

@@ -253,6 +253,33 @@ pub fn bridge_name(network: &str) -> Result<String> {
     Ok(ifname)
 }
 
+/// Checks a name the kernel must accept as an interface name: 1 to 15
+/// characters, none of them '/', ':' or whitespace, not `.` or `..`.
+pub fn check_ifname(object: &str, name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > MAX_IFNAME_LEN
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(Error::invalid(
+            object,
+            format!(
+                "{name:?} is not an interface name (1 to {MAX_IFNAME_LEN} characters, no '/', ':' or whitespace)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A bridge name chosen by the user (the CNI config's `bridge`).
+pub fn check_bridge_name(network: &str, bridge: &str) -> Result<String> {
+    check_ifname(&format!("network {network:?}: bridge"), bridge)?;
+    Ok(bridge.to_owned())
+}
+
 /// 32-bit FNV-1a: tiny, and unlike std's `DefaultHasher` the same in every
 /// process and every Rust release, so a veth name can be found again later.
 fn fnv1a32(bytes: impl IntoIterator<Item = u8>) -> u32 {

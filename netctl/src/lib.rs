@@ -7,6 +7,7 @@
 //! commands in transactions.
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod error;

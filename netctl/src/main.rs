@@ -1,12 +1,16 @@
 //! `netctl`: parses the command line, enters the host namespace, runs the
 //! command and turns errors into one line and an exit code (1 usage or
-//! validation, 2 system).
+//! validation, 2 system). With `CNI_COMMAND` set it is a CNI plugin instead.
 
 use clap::Parser as _;
 use netctl::cli::{self, Cli};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A container runtime calling netctl as a CNI plugin.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(netctl::cni::run_plugin());
+    }
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
         eprintln!("netctl: {err}");

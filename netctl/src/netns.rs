@@ -23,8 +23,14 @@ use crate::error::{Error, Result};
 /// Where iproute2 keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// A name under /run/netns, or an absolute path to a namespace file that
+/// another program owns (a CNI runtime's `/run/netns/X` or `/proc/PID/ns/net`).
 pub fn path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
+    if name.starts_with('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new(NETNS_DIR).join(name)
+    }
 }
 
 pub fn exists(name: &str) -> bool {

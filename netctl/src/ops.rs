@@ -23,7 +23,8 @@ use crate::{
     ports::{self, PortSpec},
     process,
     state::{
-        Container, DatapathKind, Endpoint, Network, NetworkMode, PortMapping, State, StateDir,
+        CniAttachment, Container, DatapathKind, Endpoint, Network, NetworkMode, PortMapping, State,
+        StateDir,
     },
     topology,
 };
@@ -296,11 +297,20 @@ impl Host {
 
     fn plan_network(&self, req: &NetworkCreate) -> Result<Network> {
         ipam::check_name("network", &req.name)?;
-        let bridge = ipam::bridge_name(&req.name)?;
+        let bridge = match &req.bridge {
+            Some(name) => ipam::check_bridge_name(&req.name, name)?,
+            None => ipam::bridge_name(&req.name)?,
+        };
         if self.state.networks.contains_key(&req.name) {
             return Err(Error::invalid(
                 format!("network {}", req.name),
                 "already exists",
+            ));
+        }
+        if let Some(other) = self.state.networks.values().find(|n| n.bridge == bridge) {
+            return Err(Error::invalid(
+                format!("network {}", req.name),
+                format!("bridge {bridge} is the bridge of network {}", other.name),
             ));
         }
         if let (Some(have), Some(want)) = (self.state.datapath, req.datapath) {
@@ -353,6 +363,7 @@ impl Host {
             internal: req.internal,
             dns: req.name != DEFAULT_NETWORK,
             created: now(),
+            mtu: req.mtu,
         })
     }
 
@@ -601,11 +612,17 @@ impl Host {
                         format!("cannot publish ports on internal network {network}"),
                     ));
                 }
-                let ep = self.plan_endpoint(&net, &req.name, "eth0", req.ip.as_deref())?;
-                (
-                    Some(self.config.container_netns(&req.name)),
-                    vec![(net, ep)],
-                )
+                let ifname = req.cni.as_ref().map_or("eth0", |c| c.ifname.as_str());
+                let mut ep = self.plan_endpoint(&net, &req.name, ifname, req.ip.as_deref())?;
+                if let Some(mac) = &req.mac {
+                    topology::parse_mac(mac)?;
+                    ep.mac = mac.to_ascii_lowercase();
+                }
+                let netns_name = match &req.cni {
+                    Some(cni) => cni.netns.clone(),
+                    None => self.config.container_netns(&req.name),
+                };
+                (Some(netns_name), vec![(net, ep)])
             }
         };
         let mut container = Container {
@@ -616,12 +633,14 @@ impl Host {
             ports: Vec::new(),
             process: None,
             created: now(),
+            cni: req.cni.clone(),
         };
         if let Some((net, ep)) = endpoints.first() {
             let taken: Vec<PortMapping> = self.state.ports().cloned().collect();
             container.ports = ports::expand_all(&specs, &taken, &req.name, &net.name, ep.ip)?;
         }
-        let owns_netns = matches!(mode.0, NetworkMode::Bridge | NetworkMode::None);
+        let owns_netns =
+            matches!(mode.0, NetworkMode::Bridge | NetworkMode::None) && req.cni.is_none();
         if let (true, Some(name)) = (owns_netns, &netns_name) {
             if netns::path(name).exists() {
                 return Err(Error::invalid(
@@ -827,7 +846,7 @@ impl Host {
         }
         errors.extend(failpoint::check("rm.links").err());
         let mut removed_netns = Vec::new();
-        if matches!(ctr.mode, NetworkMode::Bridge | NetworkMode::None) {
+        if matches!(ctr.mode, NetworkMode::Bridge | NetworkMode::None) && ctr.cni.is_none() {
             if let Some(netns_name) = &ctr.netns {
                 errors.extend(netns::delete(netns_name).err());
                 removed_netns.push(netns_name.clone());
@@ -876,6 +895,10 @@ pub struct NetworkCreate {
     pub gateway: Option<String>,
     pub datapath: Option<DatapathKind>,
     pub internal: bool,
+    /// Bridge interface name [default: derived from the name].
+    pub bridge: Option<String>,
+    /// MTU of the endpoints' veth pairs.
+    pub mtu: Option<u32>,
 }
 
 /// What `container run` was asked.
@@ -886,6 +909,11 @@ pub struct ContainerRun {
     pub ip: Option<String>,
     pub ports: Vec<String>,
     pub command: Vec<String>,
+    /// Container-side MAC [default: derived from the address].
+    pub mac: Option<String>,
+    /// A CNI attachment: the container joins the runtime's namespace
+    /// (`netns`) as `ifname` instead of getting a namespace of its own.
+    pub cni: Option<CniAttachment>,
 }
 
 /// `--network` value → mode and, for bridge mode, the network's name.

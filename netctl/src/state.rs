@@ -54,6 +54,9 @@ pub struct Network {
     pub dns: bool,
     /// Seconds since the epoch.
     pub created: u64,
+    /// MTU of the veth pairs of its endpoints (`None`: the kernel's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// How a container is networked (Docker's `--network` modes).
@@ -169,6 +172,23 @@ pub struct Container {
     pub ports: Vec<PortMapping>,
     pub process: Option<Process>,
     pub created: u64,
+    /// Set when a container runtime made this container through the CNI
+    /// plugin: the runtime owns its namespace, netctl never deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// What identifies a CNI attachment to the runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    /// `CNI_CONTAINERID`, whole.
+    pub container_id: String,
+    /// `CNI_IFNAME`: the interface inside the namespace.
+    pub ifname: String,
+    /// `CNI_NETNS`: path of the runtime's namespace.
+    pub netns: String,
+    /// `name` of the network configuration (GC is per configuration).
+    pub network: String,
 }
 
 impl Container {
@@ -425,6 +445,7 @@ mod tests {
                 internal: false,
                 dns: true,
                 created: 1,
+                mtu: None,
             },
         );
         state.containers.insert(
@@ -437,6 +458,7 @@ mod tests {
                 ports: vec![mapping(None, 8080, Protocol::Udp)],
                 process: None,
                 created: 2,
+                cni: None,
             },
         );
         {

@@ -70,8 +70,12 @@ pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoi
         let host_end = host.index(&ep.host_veth).await?;
         host.set_master(host_end, bridge).await?;
         host.set_hairpin(host_end).await?;
-        host.set_up(host_end).await?;
         let peer_index = host.index(&peer).await?;
+        if let Some(mtu) = net.mtu {
+            host.set_mtu(host_end, mtu).await?;
+            host.set_mtu(peer_index, mtu).await?;
+        }
+        host.set_up(host_end).await?;
         let ns = netns::open(netns_name)?;
         host.move_to_netns(peer_index, &ns, netns_name).await?;
         configure_inside(netns_name, &peer, net, ep).await

@@ -1083,6 +1083,7 @@ mod tests {
             internal,
             dns: true,
             created: 0,
+            mtu: None,
         }
     }
 

@@ -150,6 +150,11 @@ impl Netlink {
         self.set(format!("link #{index} address"), msg).await
     }
 
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.set(format!("link #{index} mtu {mtu}"), msg).await
+    }
+
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .name(name.to_owned())

@@ -1,0 +1,661 @@
+//! The CNI commands on netctl's host: each opens the host (state lock,
+//! netlink, datapath) the way a CLI command does and reuses its
+//! transactions, so a failed ADD leaves the host as it was.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use serde_json::{json, Value};
+
+use super::{
+    config::{Command, Env, NetConf, LATEST_VERSION, SUPPORTED_VERSIONS},
+    delegate::{self, Call},
+    result::{AddResult, CniError, Code, Interface},
+};
+use crate::{
+    config::HostConfig,
+    ipam,
+    netlink::Netlink,
+    netns,
+    ops::{ContainerRun, Host, NetworkCreate, DEFAULT_DATAPATH},
+    ports::PortSpec,
+    state::{CniAttachment, Container, DatapathKind, Protocol},
+};
+
+/// Runs the command of `env` with the configuration on stdin; returns what
+/// to print on stdout.
+pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    if env.command == Command::Version {
+        return Ok(Some(version(stdin)));
+    }
+    let conf = NetConf::decode(stdin, env.command)?;
+    let config = HostConfig::new(
+        conf.host_netns.clone(),
+        conf.state_dir.clone(),
+        conf.uplink.clone(),
+        conf.cgroup.clone(),
+    );
+    if let Some(name) = &conf.host_netns {
+        // Before any thread exists, as the CLI does: everything below, the
+        // delegated IPAM plugin included, runs in the host namespace.
+        netns::enter_for_good(name)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::new(Code::System, format!("tokio runtime: {e}")))?;
+    let fresh = !config.state_dir.exists();
+    let state_dir = config.state_dir.clone();
+    let outcome = runtime.block_on(async {
+        let cmd = Invocation {
+            env,
+            conf: &conf,
+            stdin,
+            config,
+        };
+        match env.command {
+            Command::Add => cmd.add().await.map(Some),
+            Command::Del => cmd.del().await.map(|()| None),
+            Command::Check => cmd.check().await.map(|()| None),
+            Command::Status => cmd.status().await.map(|()| None),
+            Command::Gc => cmd.gc().await.map(|()| None),
+            Command::Version => unreachable!("answered above"),
+        }
+    });
+    if fresh {
+        // A DEL of an unknown attachment on a fresh host leaves no state dir.
+        crate::state::remove_if_unused(&state_dir);
+    }
+    outcome
+}
+
+/// VERSION: the versions this plugin speaks, in the requested version's
+/// words (the newest when the input names none or an unknown one).
+fn version(stdin: &[u8]) -> Value {
+    let requested = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_owned))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST_VERSION.to_owned());
+    json!({"cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS})
+}
+
+/// The netctl container of an attachment: `cni-` + the first 12
+/// characters of the container id + `-` + ifname (a hash of the ifname when
+/// the ifname holds characters a container name may not).
+pub fn container_name(container_id: &str, ifname: &str) -> String {
+    let id: String = container_id.chars().take(12).collect();
+    let readable = format!("cni-{id}-{ifname}");
+    if ipam::check_name("container", &readable).is_ok() {
+        readable
+    } else {
+        format!("cni-{id}-{}", ipam::veth_name(ifname, 0))
+    }
+}
+
+struct Invocation<'a> {
+    env: &'a Env,
+    conf: &'a NetConf,
+    stdin: &'a [u8],
+    config: HostConfig,
+}
+
+impl Invocation<'_> {
+    /// The attachment of this invocation, if netctl has it.
+    fn ours<'s>(&self, host: &'s Host) -> Option<&'s Container> {
+        let name = container_name(&self.env.container_id, &self.env.ifname);
+        host.state.containers.get(&name).filter(|c| {
+            c.cni.as_ref().is_some_and(|cni| {
+                cni.container_id == self.env.container_id && cni.ifname == self.env.ifname
+            })
+        })
+    }
+
+    fn ipam_call(&self, command: &'static str) -> Call<'_> {
+        Call {
+            command,
+            container_id: &self.env.container_id,
+            ifname: &self.env.ifname,
+            netns: self.env.netns.as_deref(),
+        }
+    }
+
+    // --------------------------------------------------------------------- ADD
+
+    async fn add(&self) -> Result<Value, CniError> {
+        let netns_path = self.env.netns.clone().expect("checked for ADD");
+        if !netns::exists(&netns_path) {
+            return Err(CniError::new(
+                Code::InvalidEnv,
+                format!("CNI_NETNS {netns_path}: not a network namespace"),
+            ));
+        }
+        let name = container_name(&self.env.container_id, &self.env.ifname);
+        let ports = port_specs(self.conf)?;
+        let requested_ip = self.conf.requested_ip()?;
+        let mut host = Host::open(self.config.clone()).await?;
+        if let Some(existing) = host.state.containers.get(&name) {
+            return Err(CniError::new(
+                Code::Refused,
+                format!(
+                    "attachment {}/{}: already added (container {}{})",
+                    self.env.container_id,
+                    self.env.ifname,
+                    existing.name,
+                    if existing.cni.is_none() {
+                        ", made by the CLI"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        // The delegated IPAM first: its address decides the subnet of a
+        // network created now. Released again if anything later fails.
+        let delegated = self.conf.delegated_ipam();
+        let allocated = match delegated {
+            Some(plugin) => {
+                let result =
+                    delegate::exec(plugin, &self.env.path, &self.ipam_call("ADD"), self.stdin)?;
+                Some(delegate::first_ipv4(&result).inspect_err(|_| {
+                    let _ =
+                        delegate::exec(plugin, &self.env.path, &self.ipam_call("DEL"), self.stdin);
+                })?)
+            }
+            None => None,
+        };
+        let created_network = match self.ensure_network(&mut host, allocated).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.release_ipam();
+                return Err(e);
+            }
+        };
+        let ip = allocated.map(|(ip, _, _)| ip).or(requested_ip);
+        let run = ContainerRun {
+            name: name.clone(),
+            network: Some(self.conf.name.clone()),
+            ip: ip.map(|ip| ip.to_string()),
+            ports,
+            mac: self.conf.runtime_config.mac.clone(),
+            cni: Some(CniAttachment {
+                container_id: self.env.container_id.clone(),
+                ifname: self.env.ifname.clone(),
+                netns: netns_path.clone(),
+                network: self.conf.name.clone(),
+            }),
+            ..ContainerRun::default()
+        };
+        match host.container_run(run).await {
+            Ok(ctr) => self.add_result(&host, &ctr).await,
+            Err(err) => {
+                // The container's steps are undone; the network made for it
+                // goes too (the host's in-memory state is stale after the
+                // rollback, so open it again).
+                drop(host);
+                if created_network {
+                    if let Ok(mut host) = Host::open(self.config.clone()).await {
+                        let _ = host.network_rm(std::slice::from_ref(&self.conf.name)).await;
+                    }
+                }
+                self.release_ipam();
+                Err(err.into())
+            }
+        }
+    }
+
+    fn release_ipam(&self) {
+        if let Some(plugin) = self.conf.delegated_ipam() {
+            let _ = delegate::exec(plugin, &self.env.path, &self.ipam_call("DEL"), self.stdin);
+        }
+    }
+
+    /// Creates the configuration's network on first use; checks an existing
+    /// one against the configuration. Returns whether it was created.
+    async fn ensure_network(
+        &self,
+        host: &mut Host,
+        allocated: Option<(Ipv4Addr, ipnet::Ipv4Net, Option<Ipv4Addr>)>,
+    ) -> Result<bool, CniError> {
+        let conf = self.conf;
+        let subnet = match (&conf.subnet, allocated) {
+            (Some(text), _) => Some(ipam::parse_subnet(text)?),
+            (None, Some((_, subnet, _))) => Some(subnet),
+            (None, None) => None,
+        };
+        let gateway = match (&conf.gateway, allocated) {
+            (Some(text), _) => Some(ipam::parse_ip("gateway", text)?),
+            (None, Some((_, _, gateway))) => gateway,
+            (None, None) => None,
+        };
+        let mismatch = |what: &str, have: String, want: String| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!(
+                    "network {}: exists with {what} {have}, the configuration says {want}",
+                    conf.name
+                ),
+            )
+        };
+        if let Some(net) = host.state.networks.get(&conf.name) {
+            if let Some(subnet) = subnet.filter(|s| *s != net.subnet) {
+                return Err(mismatch(
+                    "subnet",
+                    net.subnet.to_string(),
+                    subnet.to_string(),
+                ));
+            }
+            if let Some(gateway) = gateway.filter(|g| *g != net.gateway) {
+                return Err(mismatch(
+                    "gateway",
+                    net.gateway.to_string(),
+                    gateway.to_string(),
+                ));
+            }
+            if let Some(bridge) = conf.bridge.as_ref().filter(|b| **b != net.bridge) {
+                return Err(mismatch("bridge", net.bridge.clone(), bridge.clone()));
+            }
+            if conf.internal != net.internal {
+                return Err(mismatch(
+                    "internal",
+                    net.internal.to_string(),
+                    conf.internal.to_string(),
+                ));
+            }
+            if conf.mtu != net.mtu {
+                return Err(mismatch(
+                    "mtu",
+                    format!("{:?}", net.mtu),
+                    format!("{:?}", conf.mtu),
+                ));
+            }
+            let have = host.state.datapath.unwrap_or(DEFAULT_DATAPATH);
+            if let Some(want) = conf.datapath.filter(|d| *d != have) {
+                return Err(mismatch("datapath", have.to_string(), want.to_string()));
+            }
+            return Ok(false);
+        }
+        let req = NetworkCreate {
+            name: conf.name.clone(),
+            subnet: subnet.map(|s| s.to_string()),
+            gateway: gateway.map(|g| g.to_string()),
+            datapath: conf.datapath,
+            internal: conf.internal,
+            bridge: conf.bridge.clone(),
+            mtu: conf.mtu,
+        };
+        host.network_create(req)
+            .await
+            .map_err(|e| match CniError::from(e) {
+                // The configuration asks for what cannot be (a subnet that
+                // overlaps another network, a bridge name in use).
+                CniError {
+                    code: Code::Refused,
+                    msg,
+                } => CniError::new(Code::InvalidConfig, msg),
+                other => other,
+            })?;
+        Ok(true)
+    }
+
+    /// The ADD result: the bridge, the host-side veth and the interface in
+    /// the container, its address and the default route.
+    async fn add_result(&self, host: &Host, ctr: &Container) -> Result<Value, CniError> {
+        let ep = ctr.endpoints.first().ok_or_else(|| {
+            CniError::new(Code::System, format!("container {}: no endpoint", ctr.name))
+        })?;
+        let net = host.state.network(&ep.network)?;
+        let netlink = Netlink::connect("host")?;
+        let host_mac = netlink
+            .link(&ep.host_veth)
+            .await?
+            .and_then(|l| l.mac)
+            .map(format_mac)
+            .unwrap_or_default();
+        let result = AddResult {
+            interfaces: vec![
+                Interface {
+                    name: net.bridge.clone(),
+                    mac: ipam::mac_for(net.gateway),
+                    sandbox: None,
+                    mtu: None,
+                },
+                Interface {
+                    name: ep.host_veth.clone(),
+                    mac: host_mac,
+                    sandbox: None,
+                    mtu: net.mtu,
+                },
+                Interface {
+                    name: ep.ifname.clone(),
+                    mac: ep.mac.clone(),
+                    sandbox: ctr.cni.as_ref().map(|c| c.netns.clone()),
+                    mtu: net.mtu,
+                },
+            ],
+            ips: vec![(ep.ip, net.subnet, Some(net.gateway), 2)],
+            routes: if net.internal {
+                Vec::new()
+            } else {
+                vec![(ipnet::Ipv4Net::default(), net.gateway)]
+            },
+            dns: self.conf.dns.clone().unwrap_or_else(|| json!({})),
+        };
+        Ok(result.render(&self.conf.cni_version))
+    }
+
+    // --------------------------------------------------------------------- DEL
+
+    /// Removes the attachment; an unknown one, or one whose namespace is
+    /// gone, is not an error (the runtime may call DEL more than once).
+    async fn del(&self) -> Result<(), CniError> {
+        let mut host = Host::open(self.config.clone()).await?;
+        let removed = match self.ours(&host).map(|c| c.name.clone()) {
+            Some(name) => host.container_rm(&[name]).await.map_err(CniError::from),
+            None => Ok(()),
+        };
+        drop(host);
+        let released = match self.conf.delegated_ipam() {
+            Some(plugin) => {
+                delegate::exec(plugin, &self.env.path, &self.ipam_call("DEL"), self.stdin)
+                    .map(|_| ())
+            }
+            None => Ok(()),
+        };
+        removed.and(released)
+    }
+
+    // ------------------------------------------------------------------- CHECK
+
+    /// Compares the attachment with what ADD made: state, links, addresses,
+    /// the previous result and the published ports.
+    async fn check(&self) -> Result<(), CniError> {
+        let failed = |what: String| CniError::new(Code::CheckFailed, what);
+        let host = Host::open(self.config.clone()).await?;
+        let attachment = format!("attachment {}/{}", self.env.container_id, self.env.ifname);
+        let ctr = self
+            .ours(&host)
+            .ok_or_else(|| failed(format!("{attachment}: unknown to netctl")))?
+            .clone();
+        let cni = ctr.cni.as_ref().expect("ours() checks it");
+        let netns_path = self.env.netns.as_deref().expect("checked for CHECK");
+        if cni.netns != netns_path || cni.network != self.conf.name {
+            return Err(failed(format!(
+                "{attachment}: added in {} on network {}, checked in {netns_path} on {}",
+                cni.netns, cni.network, self.conf.name
+            )));
+        }
+        let ep = ctr
+            .endpoints
+            .first()
+            .ok_or_else(|| failed(format!("{attachment}: no endpoint")))?;
+        let net = host.state.network(&ep.network)?;
+        let prev = self.conf.prev_result.as_ref().ok_or_else(|| {
+            CniError::new(Code::InvalidConfig, "CHECK needs prevResult".to_owned())
+        })?;
+        let listed = prev["ips"].as_array().is_some_and(|ips| {
+            ips.iter().any(|i| {
+                i["address"]
+                    .as_str()
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                    == Some(ep.ip)
+            })
+        });
+        if !listed {
+            return Err(failed(format!(
+                "{attachment}: prevResult does not list its address {}",
+                ep.ip
+            )));
+        }
+        if !netns::exists(netns_path) {
+            return Err(failed(format!(
+                "{attachment}: namespace {netns_path} is gone"
+            )));
+        }
+        let outside = Netlink::connect("host")?;
+        let bridge = outside.link(&net.bridge).await?;
+        let veth = outside.link(&ep.host_veth).await?;
+        match (bridge, veth) {
+            (Some(bridge), Some(veth)) if veth.up && veth.master == Some(bridge.index) => {}
+            _ => {
+                return Err(failed(format!(
+                    "{attachment}: {} is missing, down or not on bridge {}",
+                    ep.host_veth, net.bridge
+                )))
+            }
+        }
+        let inside = Netlink::connect_in(netns_path)?;
+        let link = inside
+            .link(&ep.ifname)
+            .await?
+            .ok_or_else(|| failed(format!("{attachment}: no {} in {netns_path}", ep.ifname)))?;
+        if !link.up || link.mac.map(format_mac).as_deref() != Some(ep.mac.as_str()) {
+            return Err(failed(format!(
+                "{attachment}: {} is down or its MAC is not {}",
+                ep.ifname, ep.mac
+            )));
+        }
+        if !inside.ipv4_addresses(link.index).await?.contains(&ep.ip) {
+            return Err(failed(format!(
+                "{attachment}: {} lost its address {}",
+                ep.ifname, ep.ip
+            )));
+        }
+        let wanted: BTreeSet<String> = port_specs(self.conf)?.into_iter().collect();
+        let have: BTreeSet<String> = ctr.ports.iter().map(mapping_spec).collect();
+        if wanted != have {
+            return Err(failed(format!(
+                "{attachment}: published ports {have:?}, the runtime asks {wanted:?}"
+            )));
+        }
+        drop(host);
+        if let Some(plugin) = self.conf.delegated_ipam() {
+            delegate::exec(plugin, &self.env.path, &self.ipam_call("CHECK"), self.stdin)?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------- GC
+
+    /// Removes every attachment of this network that the runtime does not
+    /// list as valid, going on past errors.
+    async fn gc(&self) -> Result<(), CniError> {
+        let valid = self.conf.valid_attachments.as_ref().ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                "GC needs cni.dev/valid-attachments".to_owned(),
+            )
+        })?;
+        let mut host = Host::open(self.config.clone()).await?;
+        let stale: Vec<(String, CniAttachment)> = host
+            .state
+            .containers
+            .values()
+            .filter_map(|c| c.cni.as_ref().map(|cni| (c.name.clone(), cni.clone())))
+            .filter(|(_, cni)| cni.network == self.conf.name)
+            .filter(|(_, cni)| {
+                !valid
+                    .iter()
+                    .any(|v| v.container_id == cni.container_id && v.ifname == cni.ifname)
+            })
+            .collect();
+        let mut errors: Vec<CniError> = Vec::new();
+        for (name, _) in &stale {
+            if let Err(e) = host.container_rm(std::slice::from_ref(name)).await {
+                errors.push(e.into());
+            }
+        }
+        drop(host);
+        if let Some(plugin) = self.conf.delegated_ipam() {
+            // The IPAM plugin gets a DEL per stale attachment, in 1.0.0
+            // words: DEL is the same in 1.0.0 and 1.1.0, and IPAM plugins
+            // that predate 1.1.0 (host-local before 1.2) refuse the GC's
+            // version.
+            let mut del_conf: Value = serde_json::from_slice(self.stdin).unwrap_or_default();
+            if let Some(object) = del_conf.as_object_mut() {
+                object.remove("cni.dev/valid-attachments");
+                object.insert("cniVersion".into(), json!("1.0.0"));
+            }
+            let del_stdin = serde_json::to_vec(&del_conf).unwrap_or_default();
+            for (_, cni) in &stale {
+                let call = Call {
+                    command: "DEL",
+                    container_id: &cni.container_id,
+                    ifname: &cni.ifname,
+                    netns: None,
+                };
+                if let Err(e) = delegate::exec(plugin, &self.env.path, &call, &del_stdin) {
+                    errors.push(e);
+                }
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(CniError::new(
+                errors[0].code,
+                errors
+                    .iter()
+                    .map(|e| e.msg.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
+    // ------------------------------------------------------------------ STATUS
+
+    /// Ready for ADDs: the state is readable, bpffs is there for the eBPF
+    /// datapath, a delegated IPAM plugin can be found.
+    async fn status(&self) -> Result<(), CniError> {
+        let unavailable = |what: String| CniError::new(Code::NotAvailable, what);
+        let host = Host::open(self.config.clone())
+            .await
+            .map_err(|e| unavailable(format!("state: {e}")))?;
+        let datapath = host
+            .state
+            .datapath
+            .or(self.conf.datapath)
+            .unwrap_or(DEFAULT_DATAPATH);
+        drop(host);
+        if datapath == DatapathKind::Ebpf {
+            let bpffs = nix::sys::statfs::statfs("/sys/fs/bpf")
+                .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+            if !bpffs {
+                return Err(unavailable(
+                    "/sys/fs/bpf: bpffs is not mounted (the eBPF datapath pins its maps there)"
+                        .to_owned(),
+                ));
+            }
+        }
+        if let Some(plugin) = self.conf.delegated_ipam() {
+            delegate::find(plugin, &self.env.path).map_err(|e| unavailable(e.msg))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `runtimeConfig.portMappings` as netctl port specs. IPv6 host
+/// addresses are left out (the datapaths are IPv4 only; a dual-stack runtime
+/// sends each mapping once per family).
+fn port_specs(conf: &NetConf) -> Result<Vec<String>, CniError> {
+    let invalid = |what: String| CniError::new(Code::InvalidConfig, what);
+    let mut specs = Vec::new();
+    for m in &conf.runtime_config.port_mappings {
+        let object = format!("portMapping {}:{}", m.host_port, m.container_port);
+        let host_ip = match m.host_ip.as_deref().unwrap_or("") {
+            "" | "0.0.0.0" => None,
+            text => match text.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+                Ok(std::net::IpAddr::V6(_)) => continue,
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "{object}: hostIP {text:?} is not an address"
+                    )))
+                }
+            },
+        };
+        let protocol = match m
+            .protocol
+            .as_deref()
+            .unwrap_or("tcp")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => {
+                return Err(invalid(format!(
+                    "{object}: protocol {other:?} (tcp or udp)"
+                )))
+            }
+        };
+        if m.host_port == 0 || m.container_port == 0 {
+            return Err(invalid(format!("{object}: ports must be 1-65535")));
+        }
+        let spec = PortSpec {
+            host_ip,
+            host_ports: Some((m.host_port, m.host_port)),
+            container_ports: (m.container_port, m.container_port),
+            protocol,
+        };
+        specs.push(spec.to_string());
+    }
+    Ok(specs)
+}
+
+/// A published mapping in the form [`port_specs`] makes, to compare them.
+fn mapping_spec(m: &crate::state::PortMapping) -> String {
+    PortSpec {
+        host_ip: m.host_ip,
+        host_ports: Some((m.host_port, m.host_port)),
+        container_ports: (m.container_port, m.container_port),
+        protocol: m.protocol,
+    }
+    .to_string()
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_are_valid_and_stable() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(container_name(id, "eth0"), "cni-0123456789ab-eth0");
+        let odd = container_name(id, "e@th0");
+        assert!(ipam::check_name("container", &odd).is_ok(), "{odd}");
+        assert_eq!(odd, container_name(id, "e@th0"));
+        assert_ne!(odd, container_name(id, "e#th0"));
+    }
+
+    #[test]
+    fn port_mappings_become_specs() {
+        let conf = NetConf::decode(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"portMappings":[
+              {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+              {"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"127.0.0.1"},
+              {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"::"}]}}"#,
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            port_specs(&conf).unwrap(),
+            vec!["8080:80/tcp".to_owned(), "127.0.0.1:5353:53/udp".to_owned()]
+        );
+        let sctp = NetConf::decode(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"portMappings":[
+              {"hostPort":1,"containerPort":2,"protocol":"sctp"}]}}"#,
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(port_specs(&sctp).unwrap_err().code, Code::InvalidConfig);
+    }
+}

@@ -1,0 +1,942 @@
+//! netctl as a CNI plugin, driven exactly as a runtime drives a plugin: the
+//! binary is exec'd with the `CNI_*` environment and the network
+//! configuration on stdin, and its stdout is read as JSON. Each scenario runs
+//! on both datapaths in a sandbox; the container namespaces are made by the
+//! test (as a runtime would), under the sandbox's prefix.
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use netctl::netns;
+use netctl_tests::sandbox::{
+    is_root, netctl_bin, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
+use serde_json::{json, Value};
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod iptables {
+            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
+        }
+        mod ebpf {
+            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
+        }
+    };
+}
+
+scenarios!(
+    every_command_in_every_version,
+    errors_are_spec_error_objects,
+    egress_published_port_and_peers_on_cni_containers,
+    del_twice_and_after_the_netns_is_gone,
+    taken_host_port_is_refused_and_changes_nothing,
+    gc_keeps_only_the_valid_attachments,
+    chained_with_the_reference_tuning_plugin,
+    delegated_host_local_ipam,
+    netns_given_as_a_proc_path,
+);
+
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+const NETWORK: &str = "cninet";
+const SUBNET: &str = "10.77.0.0/24";
+
+/// One plugin invocation's outcome.
+struct Reply {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+impl Reply {
+    fn ok(self, what: &str) -> Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{what}: {} / {}",
+            self.json,
+            self.stderr
+        );
+        self.json
+    }
+
+    /// The spec error object's code, after checking the plugin failed and
+    /// printed a well-formed error object.
+    fn error_code(&self, what: &str) -> u64 {
+        assert_ne!(self.code, Some(0), "{what} succeeded: {}", self.json);
+        assert!(
+            self.json["msg"].is_string() && self.json["cniVersion"].is_string(),
+            "{what}: not an error object: {} / {}",
+            self.json,
+            self.stderr
+        );
+        self.json["code"].as_u64().expect("numeric code")
+    }
+}
+
+/// Execs a plugin binary as a runtime does: a clean environment with the
+/// `CNI_*` variables (and PATH, which runtimes pass on), the config on stdin.
+fn exec_plugin(binary: &Path, vars: &[(&str, &str)], stdin: &Value) -> Reply {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn plugin");
+    let input = if stdin.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(stdin).unwrap()
+    };
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out: Output = child.wait_with_output().expect("plugin output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    Reply {
+        code: out.status.code(),
+        json: if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(text.trim())
+                .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+        },
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A CNI bin dir as a node has it: the reference plugins and netctl
+/// installed under the name of its `type`.
+struct BinDir(PathBuf);
+
+impl BinDir {
+    fn new(sb: &Sandbox) -> Self {
+        let dir = std::env::temp_dir().join(format!("{}-cni-bin", sb.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("netctl");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(netctl_bin(), &link).unwrap();
+        BinDir(dir)
+    }
+
+    fn cni_path(&self) -> String {
+        format!("{}:{REFERENCE_PLUGINS}", self.0.display())
+    }
+}
+
+impl Drop for BinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The runtime side of one sandbox: network configs and container namespaces.
+struct Runtime<'a> {
+    sb: &'a Sandbox,
+    bin: BinDir,
+}
+
+impl<'a> Runtime<'a> {
+    fn new(sb: &'a Sandbox) -> Self {
+        Runtime {
+            sb,
+            bin: BinDir::new(sb),
+        }
+    }
+
+    /// The plugin object of the sandbox's network, pointed at the sandbox.
+    fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": NETWORK,
+            "type": "netctl",
+            "subnet": SUBNET,
+            "datapath": self.sb.datapath,
+            "hostNetns": self.sb.host_netns,
+            "stateDir": self.sb.state_dir,
+            "cgroup": self.sb.cgroup,
+            "uplink": "uplink0",
+            "capabilities": {"portMappings": true, "ips": true, "mac": true},
+        })
+    }
+
+    /// A container namespace as a runtime makes one (lo up).
+    fn make_netns(&self, name: &str) -> String {
+        let netns_name = format!("{}-{name}", self.sb.prefix);
+        netns::create(&netns_name).unwrap();
+        self.sb
+            .run_in(&netns_name, &["ip", "link", "set", "lo", "up"]);
+        netns::path(&netns_name).display().to_string()
+    }
+
+    fn call(&self, plugin: &str, command: &str, id: &str, netns: &str, conf: &Value) -> Reply {
+        let path = self.bin.cni_path();
+        let mut vars = vec![
+            ("CNI_COMMAND", command),
+            ("CNI_PATH", path.as_str()),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=test"),
+        ];
+        if !id.is_empty() {
+            vars.push(("CNI_CONTAINERID", id));
+            vars.push(("CNI_IFNAME", "eth0"));
+        }
+        if !netns.is_empty() {
+            vars.push(("CNI_NETNS", netns));
+        }
+        let binary = if plugin == "netctl" {
+            self.bin.0.join("netctl")
+        } else {
+            Path::new(REFERENCE_PLUGINS).join(plugin)
+        };
+        exec_plugin(&binary, &vars, conf)
+    }
+
+    fn netctl(&self, command: &str, id: &str, netns: &str, conf: &Value) -> Reply {
+        self.call("netctl", command, id, netns, conf)
+    }
+
+    fn add(&self, id: &str, netns: &str, conf: &Value) -> Value {
+        self.netctl("ADD", id, netns, conf).ok(&format!("ADD {id}"))
+    }
+
+    fn del(&self, id: &str, netns: &str, conf: &Value) {
+        self.netctl("DEL", id, netns, conf).ok(&format!("DEL {id}"));
+    }
+}
+
+fn id(n: u32) -> String {
+    format!("{n:02}a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8")
+}
+
+fn container(n: u32) -> String {
+    format!("cni-{}-eth0", &id(n)[..12])
+}
+
+fn result_ip(result: &Value) -> Ipv4Addr {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {result}"))
+}
+
+fn nettool() -> String {
+    nettool_bin().display().to_string()
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Calls a server until it answers (it may still be starting), bounded to ~3 s.
+fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = call();
+        if out.status.success() {
+            return text(&out);
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        sleep(Duration::from_millis(100));
+    }
+    panic!("no answer: {last}");
+}
+
+fn peer_ip(reply: &str) -> Ipv4Addr {
+    reply
+        .trim()
+        .strip_prefix("peer=")
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("reply {reply:?}"))
+}
+
+/// Names of the containers netctl lists.
+fn containers(sb: &Sandbox) -> Vec<String> {
+    let ls: Value =
+        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "container", "ls"])).unwrap();
+    let mut names: Vec<String> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Entries of a pinned eBPF map of the sandbox's host (none for iptables,
+/// or before the datapath is set up).
+fn map_entries(sb: &Sandbox, map: &str) -> usize {
+    let path = format!("/sys/fs/bpf/netctl/{}/maps/{map}", sb.host_netns);
+    if sb.datapath != "ebpf" || !Path::new(&path).exists() {
+        return 0;
+    }
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", &path])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool {path}: {out:?}");
+    let dump: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    dump.as_array().map_or(0, Vec::len)
+}
+
+/// Everything a failed command must leave as it was: the state file, the
+/// host's links, its rules and the datapath's maps.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    state: String,
+    links: Vec<String>,
+    rules: Vec<String>,
+    pinned: bool,
+    endpoints: usize,
+    portmap: usize,
+}
+
+fn snapshot(sb: &Sandbox) -> Snapshot {
+    Snapshot {
+        state: std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap_or_default(),
+        links: sb.host_links(),
+        rules: sb
+            .iptables_save()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        pinned: Path::new("/sys/fs/bpf/netctl")
+            .join(&sb.host_netns)
+            .exists(),
+        endpoints: map_entries(sb, "ENDPOINTS"),
+        portmap: map_entries(sb, "PORTMAP"),
+    }
+}
+
+/// Links in a container namespace.
+fn links_in(sb: &Sandbox, netns_path: &str) -> String {
+    let name = Path::new(netns_path).file_name().unwrap().to_str().unwrap();
+    text(&sb.run_in(name, &["ip", "-o", "link", "show"]))
+}
+
+// ------------------------------------------------------------------ scenarios
+
+fn every_command_in_every_version(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    // VERSION, with and without input.
+    let reply = rt.netctl("VERSION", "", "", &json!({"cniVersion": "0.4.0"}));
+    let versions = reply.ok("VERSION");
+    assert_eq!(versions["cniVersion"], "0.4.0");
+    for v in ["0.4.0", "1.0.0", "1.1.0"] {
+        assert!(
+            versions["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(v)),
+            "{versions}"
+        );
+    }
+    assert_eq!(
+        rt.netctl("VERSION", "", "", &Value::Null).ok("VERSION")["cniVersion"],
+        "1.1.0"
+    );
+    let netns_path = rt.make_netns("c1");
+    for (n, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let mut conf = rt.conf(version);
+        conf["mtu"] = json!(1400);
+        let id = id(n as u32);
+        let result = rt.add(&id, &netns_path, &conf);
+        assert_eq!(result["cniVersion"], version);
+        let ip = result_ip(&result);
+        assert_eq!(ip.octets()[..3], [10, 77, 0], "{ip} in {SUBNET}");
+        assert_eq!(result["ips"][0]["gateway"], "10.77.0.1");
+        assert_eq!(result["ips"][0]["interface"], 2);
+        assert_eq!(result["interfaces"][2]["name"], "eth0");
+        assert_eq!(result["interfaces"][2]["sandbox"], netns_path.as_str());
+        assert_eq!(result["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(
+            result["ips"][0].get("version").is_some(),
+            version.starts_with("0."),
+            "{version}: {result}"
+        );
+        assert_eq!(
+            result["interfaces"][2].get("mtu").is_some(),
+            version == "1.1.0",
+            "{version}: {result}"
+        );
+        // The interface really is in the runtime's namespace, as described.
+        let inside = links_in(&sb, &netns_path);
+        assert!(inside.contains("eth0@"), "{inside}");
+        assert!(inside.contains("mtu 1400"), "{inside}");
+        assert!(
+            inside.contains(result["interfaces"][2]["mac"].as_str().unwrap()),
+            "{inside}"
+        );
+        // One state with the CLI.
+        assert_eq!(containers(&sb), vec![container(n as u32)]);
+        let inspect: Value =
+            serde_json::from_str(&sb.netctl_ok(&["network", "inspect", NETWORK])).unwrap();
+        assert_eq!(inspect[0]["containers"][0], container(n as u32).as_str());
+        assert_eq!(sb.ip_of(&container(n as u32), NETWORK), ip);
+        if version != "0.3.1" {
+            let mut check = conf.clone();
+            check["prevResult"] = result.clone();
+            rt.netctl("CHECK", &id, &netns_path, &check).ok("CHECK");
+            // CHECK notices an address taken away behind netctl's back.
+            let ns = Path::new(&netns_path)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap();
+            sb.run_in(ns, &["ip", "addr", "flush", "dev", "eth0"]);
+            let reply = rt.netctl("CHECK", &id, &netns_path, &check);
+            assert_eq!(reply.error_code("CHECK after flush"), 103);
+        } else {
+            let mut check = conf.clone();
+            check["prevResult"] = result.clone();
+            let reply = rt.netctl("CHECK", &id, &netns_path, &check);
+            assert_eq!(reply.error_code("CHECK on 0.3.1"), 1);
+        }
+        rt.del(&id, &netns_path, &conf);
+        assert!(containers(&sb).is_empty());
+        assert!(!links_in(&sb, &netns_path).contains("eth0"));
+    }
+    let status = rt.conf("1.1.0");
+    let reply = rt.netctl("STATUS", "", "", &status);
+    assert_eq!(reply.ok("STATUS"), Value::Null);
+    let mut gc = rt.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    rt.netctl("GC", "", "", &gc).ok("GC");
+    // STATUS and GC came with 1.1.0.
+    let old = rt.conf("1.0.0");
+    assert_eq!(
+        rt.netctl("STATUS", "", "", &old).error_code("STATUS 1.0.0"),
+        1
+    );
+    // The runtime's namespace is never deleted by netctl.
+    assert!(netns::exists(
+        Path::new(&netns_path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    ));
+}
+
+fn errors_are_spec_error_objects(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let netns_path = rt.make_netns("c1");
+    let conf = rt.conf("1.0.0");
+    let before = snapshot(&sb);
+    let code = |reply: Reply, what: &str| reply.error_code(what);
+    // 1: a version netctl does not speak.
+    let mut future = conf.clone();
+    future["cniVersion"] = json!("9.9.9");
+    assert_eq!(
+        code(rt.netctl("ADD", &id(1), &netns_path, &future), "9.9.9"),
+        1
+    );
+    // 4: environment.
+    assert_eq!(code(rt.netctl("ADD", &id(1), "", &conf), "no CNI_NETNS"), 4);
+    assert_eq!(
+        code(
+            rt.netctl("ADD", "", &netns_path, &conf),
+            "no CNI_CONTAINERID"
+        ),
+        4
+    );
+    assert_eq!(
+        code(
+            rt.netctl("FROB", &id(1), &netns_path, &conf),
+            "unknown command"
+        ),
+        4
+    );
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(1), "/run/netns/nothing-here-at-all", &conf),
+            "missing netns"
+        ),
+        4
+    );
+    // 6: stdin that is not a network configuration.
+    let reply = rt.netctl("ADD", &id(1), &netns_path, &json!("just a string"));
+    assert_eq!(code(reply, "string config"), 6);
+    // 7: values that cannot be.
+    for (key, value) in [
+        ("subnet", json!("10.77.0.0/33")),
+        ("datapath", json!("xdp")),
+        ("mtu", json!(10)),
+        ("bridge", json!("this-name-is-too-long")),
+        ("hostNetns", json!(format!("{}-nope", sb.prefix))),
+    ] {
+        let mut bad = conf.clone();
+        bad[key] = value;
+        let expected = if key == "datapath" { 6 } else { 7 };
+        assert_eq!(
+            code(rt.netctl("ADD", &id(1), &netns_path, &bad), key),
+            expected,
+            "{key}"
+        );
+    }
+    let mut sctp = conf.clone();
+    sctp["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "sctp"}]});
+    assert_eq!(
+        code(rt.netctl("ADD", &id(1), &netns_path, &sctp), "sctp"),
+        7
+    );
+    // A delegated IPAM plugin that is not installed: ADD refuses the
+    // config, STATUS says the plugin is not available.
+    let mut missing_ipam = conf.clone();
+    missing_ipam["ipam"] = json!({"type": "no-such-ipam"});
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(1), &netns_path, &missing_ipam),
+            "missing ipam"
+        ),
+        7
+    );
+    missing_ipam["cniVersion"] = json!("1.1.0");
+    assert_eq!(
+        code(
+            rt.netctl("STATUS", "", "", &missing_ipam),
+            "STATUS missing ipam"
+        ),
+        50
+    );
+    // Nothing of the above changed anything.
+    assert_eq!(snapshot(&sb), before);
+    assert!(!links_in(&sb, &netns_path).contains("eth0"));
+    // 100: an attachment added twice; the first stays intact.
+    rt.add(&id(1), &netns_path, &conf);
+    let after_first = snapshot(&sb);
+    assert_eq!(
+        code(rt.netctl("ADD", &id(1), &netns_path, &conf), "ADD twice"),
+        100
+    );
+    assert_eq!(snapshot(&sb), after_first);
+    // A second network cannot take the first one's bridge.
+    let mut same_bridge = conf.clone();
+    same_bridge["name"] = json!("othernet");
+    same_bridge["subnet"] = json!("10.78.0.0/24");
+    same_bridge["bridge"] = json!("nc-cninet");
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(2), &netns_path, &same_bridge),
+            "bridge taken"
+        ),
+        7
+    );
+    assert_eq!(snapshot(&sb), after_first);
+    // An existing network is checked against the configuration.
+    let mut other_subnet = conf.clone();
+    other_subnet["subnet"] = json!("10.99.0.0/24");
+    assert_eq!(
+        code(
+            rt.netctl("ADD", &id(2), &netns_path, &other_subnet),
+            "subnet"
+        ),
+        7
+    );
+    assert_eq!(snapshot(&sb), after_first);
+}
+
+fn egress_published_port_and_peers_on_cni_containers(datapath: &str) {
+    let mut sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let web_ns = rt.make_netns("web");
+    let client_ns = rt.make_netns("client");
+    let mut web_conf = rt.conf("1.1.0");
+    web_conf["runtimeConfig"] = json!({
+        "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+        "mac": "02:00:00:aa:bb:cc",
+        "ips": ["10.77.0.50/24"],
+    });
+    let web = rt.add(&id(1), &web_ns, &web_conf);
+    assert_eq!(
+        result_ip(&web),
+        Ipv4Addr::new(10, 77, 0, 50),
+        "ips capability"
+    );
+    assert_eq!(
+        web["interfaces"][2]["mac"], "02:00:00:aa:bb:cc",
+        "mac capability"
+    );
+    let client = rt.add(&id(2), &client_ns, &rt.conf("1.1.0"));
+    let client_ip = result_ip(&client);
+    drop(rt);
+    let web_name = format!("{}-web", sb.prefix);
+    let client_name = format!("{}-client", sb.prefix);
+    let tool = nettool();
+    sb.spawn_in(&web_name, &[&tool, "serve", "tcp", "80"]);
+    let outside = sb.outside_netns.clone();
+    sb.spawn_in(&outside, &[&tool, "serve", "tcp", "9000"]);
+
+    // Published port from outside: the container sees the client's address.
+    let host = HOST_UPLINK_IP.to_string();
+    let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
+    assert_eq!(peer_ip(&reply), OUTSIDE_IP);
+    // Egress is SNATed to the uplink address.
+    let server = OUTSIDE_IP.to_string();
+    let reply =
+        call_until_answer(|| sb.run_in(&client_name, &[&tool, "call", "tcp", &server, "9000"]));
+    assert_eq!(peer_ip(&reply), HOST_UPLINK_IP);
+    // Container to container, by address, source kept.
+    let reply =
+        call_until_answer(|| sb.run_in(&client_name, &[&tool, "call", "tcp", "10.77.0.50", "80"]));
+    assert_eq!(peer_ip(&reply), client_ip);
+    // The CLI sees the CNI-made containers and their port; doctor finds
+    // the runtime's namespaces and the attachments in order.
+    assert_eq!(containers(&sb), vec![container(1), container(2)]);
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {doctor:?}");
+    // `netctl exec` enters the runtime's namespace.
+    let reply =
+        call_until_answer(|| sb.exec(&container(2), &[&tool, "call", "tcp", "10.77.0.50", "80"]));
+    assert_eq!(peer_ip(&reply), client_ip);
+    assert_eq!(
+        sb.netctl_ok(&["port", &container(1)]).trim(),
+        "80/tcp -> 0.0.0.0:8080"
+    );
+    if datapath == "ebpf" {
+        let flows: Value =
+            serde_json::from_str(&sb.netctl_ok(&["--format", "json", "conntrack", "ls"])).unwrap();
+        let flows = flows.as_array().unwrap();
+        assert!(
+            flows
+                .iter()
+                .any(|f| f["kind"] == "dnat" && f["translated_dst"] == "10.77.0.50:80"),
+            "{flows:?}"
+        );
+        assert!(
+            flows.iter().any(|f| f["kind"] == "snat"
+                && f["src"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{client_ip}:"))),
+            "{flows:?}"
+        );
+        let stats: Value =
+            serde_json::from_str(&sb.netctl_ok(&["--format", "json", "stats"])).unwrap();
+        assert!(stats["dnat"]["packets"].as_u64().unwrap() > 0, "{stats}");
+        assert_eq!(map_entries(&sb, "ENDPOINTS"), 2);
+        assert_eq!(map_entries(&sb, "PORTMAP"), 1);
+    } else {
+        assert!(sb
+            .iptables_save()
+            .contains("--to-destination 10.77.0.50:80"));
+    }
+}
+
+fn del_twice_and_after_the_netns_is_gone(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let conf = rt.conf("1.0.0");
+    // DEL of an attachment netctl never saw, on a fresh host: success, no trace.
+    rt.del(&id(9), "", &conf);
+    assert!(!sb.state_dir.join("state.json").exists());
+
+    let first = rt.make_netns("c1");
+    rt.add(&id(1), &first, &conf);
+    let empty_network = snapshot(&sb);
+    let mut published = conf.clone();
+    published["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80}]});
+    let second = rt.make_netns("c2");
+    rt.add(&id(2), &second, &published);
+    assert_ne!(snapshot(&sb), empty_network);
+    // DEL twice: the second finds nothing and succeeds.
+    rt.del(&id(2), &second, &published);
+    assert_eq!(
+        snapshot(&sb),
+        empty_network,
+        "DEL leaves what was there before ADD"
+    );
+    rt.del(&id(2), &second, &published);
+    // The runtime deletes the namespace before calling DEL.
+    rt.add(&id(3), &second, &published);
+    let veth = sb.inspect(&container(3))["endpoints"][0]["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    netns::delete(Path::new(&second).file_name().unwrap().to_str().unwrap()).unwrap();
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(
+        !doctor.status.success() && text(&doctor).contains("is gone"),
+        "doctor sees the namespace gone: {doctor:?}"
+    );
+    rt.del(&id(3), &second, &published);
+    rt.del(&id(3), "", &published);
+    assert!(!sb.host_links().contains(&veth));
+    assert_eq!(snapshot(&sb), empty_network);
+    assert_eq!(containers(&sb), vec![container(1)]);
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor after DEL: {doctor:?}");
+    // The address is free again: the next attachment gets it back.
+    let third = rt.make_netns("c3");
+    let result = rt.add(&id(4), &third, &conf);
+    assert_eq!(result_ip(&result), Ipv4Addr::new(10, 77, 0, 3));
+}
+
+fn taken_host_port_is_refused_and_changes_nothing(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let mut conf = rt.conf("1.0.0");
+    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80}]});
+    let first = rt.make_netns("c1");
+    rt.add(&id(1), &first, &conf);
+    // Taken by the CLI too: one state.
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "cli",
+        "--network",
+        NETWORK,
+        "-p",
+        "9090:90",
+    ]);
+    let before = snapshot(&sb);
+    let second = rt.make_netns("c2");
+    for port in [8080, 9090] {
+        let mut clash = conf.clone();
+        clash["runtimeConfig"] = json!({"portMappings": [{"hostPort": 7070, "containerPort": 70}, {"hostPort": port, "containerPort": 80}]});
+        let reply = rt.netctl("ADD", &id(2), &second, &clash);
+        assert_eq!(reply.error_code("taken host port"), 100);
+        assert!(
+            reply.json["details"]
+                .as_str()
+                .unwrap()
+                .contains(&port.to_string()),
+            "{}",
+            reply.json
+        );
+        assert_eq!(snapshot(&sb), before, "nothing half-applied");
+        assert!(!links_in(&sb, &second).contains("eth0"));
+    }
+    // An address taken, through the ips capability.
+    let mut taken_ip = rt.conf("1.0.0");
+    taken_ip["runtimeConfig"] = json!({"ips": ["10.77.0.2/24"]});
+    assert_eq!(
+        rt.netctl("ADD", &id(2), &second, &taken_ip)
+            .error_code("taken ip"),
+        100
+    );
+    assert_eq!(snapshot(&sb), before);
+}
+
+fn gc_keeps_only_the_valid_attachments(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let conf = rt.conf("1.1.0");
+    let links_before = sb.host_links();
+    let mut paths = Vec::new();
+    for n in 1..=3 {
+        let path = rt.make_netns(&format!("c{n}"));
+        let mut published = conf.clone();
+        published["runtimeConfig"] =
+            json!({"portMappings": [{"hostPort": 8080 + n, "containerPort": 80}]});
+        rt.add(&id(n as u32), &path, &published);
+        paths.push(path);
+    }
+    // An attachment of another network configuration is not this GC's business.
+    let mut other = conf.clone();
+    other["name"] = json!("othernet");
+    other["subnet"] = json!("10.78.0.0/24");
+    let other_ns = rt.make_netns("o1");
+    rt.add(&id(7), &other_ns, &other);
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": id(2), "ifname": "eth0"}]);
+    rt.netctl("GC", "", "", &gc).ok("GC partial");
+    assert_eq!(containers(&sb), vec![container(2), container(7)]);
+    assert!(links_in(&sb, &paths[1]).contains("eth0"));
+    assert!(!links_in(&sb, &paths[0]).contains("eth0"));
+    assert_eq!(
+        map_entries(&sb, "PORTMAP"),
+        if datapath == "ebpf" { 1 } else { 0 }
+    );
+    if datapath == "iptables" {
+        let rules = sb.iptables_save();
+        assert!(rules.contains("--dport 8082"), "{rules}");
+        assert!(!rules.contains("--dport 8081") && !rules.contains("--dport 8083"));
+    }
+    // The survivor still works: CHECK passes.
+    let mut check = conf.clone();
+    check["prevResult"] = json!({"cniVersion": "1.1.0", "ips": [{"address": "10.77.0.3/24"}]});
+    check["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8082, "containerPort": 80}]});
+    let reply = rt.netctl("CHECK", &id(2), &paths[1], &check);
+    reply.ok("CHECK after GC");
+
+    gc["cni.dev/valid-attachments"] = json!([]);
+    rt.netctl("GC", "", "", &gc).ok("GC empty");
+    assert_eq!(containers(&sb), vec![container(7)]);
+    assert_eq!(
+        map_entries(&sb, "ENDPOINTS"),
+        if datapath == "ebpf" { 1 } else { 0 }
+    );
+    rt.del(&id(7), &other_ns, &other);
+    // Only the networks' bridges remain of what the attachments made.
+    let mut expected = links_before.clone();
+    expected.extend(["nc-cninet".to_owned(), "nc-othernet".to_owned()]);
+    expected.sort();
+    assert_eq!(sb.host_links(), expected);
+}
+
+fn chained_with_the_reference_tuning_plugin(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    let netns_path = rt.make_netns("c1");
+    // The conflist: netctl first, tuning after it; the runtime copies name
+    // and cniVersion into each plugin object and passes prevResult on.
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [
+            rt.conf("1.0.0"),
+            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}, "promisc": true,
+             "dataDir": sb.state_dir.join("tuning")},
+        ],
+    });
+    let plugins = conflist["plugins"].as_array().unwrap();
+    let mut prev = Value::Null;
+    for plugin in plugins {
+        let mut conf = plugin.clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        if !prev.is_null() {
+            conf["prevResult"] = prev.clone();
+        }
+        let kind = conf["type"].as_str().unwrap().to_owned();
+        prev = rt.call(&kind, "ADD", &id(1), &netns_path, &conf).ok(&kind);
+    }
+    // tuning passed netctl's result through and applied its settings.
+    assert_eq!(prev["ips"][0]["address"], "10.77.0.2/24");
+    assert_eq!(prev["interfaces"][2]["sandbox"], netns_path.as_str());
+    let ns = Path::new(&netns_path)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let sysctl = sb.run_in(ns, &["cat", "/proc/sys/net/ipv4/conf/eth0/accept_local"]);
+    assert_eq!(text(&sysctl).trim(), "1");
+    assert!(links_in(&sb, &netns_path).contains("PROMISC"));
+    // CHECK down the chain with the final result, then DEL in reverse.
+    for plugin in plugins {
+        let mut conf = plugin.clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        conf["prevResult"] = prev.clone();
+        let kind = conf["type"].as_str().unwrap().to_owned();
+        rt.call(&kind, "CHECK", &id(1), &netns_path, &conf)
+            .ok(&format!("CHECK {kind}"));
+    }
+    for plugin in plugins.iter().rev() {
+        let mut conf = plugin.clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        conf["prevResult"] = prev.clone();
+        let kind = conf["type"].as_str().unwrap().to_owned();
+        rt.call(&kind, "DEL", &id(1), &netns_path, &conf)
+            .ok(&format!("DEL {kind}"));
+    }
+    assert!(containers(&sb).is_empty());
+    assert!(!links_in(&sb, &netns_path).contains("eth0"));
+}
+
+fn delegated_host_local_ipam(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    // host-local's reservations live in the sandbox's state dir.
+    let data_dir = sb.state_dir.join("host-local");
+    let mut conf = rt.conf("1.0.0");
+    conf.as_object_mut().unwrap().remove("subnet");
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.79.0.0/24", "rangeStart": "10.79.0.100", "gateway": "10.79.0.1"}]],
+        "dataDir": data_dir,
+    });
+    let c1 = rt.make_netns("c1");
+    let result = rt.add(&id(1), &c1, &conf);
+    assert_eq!(result_ip(&result), Ipv4Addr::new(10, 79, 0, 100));
+    let inspect: Value =
+        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", NETWORK])).unwrap();
+    assert_eq!(
+        inspect[0]["subnet"], "10.79.0.0/24",
+        "network made from the IPAM's subnet"
+    );
+    let reservation = data_dir.join(NETWORK).join("10.79.0.100");
+    assert!(reservation.exists(), "host-local holds the address");
+    // A failing ADD releases the IPAM's address again.
+    let c2 = rt.make_netns("c2");
+    let mut clash = conf.clone();
+    clash["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80}]});
+    rt.add(&id(2), &c2, &clash);
+    let c3 = rt.make_netns("c3");
+    let before = snapshot(&sb);
+    assert_eq!(
+        rt.netctl("ADD", &id(3), &c3, &clash).error_code("clash"),
+        100
+    );
+    assert_eq!(snapshot(&sb), before);
+    assert!(!data_dir.join(NETWORK).join("10.79.0.102").exists());
+    // DEL and GC release host-local's reservations.
+    rt.del(&id(1), &c1, &conf);
+    assert!(!reservation.exists());
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    rt.netctl("GC", "", "", &gc).ok("GC");
+    assert!(containers(&sb).is_empty());
+    assert!(!data_dir.join(NETWORK).join("10.79.0.101").exists());
+}
+
+/// A process killed when dropped, also on panic.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn netns_given_as_a_proc_path(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let rt = Runtime::new(&sb);
+    rt.make_netns("c1");
+    let name = format!("{}-c1", sb.prefix);
+    // A runtime may name the namespace by a process in it (podman does).
+    let holder = {
+        let name = name.clone();
+        Holder(
+            std::thread::spawn(move || {
+                let _guard = netns::NetnsGuard::enter(&name).expect("enter netns");
+                Command::new("sleep")
+                    .arg("60")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("sleep")
+            })
+            .join()
+            .expect("thread"),
+        )
+    };
+    let proc_path = format!("/proc/{}/ns/net", holder.0.id());
+    let conf = rt.conf("1.0.0");
+    let result = rt.add(&id(1), &proc_path, &conf);
+    assert_eq!(result["interfaces"][2]["sandbox"], proc_path.as_str());
+    let inside = text(&sb.run_in(&name, &["ip", "-o", "addr", "show", "dev", "eth0"]));
+    assert!(inside.contains("10.77.0.2/24"), "{inside}");
+    let mut check = conf.clone();
+    check["prevResult"] = result;
+    rt.netctl("CHECK", &id(1), &proc_path, &check).ok("CHECK");
+    rt.del(&id(1), &proc_path, &conf);
+    assert!(!links_in(&sb, &netns::path(&name).display().to_string()).contains("eth0"));
+    assert!(containers(&sb).is_empty());
+    drop(holder);
+}
