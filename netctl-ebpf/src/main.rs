@@ -80,6 +80,10 @@ fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex
         Ok(action) => action,
         Err(reason) => {
             stats::count(reason, ctx.len());
+            if reason == StatIndex::DropConntrackFull {
+                // Room for the next packets (this one is lost).
+                conntrack::reclaim();
+            }
             if log_enabled() {
                 // Re-read from the frame (the try_* functions keep their
                 // Packet to themselves); 0.0.0.0 when not IPv4 or short.
