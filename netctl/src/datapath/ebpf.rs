@@ -94,9 +94,10 @@ pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
 /// Sizes the conntrack table when the datapath is loaded (the host's first
 /// network); small tables let tests fill it.
 pub const CONNTRACK_MAX_ENV: &str = "NETCTL_CONNTRACK_MAX";
-/// Bounds of the size: one flow, and 4M entries (the table is
-/// preallocated, about 120 bytes an entry: 500 MB).
-const CONNTRACK_MAX_RANGE: (u32, u32) = (2, 4_194_304);
+/// Bounds of the size: one flow, and 1M entries (the table is
+/// preallocated, about 120 bytes an entry; and a full table is swept once a
+/// second, ~0.26 µs an entry: see the eBPF `conntrack::reclaim`).
+const CONNTRACK_MAX_RANGE: (u32, u32) = (2, 1_048_576);
 
 /// The conntrack table size asked by [`CONNTRACK_MAX_ENV`], or the default.
 pub fn conntrack_max() -> Result<u32> {
@@ -453,9 +454,9 @@ impl Datapath for Ebpf {
     }
 
     fn host_up(&self) -> Result<()> {
-        // The kernel forwards what the fast path hands back (FibPass).
         // Bad input is refused before anything changes.
         let conntrack_max = conntrack_max()?;
+        // The kernel forwards what the fast path hands back (FibPass).
         crate::netns::write_sysctl("net.ipv4.ip_forward", "1")?;
         ensure_bpffs()?;
         if self.is_loaded() {
