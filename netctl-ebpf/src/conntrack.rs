@@ -252,9 +252,10 @@ pub fn insert_original(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Resul
 /// processed-instruction limit. What the verifier does count is the
 /// combined stack of the program and the callback (512 bytes): hence no
 /// callback context (the callback reads the clock itself) and a callback
-/// frame of one 16-byte key (a context of 8 bytes, to count deletions and
-/// back off after a sweep that found nothing, already pushed
-/// endpoint_ingress past the limit). A sweep's cost, one callback per
+/// frame of one 16-byte key (a version with an 8-byte context, counting
+/// deletions to back off after a sweep that found nothing, failed to load
+/// endpoint_ingress: EFAULT with a truncated verifier log, not
+/// investigated further). A sweep's cost, one callback per
 /// entry, is paid by the packet that found the table full, at most once a
 /// second: ~68 ms for a full 262,144-entry table of live flows
 /// (BPF_PROG_TEST_RUN on the 2-CPU test machine), so a table that stays
