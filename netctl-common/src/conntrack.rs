@@ -1,4 +1,4 @@
-//! `CONNTRACK`: an LRU hash with one entry per direction of a translated flow.
+//! `CONNTRACK`: a hash with one entry per direction of a translated flow.
 
 /// A packet's 5-tuple as it arrives (addresses and ports in network order;
 /// ICMP echo uses the identifier as both ports).

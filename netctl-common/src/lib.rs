@@ -21,6 +21,7 @@ pub mod maps {
     pub const NETWORKS: &str = "NETWORKS";
     pub const PORTMAP: &str = "PORTMAP";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CT_RECLAIM: &str = "CT_RECLAIM";
     pub const STATS: &str = "STATS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 }

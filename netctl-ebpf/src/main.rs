@@ -12,8 +12,9 @@
 //! so that packet pointers and map value pointers never cross a BPF-to-BPF
 //! call (the verifier restricts what a subprogram may receive), and the
 //! stack (512 bytes in all) is shared by LLVM's slot colouring rather than
-//! added up frame by frame. The one exception is the callback of
-//! `bpf_for_each_map_elem` in [`endpoint`], which must be a subprogram.
+//! added up frame by frame. The exceptions are the callbacks of
+//! `bpf_for_each_map_elem` in [`endpoint`] and [`conntrack`], which must be
+//! subprograms.
 //!
 //! Packet data is read once, through bounds-checked pointers, into plain
 //! values ([`parse::Packet`]); every write goes through helpers by offset
@@ -80,6 +81,10 @@ fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex
         Ok(action) => action,
         Err(reason) => {
             stats::count(reason, ctx.len());
+            if reason == StatIndex::DropConntrackFull {
+                // Room for the next packets (this one is lost).
+                conntrack::reclaim();
+            }
             if log_enabled() {
                 // Re-read from the frame (the try_* functions keep their
                 // Packet to themselves); 0.0.0.0 when not IPv4 or short.

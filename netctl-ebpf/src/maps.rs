@@ -34,10 +34,16 @@ pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(4_096
 #[map]
 pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(65_536, 0);
 
-/// Translated flows, one entry per direction. LRU: when full, the least
-/// recently used flow is evicted rather than a new one refused.
+/// Translated flows, one entry per direction. A plain hash: when full, new
+/// flows are refused and counted, established ones keep their entries (see
+/// the `conntrack` module). The controller may size it at load
+/// (`NETCTL_CONNTRACK_MAX`); this is the default.
 #[map]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(262_144, 0);
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(262_144, 0);
+
+/// Slot 0: bpf_ktime_get_ns() of the last reclaim sweep of CONNTRACK.
+#[map]
+pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
 #[map]

@@ -170,6 +170,8 @@ pub struct Opts {
     /// is unroutable).
     pub default_route: bool,
     pub snat_ports: (u16, u16),
+    /// Size of CONNTRACK (the object's default when None).
+    pub conntrack_max: Option<u32>,
 }
 
 impl Default for Opts {
@@ -178,6 +180,7 @@ impl Default for Opts {
             neighbour: true,
             default_route: true,
             snat_ports: (SNAT_MIN, SNAT_MAX),
+            conntrack_max: None,
         }
     }
 }
@@ -284,9 +287,11 @@ impl Env {
             ]);
         }
 
-        let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
-            .expect("load the object");
+        let mut loader = EbpfLoader::new();
+        if let Some(size) = opts.conntrack_max {
+            loader.map_max_entries("CONNTRACK", size);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).expect("load the object");
         for name in ["endpoint_ingress", "uplink_ingress", "uplink_egress"] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -526,6 +531,14 @@ impl Env {
         self.hash::<CtKey, CtEntry>("CONNTRACK")
             .insert(key, entry, 0)
             .expect("CONNTRACK insert");
+    }
+
+    /// Sets the time of the last reclaim sweep (bpf_ktime_get_ns clock).
+    pub fn set_last_reclaim(&mut self, ns: u64) {
+        let mut map: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("CT_RECLAIM").expect("CT_RECLAIM"))
+                .expect("CT_RECLAIM");
+        map.set(0, ns, 0).expect("CT_RECLAIM[0]");
     }
 }
 

@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use aya::programs::SchedClassifier;
 use netctl_common::{
     conntrack::{
-        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
+        CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
         CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
     },
     stats::StatIndex,
@@ -1397,5 +1397,291 @@ fn the_verifier_accepts_every_program() {
         }
         env.assert_stats(&[]);
         assert!(env.conntrack().is_empty());
+    });
+}
+/// A full table refuses new flows of every kind (SNAT, DNAT, hairpin),
+/// counted and untouched, and evicts nothing: the flows it holds keep
+/// being translated both ways. The sweep that a full table starts finds
+/// nothing dead and deletes nothing.
+#[test]
+fn a_full_conntrack_table_refuses_new_flows_only() {
+    let opts = Opts {
+        conntrack_max: Some(4),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        // Two flows fill the table: SNAT A1 → REMOTE, DNAT REMOTE → A2.
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let nat_port = view(&out).sport;
+        let dnat_syn = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50000, 8080, SYN));
+        let (verdict, _) = env.uplink_in(&dnat_syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let table = env.conntrack();
+        assert_eq!(table.len(), 4);
+
+        // New flows: refused, frames untouched, nothing added or evicted.
+        let snat = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A2, &snat), TC_ACT_SHOT, &snat);
+        let dnat = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50001, 8080, SYN)).bytes();
+        assert_verdict(env.uplink_in(&dnat), TC_ACT_SHOT, &dnat);
+        let hairpin = Frame::from(A1, UPLINK_IP, tcp(33001, 8080, SYN)).bytes();
+        assert_verdict(env.endpoint(A1, &hairpin), TC_ACT_SHOT, &hairpin);
+        let udp_flow = Frame::from(A1, REMOTE, udp(33002, 53)).bytes();
+        assert_verdict(env.endpoint(A1, &udp_flow), TC_ACT_SHOT, &udp_flow);
+        let keys = |t: &[(CtKey, CtEntry)]| t.iter().map(|(k, _)| *k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(&env.conntrack()),
+            keys(&table),
+            "no entry added or evicted"
+        );
+
+        // The flows in the table go on, both ways.
+        let ack = Frame::from(A1, REMOTE, tcp(33000, 443, ACK | PSH));
+        let (verdict, out) = env.endpoint(A1, &ack.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, nat_port);
+        assert_checksums(&out);
+        let back = Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, nat_port, ACK));
+        let (verdict, out) = env.uplink_in(&back.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).dst, A1.ip);
+        assert_checksums(&out);
+        let more = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50000, 8080, ACK));
+        let (verdict, out) = env.uplink_in(&more.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).dst, A2.ip);
+        let answer = Frame::from(A2, REMOTE, tcp(80, 50000, ACK));
+        let (verdict, out) = env.endpoint(A2, &answer.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).src, UPLINK_IP);
+        assert_eq!(env.conntrack().len(), 4);
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::Dnat, 2),
+            (StatIndex::ReverseNat, 2),
+            (StatIndex::RedirectUplink, 3),
+            (StatIndex::RedirectPeer, 3),
+            (StatIndex::DropConntrackFull, 4),
+        ]);
+    });
+}
+
+/// `now - seconds` on the bpf_ktime_get_ns() clock.
+fn ago(seconds: u64) -> u64 {
+    let now = monotonic_ns();
+    assert!(
+        now > (seconds + 10) * 1_000_000_000,
+        "the machine is up long enough"
+    );
+    now - seconds * 1_000_000_000
+}
+
+/// A full table sweeps itself when a new flow finds no room: that packet
+/// is dropped, dead entries go (a closed pair, lone expired entries), an
+/// expired entry whose pair is alive stays (a one-way stream), and the
+/// flow's next packet gets in. One sweep a second at most: before that,
+/// new flows are refused even though dead entries are there.
+#[test]
+fn a_full_conntrack_table_reclaims_dead_entries_once_a_second() {
+    let opts = Opts {
+        conntrack_max: Some(6),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let a1 = env.veth(A1);
+        let a2 = env.veth(A2);
+        let dead = long_ago();
+        let fill = |env: &mut Env, key: CtKey, mut e: CtEntry, seen: u64| {
+            e.last_seen_ns = seen;
+            env.ct_insert(key, e);
+            key
+        };
+        // A closed SNAT flow, both entries dead.
+        let closed_out = fill(
+            env,
+            ct_key(A2.ip, REMOTE, 35000, 443, TCP),
+            entry(
+                UPLINK_IP,
+                REMOTE,
+                41_001,
+                443,
+                CT_KIND_SNAT,
+                CT_STATE_CLOSING,
+                CT_DIR_ORIGINAL,
+                0,
+            ),
+            dead,
+        );
+        let closed_back = fill(
+            env,
+            ct_key(REMOTE, UPLINK_IP, 443, 41_001, TCP),
+            entry(
+                REMOTE,
+                A2.ip,
+                443,
+                35000,
+                CT_KIND_SNAT,
+                CT_STATE_CLOSING,
+                CT_DIR_REPLY,
+                a2,
+            ),
+            dead,
+        );
+        // A one-way UDP stream: its reply entry expired long ago, the
+        // original one is alive.
+        let stream_out = fill(
+            env,
+            ct_key(A1.ip, REMOTE, 36000, 53, UDP),
+            entry(
+                UPLINK_IP,
+                REMOTE,
+                41_000,
+                53,
+                CT_KIND_SNAT,
+                CT_STATE_NEW,
+                CT_DIR_ORIGINAL,
+                0,
+            ),
+            monotonic_ns(),
+        );
+        let stream_back = fill(
+            env,
+            ct_key(REMOTE, UPLINK_IP, 53, 41_000, UDP),
+            entry(
+                REMOTE,
+                A1.ip,
+                53,
+                36000,
+                CT_KIND_SNAT,
+                CT_STATE_NEW,
+                CT_DIR_REPLY,
+                a1,
+            ),
+            ago(120),
+        );
+        // Two lone dead entries (their pairs long gone).
+        let lone = [
+            fill(
+                env,
+                ct_key(A2.ip, REMOTE, 37000, 443, TCP),
+                entry(
+                    UPLINK_IP,
+                    REMOTE,
+                    41_002,
+                    443,
+                    CT_KIND_SNAT,
+                    CT_STATE_CLOSING,
+                    CT_DIR_ORIGINAL,
+                    0,
+                ),
+                dead,
+            ),
+            fill(
+                env,
+                ct_key(A2.ip, REMOTE, 7, 7, ICMP),
+                entry(
+                    UPLINK_IP,
+                    REMOTE,
+                    41_003,
+                    41_003,
+                    CT_KIND_SNAT,
+                    CT_STATE_ESTABLISHED,
+                    CT_DIR_ORIGINAL,
+                    0,
+                ),
+                ago(60),
+            ),
+        ];
+        assert_eq!(env.conntrack().len(), 6, "full");
+
+        // A new flow: dropped, and the sweep makes room...
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        assert_verdict(env.endpoint(A1, &syn.bytes()), TC_ACT_SHOT, &syn.bytes());
+        let mut left: Vec<CtKey> = env.conntrack().into_iter().map(|(k, _)| k).collect();
+        let mut want = vec![stream_out, stream_back];
+        want.sort_by_key(|k| (k.saddr, k.daddr, k.sport, k.dport, k.proto));
+        assert_eq!(left, want, "dead entries reclaimed, live ones kept");
+        // ...for its retransmission.
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums(&out);
+        let nat_port = view(&out).sport;
+        left = env.conntrack().into_iter().map(|(k, _)| k).collect();
+        left.sort_by_key(|k| (k.saddr, k.daddr, k.sport, k.dport, k.proto));
+        want = vec![
+            stream_out,
+            stream_back,
+            ct_key(A1.ip, REMOTE, 33000, 443, TCP),
+            ct_key(REMOTE, UPLINK_IP, 443, nat_port, TCP),
+        ];
+        want.sort_by_key(|k| (k.saddr, k.daddr, k.sport, k.dport, k.proto));
+        assert_eq!(left, want, "the new flow and the live ones");
+        for gone in [closed_out, closed_back, lone[0], lone[1]] {
+            assert!(env.ct_get(&gone).is_none());
+        }
+
+        // Full again with dead entries, but the last sweep was just now: a
+        // new flow is refused.
+        let dead_again = [
+            fill(
+                env,
+                ct_key(A2.ip, REMOTE, 38000, 443, TCP),
+                entry(
+                    UPLINK_IP,
+                    REMOTE,
+                    41_004,
+                    443,
+                    CT_KIND_SNAT,
+                    CT_STATE_CLOSING,
+                    CT_DIR_ORIGINAL,
+                    0,
+                ),
+                dead,
+            ),
+            fill(
+                env,
+                ct_key(A2.ip, REMOTE, 38001, 443, TCP),
+                entry(
+                    UPLINK_IP,
+                    REMOTE,
+                    41_005,
+                    443,
+                    CT_KIND_SNAT,
+                    CT_STATE_CLOSING,
+                    CT_DIR_ORIGINAL,
+                    0,
+                ),
+                dead,
+            ),
+        ];
+        let next = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A2, &next), TC_ACT_SHOT, &next);
+        assert_eq!(env.conntrack().len(), 6);
+        for kept in dead_again {
+            assert!(env.ct_get(&kept).is_some(), "no sweep within the second");
+        }
+
+        // A second later, the next refusal sweeps again.
+        env.set_last_reclaim(ago(2));
+        assert_verdict(env.endpoint(A2, &next), TC_ACT_SHOT, &next);
+        assert_eq!(env.conntrack().len(), 4);
+        let (verdict, out) = env.endpoint(A2, &next);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums(&out);
+        for gone in dead_again {
+            assert!(env.ct_get(&gone).is_none());
+        }
+        assert_eq!(env.conntrack().len(), 6);
+        assert!(
+            env.ct_get(&stream_back).is_some(),
+            "the one-way stream kept"
+        );
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::RedirectUplink, 2),
+            (StatIndex::DropConntrackFull, 3),
+        ]);
     });
 }

@@ -36,7 +36,8 @@ enum Task {
     /// deps, fmt, clippy, the whole test suite as root, and a check that the
     /// tests left nothing behind in the root namespace.
     Test {
-        /// Run the suite several times, with more threads, leak-checking each round.
+        /// Run the suite several times, with more threads, leak-checking each
+        /// round; then the #[ignore]d tests that take minutes, once.
         #[arg(long)]
         stress: bool,
     },

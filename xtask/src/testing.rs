@@ -1,5 +1,7 @@
 //! `cargo xtask test [--stress]`: formatting, lints, the whole test suite as
 //! root, and a leak check of the root namespace around the test run.
+//! `--stress` also runs, once, the tests marked `#[ignore]` for taking
+//! minutes (1,000 containers on one network).
 
 use std::{process::Command, time::Instant};
 
@@ -84,13 +86,41 @@ pub fn test(stress: bool) -> Result<()> {
         if leaks.is_empty() {
             println!("nothing left behind");
         }
-        match (result, leaks.len()) {
-            (Ok(()), 0) => {}
-            (Ok(()), n) => bail!("the tests passed but left {n} object(s) behind (listed above)"),
-            (Err(e), 0) => return Err(e),
-            (Err(e), n) => bail!("{e}; and the tests left {n} object(s) behind (listed above)"),
+        leak_verdict(result, leaks.len())?;
+    }
+    if stress {
+        let started = Instant::now();
+        step("stress tests (the #[ignore]d ones, once; they take minutes)");
+        let mut cmd = cargo();
+        // One at a time: each makes 1,000 namespaces on its own.
+        cmd.args(["test", "--workspace", "--exclude", EBPF_CRATE])
+            .args(["--", "--ignored", "--test-threads=1"]);
+        let (result, totals) = run_tests(&mut cmd);
+        println!("stress tests took {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "{} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        step("leak check: the root namespace after the stress tests");
+        let leaks = Snapshot::take()?.leaks_since(&before);
+        for leak in &leaks {
+            println!("LEAKED {leak}");
         }
+        if leaks.is_empty() {
+            println!("nothing left behind");
+        }
+        leak_verdict(result, leaks.len())?;
     }
     println!("\nall checks passed");
     Ok(())
+}
+
+/// The outcome of a test run and the leak check after it.
+fn leak_verdict(result: Result<()>, leaks: usize) -> Result<()> {
+    match (result, leaks) {
+        (Ok(()), 0) => Ok(()),
+        (Ok(()), n) => bail!("the tests passed but left {n} object(s) behind (listed above)"),
+        (Err(e), 0) => Err(e),
+        (Err(e), n) => bail!("{e}; and the tests left {n} object(s) behind (listed above)"),
+    }
 }

@@ -9,11 +9,15 @@
 //!
 //! Layout of the pin directory:
 //! ```text
-//! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, PORTMAP, CONNTRACK, SOCK_REVNAT, STATS
+//! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, PORTMAP, CONNTRACK, CT_RECLAIM, SOCK_REVNAT, STATS
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (uplink, and each endpoint's host-side veth)
 //! links/cgroup@<program>      cgroup sock_addr links (on --cgroup)
 //! ```
+//!
+//! The conntrack table's size is fixed when the object is loaded:
+//! [`CONNTRACK_MAX_ENV`] or [`CONNTRACK_MAX_DEFAULT`] entries; every later
+//! command opens the pinned table, so all agree until `netctl down`.
 
 use std::{
     fs,
@@ -61,12 +65,13 @@ pub static EBPF_OBJECT: &[u8] =
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Every map of the object, pinned by the controller.
-const MAP_NAMES: [&str; 7] = [
+const MAP_NAMES: [&str; 8] = [
     maps::CONFIG,
     maps::ENDPOINTS,
     maps::NETWORKS,
     maps::PORTMAP,
     maps::CONNTRACK,
+    maps::CT_RECLAIM,
     maps::SOCK_REVNAT,
     maps::STATS,
 ];
@@ -84,6 +89,36 @@ const SOCK_PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvms
 /// (32768–60999), so translated flows never take a port the host's own
 /// sockets on the uplink address could use.
 pub const SNAT_PORTS: (u16, u16) = (61_000, 65_535);
+
+/// Entries of the conntrack table (two per flow) unless
+/// [`CONNTRACK_MAX_ENV`] says otherwise.
+pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
+/// Sizes the conntrack table when the datapath is loaded (the host's first
+/// network); small tables let tests fill it.
+pub const CONNTRACK_MAX_ENV: &str = "NETCTL_CONNTRACK_MAX";
+/// Bounds of the size: one flow, and 1M entries (the table is
+/// preallocated, about 120 bytes an entry; and a full table is swept once a
+/// second, ~0.26 µs an entry: see the eBPF `conntrack::reclaim`).
+const CONNTRACK_MAX_RANGE: (u32, u32) = (2, 1_048_576);
+
+/// The conntrack table size asked by [`CONNTRACK_MAX_ENV`], or the default.
+pub fn conntrack_max() -> Result<u32> {
+    let Some(raw) = std::env::var_os(CONNTRACK_MAX_ENV) else {
+        return Ok(CONNTRACK_MAX_DEFAULT);
+    };
+    let raw = raw.to_string_lossy();
+    let (min, max) = CONNTRACK_MAX_RANGE;
+    raw.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            Error::invalid(
+                CONNTRACK_MAX_ENV,
+                format!("{raw:?} is not a table size ({min} to {max} entries)"),
+            )
+        })
+}
 
 pub struct Ebpf {
     pin_dir: PathBuf,
@@ -231,7 +266,7 @@ fn pinned_hash<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashM
     let path = dir.join("maps").join(name);
     let data =
         MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))?;
-    let map = if name == maps::CONNTRACK || name == maps::SOCK_REVNAT {
+    let map = if name == maps::SOCK_REVNAT {
         Map::LruHashMap(data)
     } else {
         Map::HashMap(data)
@@ -291,7 +326,7 @@ impl Ebpf {
     /// Loads the object with every map pinned under our directory (reusing
     /// maps pinned by an earlier load), pins the programs and attaches the
     /// uplink and cgroup ones with pinned links.
-    fn load_and_attach(&self) -> Result<()> {
+    fn load_and_attach(&self, conntrack_max: u32) -> Result<()> {
         let config = self.config()?;
         for sub in ["maps", "progs", "links"] {
             fs::DirBuilder::new()
@@ -308,6 +343,7 @@ impl Ebpf {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries(maps::CONNTRACK, conntrack_max);
         let mut bpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_error("ebpf object", e))?;
@@ -431,13 +467,15 @@ impl Datapath for Ebpf {
     }
 
     fn host_up(&self) -> Result<()> {
+        // Bad input is refused before anything changes.
+        let conntrack_max = conntrack_max()?;
         // The kernel forwards what the fast path hands back (FibPass).
         crate::netns::write_sysctl("net.ipv4.ip_forward", "1")?;
         ensure_bpffs()?;
         if self.is_loaded() {
             return Ok(());
         }
-        let result = self.load_and_attach();
+        let result = self.load_and_attach(conntrack_max);
         if result.is_err() {
             let _ = self.host_down();
         }
@@ -656,16 +694,107 @@ fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
     }
 }
 
+/// Entries read per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: u32 = 4096;
+/// Most entries one bucket could hold that a batch is grown to (ENOSPC:
+/// the kernel returns a bucket whole or not at all).
+const BATCH_MAX: u32 = 1 << 20;
+
+/// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Every entry of a hash map, read with BPF_MAP_LOOKUP_BATCH: one syscall
+/// per [`BATCH`] entries, where aya 0.14 (no batch operations) spends two
+/// per entry (next key, then lookup). A walk of the conntrack table per
+/// removed endpoint made `container rm` slow on a busy host.
+fn dump_hash<K: aya::Pod, V: aya::Pod>(map: &MapData, what: &str) -> Result<Vec<(K, V)>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut size = BATCH;
+    // SAFETY (zeroed): Pod types are plain data, valid for any bytes.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; size as usize];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; size as usize];
+    let mut out = Vec::new();
+    // A hash map's batch token is a bucket index (u32).
+    let (mut token_in, mut token_out): (u32, u32) = (0, 0);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const token_in) as u64
+            },
+            out_batch: (&raw mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: size,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at buffers of `count` keys and values of the
+        // map's sizes (K and V are its key and value types) and at the two
+        // tokens, all alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let errno = std::io::Error::last_os_error();
+        let filled = (attr.count as usize).min(keys.len());
+        out.extend(
+            keys[..filled]
+                .iter()
+                .copied()
+                .zip(values[..filled].iter().copied()),
+        );
+        if rc == 0 {
+            token_in = token_out;
+            first = false;
+            continue;
+        }
+        match errno.raw_os_error() {
+            // The end of the map (the last entries are in this batch).
+            Some(libc::ENOENT) => return Ok(out),
+            Some(libc::ENOSPC) if size < BATCH_MAX => {
+                size *= 2;
+                keys.resize(size as usize, keys[0]);
+                values.resize(size as usize, values[0]);
+            }
+            _ => return Err(Error::system(what, format!("batch lookup: {errno}"))),
+        }
+    }
+}
+
+/// Every entry of the host's conntrack table.
+fn conntrack_entries(pin_dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
+    let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
+    dump_hash(aya::maps::IterableMap::map(&map), "map CONNTRACK")
+}
+
 /// The flows of a host's conntrack table.
 pub fn conntrack_list(pin_dir: &Path) -> Result<Vec<Flow>> {
-    let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
     let now = monotonic_ns();
-    let mut flows = Vec::new();
-    for item in map.iter() {
-        let (k, e) = item.map_err(|e| bpf_error("map CONNTRACK", e))?;
-        flows.push(decode(&k, &e, now));
-    }
-    Ok(flows)
+    Ok(conntrack_entries(pin_dir)?
+        .iter()
+        .map(|(k, e)| decode(k, e, now))
+        .collect())
 }
 
 /// Removes the entries `doomed` selects; returns how many went.
@@ -674,10 +803,8 @@ pub fn conntrack_remove(
     doomed: impl Fn(&CtKey, &CtEntry) -> bool,
 ) -> Result<usize> {
     let mut map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
-    // Collect first: deleting while iterating a hash map restarts the walk.
-    let keys: Vec<CtKey> = map
-        .iter()
-        .filter_map(|item| item.ok())
+    let keys: Vec<CtKey> = dump_hash(aya::maps::IterableMap::map(&map), "map CONNTRACK")?
+        .into_iter()
         .filter(|(k, e)| doomed(k, e))
         .map(|(k, _)| k)
         .collect();
@@ -696,10 +823,8 @@ pub fn conntrack_remove(
 /// stream keeps both. The programs also expire entries on lookup.
 pub fn conntrack_gc(pin_dir: &Path) -> Result<usize> {
     let now = monotonic_ns();
-    let table: std::collections::HashMap<CtKey, CtEntry> = {
-        let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
-        map.iter().filter_map(|item| item.ok()).collect()
-    };
+    let table: std::collections::HashMap<CtKey, CtEntry> =
+        conntrack_entries(pin_dir)?.into_iter().collect();
     conntrack_remove(pin_dir, |k, e| {
         let pair_alive = table
             .get(&reverse_key(e, k.proto))

@@ -1,0 +1,325 @@
+//! Limits: a full conntrack table refuses new flows (counted) while the
+//! established ones keep going, and reclaims dead entries by itself; 1,000
+//! containers on one network (a stress test, `#[ignore]`d: it takes
+//! minutes; `cargo xtask test --stress` runs it).
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    process::Output,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nettool() -> String {
+    nettool_bin().display().to_string()
+}
+
+/// Address a `nettool serve` reply names as the peer.
+fn peer_ip(reply: &str) -> Ipv4Addr {
+    reply
+        .trim()
+        .strip_prefix("peer=")
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("reply {reply:?}"))
+}
+
+/// Runs `probe` until it succeeds, bounded to ~3 s (a server may still be
+/// starting).
+fn until_ok(mut probe: impl FnMut() -> Output) -> String {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = probe();
+        if out.status.success() {
+            return text(&out);
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        sleep(Duration::from_millis(100));
+    }
+    panic!("no success: {last}");
+}
+
+fn json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&sb.netctl_ok(&all)).expect("json output")
+}
+
+fn conntrack(sb: &Sandbox) -> Vec<serde_json::Value> {
+    json(sb, &["conntrack", "ls"])
+        .as_array()
+        .expect("flows")
+        .clone()
+}
+
+fn stat(sb: &Sandbox, name: &str) -> u64 {
+    json(sb, &["stats"])[name]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name}"))
+}
+
+/// "sent=N received=M" of `nettool stream`: both numbers.
+fn stream_counts(out: &Output) -> (u64, u64) {
+    let line = text(out);
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line:?}"))
+    };
+    (field("sent="), field("received="))
+}
+
+/// The table holds 6 entries, three flows: two TCP streams and one UDP
+/// exchange fill it. New flows (TCP, ICMP) are then refused and counted as
+/// `drop_conntrack_full` while both streams carry on to the last byte.
+/// Once the streams have closed and their entries expired (nobody looks
+/// them up again), the next new flow finds the table full, the programs'
+/// sweep reclaims the dead entries, and the flow goes through.
+#[test]
+fn full_conntrack_refuses_new_flows_and_keeps_established_ones() {
+    if !is_root() {
+        return;
+    }
+    const STREAM_SECONDS: &str = "8";
+    let mut sb = Sandbox::new("ebpf");
+    let out = sb
+        .netctl_command(&[
+            "network",
+            "create",
+            "front",
+            "--datapath",
+            "ebpf",
+            "--subnet",
+            "172.18.0.0/16",
+        ])
+        .env("NETCTL_CONNTRACK_MAX", "6")
+        .output()
+        .expect("run netctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["a", "b"] {
+        sb.netctl_ok(&["container", "run", name, "--network", "front"]);
+    }
+    let tool = nettool();
+    let outside = sb.outside_netns.clone();
+    sb.spawn_in(&outside, &[&tool, "sink", "7071"]);
+    sb.spawn_in(&outside, &[&tool, "serve", "tcp", "9000"]);
+    sb.spawn_in(&outside, &[&tool, "serve", "udp", "9001"]);
+    let far = OUTSIDE_IP.to_string();
+    // The servers listen (asked from their own namespace: no flow of ours).
+    until_ok(|| sb.outside(&[&tool, "stream", &far, "7071", "0"]));
+    until_ok(|| sb.outside(&[&tool, "call", "tcp", &far, "9000"]));
+    assert!(conntrack(&sb).is_empty());
+
+    let (a_stream, b_stream) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| sb.exec("a", &[&tool, "stream", &far, "7071", STREAM_SECONDS]));
+        let b = scope.spawn(|| sb.exec("b", &[&tool, "stream", &far, "7071", STREAM_SECONDS]));
+        // Both streams tracked: four entries.
+        let started = Instant::now();
+        while conntrack(&sb).len() < 4 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the streams' flows: {:?}",
+                conntrack(&sb)
+            );
+            sleep(Duration::from_millis(50));
+        }
+        // A third flow fills the table.
+        let reply = text(&sb.exec("a", &[&tool, "call", "udp", &far, "9001"]));
+        assert_eq!(peer_ip(&reply), HOST_UPLINK_IP, "the UDP flow is SNATed");
+        assert_eq!(conntrack(&sb).len(), 6);
+        let refused_before = stat(&sb, "drop_conntrack_full");
+        assert_eq!(refused_before, 0);
+
+        // Full: new flows are refused...
+        let tcp = sb.exec("b", &[&tool, "call", "tcp", &far, "9000"]);
+        assert!(!tcp.status.success(), "a new TCP flow got through");
+        assert!(
+            !sb.exec("b", &["ping", "-c1", "-W1", &far]).status.success(),
+            "a new ICMP flow got through"
+        );
+        // ...and counted, nothing else added or evicted.
+        let refused = stat(&sb, "drop_conntrack_full");
+        assert!(refused >= 2, "drop_conntrack_full {refused}");
+        assert_eq!(conntrack(&sb).len(), 6);
+        (a.join().expect("thread a"), b.join().expect("thread b"))
+    });
+    for (name, out) in [("a", &a_stream), ("b", &b_stream)] {
+        assert!(
+            out.status.success(),
+            "stream of {name} broke: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (sent, received) = stream_counts(out);
+        assert!(sent > 0, "{name} sent nothing");
+        assert_eq!(sent, received, "stream of {name} lost bytes");
+    }
+
+    // The streams closed: their entries expire after the closing timeout
+    // (10 s) and stay in the table, looked up by nobody, until a new flow
+    // needs their room.
+    let closing: Vec<_> = conntrack(&sb)
+        .into_iter()
+        .filter(|f| f["proto"] == "tcp")
+        .collect();
+    assert_eq!(closing.len(), 4, "{closing:?}");
+    assert!(
+        closing.iter().all(|f| f["state"] == "closing"),
+        "{closing:?}"
+    );
+    sleep(Duration::from_secs(11));
+    assert_eq!(conntrack(&sb).len(), 6, "nothing reclaimed them yet");
+    let reply = until_ok(|| sb.exec("b", &[&tool, "call", "tcp", &far, "9000"]));
+    assert_eq!(peer_ip(&reply), HOST_UPLINK_IP);
+    let flows = conntrack(&sb);
+    let port = |f: &serde_json::Value, field: &str| f[field].as_str().unwrap_or("").to_owned();
+    assert!(
+        flows
+            .iter()
+            .all(|f| !port(f, "src").ends_with(":7071") && !port(f, "dst").ends_with(":7071")),
+        "the streams' dead entries reclaimed: {flows:?}"
+    );
+    assert!(
+        flows.iter().any(|f| f["proto"] == "udp"),
+        "the live UDP flow kept: {flows:?}"
+    );
+}
+
+/// A bad table size is refused with a one-line error, and nothing is made.
+#[test]
+fn a_bad_conntrack_size_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new("ebpf");
+    let links = sb.host_links();
+    for bad in ["0", "1", "lots", "4294967296", "100000000"] {
+        let out = sb
+            .netctl_command(&["network", "create", "front", "--datapath", "ebpf"])
+            .env("NETCTL_CONNTRACK_MAX", bad)
+            .output()
+            .expect("run netctl");
+        assert!(!out.status.success(), "NETCTL_CONNTRACK_MAX={bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("NETCTL_CONNTRACK_MAX"), "{err}");
+        assert_eq!(sb.host_links(), links, "NETCTL_CONNTRACK_MAX={bad}");
+        assert_eq!(json(&sb, &["network", "ls"]), serde_json::json!([]));
+    }
+}
+
+/// 1,000 containers on one network: each gets its own address, a sample of
+/// them reach each other and the outside, and removing them all leaves the
+/// host as before.
+///
+/// The network is the default `bridge` one, without names. On a
+/// user-defined network every command rewrites the hosts file of every
+/// member with every member's name (O(n²) bytes per command, and
+/// `hosts::render_all` is O(n³)): this test made ~270 containers in 9
+/// minutes there, each `container run` slower than the one before.
+fn thousand_containers_on_one_network(datapath: &str) {
+    const N: usize = 1000;
+    const RM_BATCH: usize = 100;
+    let started = Instant::now();
+    let mut sb = Sandbox::new(datapath);
+    let links_before = sb.host_links();
+    sb.network("bridge", &["--subnet", "10.88.0.0/16"]);
+    let names: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        sb.netctl_ok(&["container", "run", name, "--network", "bridge"]);
+    }
+    println!(
+        "{datapath}: {N} containers up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let containers = json(&sb, &["container", "ls"]);
+    let containers = containers.as_array().expect("containers");
+    assert_eq!(containers.len(), N);
+    let addresses: HashSet<Ipv4Addr> = containers
+        .iter()
+        .map(|c| {
+            c["endpoints"][0]["ip"]
+                .as_str()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or_else(|| panic!("address of {c}"))
+        })
+        .collect();
+    assert_eq!(addresses.len(), N, "every container has its own address");
+    assert_eq!(sb.namespaces().len(), N + 2);
+
+    let tool = nettool();
+    let outside = sb.outside_netns.clone();
+    sb.spawn_in(&outside, &[&tool, "serve", "tcp", "9000"]);
+    let far = OUTSIDE_IP.to_string();
+    // A sample spread over the whole range, first and last included.
+    let sample: Vec<usize> = (0..N).step_by(97).chain([N - 1]).collect();
+    for (i, &from) in sample.iter().enumerate() {
+        let to = sample[(i + 3) % sample.len()];
+        let target = sb.ip_of(&names[to], "bridge").to_string();
+        let ping = sb.exec(&names[from], &["ping", "-c1", "-W2", &target]);
+        assert!(
+            ping.status.success(),
+            "{} reaches {}",
+            names[from],
+            names[to]
+        );
+        let reply = until_ok(|| sb.exec(&names[from], &[&tool, "call", "tcp", &far, "9000"]));
+        assert_eq!(
+            peer_ip(&reply),
+            HOST_UPLINK_IP,
+            "{} reaches the outside",
+            names[from]
+        );
+    }
+
+    for batch in names.chunks(RM_BATCH) {
+        let mut args = vec!["container", "rm"];
+        args.extend(batch.iter().map(String::as_str));
+        sb.netctl_ok(&args);
+    }
+    assert_eq!(json(&sb, &["container", "ls"]), serde_json::json!([]));
+    assert_eq!(sb.namespaces().len(), 2, "{:?}", sb.namespaces());
+    if datapath == "ebpf" {
+        let left: Vec<_> = conntrack(&sb)
+            .into_iter()
+            .filter(|f| f.to_string().contains("10.88."))
+            .collect();
+        assert!(left.is_empty(), "flows of removed containers: {left:?}");
+    }
+    // The default network goes with `down` only.
+    sb.netctl_ok(&["down"]);
+    assert_eq!(sb.host_links(), links_before, "no link left behind");
+    println!(
+        "{datapath}: {N} containers up, checked and removed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+mod stress {
+    #[test]
+    #[ignore = "minutes: cargo xtask test --stress"]
+    fn thousand_containers_on_one_network_ebpf() {
+        if super::is_root() {
+            super::thousand_containers_on_one_network("ebpf");
+        }
+    }
+
+    #[test]
+    #[ignore = "minutes: cargo xtask test --stress"]
+    fn thousand_containers_on_one_network_iptables() {
+        if super::is_root() {
+            super::thousand_containers_on_one_network("iptables");
+        }
+    }
+}
