@@ -57,6 +57,21 @@ pub fn nettool_bin() -> PathBuf {
     bin_dir().join("nettool")
 }
 
+/// Runs `call` until it succeeds, bounded to ~3 s (a server may still be
+/// starting); returns its stdout, or panics with the last stderr.
+pub fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = call();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no answer: {last}");
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

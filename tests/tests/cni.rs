@@ -9,13 +9,11 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    thread::sleep,
-    time::Duration,
 };
 
 use netctl::netns;
 use netctl_tests::sandbox::{
-    is_root, netctl_bin, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+    call_until_answer, is_root, netctl_bin, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
 };
 use serde_json::{json, Value};
 
@@ -231,20 +229,6 @@ fn nettool() -> String {
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Calls a server until it answers (it may still be starting), bounded to ~3 s.
-fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = call();
-        if out.status.success() {
-            return text(&out);
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        sleep(Duration::from_millis(100));
-    }
-    panic!("no answer: {last}");
 }
 
 fn peer_ip(reply: &str) -> Ipv4Addr {

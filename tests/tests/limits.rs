@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{
+    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -29,21 +31,6 @@ fn peer_ip(reply: &str) -> Ipv4Addr {
         .and_then(|a| a.rsplit_once(':'))
         .and_then(|(ip, _)| ip.parse().ok())
         .unwrap_or_else(|| panic!("reply {reply:?}"))
-}
-
-/// Runs `probe` until it succeeds, bounded to ~3 s (a server may still be
-/// starting).
-fn until_ok(mut probe: impl FnMut() -> Output) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = probe();
-        if out.status.success() {
-            return text(&out);
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        sleep(Duration::from_millis(100));
-    }
-    panic!("no success: {last}");
 }
 
 fn json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
@@ -118,8 +105,8 @@ fn full_conntrack_refuses_new_flows_and_keeps_established_ones() {
     sb.spawn_in(&outside, &[&tool, "serve", "udp", "9001"]);
     let far = OUTSIDE_IP.to_string();
     // The servers listen (asked from their own namespace: no flow of ours).
-    until_ok(|| sb.outside(&[&tool, "stream", &far, "7071", "0"]));
-    until_ok(|| sb.outside(&[&tool, "call", "tcp", &far, "9000"]));
+    call_until_answer(|| sb.outside(&[&tool, "stream", &far, "7071", "0"]));
+    call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &far, "9000"]));
     assert!(conntrack(&sb).is_empty());
 
     let (a_stream, b_stream) = std::thread::scope(|scope| {
@@ -180,7 +167,7 @@ fn full_conntrack_refuses_new_flows_and_keeps_established_ones() {
     );
     sleep(Duration::from_secs(11));
     assert_eq!(conntrack(&sb).len(), 6, "nothing reclaimed them yet");
-    let reply = until_ok(|| sb.exec("b", &[&tool, "call", "tcp", &far, "9000"]));
+    let reply = call_until_answer(|| sb.exec("b", &[&tool, "call", "tcp", &far, "9000"]));
     assert_eq!(peer_ip(&reply), HOST_UPLINK_IP);
     let flows = conntrack(&sb);
     let port = |f: &serde_json::Value, field: &str| f[field].as_str().unwrap_or("").to_owned();
@@ -274,7 +261,8 @@ fn thousand_containers_on_one_network(datapath: &str) {
             names[from],
             names[to]
         );
-        let reply = until_ok(|| sb.exec(&names[from], &[&tool, "call", "tcp", &far, "9000"]));
+        let reply =
+            call_until_answer(|| sb.exec(&names[from], &[&tool, "call", "tcp", &far, "9000"]));
         assert_eq!(
             peer_ip(&reply),
             HOST_UPLINK_IP,

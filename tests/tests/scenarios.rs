@@ -4,7 +4,9 @@
 
 use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
 
-use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{
+    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
 
 /// Instantiates each scenario once per datapath.
 macro_rules! scenarios {
@@ -42,20 +44,6 @@ fn text(out: &Output) -> String {
 
 fn nettool() -> String {
     nettool_bin().display().to_string()
-}
-
-/// Calls a server until it answers (it may still be starting), bounded to ~3 s.
-fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = call();
-        if out.status.success() {
-            return text(&out);
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        sleep(Duration::from_millis(100));
-    }
-    panic!("no answer: {last}");
 }
 
 /// Peer address a `nettool serve` reported.

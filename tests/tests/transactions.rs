@@ -7,12 +7,13 @@ use std::{
     io::{BufRead as _, BufReader},
     process::{Output, Stdio},
     sync::mpsc,
-    thread::sleep,
     time::Duration,
 };
 
 use netctl::failpoint;
-use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{
+    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
 
 macro_rules! both_datapaths {
     ($($name:ident),* $(,)?) => {
@@ -228,19 +229,6 @@ fn a_crash_at_any_step_is_finished_by_the_next_command(datapath: &str) {
             sb.netctl_ok(&args);
         }
     }
-}
-
-fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = call();
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        sleep(Duration::from_millis(100));
-    }
-    panic!("no answer: {last}");
 }
 
 /// Drift of every kind, made with `ip`, `iptables` and `bpftool` behind
