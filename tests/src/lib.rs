@@ -6,3 +6,17 @@ pub mod sandbox;
 pub mod tc;
 
 pub use sandbox::Sandbox;
+
+/// Instantiates each test body `fn NAME(datapath: &str)` once per datapath,
+/// as `iptables::NAME` and `ebpf::NAME`; without root they skip.
+#[macro_export]
+macro_rules! on_both_datapaths {
+    ($($name:ident),* $(,)?) => {
+        mod iptables {
+            $( #[test] fn $name() { if $crate::sandbox::is_root() { super::$name("iptables") } } )*
+        }
+        mod ebpf {
+            $( #[test] fn $name() { if $crate::sandbox::is_root() { super::$name("ebpf") } } )*
+        }
+    };
+}

@@ -13,22 +13,11 @@ use std::{
 
 use netctl::netns;
 use netctl_tests::sandbox::{
-    call_until_answer, is_root, netctl_bin, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+    call_until_answer, netctl_bin, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
 };
 use serde_json::{json, Value};
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-scenarios!(
+netctl_tests::on_both_datapaths!(
     every_command_in_every_version,
     errors_are_spec_error_objects,
     egress_published_port_and_peers_on_cni_containers,

@@ -16,20 +16,9 @@ use netctl_common::{
     endpoint::EndpointInfo,
     portmap::{PortKey, PortTarget},
 };
-use netctl_tests::sandbox::{is_root, Sandbox};
+use netctl_tests::sandbox::Sandbox;
 
-macro_rules! on_both_datapaths {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-on_both_datapaths!(parallel_runs_and_interleaved_rm_keep_the_state_true);
+netctl_tests::on_both_datapaths!(parallel_runs_and_interleaved_rm_keep_the_state_true);
 
 const PARALLEL: usize = 50;
 const SUBNET: &str = "172.18.0.0/16";

@@ -6,20 +6,9 @@
 
 use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
 
-use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
-macro_rules! on_both_datapaths {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-on_both_datapaths!(
+netctl_tests::on_both_datapaths!(
     reachability_matrix_is_exactly_the_allowed_one,
     outside_reaches_containers_only_through_published_ports,
     forged_source_addresses_and_macs_are_dropped_and_counted,

@@ -13,20 +13,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netctl_tests::sandbox::{is_root, nettool_bin, Sandbox};
+use netctl_tests::sandbox::{nettool_bin, Sandbox};
 
-macro_rules! on_both_datapaths {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-on_both_datapaths!(files_and_pins_are_root_only_and_nothing_unpublished_listens);
+netctl_tests::on_both_datapaths!(files_and_pins_are_root_only_and_nothing_unpublished_listens);
 
 /// Every path under `dir` (itself included) with its permission bits.
 fn modes(dir: &Path) -> Vec<(PathBuf, u32, bool)> {

@@ -4,23 +4,9 @@
 
 use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
 
-use netctl_tests::sandbox::{
-    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
-};
+use netctl_tests::sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
-/// Instantiates each scenario once per datapath.
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-scenarios!(
+netctl_tests::on_both_datapaths!(
     ip_allocation_and_reach_by_ip_and_name,
     egress_is_snatted_to_the_uplink_address,
     published_port_from_outside_keeps_the_source,

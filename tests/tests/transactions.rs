@@ -11,22 +11,9 @@ use std::{
 };
 
 use netctl::failpoint;
-use netctl_tests::sandbox::{
-    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
-};
+use netctl_tests::sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
-macro_rules! both_datapaths {
-    ($($name:ident),* $(,)?) => {
-        mod iptables {
-            $( #[test] fn $name() { if super::is_root() { super::$name("iptables") } } )*
-        }
-        mod ebpf {
-            $( #[test] fn $name() { if super::is_root() { super::$name("ebpf") } } )*
-        }
-    };
-}
-
-both_datapaths!(
+netctl_tests::on_both_datapaths!(
     a_failure_at_any_step_changes_nothing,
     a_crash_at_any_step_is_finished_by_the_next_command,
     doctor_reports_drift_and_fix_repairs_it,
