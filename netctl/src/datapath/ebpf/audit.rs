@@ -90,6 +90,48 @@ fn endpoint_drift(dp: &Ebpf, net: &Network, ep: &Endpoint, links: &BTreeSet<Stri
     drift
 }
 
+/// What the links and maps hold that no object of the state owns: what
+/// `audit` reports and `reconcile` removes.
+struct Orphans {
+    links: Vec<String>,
+    network_ids: Vec<u32>,
+    endpoint_ips: Vec<u32>,
+    ports: Vec<PortKey>,
+}
+
+fn orphans(dp: &Ebpf, state: &State, links: &BTreeSet<String>) -> Result<Orphans> {
+    let wanted = wanted_links(dp, state);
+    let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
+    let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
+    let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
+    Ok(Orphans {
+        // The cgroup links belong to the host, not to any object.
+        links: links
+            .difference(&wanted)
+            .filter(|name| !name.starts_with("cgroup@"))
+            .cloned()
+            .collect(),
+        network_ids: dp
+            .hash::<u32, NetworkInfo>(maps::NETWORKS)?
+            .keys()
+            .flatten()
+            .filter(|id| !known_ids.contains(id))
+            .collect(),
+        endpoint_ips: dp
+            .hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
+            .keys()
+            .flatten()
+            .filter(|ip| !known_ips.contains(ip))
+            .collect(),
+        ports: dp
+            .hash::<PortKey, PortTarget>(maps::PORTMAP)?
+            .keys()
+            .flatten()
+            .filter(|k| !known_ports.contains(k))
+            .collect(),
+    })
+}
+
 pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
     let mut drift = Vec::new();
     if state.datapath != Some(DatapathKind::Ebpf) {
@@ -119,17 +161,8 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
             drift.push(Drift::new(format!("ebpf link {name}"), "not pinned"));
         }
     }
-    for name in links.difference(&wanted) {
-        if !name.starts_with("cgroup@") {
-            drift.push(Drift::new(
-                format!("ebpf link {name}"),
-                "not implied by the state",
-            ));
-        }
-    }
 
     let networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
-    let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
     for net in state.networks.values() {
         let object = format!("ebpf network {}", net.name);
         match networks.get(&net.id, 0) {
@@ -140,35 +173,10 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
             Ok(_) => {}
         }
     }
-    for id in networks
-        .keys()
-        .flatten()
-        .filter(|id| !known_ids.contains(id))
-    {
-        drift.push(Drift::new(
-            format!("ebpf network id {id}"),
-            "in map NETWORKS, not in the state",
-        ));
-    }
-
-    let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
     for (net, ep) in endpoints(state) {
         drift.extend(endpoint_drift(dp, net, ep, &links));
     }
-    let endpoint_map = dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?;
-    for ip in endpoint_map
-        .keys()
-        .flatten()
-        .filter(|ip| !known_ips.contains(ip))
-    {
-        drift.push(Drift::new(
-            format!("ebpf endpoint {}", ip_from_be(ip)),
-            "in map ENDPOINTS, not in the state",
-        ));
-    }
-
     let portmap = dp.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
-    let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
     for p in state.ports() {
         let object = format!("ebpf port {}", p.describe());
         match portmap.get(&port_key(p), 0) {
@@ -179,11 +187,26 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
             Ok(_) => {}
         }
     }
-    for key in portmap
-        .keys()
-        .flatten()
-        .filter(|k| !known_ports.contains(k))
-    {
+    let orphans = orphans(dp, state, &links)?;
+    for name in &orphans.links {
+        drift.push(Drift::new(
+            format!("ebpf link {name}"),
+            "not implied by the state",
+        ));
+    }
+    for id in &orphans.network_ids {
+        drift.push(Drift::new(
+            format!("ebpf network id {id}"),
+            "in map NETWORKS, not in the state",
+        ));
+    }
+    for ip in &orphans.endpoint_ips {
+        drift.push(Drift::new(
+            format!("ebpf endpoint {}", ip_from_be(*ip)),
+            "in map ENDPOINTS, not in the state",
+        ));
+    }
+    for key in &orphans.ports {
         drift.push(Drift::new(
             format!(
                 "ebpf port {}:{}/{}",
@@ -227,53 +250,33 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
         }
     }
     // Then what nothing owns.
-    let wanted = wanted_links(dp, state);
-    for name in links.difference(&wanted) {
-        if !name.starts_with("cgroup@") {
-            errors.extend(Ebpf::unpin_link(&dp.pin_dir.join("links").join(name)).err());
-        }
+    let orphans = orphans(dp, state, &links)?;
+    for name in &orphans.links {
+        errors.extend(Ebpf::unpin_link(&dp.pin_dir.join("links").join(name)).err());
     }
-    let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
     let mut networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
-    let stale: Vec<u32> = networks
-        .keys()
-        .flatten()
-        .filter(|id| !known_ids.contains(id))
-        .collect();
-    for id in stale {
+    for id in &orphans.network_ids {
         errors.extend(
             networks
-                .remove(&id)
+                .remove(id)
                 .map_err(|e| bpf_error("map NETWORKS", e))
                 .err(),
         );
     }
-    let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
     let mut endpoint_map = dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?;
-    let stale: Vec<u32> = endpoint_map
-        .keys()
-        .flatten()
-        .filter(|ip| !known_ips.contains(ip))
-        .collect();
-    for ip in stale {
+    for ip in &orphans.endpoint_ips {
         errors.extend(
             endpoint_map
-                .remove(&ip)
+                .remove(ip)
                 .map_err(|e| bpf_error("map ENDPOINTS", e))
                 .err(),
         );
     }
-    let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
     let mut portmap = dp.hash::<PortKey, PortTarget>(maps::PORTMAP)?;
-    let stale: Vec<PortKey> = portmap
-        .keys()
-        .flatten()
-        .filter(|k| !known_ports.contains(k))
-        .collect();
-    for key in stale {
+    for key in &orphans.ports {
         errors.extend(
             portmap
-                .remove(&key)
+                .remove(key)
                 .map_err(|e| bpf_error("map PORTMAP", e))
                 .err(),
         );
