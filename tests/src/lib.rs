@@ -1,7 +1,8 @@
 //! Test support: sandboxes of real namespaces, the datapaths to run every
 //! scenario against, and the harness that runs the TC programs through
-//! BPF_PROG_TEST_RUN.
+//! BPF_PROG_TEST_RUN (`tc`) on frames built by `frames`.
 
+pub mod frames;
 pub mod sandbox;
 pub mod tc;
 

@@ -1,10 +1,35 @@
-//! The TC programs of netctl-ebpf run through BPF_PROG_TEST_RUN, for the
-//! tests that feed them frames (`ebpf_programs.rs`, one behaviour at a time;
-//! `ebpf_fuzz.rs`, random and mutated frames): a private network namespace
-//! with a small topology, the object loaded with private maps filled as
-//! netctl would, a frame builder computing every checksum, and readers for
-//! frames, counters and conntrack entries. See `ebpf_programs.rs` for why the
-//! namespace and its links are needed.
+//! The harness of the tests that feed frames to the TC programs of
+//! netctl-ebpf through BPF_PROG_TEST_RUN (`ebpf_passthrough.rs`,
+//! `ebpf_snat.rs`, `ebpf_dnat.rs`, `ebpf_hairpin.rs`, `ebpf_conntrack.rs`:
+//! one behaviour at a time; `ebpf_fuzz.rs`: random and mutated frames): a
+//! crafted frame in, the verdict, the frame out, the maps after. This module
+//! is the environment: a private network namespace with the topology of
+//! [`topology`], the object loaded with private maps filled as netctl would,
+//! the test runs, and the counters; [`conntrack`] reads and plants conntrack
+//! entries. Frames are built and read by [`crate::frames`]. Tests import
+//! `tc::*` and `frames::*`.
+//!
+//! Nothing is attached to an interface and nothing is pinned (the object's
+//! maps are private to each load). Each test runs in a thread of its own
+//! that first moves to a private, anonymous network namespace (gone with the
+//! thread) and builds the topology there with rtnetlink: the uplink `up0`
+//! (198.51.100.1/24, default route via 198.51.100.2, with or without a
+//! permanent neighbour for the gateway), three bridges and four containers'
+//! host-side veths. The kernel needs them twice: BPF_PROG_TEST_RUN runs a
+//! program "on" the device named by `__sk_buff.ifindex` (which must exist in
+//! the caller's namespace), and `bpf_fib_lookup` asks that namespace's
+//! routing tables. So the fast path towards the uplink is tested for real:
+//! with the neighbour the FIB answers SUCCESS (the program writes the MACs
+//! and returns bpf_redirect's TC_ACT_REDIRECT), without it NO_NEIGH
+//! (bpf_redirect_neigh, MACs left to the kernel), and without a route at
+//! all the program hands the untranslated packet to the kernel (FibPass).
+//! Redirects are not carried out by test runs: the verdict (7,
+//! TC_ACT_REDIRECT) and the rewritten frame are what is checked.
+
+pub mod conntrack;
+pub mod topology;
+
+pub use self::{conntrack::*, topology::*};
 
 use std::{
     net::Ipv4Addr,
@@ -20,122 +45,22 @@ use aya::{
 use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey},
     endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
 };
+
 // ---------------------------------------------------------------------------
-// Verdicts and protocol numbers.
+// Verdicts.
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
-pub const FIN: u8 = 0x01;
-pub const PSH: u8 = 0x08;
-
-// ---------------------------------------------------------------------------
-// The topology.
-
-pub const UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const WAN_GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
-pub const WAN_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0xfe];
-/// Somewhere on the internet.
-pub const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-pub const REMOTE_MAC: [u8; 6] = WAN_GW_MAC;
-
-pub const SNAT_MIN: u16 = 40_000;
-pub const SNAT_MAX: u16 = 40_999;
-
-pub struct Net {
-    pub id: u32,
-    pub bridge: &'static str,
-    pub subnet: Ipv4Addr,
-    pub gateway: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub internal: bool,
-}
-
-pub const NET_A: Net = Net {
-    id: 1,
-    bridge: "br-a",
-    subnet: Ipv4Addr::new(172, 18, 0, 0),
-    gateway: Ipv4Addr::new(172, 18, 0, 1),
-    mac: [0x02, 0x42, 0xac, 0x12, 0x00, 0x01],
-    internal: false,
-};
-pub const NET_B: Net = Net {
-    id: 2,
-    bridge: "br-b",
-    subnet: Ipv4Addr::new(172, 19, 0, 0),
-    gateway: Ipv4Addr::new(172, 19, 0, 1),
-    mac: [0x02, 0x42, 0xac, 0x13, 0x00, 0x01],
-    internal: false,
-};
-pub const NET_I: Net = Net {
-    id: 3,
-    bridge: "br-i",
-    subnet: Ipv4Addr::new(172, 20, 0, 0),
-    gateway: Ipv4Addr::new(172, 20, 0, 1),
-    mac: [0x02, 0x42, 0xac, 0x14, 0x00, 0x01],
-    internal: true,
-};
-pub const NETS: [&Net; 3] = [&NET_A, &NET_B, &NET_I];
-
-#[derive(Clone, Copy)]
-pub struct Ctr {
-    pub veth: &'static str,
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub net: u32,
-}
-
-pub const A1: Ctr = Ctr {
-    veth: "ve-a1",
-    ip: Ipv4Addr::new(172, 18, 0, 2),
-    mac: [0x02, 0x42, 0xac, 0x12, 0x00, 0x02],
-    net: 1,
-};
-pub const A2: Ctr = Ctr {
-    veth: "ve-a2",
-    ip: Ipv4Addr::new(172, 18, 0, 3),
-    mac: [0x02, 0x42, 0xac, 0x12, 0x00, 0x03],
-    net: 1,
-};
-pub const B1: Ctr = Ctr {
-    veth: "ve-b1",
-    ip: Ipv4Addr::new(172, 19, 0, 2),
-    mac: [0x02, 0x42, 0xac, 0x13, 0x00, 0x02],
-    net: 2,
-};
-pub const I1: Ctr = Ctr {
-    veth: "ve-i1",
-    ip: Ipv4Addr::new(172, 20, 0, 2),
-    mac: [0x02, 0x42, 0xac, 0x14, 0x00, 0x02],
-    net: 3,
-};
-pub const CTRS: [Ctr; 4] = [A1, A2, B1, I1];
-
-/// Published ports: (host ip, host port, proto) → (container, port).
-pub const PORTS: [(Ipv4Addr, u16, u8, Ctr, u16); 5] = [
-    (Ipv4Addr::UNSPECIFIED, 8080, TCP, A2, 80),
-    (Ipv4Addr::UNSPECIFIED, 5353, UDP, A2, 53),
-    // The exact address wins over 0.0.0.0 for the same port.
-    (UPLINK_IP, 8443, TCP, B1, 443),
-    (Ipv4Addr::UNSPECIFIED, 8443, TCP, A1, 9443),
-    (Ipv4Addr::UNSPECIFIED, 9090, TCP, I1, 90),
-];
-
-pub fn net_of(id: u32) -> &'static Net {
-    NETS.iter().find(|n| n.id == id).expect("network")
+/// The program returned `verdict` and left the frame as it was.
+pub fn assert_verdict(got: (u32, Vec<u8>), verdict: u32, frame: &[u8]) {
+    assert_eq!(got.0, verdict, "verdict");
+    assert_eq!(got.1, frame, "the frame is untouched");
 }
 
 /// As stored in the maps: the bytes of the wire, read as a native integer.
@@ -145,17 +70,6 @@ pub fn be_ip(ip: Ipv4Addr) -> u32 {
 
 pub fn be_port(port: u16) -> u16 {
     port.to_be()
-}
-
-pub fn ct_key(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr: be_ip(saddr),
-        daddr: be_ip(daddr),
-        sport: be_port(sport),
-        dport: be_port(dport),
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -511,420 +425,4 @@ impl Env {
     pub fn stat_bytes(&self, index: StatIndex) -> u64 {
         self.stats()[index as usize].bytes
     }
-
-    pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
-        let map: HashMap<_, CtKey, CtEntry> =
-            HashMap::try_from(self.ebpf.map("CONNTRACK").expect("CONNTRACK")).expect("CONNTRACK");
-        let mut all: Vec<_> = map.iter().map(|r| r.expect("CONNTRACK entry")).collect();
-        all.sort_by_key(|(k, _)| (k.saddr, k.daddr, k.sport, k.dport, k.proto));
-        all
-    }
-
-    pub fn ct_get(&self, key: &CtKey) -> Option<CtEntry> {
-        self.conntrack()
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, e)| e)
-    }
-
-    pub fn ct_insert(&mut self, key: CtKey, entry: CtEntry) {
-        self.hash::<CtKey, CtEntry>("CONNTRACK")
-            .insert(key, entry, 0)
-            .expect("CONNTRACK insert");
-    }
-
-    /// Sets the time of the last reclaim sweep (bpf_ktime_get_ns clock).
-    pub fn set_last_reclaim(&mut self, ns: u64) {
-        let mut map: Array<_, u64> =
-            Array::try_from(self.ebpf.map_mut("CT_RECLAIM").expect("CT_RECLAIM"))
-                .expect("CT_RECLAIM");
-        map.set(0, ns, 0).expect("CT_RECLAIM[0]");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Frames: a builder computing every checksum, and a reader.
-
-/// Internet checksum (RFC 1071), folded and complemented: 0 over data that
-/// includes a correct checksum.
-pub fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for bytes in chunks {
-        for c in bytes.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum L4 {
-    Tcp {
-        sport: u16,
-        dport: u16,
-        flags: u8,
-    },
-    /// `checksum: false` sends 0 ("no checksum", legal on IPv4).
-    Udp {
-        sport: u16,
-        dport: u16,
-        checksum: bool,
-    },
-    Icmp {
-        ty: u8,
-        id: u16,
-        seq: u16,
-    },
-    /// Another protocol, with the payload as its content.
-    Raw {
-        proto: u8,
-    },
-}
-
-#[derive(Clone, Debug)]
-pub struct Frame {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub ttl: u8,
-    /// Flags and fragment offset, host order (0x4000: DF).
-    pub frag: u16,
-    /// IP options, a multiple of 4 bytes.
-    pub options: Vec<u8>,
-    pub l4: L4,
-    pub payload: Vec<u8>,
-}
-
-impl Frame {
-    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Frame {
-        Frame {
-            dst_mac,
-            src_mac,
-            src,
-            dst,
-            ttl: 64,
-            frag: 0x4000,
-            options: Vec::new(),
-            l4,
-            payload: b"netctl datapath test payload".to_vec(),
-        }
-    }
-
-    /// From a container to its gateway's MAC.
-    pub fn from(ctr: Ctr, dst: Ipv4Addr, l4: L4) -> Frame {
-        Frame::new(ctr.mac, net_of(ctr.net).mac, ctr.ip, dst, l4)
-    }
-
-    /// From the outside, through the uplink's gateway.
-    pub fn from_outside(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Frame {
-        Frame::new(REMOTE_MAC, UPLINK_MAC, src, dst, l4)
-    }
-
-    pub fn proto(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp { .. } => TCP,
-            L4::Udp { .. } => UDP,
-            L4::Icmp { .. } => ICMP,
-            L4::Raw { proto } => proto,
-        }
-    }
-
-    pub fn l4_bytes(&self) -> Vec<u8> {
-        let pseudo = |len: usize| {
-            let mut p = Vec::new();
-            p.extend_from_slice(&self.src.octets());
-            p.extend_from_slice(&self.dst.octets());
-            p.extend_from_slice(&[0, self.proto()]);
-            p.extend_from_slice(&(len as u16).to_be_bytes());
-            p
-        };
-        match self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-            } => {
-                let mut h = Vec::new();
-                h.extend_from_slice(&sport.to_be_bytes());
-                h.extend_from_slice(&dport.to_be_bytes());
-                h.extend_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
-                h.extend_from_slice(&0x2000_0002u32.to_be_bytes()); // ack
-                h.extend_from_slice(&[0x50, flags]); // data offset 5, flags
-                h.extend_from_slice(&64240u16.to_be_bytes()); // window
-                h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
-                h.extend_from_slice(&self.payload);
-                let c = checksum(&[&pseudo(h.len()), &h]);
-                h[16..18].copy_from_slice(&c.to_be_bytes());
-                h
-            }
-            L4::Udp {
-                sport,
-                dport,
-                checksum: with_checksum,
-            } => {
-                let len = 8 + self.payload.len();
-                let mut h = Vec::new();
-                h.extend_from_slice(&sport.to_be_bytes());
-                h.extend_from_slice(&dport.to_be_bytes());
-                h.extend_from_slice(&(len as u16).to_be_bytes());
-                h.extend_from_slice(&[0, 0]);
-                h.extend_from_slice(&self.payload);
-                if with_checksum {
-                    let c = match checksum(&[&pseudo(len), &h]) {
-                        0 => 0xffff,
-                        c => c,
-                    };
-                    h[6..8].copy_from_slice(&c.to_be_bytes());
-                }
-                h
-            }
-            L4::Icmp { ty, id, seq } => {
-                let mut h = vec![ty, 0, 0, 0];
-                h.extend_from_slice(&id.to_be_bytes());
-                h.extend_from_slice(&seq.to_be_bytes());
-                h.extend_from_slice(&self.payload);
-                let c = checksum(&[&h]);
-                h[2..4].copy_from_slice(&c.to_be_bytes());
-                h
-            }
-            L4::Raw { .. } => self.payload.clone(),
-        }
-    }
-
-    pub fn bytes(&self) -> Vec<u8> {
-        assert_eq!(self.options.len() % 4, 0, "IP options come in words");
-        let l4 = self.l4_bytes();
-        let ihl = 20 + self.options.len();
-        let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
-        ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&0x1234u16.to_be_bytes()); // id
-        ip.extend_from_slice(&self.frag.to_be_bytes());
-        ip.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        ip.extend_from_slice(&self.options);
-        let c = checksum(&[&ip]);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&self.dst_mac);
-        frame.extend_from_slice(&self.src_mac);
-        frame.extend_from_slice(&0x0800u16.to_be_bytes());
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&l4);
-        frame
-    }
-}
-
-/// What a frame says, read back.
-#[derive(Debug, PartialEq, Eq)]
-pub struct View {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub ttl: u8,
-    pub proto: u8,
-    /// Ports, or the echo identifier in both.
-    pub sport: u16,
-    pub dport: u16,
-}
-
-pub fn view(frame: &[u8]) -> View {
-    assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4 frame");
-    let ip = &frame[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let l4 = &ip[ihl..];
-    let (sport, dport) = match ip[9] {
-        ICMP => {
-            let id = u16::from_be_bytes([l4[4], l4[5]]);
-            (id, id)
-        }
-        _ => (
-            u16::from_be_bytes([l4[0], l4[1]]),
-            u16::from_be_bytes([l4[2], l4[3]]),
-        ),
-    };
-    View {
-        dst_mac: frame[0..6].try_into().unwrap(),
-        src_mac: frame[6..12].try_into().unwrap(),
-        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        ttl: ip[8],
-        proto: ip[9],
-        sport,
-        dport,
-    }
-}
-
-/// Recomputes the IPv4 header checksum and the L4 checksum of a frame
-/// (pseudo header for TCP and UDP); a UDP checksum of 0 means "none".
-pub fn assert_checksums(frame: &[u8]) {
-    let ip = &frame[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    assert_eq!(checksum(&[&ip[..ihl]]), 0, "IPv4 header checksum");
-    let l4 = &ip[ihl..total];
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    match ip[9] {
-        TCP => assert_eq!(checksum(&[&pseudo, l4]), 0, "TCP checksum"),
-        UDP if l4[6..8] == [0, 0] => {}
-        UDP => assert_eq!(checksum(&[&pseudo, l4]), 0, "UDP checksum"),
-        ICMP => assert_eq!(checksum(&[l4]), 0, "ICMP checksum"),
-        _ => {}
-    }
-}
-
-pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp {
-        sport,
-        dport,
-        flags,
-    }
-}
-
-pub fn udp(sport: u16, dport: u16) -> L4 {
-    L4::Udp {
-        sport,
-        dport,
-        checksum: true,
-    }
-}
-
-pub fn echo(ty: u8, id: u16) -> L4 {
-    L4::Icmp { ty, id, seq: 7 }
-}
-
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A last-seen time past the shortest timeout (TCP closing, 10 s), in
-/// bpf_ktime_get_ns() time (CLOCK_MONOTONIC: time since boot).
-pub fn long_ago() -> u64 {
-    let now = monotonic_ns();
-    assert!(now > 30_000_000_000, "the machine is up for 30 s at least");
-    now - 20_000_000_000
-}
-
-/// The fields of an entry that the programs decide (not the clock and
-/// counters, checked apart).
-#[allow(clippy::too_many_arguments)]
-pub fn entry(
-    saddr: Ipv4Addr,
-    daddr: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    kind: u8,
-    state: u8,
-    direction: u8,
-    ifindex: u32,
-) -> CtEntry {
-    CtEntry {
-        saddr: be_ip(saddr),
-        daddr: be_ip(daddr),
-        sport: be_port(sport),
-        dport: be_port(dport),
-        kind,
-        state,
-        direction,
-        _pad: 0,
-        ifindex,
-        last_seen_ns: 0,
-        packets: 0,
-        bytes: 0,
-    }
-}
-
-/// Compares an entry with the expected one, clock and counters apart; the
-/// clock must be a recent bpf_ktime_get_ns().
-pub fn assert_entry(actual: Option<CtEntry>, expected: CtEntry, what: &str) {
-    let actual = actual.unwrap_or_else(|| panic!("{what}: no conntrack entry"));
-    let now = monotonic_ns();
-    assert!(
-        actual.last_seen_ns > 0 && actual.last_seen_ns <= now,
-        "{what}: last_seen_ns {} (now {now})",
-        actual.last_seen_ns
-    );
-    assert_eq!(
-        CtEntry {
-            last_seen_ns: 0,
-            packets: 0,
-            bytes: 0,
-            ..actual
-        },
-        expected,
-        "{what}"
-    );
-}
-
-/// The frame is what `expected` builds, byte for byte (addresses, ports,
-/// MACs, TTL, payload, and checksums equal to freshly computed ones), and
-/// its checksums verify.
-pub fn assert_frame(out: &[u8], expected: &Frame) {
-    let want = expected.bytes();
-    assert_eq!(view(out), view(&want), "rewritten headers");
-    assert_eq!(out, &want[..], "the whole frame");
-    assert_checksums(out);
-}
-
-pub fn assert_verdict(got: (u32, Vec<u8>), verdict: u32, frame: &[u8]) {
-    assert_eq!(got.0, verdict, "verdict");
-    assert_eq!(got.1, frame, "the frame is untouched");
-}
-
-pub fn with<F: FnOnce(&mut Frame)>(frame: &Frame, change: F) -> Frame {
-    let mut f = frame.clone();
-    change(&mut f);
-    f
-}
-
-/// The frame (20-byte IPv4 header) cut 10 bytes into its L4 header, with a
-/// consistent total length and header checksum: only the L4 header is short.
-pub fn cut_l4(frame: &[u8]) -> Vec<u8> {
-    let mut short = frame[..44].to_vec();
-    short[16..18].copy_from_slice(&30u16.to_be_bytes());
-    short[24..26].copy_from_slice(&[0, 0]);
-    let c = checksum(&[&short[14..34]]);
-    short[24..26].copy_from_slice(&c.to_be_bytes());
-    short
-}
-
-pub fn arp_frame(src_mac: [u8; 6]) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x06]);
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&A1.ip.octets());
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&NET_A.gateway.octets());
-    f
-}
-
-pub fn ipv6_frame(src_mac: [u8; 6]) -> Vec<u8> {
-    let mut f = NET_A.mac.to_vec();
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x86, 0xdd]);
-    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]); // UDP, 8 bytes
-    f.extend_from_slice(&[0xfd; 16]);
-    f.extend_from_slice(&[0xfe; 16]);
-    f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]);
-    f
 }

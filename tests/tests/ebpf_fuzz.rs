@@ -1,9 +1,10 @@
 //! Hostile packets: each TC program (`endpoint_ingress`, `uplink_ingress`,
 //! `uplink_egress`) gets a few thousand random and mutated frames through
-//! BPF_PROG_TEST_RUN, with the harness of `ebpf_programs.rs`
-//! (`netctl_tests::tc`): the same topology, maps filled as netctl would,
-//! published ports, and conntrack entries made by running valid frames first,
-//! so that mutations of those frames hit the translation paths.
+//! BPF_PROG_TEST_RUN, with the harness of the packet tests (`ebpf_snat.rs`
+//! and the others: `netctl_tests::tc`): the same topology, maps filled as
+//! netctl would, published ports, and conntrack entries made by running
+//! valid frames first, so that mutations of those frames hit the
+//! translation paths.
 //!
 //! Mutations: flipped bytes, truncation, wrong total length, IP options,
 //! fragments, bad IHL, bad IPv4 and L4 checksums, other protocols and
@@ -24,7 +25,7 @@
 
 use std::net::Ipv4Addr;
 
-use netctl_tests::tc::*;
+use netctl_tests::{frames::*, tc::*};
 
 const DEFAULT_COUNT: u64 = 3000;
 
@@ -373,14 +374,6 @@ struct Seed {
     frame: Vec<u8>,
 }
 
-fn udp_no_csum(sport: u16, dport: u16) -> L4 {
-    L4::Udp {
-        sport,
-        dport,
-        checksum: false,
-    }
-}
-
 /// Runs valid frames through the programs so that conntrack holds SNAT,
 /// DNAT and hairpin flows, and returns frames of each path: new flows,
 /// both directions of the known ones, and what is dropped or passed.
@@ -407,7 +400,7 @@ fn seeds(env: &Env) -> Vec<Seed> {
     let snat_tcp = view(&out).sport;
     let dns = Frame::from(A1, REMOTE, udp(5000, 53));
     let snat_udp = view(&must(env.endpoint(A1, &dns.bytes()), "snat udp")).sport;
-    let bare = Frame::from(A1, REMOTE, udp_no_csum(5001, 53));
+    let bare = Frame::from(A1, REMOTE, udp_no_checksum(5001, 53));
     let snat_bare = view(&must(env.endpoint(A1, &bare.bytes()), "snat udp0")).sport;
     let ping = Frame::from(A1, REMOTE, echo(8, 77));
     let snat_id = view(&must(env.endpoint(A1, &ping.bytes()), "snat icmp")).sport;
@@ -439,7 +432,7 @@ fn seeds(env: &Env) -> Vec<Seed> {
     add(
         "snat udp reply, no checksum",
         up,
-        &Frame::from_outside(REMOTE, UPLINK_IP, udp_no_csum(53, snat_bare)),
+        &Frame::from_outside(REMOTE, UPLINK_IP, udp_no_checksum(53, snat_bare)),
     );
     add(
         "snat icmp reply",
@@ -739,7 +732,7 @@ fn the_judge_catches_bad_rewrites() {
         );
     }
     // UDP without a checksum must stay without one.
-    let bare = Frame::from(A1, REMOTE, udp_no_csum(5000, 53));
+    let bare = Frame::from(A1, REMOTE, udp_no_checksum(5000, 53));
     let input = bare.bytes();
     let mut out = with(&bare, |f| f.src = UPLINK_IP).bytes();
     assert_eq!(judge_redirect(&input, &out), None);

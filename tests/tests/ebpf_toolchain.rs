@@ -4,9 +4,11 @@
 //! per-CPU `STATS` read back with netctl-common's `Counter` (both sides agree
 //! on the layout). Nothing is attached to an interface and nothing is pinned.
 //!
-//! What the datapath decides for the frame is tests/tests/ebpf_programs.rs's
-//! business; here only the invariants hold: the result is a TC verdict and
-//! the packet is counted exactly once, under one verdict or drop reason.
+//! What the datapath decides for the frame is the business of the packet
+//! tests (tests/tests/ebpf_passthrough.rs, ebpf_snat.rs, ebpf_dnat.rs,
+//! ebpf_hairpin.rs, ebpf_conntrack.rs); here only the invariants hold: the
+//! result is a TC verdict and the packet is counted exactly once, under one
+//! verdict or drop reason.
 
 use aya::{maps::PerCpuArray, programs::SchedClassifier, Ebpf, TestRun as _, TestRunOptions};
 use netctl::datapath::ebpf::EBPF_OBJECT;

@@ -1,0 +1,347 @@
+//! Ethernet + IPv4 frames for the tests that feed the TC programs: a builder
+//! ([`Frame`]) that computes every checksum, a reader ([`view`]), checksum
+//! checks, and the odd frames (ARP, IPv6, cut short) that the programs must
+//! leave alone. Nothing here knows the tests' topology: frames between its
+//! hosts are built in [`crate::tc::topology`].
+
+use std::net::Ipv4Addr;
+
+// ---------------------------------------------------------------------------
+// Protocol numbers and TCP flags.
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const PSH: u8 = 0x08;
+
+/// Where the IPv4 header starts: after the Ethernet header.
+const ETH_LEN: usize = 14;
+
+/// Internet checksum (RFC 1071), folded and complemented: 0 over data that
+/// includes a correct checksum.
+pub fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for bytes in chunks {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+// ---------------------------------------------------------------------------
+// The builder.
+
+#[derive(Clone, Copy, Debug)]
+pub enum L4 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    /// `checksum: false` sends 0 ("no checksum", legal on IPv4).
+    Udp {
+        sport: u16,
+        dport: u16,
+        checksum: bool,
+    },
+    Icmp {
+        ty: u8,
+        id: u16,
+        seq: u16,
+    },
+    /// Another protocol, with the payload as its content.
+    Raw {
+        proto: u8,
+    },
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+pub fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp {
+        sport,
+        dport,
+        checksum: true,
+    }
+}
+
+/// UDP with a checksum of 0: "none", which a translation must keep.
+pub fn udp_no_checksum(sport: u16, dport: u16) -> L4 {
+    L4::Udp {
+        sport,
+        dport,
+        checksum: false,
+    }
+}
+
+pub fn echo(ty: u8, id: u16) -> L4 {
+    L4::Icmp { ty, id, seq: 7 }
+}
+
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    /// Flags and fragment offset, host order (0x4000: DF).
+    pub frag: u16,
+    /// IP options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Frame {
+        Frame {
+            dst_mac,
+            src_mac,
+            src,
+            dst,
+            ttl: 64,
+            frag: 0x4000,
+            options: Vec::new(),
+            l4,
+            payload: b"netctl datapath test payload".to_vec(),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => TCP,
+            L4::Udp { .. } => UDP,
+            L4::Icmp { .. } => ICMP,
+            L4::Raw { proto } => proto,
+        }
+    }
+
+    pub fn l4_bytes(&self) -> Vec<u8> {
+        let pseudo = |len: usize| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&self.src.octets());
+            p.extend_from_slice(&self.dst.octets());
+            p.extend_from_slice(&[0, self.proto()]);
+            p.extend_from_slice(&(len as u16).to_be_bytes());
+            p
+        };
+        match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut h = Vec::new();
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
+                h.extend_from_slice(&0x2000_0002u32.to_be_bytes()); // ack
+                h.extend_from_slice(&[0x50, flags]); // data offset 5, flags
+                h.extend_from_slice(&64240u16.to_be_bytes()); // window
+                h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                h.extend_from_slice(&self.payload);
+                let c = checksum(&[&pseudo(h.len()), &h]);
+                h[16..18].copy_from_slice(&c.to_be_bytes());
+                h
+            }
+            L4::Udp {
+                sport,
+                dport,
+                checksum: with_checksum,
+            } => {
+                let len = 8 + self.payload.len();
+                let mut h = Vec::new();
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+                h.extend_from_slice(&[0, 0]);
+                h.extend_from_slice(&self.payload);
+                if with_checksum {
+                    let c = match checksum(&[&pseudo(len), &h]) {
+                        0 => 0xffff,
+                        c => c,
+                    };
+                    h[6..8].copy_from_slice(&c.to_be_bytes());
+                }
+                h
+            }
+            L4::Icmp { ty, id, seq } => {
+                let mut h = vec![ty, 0, 0, 0];
+                h.extend_from_slice(&id.to_be_bytes());
+                h.extend_from_slice(&seq.to_be_bytes());
+                h.extend_from_slice(&self.payload);
+                let c = checksum(&[&h]);
+                h[2..4].copy_from_slice(&c.to_be_bytes());
+                h
+            }
+            L4::Raw { .. } => self.payload.clone(),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        assert_eq!(self.options.len() % 4, 0, "IP options come in words");
+        let l4 = self.l4_bytes();
+        let ihl = 20 + self.options.len();
+        let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
+        ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&0x1234u16.to_be_bytes()); // id
+        ip.extend_from_slice(&self.frag.to_be_bytes());
+        ip.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.options);
+        let c = checksum(&[&ip]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+}
+
+/// A copy of `frame` with `change` applied: how a test says "the same frame,
+/// translated".
+pub fn with<F: FnOnce(&mut Frame)>(frame: &Frame, change: F) -> Frame {
+    let mut f = frame.clone();
+    change(&mut f);
+    f
+}
+
+// ---------------------------------------------------------------------------
+// Frames the programs must not take for whole IPv4 packets.
+
+/// The frame (20-byte IPv4 header) with another IPv4 total length, and the
+/// header checksum to match.
+pub fn with_total_length(frame: &[u8], total: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&f[ETH_LEN..ETH_LEN + 20]]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The frame (20-byte IPv4 header) cut 10 bytes into its L4 header, with a
+/// consistent total length and header checksum: only the L4 header is short.
+pub fn cut_l4(frame: &[u8]) -> Vec<u8> {
+    with_total_length(&frame[..ETH_LEN + 30], 30)
+}
+
+/// An ARP request from `src_mac` (`sender` asking for `target`), broadcast.
+pub fn arp_frame(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An IPv6 UDP datagram (fd.. to fe..) from `src_mac` to `dst_mac`.
+pub fn ipv6_frame(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]); // UDP, 8 bytes
+    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(&[0xfe; 16]);
+    f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]);
+    f
+}
+
+// ---------------------------------------------------------------------------
+// The reader and the checks.
+
+/// What a frame says, read back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct View {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub proto: u8,
+    /// Ports, or the echo identifier in both.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn view(frame: &[u8]) -> View {
+    assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4 frame");
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = &ip[ihl..];
+    let (sport, dport) = match ip[9] {
+        ICMP => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (id, id)
+        }
+        _ => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+    };
+    View {
+        dst_mac: frame[0..6].try_into().unwrap(),
+        src_mac: frame[6..12].try_into().unwrap(),
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        ttl: ip[8],
+        proto: ip[9],
+        sport,
+        dport,
+    }
+}
+
+/// Recomputes the IPv4 header checksum and the L4 checksum of a frame
+/// (pseudo header for TCP and UDP); a UDP checksum of 0 means "none".
+pub fn assert_checksums(frame: &[u8]) {
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    assert_eq!(checksum(&[&ip[..ihl]]), 0, "IPv4 header checksum");
+    let l4 = &ip[ihl..total];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    match ip[9] {
+        TCP => assert_eq!(checksum(&[&pseudo, l4]), 0, "TCP checksum"),
+        UDP if l4[6..8] == [0, 0] => {}
+        UDP => assert_eq!(checksum(&[&pseudo, l4]), 0, "UDP checksum"),
+        ICMP => assert_eq!(checksum(&[l4]), 0, "ICMP checksum"),
+        _ => {}
+    }
+}
+
+/// The frame is what `expected` builds, byte for byte (addresses, ports,
+/// MACs, TTL, payload, and checksums equal to freshly computed ones), and
+/// its checksums verify.
+pub fn assert_frame(out: &[u8], expected: &Frame) {
+    let want = expected.bytes();
+    assert_eq!(view(out), view(&want), "rewritten headers");
+    assert_eq!(out, &want[..], "the whole frame");
+    assert_checksums(out);
+}

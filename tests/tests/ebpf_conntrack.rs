@@ -1,0 +1,367 @@
+//! The conntrack table of the TC programs, frame by frame through
+//! BPF_PROG_TEST_RUN (the harness: `netctl_tests::tc`): a flow's states
+//! (RST closing both directions, a SYN reopening a closing flow), expired
+//! entries and their pairs, and a full table (new flows refused, dead
+//! entries reclaimed at most once a second).
+
+use netctl_common::{
+    conntrack::{CtEntry, CtKey, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW},
+    stats::StatIndex,
+};
+use netctl_tests::{frames::*, tc::*};
+
+/// A container reusing a source port whose old flow is closing starts a
+/// new flow: the old entries go (the kernel's TIME_WAIT rule) instead of the
+/// SYN riding a translation whose port may belong to someone else by now.
+#[test]
+fn a_syn_on_a_closing_flow_starts_a_new_one() {
+    let opts = Opts {
+        snat_ports: (40_000, 40_001),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let first = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &first.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let old_port = view(&out).sport;
+        let fin = Frame::from(A1, REMOTE, tcp(33000, 443, FIN | ACK)).bytes();
+        let (verdict, _) = env.endpoint(A1, &fin);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let original = ct_key(A1.ip, REMOTE, 33000, 443, TCP);
+        assert_eq!(env.ct_get(&original).unwrap().state, CT_STATE_CLOSING);
+        let old_reply = ct_key(REMOTE, UPLINK_IP, 443, old_port, TCP);
+
+        // Another flow takes the closing flow's port over (claim)...
+        let taker = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        let (verdict, out) = env.endpoint(A2, &taker);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let taker_port = view(&out).sport;
+
+        // ...then A1 reuses 33000: a new flow, never the stale translation.
+        let again = Frame::from(A1, REMOTE, tcp(33000, 443, SYN)).bytes();
+        let (verdict, out) = env.endpoint(A1, &again);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let new_port = view(&out).sport;
+        let new_reply = ct_key(REMOTE, UPLINK_IP, 443, new_port, TCP);
+        assert_eq!(
+            env.ct_get(&original).unwrap().state,
+            CT_STATE_NEW,
+            "a fresh original entry"
+        );
+        assert_eq!(
+            env.ct_get(&new_reply).unwrap().daddr,
+            be_ip(A1.ip),
+            "replies come back to A1"
+        );
+        if taker_port == old_port {
+            // The taken-over reply entry still belongs to A2's flow.
+            assert_ne!(new_port, old_port);
+            assert_eq!(env.ct_get(&old_reply).unwrap().daddr, be_ip(A2.ip));
+        }
+        assert_checksums(&out);
+    });
+}
+
+#[test]
+fn expired_entries_are_misses_unless_their_pair_lives() {
+    in_netns(Opts::default(), |env| {
+        let key = ct_key(A1.ip, REMOTE, 33000, 443, TCP);
+        let stale = CtEntryBuilder::snat((UPLINK_IP, 41_234), (REMOTE, 443))
+            .state(CT_STATE_CLOSING)
+            .last_seen(long_ago())
+            .build();
+        // Expired, and no pair: a miss; a new flow replaces it.
+        env.ct_insert(key, stale);
+        let ack = Frame::from(A1, REMOTE, tcp(33000, 443, ACK));
+        let (verdict, out) = env.endpoint(A1, &ack.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let fresh = env.ct_get(&key).expect("new entry");
+        assert!(fresh.last_seen_ns > stale.last_seen_ns, "a new entry");
+        assert_eq!(fresh.state, CT_STATE_ESTABLISHED, "picked up mid-stream");
+        assert_eq!(view(&out).sport, u16::from_be(fresh.sport));
+        assert_eq!(env.conntrack().len(), 2);
+
+        // Expired, but its pair saw a packet lately: the flow lives on, with
+        // its port.
+        let key2 = ct_key(A1.ip, REMOTE, 33001, 443, TCP);
+        env.ct_insert(key2, stale);
+        let pair = CtEntryBuilder::snat((REMOTE, 443), (A1.ip, 33001))
+            .reply()
+            .deliver_to(env.veth(A1))
+            .state(CT_STATE_CLOSING)
+            .last_seen(monotonic_ns())
+            .build();
+        env.ct_insert(ct_key(REMOTE, UPLINK_IP, 443, 41_234, TCP), pair);
+        let ack2 = Frame::from(A1, REMOTE, tcp(33001, 443, ACK));
+        let (verdict, out) = env.endpoint(A1, &ack2.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, 41_234, "the flow's own port");
+        assert_checksums(&out);
+        assert!(
+            env.ct_get(&key2).unwrap().last_seen_ns > stale.last_seen_ns,
+            "refreshed"
+        );
+        assert_eq!(env.conntrack().len(), 4);
+        env.assert_stats(&[(StatIndex::Snat, 2), (StatIndex::RedirectUplink, 2)]);
+    });
+}
+
+#[test]
+fn rst_closes_both_directions_and_ttl_one_from_outside_is_the_kernels() {
+    in_netns(Opts::default(), |env| {
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let port = view(&out).sport;
+        // TTL 1 on the way in: not forwarded, not translated.
+        let expiring = with(
+            &Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, port, SYN | ACK)),
+            |f| f.ttl = 1,
+        )
+        .bytes();
+        assert_verdict(env.uplink_in(&expiring), TC_ACT_OK, &expiring);
+        let original_key = ct_key(A1.ip, REMOTE, 33000, 443, TCP);
+        let reply_key = ct_key(REMOTE, UPLINK_IP, 443, port, TCP);
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_NEW);
+        // The remote resets: both entries close.
+        let rst = Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, port, 0x04));
+        let (verdict, out) = env.uplink_in(&rst.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).dst, A1.ip);
+        assert_checksums(&out);
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_CLOSING);
+        assert_eq!(env.ct_get(&original_key).unwrap().state, CT_STATE_CLOSING);
+        // A new SYN on the same tuple reopens the flow, same port.
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, port);
+        assert_eq!(env.ct_get(&original_key).unwrap().state, CT_STATE_NEW);
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_NEW);
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::RedirectUplink, 2),
+            (StatIndex::Pass, 1),
+            (StatIndex::ReverseNat, 1),
+            (StatIndex::RedirectPeer, 1),
+        ]);
+    });
+}
+
+/// A full table refuses new flows of every kind (SNAT, DNAT, hairpin),
+/// counted and untouched, and evicts nothing: the flows it holds keep
+/// being translated both ways. The sweep that a full table starts finds
+/// nothing dead and deletes nothing.
+#[test]
+fn a_full_conntrack_table_refuses_new_flows_only() {
+    let opts = Opts {
+        conntrack_max: Some(4),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        // Two flows fill the table: SNAT A1 → REMOTE, DNAT REMOTE → A2.
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let nat_port = view(&out).sport;
+        let dnat_syn = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50000, 8080, SYN));
+        let (verdict, _) = env.uplink_in(&dnat_syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let table = env.ct_keys();
+        assert_eq!(table.len(), 4);
+
+        // New flows: refused, frames untouched, nothing added or evicted.
+        let snat = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A2, &snat), TC_ACT_SHOT, &snat);
+        let dnat = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50001, 8080, SYN)).bytes();
+        assert_verdict(env.uplink_in(&dnat), TC_ACT_SHOT, &dnat);
+        let hairpin = Frame::from(A1, UPLINK_IP, tcp(33001, 8080, SYN)).bytes();
+        assert_verdict(env.endpoint(A1, &hairpin), TC_ACT_SHOT, &hairpin);
+        let udp_flow = Frame::from(A1, REMOTE, udp(33002, 53)).bytes();
+        assert_verdict(env.endpoint(A1, &udp_flow), TC_ACT_SHOT, &udp_flow);
+        assert_eq!(env.ct_keys(), table, "no entry added or evicted");
+
+        // The flows in the table go on, both ways.
+        let ack = Frame::from(A1, REMOTE, tcp(33000, 443, ACK | PSH));
+        let (verdict, out) = env.endpoint(A1, &ack.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, nat_port);
+        assert_checksums(&out);
+        let back = Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, nat_port, ACK));
+        let (verdict, out) = env.uplink_in(&back.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).dst, A1.ip);
+        assert_checksums(&out);
+        let more = Frame::from_outside(REMOTE, UPLINK_IP, tcp(50000, 8080, ACK));
+        let (verdict, out) = env.uplink_in(&more.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).dst, A2.ip);
+        let answer = Frame::from(A2, REMOTE, tcp(80, 50000, ACK));
+        let (verdict, out) = env.endpoint(A2, &answer.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).src, UPLINK_IP);
+        assert_eq!(env.conntrack().len(), 4);
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::Dnat, 2),
+            (StatIndex::ReverseNat, 2),
+            (StatIndex::RedirectUplink, 3),
+            (StatIndex::RedirectPeer, 3),
+            (StatIndex::DropConntrackFull, 4),
+        ]);
+    });
+}
+
+/// A full table sweeps itself when a new flow finds no room: that packet
+/// is dropped, dead entries go (a closed pair, lone expired entries), an
+/// expired entry whose pair is alive stays (a one-way stream), and the
+/// flow's next packet gets in. One sweep a second at most: before that,
+/// new flows are refused even though dead entries are there.
+#[test]
+fn a_full_conntrack_table_reclaims_dead_entries_once_a_second() {
+    let opts = Opts {
+        conntrack_max: Some(6),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let a1 = env.veth(A1);
+        let a2 = env.veth(A2);
+        let dead = long_ago();
+        let plant = |env: &mut Env, key: CtKey, entry: CtEntry| {
+            env.ct_insert(key, entry);
+            key
+        };
+        // A closed SNAT flow, both entries dead.
+        let closed_out = plant(
+            env,
+            ct_key(A2.ip, REMOTE, 35000, 443, TCP),
+            CtEntryBuilder::snat((UPLINK_IP, 41_001), (REMOTE, 443))
+                .state(CT_STATE_CLOSING)
+                .last_seen(dead)
+                .build(),
+        );
+        let closed_back = plant(
+            env,
+            ct_key(REMOTE, UPLINK_IP, 443, 41_001, TCP),
+            CtEntryBuilder::snat((REMOTE, 443), (A2.ip, 35000))
+                .reply()
+                .deliver_to(a2)
+                .state(CT_STATE_CLOSING)
+                .last_seen(dead)
+                .build(),
+        );
+        // A one-way UDP stream: its reply entry expired long ago, the
+        // original one is alive.
+        let stream_out = plant(
+            env,
+            ct_key(A1.ip, REMOTE, 36000, 53, UDP),
+            CtEntryBuilder::snat((UPLINK_IP, 41_000), (REMOTE, 53))
+                .last_seen(monotonic_ns())
+                .build(),
+        );
+        let stream_back = plant(
+            env,
+            ct_key(REMOTE, UPLINK_IP, 53, 41_000, UDP),
+            CtEntryBuilder::snat((REMOTE, 53), (A1.ip, 36000))
+                .reply()
+                .deliver_to(a1)
+                .last_seen(ago(120))
+                .build(),
+        );
+        // Two lone dead entries (their pairs long gone).
+        let lone = [
+            plant(
+                env,
+                ct_key(A2.ip, REMOTE, 37000, 443, TCP),
+                CtEntryBuilder::snat((UPLINK_IP, 41_002), (REMOTE, 443))
+                    .state(CT_STATE_CLOSING)
+                    .last_seen(dead)
+                    .build(),
+            ),
+            plant(
+                env,
+                ct_key(A2.ip, REMOTE, 7, 7, ICMP),
+                CtEntryBuilder::snat((UPLINK_IP, 41_003), (REMOTE, 41_003))
+                    .state(CT_STATE_ESTABLISHED)
+                    .last_seen(ago(60))
+                    .build(),
+            ),
+        ];
+        assert_eq!(env.conntrack().len(), 6, "full");
+
+        // A new flow: dropped, and the sweep makes room...
+        let syn = Frame::from(A1, REMOTE, tcp(33000, 443, SYN));
+        assert_verdict(env.endpoint(A1, &syn.bytes()), TC_ACT_SHOT, &syn.bytes());
+        assert_eq!(
+            env.ct_keys(),
+            in_table_order(vec![stream_out, stream_back]),
+            "dead entries reclaimed, live ones kept"
+        );
+        // ...for its retransmission.
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums(&out);
+        let nat_port = view(&out).sport;
+        let want = vec![
+            stream_out,
+            stream_back,
+            ct_key(A1.ip, REMOTE, 33000, 443, TCP),
+            ct_key(REMOTE, UPLINK_IP, 443, nat_port, TCP),
+        ];
+        assert_eq!(
+            env.ct_keys(),
+            in_table_order(want),
+            "the new flow and the live ones"
+        );
+        for gone in [closed_out, closed_back, lone[0], lone[1]] {
+            assert!(env.ct_get(&gone).is_none());
+        }
+
+        // Full again with dead entries, but the last sweep was just now: a
+        // new flow is refused.
+        let dead_again = [
+            plant(
+                env,
+                ct_key(A2.ip, REMOTE, 38000, 443, TCP),
+                CtEntryBuilder::snat((UPLINK_IP, 41_004), (REMOTE, 443))
+                    .state(CT_STATE_CLOSING)
+                    .last_seen(dead)
+                    .build(),
+            ),
+            plant(
+                env,
+                ct_key(A2.ip, REMOTE, 38001, 443, TCP),
+                CtEntryBuilder::snat((UPLINK_IP, 41_005), (REMOTE, 443))
+                    .state(CT_STATE_CLOSING)
+                    .last_seen(dead)
+                    .build(),
+            ),
+        ];
+        let next = Frame::from(A2, REMOTE, tcp(34000, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A2, &next), TC_ACT_SHOT, &next);
+        assert_eq!(env.conntrack().len(), 6);
+        for kept in dead_again {
+            assert!(env.ct_get(&kept).is_some(), "no sweep within the second");
+        }
+
+        // A second later, the next refusal sweeps again.
+        env.set_last_reclaim(ago(2));
+        assert_verdict(env.endpoint(A2, &next), TC_ACT_SHOT, &next);
+        assert_eq!(env.conntrack().len(), 4);
+        let (verdict, out) = env.endpoint(A2, &next);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums(&out);
+        for gone in dead_again {
+            assert!(env.ct_get(&gone).is_none());
+        }
+        assert_eq!(env.conntrack().len(), 6);
+        assert!(
+            env.ct_get(&stream_back).is_some(),
+            "the one-way stream kept"
+        );
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::RedirectUplink, 2),
+            (StatIndex::DropConntrackFull, 3),
+        ]);
+    });
+}
