@@ -4,8 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    endpoint_rules, host_rules, network_rules, port_rules, Batch, Iptables, Rule, Saved, Table,
-    CHAINS, CHAIN_PREFIX,
+    batch::Batch,
+    rules::{
+        endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, CHAINS, CHAIN_PREFIX,
+    },
+    save::{Saved, SavedRule},
+    Iptables,
 };
 use crate::{
     datapath::{Datapath, Drift},
@@ -37,19 +41,19 @@ fn desired_rules(state: &State) -> Vec<Rule> {
     rules
 }
 
-/// Lines in our chains, or jumping into them, that no object of the state
-/// implies: `(table, line)`.
-fn extra_lines(saved: &Saved, desired: &[Rule]) -> Vec<(Table, String)> {
-    let wanted: BTreeSet<(Table, String)> = desired.iter().map(|r| (r.table, r.saved())).collect();
-    let mut extra = Vec::new();
-    for table in Table::ALL {
-        for line in saved.rules(table) {
-            if line.contains(CHAIN_PREFIX) && !wanted.contains(&(table, line.clone())) {
-                extra.push((table, line.clone()));
-            }
-        }
-    }
-    extra
+/// Rules in our chains, or jumping into them, that no object of the state
+/// implies.
+fn extra_rules<'a>(saved: &'a Saved, desired: &[Rule]) -> Vec<&'a SavedRule> {
+    let wanted: BTreeSet<(Table, &str, &str)> = desired
+        .iter()
+        .map(|r| (r.table, r.chain, r.spec.as_str()))
+        .collect();
+    Table::ALL
+        .into_iter()
+        .flat_map(|table| saved.rules(table))
+        .filter(|r| r.in_netctl_chain() || r.jumps_to_netctl_chain())
+        .filter(|r| !wanted.contains(&(r.table, r.chain.as_str(), r.spec.as_str())))
+        .collect()
 }
 
 /// Chains named like ours that netctl does not make.
@@ -94,9 +98,9 @@ pub(super) fn audit(ipt: &Iptables, state: &State) -> Result<Vec<Drift>> {
             )),
         }
     }
-    for (table, line) in extra_lines(&saved, &desired) {
+    for rule in extra_rules(&saved, &desired) {
         drift.push(Drift::new(
-            format!("iptables rule `{table} {line}`"),
+            format!("iptables rule `{rule}`"),
             "not implied by the state",
         ));
     }
@@ -136,8 +140,8 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
     let saved = ipt.saved()?;
     let desired = desired_rules(state);
     let mut batch = Batch::default();
-    for (table, line) in extra_lines(&saved, &desired) {
-        batch.push(table, format!("-D {}", &line[3..]));
+    for rule in extra_rules(&saved, &desired) {
+        batch.push(rule.table, rule.delete());
     }
     let mut seen = BTreeSet::new();
     for rule in &desired {

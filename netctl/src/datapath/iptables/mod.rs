@@ -1,0 +1,415 @@
+//! The iptables datapath: Docker's behaviour (without a userland proxy),
+//! written in chains of netctl's own so that nothing else's rules are edited.
+//!
+//! ```text
+//! nat     PREROUTING   -m addrtype --dst-type LOCAL -j NETCTL-DNAT
+//!         OUTPUT       -m addrtype --dst-type LOCAL -j NETCTL-DNAT
+//!         POSTROUTING  -j NETCTL-POSTROUTING
+//!         NETCTL-DNAT         one DNAT rule per published port
+//!         NETCTL-POSTROUTING  per network: egress MASQUERADE, hairpin, 127.0.0.1
+//! raw     PREROUTING   -j NETCTL-ANTISPOOF               (first rule)
+//!         NETCTL-ANTISPOOF    per endpoint: from its veth with another source
+//!                             address -> DROP, with another source MAC -> DROP
+//! filter  FORWARD      -j NETCTL-FORWARD                 (first rule)
+//!         NETCTL-FORWARD      -j NETCTL-ISOLATION-1      (first rule), then per
+//!                             network: replies and published ports in, INVALID
+//!                             (un-NATable) leaving DROP, all out, DROP
+//!         NETCTL-ISOLATION-1  per network: leaving its bridge -> ISOLATION-2;
+//!                             per internal network: DROP anything in or out
+//!         NETCTL-ISOLATION-2  published-port connections RETURN (first rule), then
+//!                             per network: entering its bridge -> DROP
+//! ```
+//!
+//! So: containers of one network never reach another network's containers
+//! directly, but reach its published ports through a host address like any
+//! client would (as with Docker's default userland proxy; moby#38784 is the
+//! bug Docker had without it); internal networks reach nothing and nothing
+//! reaches them.
+//!
+//! Anti-spoofing goes beyond Docker (which has none): a container may send
+//! IPv4 only from its own address and MAC, on its own veth, like the eBPF
+//! datapath's `endpoint_ingress`. The rules match the bridge port with
+//! `physdev`, so they need br_netfilter's `net.bridge.bridge-nf-call-iptables`
+//! (per network namespace since Linux 5.3, 1 by default): `host_up` sets it
+//! in the host namespace only, and never turns it back off. They sit in the
+//! raw table, before conntrack, so a forged packet leaves no flow behind, and
+//! their packet counters (`iptables-save -c -t raw`) count what was dropped.
+//!
+//! Rules are data ([`Rule`]): the same value renders the line that adds it
+//! (`-A`/`-I`), the line that deletes it (`-D`) and the line `iptables-save`
+//! prints for it, so add, delete and "is it there?" can never disagree. Each
+//! rule is rendered in the canonical form of `iptables-save` (checked by the
+//! tests, iptables v1.8.9 nft backend): addresses, then interfaces, then the
+//! protocol and its match, then other matches, then the target.
+//!
+//! Every change is one `iptables-restore --noflush` batch, planned against
+//! one `iptables-save` read: only missing rules are added, only present ones
+//! deleted, and only absent chains declared (a `:CHAIN` line flushes an
+//! existing chain under `--noflush`). A batch never fails half-way on
+//! account of state, and the kernel applies it atomically (per table with
+//! the legacy backend, as a whole with the nft one).
+//!
+//! Where each part lives: `rules.rs` (the rules as data and the functions
+//! that build each set), `save.rs` (`iptables-save` read into typed rules),
+//! `batch.rs` (one `iptables-restore` input and why it failed), `audit.rs`
+//! (`netctl doctor`); here, the [`Datapath`] calls that tie them together.
+//! The kernel tests are in the tests crate (`tests/tests/iptables_datapath.rs`).
+
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+
+mod audit;
+mod batch;
+#[cfg(test)]
+mod fixtures;
+mod rules;
+mod save;
+
+pub use batch::Batch;
+pub use rules::{
+    endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
+    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
+    POSTROUTING_CHAIN,
+};
+pub use save::{AddressMatch, DnatDestination, Saved, SavedChain, SavedRule};
+
+use rules::{check_bridge, check_endpoint, dedup};
+
+use super::{Datapath, Drift, HostInfo};
+use crate::{
+    error::{Error, Result},
+    state::{DatapathKind, Endpoint, Network, PortMapping, State},
+};
+
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// `8080/tcp`, `127.0.0.1:8080/tcp`.
+fn describe_ports(ports: &[PortMapping]) -> String {
+    ports
+        .iter()
+        .map(|p| match p.host_ip.filter(|ip| !ip.is_unspecified()) {
+            Some(ip) => format!("{ip}:{}/{}", p.host_port, p.protocol),
+            None => format!("{}/{}", p.host_port, p.protocol),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn write_sysctl(key: &str, path: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| Error::io(format!("sysctl {key}"), e))
+}
+
+/// The iptables datapath of one host namespace (the calling thread's).
+#[derive(Clone, Debug)]
+pub struct Iptables {
+    restore: String,
+    save: String,
+}
+
+impl Iptables {
+    /// The rules are written in whatever namespace the calling thread is in:
+    /// the host's, which the process has already entered.
+    pub fn new(_host: &HostInfo) -> Iptables {
+        Iptables::with_programs(batch::RESTORE, save::SAVE)
+    }
+
+    /// The datapath running these programs in place of `iptables-restore`
+    /// and `iptables-save` (for tests: a missing or failing program).
+    pub fn with_programs(restore: impl Into<String>, save: impl Into<String>) -> Iptables {
+        Iptables {
+            restore: restore.into(),
+            save: save.into(),
+        }
+    }
+
+    /// Every chain and rule of the host mentioning NETCTL, as `TABLE LINE`
+    /// (`nat -A POSTROUTING -j NETCTL-POSTROUTING`, `filter :NETCTL-FORWARD - [0:0]`).
+    pub fn netctl_rules(&self) -> Result<Vec<String>> {
+        Ok(self.saved()?.netctl_lines())
+    }
+
+    /// Whether anything of netctl's is left in nat or filter.
+    pub fn rules_present(&self) -> Result<bool> {
+        Ok(!self.netctl_rules()?.is_empty())
+    }
+
+    /// Which of `rules` are not there (for `doctor`).
+    pub fn missing(&self, rules: &[Rule]) -> Result<Vec<Rule>> {
+        let saved = self.saved()?;
+        Ok(rules
+            .iter()
+            .filter(|r| saved.count(r) == 0)
+            .cloned()
+            .collect())
+    }
+}
+
+/// Rules a crash may have left sending traffic into `subnet` (a later
+/// network reusing it must not inherit them): DNAT rules to an address in
+/// it, and both anti-spoofing rules of each endpoint with an address in it
+/// (the MAC rule is found by the veth of the address rule).
+fn leftovers_in_subnet(saved: &Saved, subnet: Ipv4Net) -> Vec<&SavedRule> {
+    let dnat = saved
+        .rules_in(Table::Nat, DNAT_CHAIN)
+        .filter(|r| r.dnat_to.as_ref().is_some_and(|to| subnet.contains(&to.ip)));
+    let antispoof: Vec<&SavedRule> = saved.rules_in(Table::Raw, ANTISPOOF_CHAIN).collect();
+    let stale_veths: BTreeSet<&str> = antispoof
+        .iter()
+        .filter_map(|rule| {
+            let source = rule.source.as_ref().filter(|s| s.negated)?;
+            let veth = rule.physdev_in.as_deref()?;
+            subnet.contains(&source.net.addr()).then_some(veth)
+        })
+        .collect();
+    let stale_antispoof = antispoof.iter().copied().filter(|r| {
+        r.physdev_in
+            .as_deref()
+            .is_some_and(|v| stale_veths.contains(v))
+    });
+    dnat.chain(stale_antispoof).collect()
+}
+
+impl Datapath for Iptables {
+    fn kind(&self) -> DatapathKind {
+        DatapathKind::Iptables
+    }
+
+    fn host_up(&self) -> Result<()> {
+        // /proc/sys/net resolves to the namespace of the writing thread.
+        write_sysctl("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward")?;
+        // Anti-spoofing sees bridged packets (container to container) only
+        // through br_netfilter; the sysctl is the host namespace's own.
+        if !std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists() {
+            return Err(Error::system(
+                "sysctl net.bridge.bridge-nf-call-iptables",
+                "missing: the iptables datapath needs br_netfilter (modprobe br_netfilter)",
+            ));
+        }
+        write_sysctl(
+            "net.bridge.bridge-nf-call-iptables",
+            BRIDGE_NF_CALL_IPTABLES,
+        )?;
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        self.restore("iptables: host setup", &batch)
+    }
+
+    fn host_down(&self) -> Result<()> {
+        let saved = self.saved()?;
+        let mut errors = Vec::new();
+        // One batch per table, so that a failure in one leaves the other done.
+        for table in Table::ALL {
+            let mut batch = Batch::default();
+            let ours: Vec<&str> = saved
+                .chains(table)
+                .filter(|c| c.starts_with(CHAIN_PREFIX))
+                .collect();
+            // Jumps into our chains from any other chain (the built-in ones,
+            // or a chain some admin hooked us into).
+            for rule in saved.rules(table) {
+                if !rule.in_netctl_chain() && rule.jumps_to_netctl_chain() {
+                    batch.push(table, rule.delete());
+                }
+            }
+            // Flush all before deleting any: ISOLATION-1 jumps to ISOLATION-2.
+            for chain in &ours {
+                batch.push(table, format!("-F {chain}"));
+            }
+            for chain in &ours {
+                batch.push(table, format!("-X {chain}"));
+            }
+            self.restore_keep_going(
+                &format!("iptables: host teardown ({table})"),
+                &batch,
+                &mut errors,
+            );
+        }
+        Error::collect(errors)
+    }
+
+    fn network_up(&self, net: &Network) -> Result<()> {
+        check_bridge(net)?;
+        if !net.internal {
+            // Lets the host's 127.0.0.1 -> published port packets be routed
+            // out of the bridge (then MASQUERADEd), as Docker and netavark do.
+            let key = format!("net.ipv4.conf.{}.route_localnet", net.bridge);
+            write_sysctl(
+                &key,
+                &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", net.bridge),
+            )?;
+        }
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_in_order(&saved, &network_rules(net));
+        self.restore(&format!("iptables: network {} up", net.name), &batch)
+    }
+
+    /// Deletes the network's rules and also what a crash before its
+    /// containers were removed left for its subnet (`leftovers_in_subnet`).
+    /// (No bridge name check: only lines found in iptables-save are deleted,
+    /// and teardown must never be refused.)
+    fn network_down(&self, net: &Network) -> Result<()> {
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.remove(&saved, &network_rules(net));
+        for rule in leftovers_in_subnet(&saved, net.subnet) {
+            batch.push(rule.table, rule.delete());
+        }
+        self.restore(&format!("iptables: network {} down", net.name), &batch)
+    }
+
+    /// Anti-spoofing of the endpoint; isolation and NAT match on the
+    /// network's bridge, and published ports come with their own calls.
+    fn endpoint_added(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        check_endpoint(ep)?;
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_once(&saved, &endpoint_rules(ep));
+        self.restore(
+            &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
+            &batch,
+        )
+    }
+
+    fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.remove(&saved, &endpoint_rules(ep));
+        self.restore(
+            &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
+            &batch,
+        )
+    }
+
+    fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {
+        if net.internal && !ports.is_empty() {
+            return Err(Error::invalid(
+                format!("network {}", net.name),
+                format!("is internal: cannot publish {}", describe_ports(ports)),
+            ));
+        }
+        if let Some(p) = ports.iter().find(|p| p.network != net.name) {
+            return Err(Error::invalid(
+                format!("port {}", p.describe()),
+                format!("belongs to network {}, not {}", p.network, net.name),
+            ));
+        }
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_once(&saved, &dedup(port_rules(ports)));
+        self.restore(
+            &format!(
+                "iptables: publish {} on network {}",
+                describe_ports(ports),
+                net.name
+            ),
+            &batch,
+        )
+    }
+
+    fn audit(&self, state: &State) -> Result<Vec<Drift>> {
+        audit::audit(self, state)
+    }
+
+    fn reconcile(&self, state: &State) -> Result<()> {
+        audit::reconcile(self, state)
+    }
+
+    fn ports_unpublished(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.remove(&saved, &dedup(port_rules(ports)));
+        self.restore(
+            &format!(
+                "iptables: unpublish {} on network {}",
+                describe_ports(ports),
+                net.name
+            ),
+            &batch,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        datapath::iptables::fixtures::{endpoint, front, network, port},
+        state::Protocol,
+    };
+
+    /// An `Iptables` whose programs do nothing: proves a method refused
+    /// before reading or writing any rule.
+    fn inert() -> Iptables {
+        Iptables::with_programs("/bin/false", "/bin/false")
+    }
+
+    #[test]
+    fn refuses_bad_input_before_touching_anything() {
+        let dp = inert();
+        let int = network("int", "nc-int", "172.20.0.0/16", true);
+        let p = port(Protocol::Tcp, None, 8080, [172, 20, 0, 2], 80, "int");
+        let err = dp.ports_published(&int, &[p]).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "network int: is internal: cannot publish 8080/tcp"
+        );
+        let err = dp
+            .ports_published(
+                &front(),
+                &[port(Protocol::Tcp, None, 1, [10, 0, 0, 1], 1, "back")],
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        for bridge in ["br+", "a b", "br/0", "", "a-very-long-bridge-name"] {
+            let err = dp
+                .network_up(&network("x", bridge, "10.0.0.0/24", false))
+                .unwrap_err();
+            assert!(matches!(err, Error::Invalid { .. }), "{bridge:?}: {err}");
+        }
+        for (veth, mac) in [
+            ("veth+", "02:42:ac:12:00:02"),
+            ("a b", "02:42:ac:12:00:02"),
+            ("veth0", "02:42:ac:12:00"),
+            ("veth0", "02:42:ac:12:00:0g"),
+            ("veth0", "02:42:ac:12:00:02 -j ACCEPT"),
+        ] {
+            let ep = Endpoint {
+                host_veth: veth.into(),
+                mac: mac.into(),
+                ..endpoint()
+            };
+            let err = dp.endpoint_added(&front(), &ep).unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid { .. }),
+                "{veth:?} {mac:?}: {err}"
+            );
+        }
+        // Nothing to do is done without running anything.
+        dp.ports_published(&front(), &[]).unwrap();
+        dp.ports_unpublished(&front(), &[]).unwrap();
+        // And a failing iptables-save is reported, not mistaken for "no rules".
+        let err = dp.network_down(&front()).unwrap_err();
+        assert!(matches!(err, Error::System { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("iptables: read rules (/bin/false): "),
+            "{err}"
+        );
+    }
+}
