@@ -1,5 +1,10 @@
 //! `CONNTRACK`: a hash with one entry per direction of a translated flow.
 
+/// Entries of the conntrack table (two per flow): the programs' map
+/// declaration, which the controller keeps unless `NETCTL_CONNTRACK_MAX`
+/// sizes it otherwise at load.
+pub const CONNTRACK_MAX_DEFAULT: u32 = 262_144;
+
 /// A packet's 5-tuple as it arrives (addresses and ports in network order;
 /// ICMP echo uses the identifier as both ports).
 #[repr(C)]

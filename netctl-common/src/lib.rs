@@ -14,7 +14,14 @@ pub mod portmap;
 pub mod sock;
 pub mod stats;
 
-/// Names of the maps, as the controller opens and pins them.
+/// Names of the maps: the controller loads, pins, opens and audits them by
+/// these names.
+///
+/// The programs (netctl-ebpf/src/maps.rs) declare each map as a static of
+/// the same name: aya-ebpf's `#[map(name = ...)]` takes only a string
+/// literal (or, without it, the static's identifier), so a const cannot
+/// name it. A unit test of netctl (`datapath::ebpf::pins`) parses the built
+/// object and fails when its maps and [`maps::ALL`] differ.
 pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const ENDPOINTS: &str = "ENDPOINTS";
@@ -24,6 +31,19 @@ pub mod maps {
     pub const CT_RECLAIM: &str = "CT_RECLAIM";
     pub const STATS: &str = "STATS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+
+    /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
+    /// by the controller.
+    pub const ALL: [&str; 8] = [
+        CONFIG,
+        ENDPOINTS,
+        NETWORKS,
+        PORTMAP,
+        CONNTRACK,
+        CT_RECLAIM,
+        SOCK_REVNAT,
+        STATS,
+    ];
 }
 
 /// Declares `aya::Pod` for types that are plain old data (repr(C), every

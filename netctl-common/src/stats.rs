@@ -1,78 +1,69 @@
 //! Per-verdict and per-drop-reason counters (`STATS`, a per-CPU array).
 
-/// Index of a counter in the `STATS` map. Every drop has a named reason
-/// (`Drop*`); the other slots count verdicts.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatIndex {
-    /// Handed to the kernel unchanged (nothing of ours to do).
-    Pass = 0,
-    /// Not IPv4 (IPv6, ARP, ...): passed untouched.
-    NotIpv4 = 1,
-    /// Shorter than the headers it announces: passed untouched.
-    Truncated = 2,
-    /// Protocol netctl does not translate (not TCP, UDP or ICMP echo): passed.
-    UnsupportedProto = 3,
-    /// Source translated to the uplink address (new or known egress flow).
-    Snat = 4,
-    /// Destination translated to a container (published port).
-    Dnat = 5,
-    /// Container → host address:published port → container.
-    Hairpin = 6,
-    /// Reply of a translated flow, translated back.
-    ReverseNat = 7,
-    /// Delivered into a container with bpf_redirect_peer (fast path).
-    RedirectPeer = 8,
-    /// Sent to the uplink with bpf_redirect / bpf_redirect_neigh (fast path).
-    RedirectUplink = 9,
-    /// Translated, but the FIB had no answer: handed to the kernel's routing.
-    FibPass = 10,
-    /// Host socket connect/sendmsg rewritten to a container (cgroup programs).
-    SockTranslated = 11,
-    /// Drop: source address or MAC is not the endpoint's own (anti-spoofing).
-    DropSpoofed = 12,
-    /// Drop: destination on another network (isolation between networks).
-    DropIsolated = 13,
-    /// Drop: an internal network's traffic trying to leave it.
-    DropInternal = 14,
-    /// Drop: an IP fragment of a flow that needs translation.
-    DropFragment = 15,
-    /// Drop: no free SNAT port after the bounded retries.
-    DropSnatExhausted = 16,
-    /// Drop: the conntrack table refused a new entry.
-    DropConntrackFull = 17,
-    /// Drop: a rewrite helper failed (checksum or store).
-    DropRewriteFailed = 18,
-    /// Drop: unsolicited packet to a container address from outside.
-    DropUnsolicited = 19,
+/// Declares [`StatIndex`] (one variant per counter; indexes count from 0 in
+/// the order written) and, from the same list, [`STAT_NAMES`] and
+/// [`STAT_COUNT`]: a counter and its name are written side by side once,
+/// so they cannot drift apart.
+macro_rules! stat_indexes {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Index of a counter in the `STATS` map. Every drop has a named
+        /// reason (`Drop*`); the other slots count verdicts.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum StatIndex {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        /// Number of slots in `STATS`.
+        pub const STAT_COUNT: u32 = [$(StatIndex::$variant),*].len() as u32;
+
+        /// Names in index order, for `netctl stats` and `netctl trace`.
+        pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [$($name),*];
+    };
 }
 
-/// Number of slots in `STATS`; the last index plus one.
-pub const STAT_COUNT: u32 = 20;
-
-/// Names in index order, for `netctl stats`.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
-    "pass",
-    "not_ipv4",
-    "truncated",
-    "unsupported_proto",
-    "snat",
-    "dnat",
-    "hairpin",
-    "reverse_nat",
-    "redirect_peer",
-    "redirect_uplink",
-    "fib_pass",
-    "sock_translated",
-    "drop_spoofed",
-    "drop_isolated",
-    "drop_internal",
-    "drop_fragment",
-    "drop_snat_exhausted",
-    "drop_conntrack_full",
-    "drop_rewrite_failed",
-    "drop_unsolicited",
-];
+stat_indexes! {
+    /// Handed to the kernel unchanged (nothing of ours to do).
+    Pass => "pass",
+    /// Not IPv4 (IPv6, ARP, ...): passed untouched.
+    NotIpv4 => "not_ipv4",
+    /// Shorter than the headers it announces: passed untouched.
+    Truncated => "truncated",
+    /// Protocol netctl does not translate (not TCP, UDP or ICMP echo): passed.
+    UnsupportedProto => "unsupported_proto",
+    /// Source translated to the uplink address (new or known egress flow).
+    Snat => "snat",
+    /// Destination translated to a container (published port).
+    Dnat => "dnat",
+    /// Container → host address:published port → container.
+    Hairpin => "hairpin",
+    /// Reply of a translated flow, translated back.
+    ReverseNat => "reverse_nat",
+    /// Delivered into a container with bpf_redirect_peer (fast path).
+    RedirectPeer => "redirect_peer",
+    /// Sent to the uplink with bpf_redirect / bpf_redirect_neigh (fast path).
+    RedirectUplink => "redirect_uplink",
+    /// Translated, but the FIB had no answer: handed to the kernel's routing.
+    FibPass => "fib_pass",
+    /// Host socket connect/sendmsg rewritten to a container (cgroup programs).
+    SockTranslated => "sock_translated",
+    /// Drop: source address or MAC is not the endpoint's own (anti-spoofing).
+    DropSpoofed => "drop_spoofed",
+    /// Drop: destination on another network (isolation between networks).
+    DropIsolated => "drop_isolated",
+    /// Drop: an internal network's traffic trying to leave it.
+    DropInternal => "drop_internal",
+    /// Drop: an IP fragment of a flow that needs translation.
+    DropFragment => "drop_fragment",
+    /// Drop: no free SNAT port after the bounded retries.
+    DropSnatExhausted => "drop_snat_exhausted",
+    /// Drop: the conntrack table refused a new entry.
+    DropConntrackFull => "drop_conntrack_full",
+    /// Drop: a rewrite helper failed (checksum or store).
+    DropRewriteFailed => "drop_rewrite_failed",
+    /// Drop: unsolicited packet to a container address from outside.
+    DropUnsolicited => "drop_unsolicited",
+}
 
 /// One counter slot: packets and bytes.
 #[repr(C)]
@@ -83,4 +74,3 @@ pub struct Counter {
 }
 
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(StatIndex::DropUnsolicited as u32 + 1 == STAT_COUNT);

@@ -5,6 +5,10 @@
 //! path under the host's directory (`EbpfLoader::map_pin_path`), so that a
 //! new netctl process or a reloaded program finds the same state, while
 //! tests that load the object get private maps.
+//!
+//! Each static's identifier is the map's name in the object, and must be one
+//! of `netctl_common::maps` (`#[map(name = ...)]` takes only a literal; a
+//! unit test of netctl compares the object's maps with `maps::ALL`).
 
 use aya_ebpf::{
     macros::map,
@@ -12,7 +16,7 @@ use aya_ebpf::{
 };
 use netctl_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey},
+    conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT},
     endpoint::{EndpointInfo, NetworkInfo},
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -39,7 +43,7 @@ pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(65_
 /// the `conntrack` module). The controller may size it at load
 /// (`NETCTL_CONNTRACK_MAX`); this is the default.
 #[map]
-pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(262_144, 0);
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CONNTRACK_MAX_DEFAULT, 0);
 
 /// Slot 0: bpf_ktime_get_ns() of the last reclaim sweep of CONNTRACK.
 #[map]

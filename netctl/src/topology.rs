@@ -15,10 +15,16 @@ use crate::{
 
 /// Bridge up with the gateway address: the network exists in the kernel.
 pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
-    let mac = parse_mac(&ipam::mac_for(net.gateway))?;
-    let bridge = host.ensure_bridge(&net.bridge, mac).await?;
+    let bridge = host.ensure_bridge(&net.bridge, bridge_mac(net)?).await?;
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
         .await
+}
+
+/// The MAC a network's bridge is given, that of its gateway address. The
+/// eBPF datapath writes it as the source of frames it hands to containers,
+/// from here rather than from the kernel.
+pub fn bridge_mac(net: &Network) -> Result<[u8; 6]> {
+    parse_mac(&ipam::mac_for(net.gateway))
 }
 
 /// Deletes the bridge (its address and any enslaved veth ends go with it).

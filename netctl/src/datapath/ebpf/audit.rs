@@ -14,8 +14,10 @@ use netctl_common::{
 };
 
 use super::{
-    be_ip, bpf_error, ifindex, ip_from_be, port_key, Ebpf, ENDPOINT_INGRESS, MAP_NAMES,
-    UPLINK_PROGRAMS,
+    bpf_error, endpoint_info, ifindex,
+    maps::{be_ip, ip_from_be, port_key},
+    pins::{ENDPOINT_INGRESS, UPLINK_PROGRAMS},
+    Ebpf,
 };
 use crate::{
     datapath::{Datapath, Drift},
@@ -56,16 +58,6 @@ fn wanted_links(dp: &Ebpf, state: &State) -> BTreeSet<String> {
         );
     }
     wanted
-}
-
-/// What the ENDPOINTS entry of `ep` should be (its veth's current ifindex).
-fn endpoint_info(net: &Network, ep: &Endpoint) -> Result<EndpointInfo> {
-    Ok(EndpointInfo {
-        ifindex: ifindex(&ep.host_veth)?,
-        network_id: net.id,
-        mac: crate::topology::parse_mac(&ep.mac)?,
-        _pad: [0; 2],
-    })
 }
 
 /// The drifts of one endpoint: entry absent or stale, link not pinned.
@@ -143,7 +135,7 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
         }
         return Ok(drift);
     }
-    let missing_maps: Vec<&str> = MAP_NAMES
+    let missing_maps: Vec<&str> = maps::ALL
         .into_iter()
         .filter(|name| !dp.map_path(name).exists())
         .collect();
@@ -226,7 +218,7 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
     }
     let mut errors = Vec::new();
     // A half-pinned datapath is reloaded whole: the maps it kept are reused.
-    if MAP_NAMES.iter().any(|name| !dp.map_path(name).exists()) {
+    if maps::ALL.iter().any(|name| !dp.map_path(name).exists()) {
         errors.extend(dp.host_down().err());
     }
     errors.extend(dp.host_up().err());

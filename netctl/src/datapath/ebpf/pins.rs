@@ -1,0 +1,346 @@
+//! The object's life on bpffs: loading it, pinning its maps, programs and
+//! links under the host's directory, opening what is pinned, and unpinning
+//! it all again (which detaches the programs).
+
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, MapData},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+    },
+    EbpfLoader,
+};
+use netctl_common::{config::Config, maps};
+
+use super::{bpf_error, maps::be_ip, Ebpf, SNAT_PORTS};
+use crate::error::{Error, Result};
+
+/// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"));
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The program attached to each endpoint's host-side veth (and the one
+/// `netctl trace` opens to find the object's log ring buffer).
+pub(super) const ENDPOINT_INGRESS: &str = "endpoint_ingress";
+/// TC programs on the uplink and the hook each goes on.
+pub(super) const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("uplink_ingress", TcAttachType::Ingress),
+    ("uplink_egress", TcAttachType::Egress),
+];
+/// cgroup programs: host processes reaching published ports.
+const SOCK_PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
+
+/// Mounts bpffs at /sys/fs/bpf when it is not there yet.
+pub fn ensure_bpffs() -> Result<()> {
+    let is_bpffs = nix::sys::statfs::statfs(BPFFS)
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if is_bpffs {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).map_err(|e| Error::io(BPFFS, e))?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::system(BPFFS, format!("mount bpffs: {e}")))
+}
+
+/// Netns cookie of the namespace of the calling thread.
+fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::system("netns cookie", e))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(Error::system(
+            "netns cookie",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(cookie)
+}
+
+/// Where map `name` is pinned under a host's pin directory.
+pub(super) fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+/// Where program `name` is pinned under a host's pin directory.
+pub(super) fn prog_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("progs").join(name)
+}
+
+/// Opens the map pinned as `name` under a host's pin directory.
+pub(super) fn open_pinned_map(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = map_pin_path(pin_dir, name);
+    MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))
+}
+
+impl Ebpf {
+    pub(super) fn map_path(&self, name: &str) -> PathBuf {
+        map_pin_path(&self.pin_dir, name)
+    }
+
+    fn prog_path(&self, name: &str) -> PathBuf {
+        prog_pin_path(&self.pin_dir, name)
+    }
+
+    fn link_path(&self, target: &str, program: &str) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{target}@{program}"))
+    }
+
+    /// Whether the datapath of this host is loaded (its maps are pinned).
+    pub fn is_loaded(&self) -> bool {
+        self.map_path(maps::CONFIG).exists()
+    }
+
+    fn config(&self) -> Result<Config> {
+        let uplink = self.host.uplink.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "datapath ebpf",
+                "needs an uplink with an IPv4 address: a default route in the host namespace, or --uplink",
+            )
+        })?;
+        Ok(Config {
+            uplink_ifindex: uplink.index,
+            uplink_ip: be_ip(uplink.address),
+            snat_port_min: SNAT_PORTS.0,
+            snat_port_max: SNAT_PORTS.1,
+            host_netns_cookie: netns_cookie()?,
+            flags: 0,
+            _pad: 0,
+        })
+    }
+
+    /// Loads the object with every map pinned under our directory (reusing
+    /// maps pinned by an earlier load), pins the programs and attaches the
+    /// uplink and cgroup ones with pinned links.
+    pub(super) fn load_and_attach(&self, conntrack_max: u32) -> Result<()> {
+        let config = self.config()?;
+        for sub in ["maps", "progs", "links"] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.pin_dir.join(sub))
+                .map_err(|e| Error::io(format!("pin dir {}", self.pin_dir.display()), e))?;
+        }
+        let map_paths: Vec<(&str, PathBuf)> = maps::ALL
+            .iter()
+            .map(|name| (*name, self.map_path(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader.map_max_entries(maps::CONNTRACK, conntrack_max);
+        let mut bpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| bpf_error("ebpf object", e))?;
+
+        let mut config_map: Array<_, Config> = Array::try_from(
+            bpf.map_mut(maps::CONFIG)
+                .ok_or_else(|| Error::system("map CONFIG", "missing from the object"))?,
+        )
+        .map_err(|e| bpf_error("map CONFIG", e))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(|e| bpf_error("map CONFIG", e))?;
+
+        let uplink = self.host.uplink.as_ref().expect("checked by config()");
+        for (name, hook) in [(ENDPOINT_INGRESS, None)]
+            .into_iter()
+            .chain(UPLINK_PROGRAMS.iter().map(|(n, h)| (*n, Some(*h))))
+        {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| Error::system(format!("program {name}"), "missing from the object"))?
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let path = self.prog_path(name);
+            let _ = fs::remove_file(&path);
+            prog.pin(&path)
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            if let Some(hook) = hook {
+                attach_tc(
+                    prog,
+                    &uplink.name,
+                    hook,
+                    &self.link_path(&uplink.name, name),
+                )?;
+            }
+        }
+        let cgroup = fs::File::open(&self.host.config.cgroup)
+            .map_err(|e| Error::io(format!("cgroup {}", self.host.config.cgroup.display()), e))?;
+        for name in SOCK_PROGRAMS {
+            let Some(program) = bpf.program_mut(name) else {
+                // Built without the cgroup programs: host → published port
+                // then needs them; say so rather than fail the whole host.
+                log::warn!(
+                    "program {name} missing from the object: host → published port disabled"
+                );
+                continue;
+            };
+            let prog: &mut CgroupSockAddr = program
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            prog.load()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            // A bpf_link (what aya creates on 5.7+) coexists with other
+            // programs on the cgroup by itself; the kernel refuses the
+            // ALLOW_MULTI flag on link_create with EINVAL, hence Single.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| bpf_error(format!("program {name} on cgroup"), e))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| bpf_error(format!("program {name}"), e))?
+                .try_into()
+                .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let path = self.link_path("cgroup", name);
+            let _ = fs::remove_file(&path);
+            link.pin(&path)
+                .map_err(|e| bpf_error(format!("link {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the pinned `endpoint_ingress` to an endpoint's host-side
+    /// veth, with a pinned link.
+    pub(super) fn attach_endpoint(&self, host_veth: &str) -> Result<()> {
+        let mut prog = SchedClassifier::from_pin(self.prog_path(ENDPOINT_INGRESS))
+            .map_err(|e| bpf_error(format!("program {ENDPOINT_INGRESS}"), e))?;
+        attach_tc(
+            &mut prog,
+            host_veth,
+            TcAttachType::Ingress,
+            &self.link_path(host_veth, ENDPOINT_INGRESS),
+        )
+    }
+
+    /// Unpins the link of an endpoint's veth, which detaches its program.
+    pub(super) fn detach_endpoint(&self, host_veth: &str) -> Result<()> {
+        Self::unpin_link(&self.link_path(host_veth, ENDPOINT_INGRESS))
+    }
+
+    /// Unpins every link (detaching the programs) and removes the host's
+    /// pin directory with its maps and programs.
+    pub(super) fn unpin_all(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Ok(dir) = fs::read_dir(self.pin_dir.join("links")) {
+            for entry in dir.flatten() {
+                errors.extend(Self::unpin_link(&entry.path()).err());
+            }
+        }
+        match fs::remove_dir_all(&self.pin_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(Error::io(format!("pin dir {}", self.pin_dir.display()), e)),
+        }
+        // The parent /sys/fs/bpf/netctl goes when the last host does.
+        if let Some(parent) = self.pin_dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+        Error::collect(errors)
+    }
+
+    /// Removes a pinned link, which detaches its program.
+    pub(super) fn unpin_link(path: &Path) -> Result<()> {
+        match PinnedLink::from_pin(path) {
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .map_err(|e| Error::io(format!("link {}", path.display()), e)),
+            Err(_) if !path.exists() => Ok(()),
+            Err(e) => Err(bpf_error(format!("link {}", path.display()), e)),
+        }
+    }
+}
+
+/// Attaches with TCX and pins the link (it outlives this process).
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    let name = prog
+        .info()
+        .ok()
+        .and_then(|i| i.name_as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let id = prog
+        .attach(ifname, hook)
+        .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(|e| bpf_error(format!("program {name} on {ifname}"), e))?
+        .try_into()
+        .map_err(|e| {
+            bpf_error(
+                format!("link of {name} on {ifname} (TCX needed, Linux 6.6+)"),
+                e,
+            )
+        })?;
+    let _ = fs::remove_file(pin);
+    link.pin(pin)
+        .map_err(|e| bpf_error(format!("link {}", pin.display()), e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The programs name their maps by their statics' identifiers
+    /// (aya-ebpf's `#[map]` takes no const), so this is where a renamed,
+    /// added or removed map is caught: the built object must hold exactly
+    /// `maps::ALL`, besides aya-log's ring buffer and the sections of
+    /// static data (`.rodata`, `.bss`, `.data`). Parsing needs no root.
+    #[test]
+    fn the_object_holds_exactly_the_common_maps() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the eBPF object parses");
+        let mut in_object: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.') && *name != "AYA_LOGS")
+            .collect();
+        in_object.sort_unstable();
+        let mut declared = maps::ALL.to_vec();
+        declared.sort_unstable();
+        assert_eq!(in_object, declared);
+    }
+}
