@@ -72,10 +72,6 @@ pub fn call_until_answer(mut call: impl FnMut() -> Output) -> String {
     panic!("no answer: {last}");
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Mount point of the cgroup v2 hierarchy.
 pub fn cgroup2_root() -> PathBuf {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();

@@ -31,11 +31,7 @@ pub mod topology;
 
 pub use self::{conntrack::*, topology::*};
 
-use std::{
-    net::Ipv4Addr,
-    process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
@@ -105,22 +101,11 @@ pub struct Env {
     pub veths: Vec<(&'static str, u32)>,
 }
 
-pub fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        eprintln!("skipped: BPF_PROG_TEST_RUN and namespaces need root");
-    }
-    false
-}
-
 /// Runs `body` in a thread moved to a fresh, anonymous network namespace
 /// (the root namespace is never touched), with the topology and the
 /// programs loaded. A failed assertion in the thread fails the test.
 pub fn in_netns(opts: Opts, body: impl FnOnce(&mut Env) + Send + 'static) {
-    if !is_root() {
+    if !crate::privileged("BPF_PROG_TEST_RUN and namespaces") {
         return;
     }
     let result = std::thread::spawn(move || {

@@ -70,8 +70,7 @@ const IPPROTO_UDP: u8 = 17;
 
 #[test]
 fn host_sockets_reach_published_ports() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: BPF programs, cgroups and namespaces need root");
+    if !netctl_tests::privileged("BPF programs, cgroups and namespaces") {
         return;
     }
     // The namespace belongs to this thread only: the other tests' threads

@@ -57,8 +57,7 @@ fn udp_frame(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn endpoint_ingress_runs_in_the_kernel_and_counts_the_frame_once() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
+    if !netctl_tests::privileged("loading BPF programs") {
         return;
     }
     let mut ebpf = Ebpf::load(EBPF_OBJECT).expect("load the embedded eBPF object");

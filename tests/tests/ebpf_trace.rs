@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netctl_tests::sandbox::{is_root, Sandbox};
+use netctl_tests::{privileged, sandbox::Sandbox};
 
 const DROP_LINE: &str =
     "drop program=endpoint_ingress reason=13 (drop_isolated) src=172.20.0.2 dst=172.21.0.2";
@@ -33,7 +33,7 @@ fn ping_across(sb: &Sandbox) {
 
 #[test]
 fn trace_prints_drops_only_while_it_runs() {
-    if !is_root() {
+    if !privileged("sandboxes") {
         return;
     }
     let sb = Sandbox::new("ebpf");

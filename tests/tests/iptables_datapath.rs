@@ -27,7 +27,7 @@ use netctl::{
     error::Error,
     state::{Endpoint, Network, PortMapping, Protocol},
 };
-use netctl_tests::sandbox::is_root;
+use netctl_tests::privileged;
 use nix::sched::{unshare, CloneFlags};
 
 const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -123,8 +123,7 @@ fn in_private_netns<T: Send + 'static>(
     test: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    if !is_root() {
-        eprintln!("{test}: skipped (needs root for a private network namespace)");
+    if !privileged(&format!("{test}: a private network namespace and iptables")) {
         return None;
     }
     let thread = std::thread::spawn(move || {

@@ -11,9 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netctl_tests::sandbox::{
-    call_until_answer, is_root, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
-};
+use netctl_tests::privileged;
+use netctl_tests::sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -72,7 +71,7 @@ fn stream_counts(out: &Output) -> (u64, u64) {
 /// sweep reclaims the dead entries, and the flow goes through.
 #[test]
 fn full_conntrack_refuses_new_flows_and_keeps_established_ones() {
-    if !is_root() {
+    if !privileged("sandboxes") {
         return;
     }
     const STREAM_SECONDS: &str = "8";
@@ -186,7 +185,7 @@ fn full_conntrack_refuses_new_flows_and_keeps_established_ones() {
 /// A bad table size is refused with a one-line error, and nothing is made.
 #[test]
 fn a_bad_conntrack_size_is_refused() {
-    if !is_root() {
+    if !privileged("sandboxes") {
         return;
     }
     let sb = Sandbox::new("ebpf");
@@ -298,7 +297,7 @@ mod stress {
     #[test]
     #[ignore = "minutes: cargo xtask test --stress"]
     fn thousand_containers_on_one_network_ebpf() {
-        if super::is_root() {
+        if netctl_tests::privileged("sandboxes") {
             super::thousand_containers_on_one_network("ebpf");
         }
     }
@@ -306,7 +305,7 @@ mod stress {
     #[test]
     #[ignore = "minutes: cargo xtask test --stress"]
     fn thousand_containers_on_one_network_iptables() {
-        if super::is_root() {
+        if netctl_tests::privileged("sandboxes") {
             super::thousand_containers_on_one_network("iptables");
         }
     }
