@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, fmt, net::IpAddr, net::Ipv4Addr, ops::RangeIncl
 use crate::{
     error::{Error, Result},
     ipam::shown,
-    state::{PortMapping, Protocol},
+    model::{PortMapping, Protocol},
 };
 
 /// Where a spec without host ports publishes: Linux's default

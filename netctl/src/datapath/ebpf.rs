@@ -55,7 +55,8 @@ mod audit;
 use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, PortMapping, State},
+    model::{DatapathKind, Endpoint, Network, PortMapping},
+    state::State,
 };
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
@@ -536,7 +537,7 @@ impl Datapath for Ebpf {
         let info = EndpointInfo {
             ifindex: index,
             network_id: net.id,
-            mac: crate::topology::parse_mac(&ep.mac)?,
+            mac: ep.mac.octets(),
             _pad: [0; 2],
         };
         self.hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
@@ -995,7 +996,7 @@ mod tests {
         assert_eq!(be_ip(ip).to_ne_bytes(), [172, 18, 0, 2]);
         assert_eq!(ip_from_be(be_ip(ip)), ip);
         let p = PortMapping {
-            protocol: crate::state::Protocol::Udp,
+            protocol: crate::model::Protocol::Udp,
             host_ip: None,
             host_port: 8080,
             container_ip: ip,

@@ -20,7 +20,8 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, State},
+    model::{DatapathKind, Endpoint, Network},
+    state::State,
 };
 
 /// Endpoints of the state with their network.
@@ -63,7 +64,7 @@ fn endpoint_info(net: &Network, ep: &Endpoint) -> Result<EndpointInfo> {
     Ok(EndpointInfo {
         ifindex: ifindex(&ep.host_veth)?,
         network_id: net.id,
-        mac: crate::topology::parse_mac(&ep.mac)?,
+        mac: ep.mac.octets(),
         _pad: [0; 2],
     })
 }
