@@ -1,17 +1,20 @@
 //! The command line (Docker's words where they fit) and its output.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::{
     config::HostConfig,
     error::{Error, Result},
+    ipam,
+    model::{DatapathKind, DEFAULT_NETWORK},
     netns,
-    ops::{self, ContainerRun, Host, NetworkCreate},
+    ops::{self, ContainerRun, Host, NetworkCreate, Networking},
+    ports::{self, PortSpec},
     process,
-    state::{Container, DatapathKind, Network},
 };
 
 #[derive(Parser, Debug)]
@@ -87,11 +90,11 @@ pub enum NetworkCommand {
     Create {
         name: String,
         /// Subnet in CIDR form [default: the first free of Docker's pools].
-        #[arg(long)]
-        subnet: Option<String>,
+        #[arg(long, value_parser = ipam::parse_subnet)]
+        subnet: Option<Ipv4Net>,
         /// Gateway (the bridge's address) [default: first address of the subnet].
-        #[arg(long)]
-        gateway: Option<String>,
+        #[arg(long, value_parser = gateway_arg)]
+        gateway: Option<Ipv4Addr>,
         /// Datapath of the host (fixed by its first network).
         #[arg(long, value_enum)]
         datapath: Option<DatapathKind>,
@@ -118,8 +121,8 @@ pub enum NetworkCommand {
     Connect {
         network: String,
         container: String,
-        #[arg(long)]
-        ip: Option<String>,
+        #[arg(long, value_parser = ip_arg)]
+        ip: Option<Ipv4Addr>,
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
@@ -131,20 +134,20 @@ pub enum ContainerCommand {
     Run {
         name: String,
         /// NET | bridge | host | none | container:NAME
-        #[arg(long, default_value = ops::DEFAULT_NETWORK)]
-        network: String,
+        #[arg(long, default_value = DEFAULT_NETWORK)]
+        network: Networking,
         /// Address on the network [default: the first free one].
-        #[arg(long)]
-        ip: Option<String>,
+        #[arg(long, value_parser = ip_arg)]
+        ip: Option<Ipv4Addr>,
         /// Publish a port: [IP:][HOST[-HOST]:]CTR[-CTR][/tcp|/udp].
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        publish: Vec<String>,
+        #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = ports::parse)]
+        publish: Vec<PortSpec>,
         /// Publish every --expose'd port on an ephemeral host port.
         #[arg(short = 'P', long = "publish-all")]
         publish_all: bool,
         /// A container port (PORT[/PROTO]) for -P.
-        #[arg(long, value_name = "PORT")]
-        expose: Vec<String>,
+        #[arg(long, value_name = "PORT", value_parser = ports::parse)]
+        expose: Vec<PortSpec>,
         /// Command to start inside, detached (output in the state dir).
         #[arg(last = true)]
         command: Vec<String>,
@@ -199,17 +202,32 @@ impl Cli {
     }
 }
 
+/// `--ip`: an address whose refusal names the option.
+fn ip_arg(text: &str) -> Result<Ipv4Addr> {
+    ipam::parse_ip("ip", text)
+}
+
+/// `--gateway`: an address whose refusal names the option.
+fn gateway_arg(text: &str) -> Result<Ipv4Addr> {
+    ipam::parse_ip("gateway", text)
+}
+
+/// The error of a value that one of netctl's own parsers refused (a port
+/// spec, an address, a subnet). netctl reports it like any validation
+/// error, on one line with exit code 1, rather than as a usage error.
+pub fn refused_value(err: &clap::Error) -> Option<&Error> {
+    if err.kind() != clap::error::ErrorKind::ValueValidation {
+        return None;
+    }
+    std::error::Error::source(err)?.downcast_ref::<Error>()
+}
+
 /// Runs a parsed command line. The calling thread is already in the host
 /// namespace. `exec` does not return when it succeeds.
 pub async fn run(cli: Cli) -> Result<()> {
     let config = cli.host_config();
-    let fresh = !config.state_dir.exists();
     let state_dir = config.state_dir.clone();
-    let result = dispatch(cli, config).await;
-    if fresh {
-        crate::state::remove_if_unused(&state_dir);
-    }
-    result
+    ops::leaving_no_trace(&state_dir, dispatch(cli, config)).await
 }
 
 async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
@@ -229,7 +247,7 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
                     "{}/{} -> {}:{}",
                     p.container_port,
                     p.protocol,
-                    p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
                     p.host_port
                 );
             }
@@ -239,12 +257,9 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         Command::Down => Host::open(config).await?.down().await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
         Command::Stats => stats(&Host::open(config).await?, format),
-        Command::Trace { seconds } => {
-            // The host (and its state lock) is released before tracing:
-            // other commands run meanwhile.
-            let pins = ebpf_pins(&Host::open(config).await?, "trace")?;
-            crate::datapath::ebpf::trace(&pins, seconds, &mut std::io::stdout().lock())
-        }
+        Command::Trace { seconds } => Host::open(config)
+            .await?
+            .trace(seconds, &mut std::io::stdout().lock()),
     }
 }
 
@@ -283,10 +298,7 @@ fn exec(config: HostConfig, args: ExecArgs) -> Result<()> {
         return Err(process::exec(&target, &args.command));
     }
     let name = args.name.expect("clap requires a name without --host");
-    let ctr = {
-        let dir = crate::state::StateDir::lock(&config.state_dir)?;
-        dir.load()?.container(&name)?.clone()
-    };
+    let ctr = ops::lookup_container(&config, &name)?;
     if let Some(netns_name) = &ctr.netns {
         if !netns::exists(netns_name) {
             return Err(Error::system(
@@ -325,12 +337,7 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             Ok(())
         }
         NetworkCommand::Ls => {
-            let rows: Vec<NetworkView> = host
-                .state
-                .networks
-                .values()
-                .map(|n| NetworkView::new(&host, n))
-                .collect();
+            let rows = host.network_ls();
             if format == Format::Json {
                 return print_json(&rows);
             }
@@ -358,17 +365,7 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             );
             Ok(())
         }
-        NetworkCommand::Inspect { names } => {
-            let views = names
-                .iter()
-                .map(|n| {
-                    host.state
-                        .network(n)
-                        .map(|net| NetworkView::new(&host, net))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            print_json(&views)
-        }
+        NetworkCommand::Inspect { names } => print_json(&host.network_inspect(&names)?),
         NetworkCommand::Rm { names } => {
             host.network_rm(&names).await?;
             names.iter().for_each(|n| println!("{n}"));
@@ -384,10 +381,7 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             network,
             container,
             ip,
-        } => {
-            host.network_connect(&network, &container, ip.as_deref())
-                .await
-        }
+        } => host.network_connect(&network, &container, ip).await,
         NetworkCommand::Disconnect { network, container } => {
             host.network_disconnect(&network, &container).await
         }
@@ -416,7 +410,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             let ctr = host
                 .container_run(ContainerRun {
                     name,
-                    network: Some(network),
+                    network,
                     ip,
                     ports: publish,
                     command,
@@ -427,7 +421,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             Ok(())
         }
         ContainerCommand::Ls => {
-            let rows: Vec<&Container> = host.state.containers.values().collect();
+            let rows = host.container_ls();
             if format == Format::Json {
                 return print_json(&rows);
             }
@@ -436,7 +430,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                 rows.iter().map(|c| {
                     vec![
                         c.name.clone(),
-                        ops::mode_name(&c.mode),
+                        c.mode.to_string(),
                         c.endpoints
                             .iter()
                             .map(|e| e.network.clone())
@@ -468,13 +462,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             );
             Ok(())
         }
-        ContainerCommand::Inspect { names } => {
-            let ctrs = names
-                .iter()
-                .map(|n| host.state.container(n))
-                .collect::<Result<Vec<_>>>()?;
-            print_json(&ctrs)
-        }
+        ContainerCommand::Inspect { names } => print_json(&host.container_inspect(&names)?),
         ContainerCommand::Rm { names } => {
             host.container_rm(&names).await?;
             names.iter().for_each(|n| println!("{n}"));
@@ -483,23 +471,10 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
     }
 }
 
-/// The pin directory of a host whose datapath is eBPF, or why there is none.
-fn ebpf_pins(host: &Host, what: &str) -> Result<std::path::PathBuf> {
-    match host.state.datapath {
-        Some(DatapathKind::Ebpf) => Ok(host.config.pin_dir()),
-        Some(DatapathKind::Iptables) => Err(Error::invalid(
-            what,
-            "this host uses the iptables datapath (its flows: `conntrack -L` in the host namespace)",
-        )),
-        None => Err(Error::invalid(what, "no datapath on this host yet (create a network first)")),
-    }
-}
-
 fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
-    let pins = ebpf_pins(host, "conntrack")?;
     match cmd {
         ConntrackCommand::Ls => {
-            let flows = crate::datapath::ebpf::conntrack_list(&pins)?;
+            let flows = host.conntrack_list()?;
             if format == Format::Json {
                 return print_json(&flows);
             }
@@ -527,12 +502,12 @@ fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
             Ok(())
         }
         ConntrackCommand::Flush => {
-            let n = crate::datapath::ebpf::conntrack_remove(&pins, |_, _| true)?;
+            let n = host.conntrack_flush()?;
             println!("{n} entries removed");
             Ok(())
         }
         ConntrackCommand::Gc => {
-            let n = crate::datapath::ebpf::conntrack_gc(&pins)?;
+            let n = host.conntrack_gc()?;
             println!("{n} expired entries removed");
             Ok(())
         }
@@ -540,8 +515,7 @@ fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
 }
 
 fn stats(host: &Host, format: Format) -> Result<()> {
-    let pins = ebpf_pins(host, "stats")?;
-    let counters = crate::datapath::ebpf::stats(&pins)?;
+    let counters = host.stats()?;
     if format == Format::Json {
         let map: std::collections::BTreeMap<&str, serde_json::Value> = counters
             .iter()
@@ -561,33 +535,6 @@ fn stats(host: &Host, format: Format) -> Result<()> {
             .map(|(name, c)| vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]),
     );
     Ok(())
-}
-
-/// A network as listed: the network, the host's datapath and its members.
-#[derive(Serialize)]
-struct NetworkView<'a> {
-    #[serde(flatten)]
-    network: &'a Network,
-    datapath: String,
-    containers: Vec<String>,
-}
-
-impl<'a> NetworkView<'a> {
-    fn new(host: &'a Host, network: &'a Network) -> Self {
-        NetworkView {
-            network,
-            datapath: host
-                .state
-                .datapath
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
-            containers: host
-                .state
-                .members(&network.name)
-                .map(|c| c.name.clone())
-                .collect(),
-        }
-    }
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
@@ -619,4 +566,66 @@ fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     rows.into_iter().for_each(line);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn refusal(args: &[&str]) -> Option<String> {
+        let err = Cli::try_parse_from(args).unwrap_err();
+        refused_value(&err).map(|e| format!("{e} (exit {})", e.exit_code()))
+    }
+
+    #[test]
+    fn values_are_parsed_once_into_their_types() {
+        let cli = Cli::try_parse_from([
+            "netctl",
+            "container",
+            "run",
+            "web",
+            "--network",
+            "front",
+            "--ip",
+            "172.18.0.9",
+            "-p",
+            "8080:80",
+            "-p",
+            "53/udp",
+        ])
+        .unwrap();
+        let Command::Container(ContainerCommand::Run {
+            network,
+            ip,
+            publish,
+            ..
+        }) = cli.command
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(network, Networking::Network("front".into()));
+        assert_eq!(ip, Some(Ipv4Addr::new(172, 18, 0, 9)));
+        let shown: Vec<String> = publish.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["8080:80/tcp", "53/udp"]);
+    }
+
+    #[test]
+    fn refused_values_read_as_validation_errors() {
+        assert_eq!(
+            refusal(&["netctl", "container", "run", "b", "-p", "0:80"]).as_deref(),
+            Some("port spec 0:80: port 0 is not allowed (exit 1)")
+        );
+        assert_eq!(
+            refusal(&["netctl", "network", "create", "n", "--subnet", "banana"]).as_deref(),
+            Some("subnet banana: not a valid IPv4 CIDR (expected e.g. 172.18.0.0/16) (exit 1)")
+        );
+        assert_eq!(
+            refusal(&["netctl", "network", "connect", "n", "c", "--ip", "::1"]).as_deref(),
+            Some("ip ::1: IPv6 is not supported (exit 1)")
+        );
+        // Usage errors stay clap's.
+        assert_eq!(refusal(&["netctl", "container", "run"]), None);
+    }
 }

@@ -39,6 +39,9 @@ pub const POINTS: &[&str] = &[
     "rm.links",
     "rm.netns",
     "network-rm.datapath",
+    // network disconnect: steps of taking an endpoint apart
+    "disconnect.datapath",
+    "disconnect.links",
 ];
 
 /// Fails or pauses when the test hook names `point`.

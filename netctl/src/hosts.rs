@@ -15,7 +15,8 @@ use std::{
 
 use crate::{
     error::{Error, Result},
-    state::{NetworkMode, State},
+    model::NetworkMode,
+    state::State,
 };
 
 pub const ETC_NETNS: &str = "/etc/netns";

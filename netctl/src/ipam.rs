@@ -1,6 +1,6 @@
 //! IPv4 address management with Docker's semantics: subnets and gateways of
 //! networks, addresses of containers, and the names derived from them
-//! (bridges, veths, MACs).
+//! (bridges, veths; MACs are `model::Mac::for_ip`).
 //!
 //! Everything here is pure: the caller passes what the state holds, and gets
 //! back a value or an [`Error::Invalid`] that names the object and the reason.
@@ -9,7 +9,10 @@ use std::{borrow::Cow, collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::DEFAULT_NETWORK,
+};
 
 /// The longest prefix a network may have: a /30 still holds the network and
 /// broadcast addresses, a gateway and one container.
@@ -23,7 +26,6 @@ const MAX_IFNAME_LEN: usize = 15;
 
 /// The default network keeps Docker's single well-known bridge, under our own
 /// name so that it never collides with a real `docker0`.
-const DEFAULT_NETWORK: &str = "bridge";
 const DEFAULT_BRIDGE: &str = "netctl0";
 
 /// Prefix of the bridges of user-defined networks.
@@ -52,6 +54,17 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net> {
         };
         Error::invalid(object(), reason)
     })?;
+    check_subnet_named(subnet, object)
+}
+
+/// Checks a subnet that was not parsed by [`parse_subnet`] (a delegated
+/// IPAM's answer, a library caller's value) by the same rules.
+pub fn check_subnet(subnet: Ipv4Net) -> Result<Ipv4Net> {
+    check_subnet_named(subnet, || format!("subnet {subnet}"))
+}
+
+/// The rules of a network's subnet; `object` names it in the error.
+fn check_subnet_named(subnet: Ipv4Net, object: impl Fn() -> String) -> Result<Ipv4Net> {
     if subnet.prefix_len() > MAX_PREFIX {
         return Err(Error::invalid(
             object(),
@@ -183,21 +196,16 @@ pub fn reserve(
     }
 }
 
-/// Docker's MAC for a container address: `02:42` (locally administered,
-/// unicast) followed by the four bytes of the IP, so that the MAC is stable
-/// and never collides on a bridge where IPs are unique. The bridge itself
-/// gets the MAC of its gateway address.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
-}
+/// Docker's shape of names, as a pattern for messages: the one rule for
+/// container and network names, and the CNI spec's for container ids.
+pub const NAME_PATTERN: &str = "[a-zA-Z0-9][a-zA-Z0-9_.-]";
 
-fn is_name_start(c: char) -> bool {
-    c.is_ascii_alphanumeric()
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+/// Whether `text` has the shape of [`NAME_PATTERN`] (`*` after the second
+/// class: any length from one character).
+pub fn has_name_shape(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Checks a network or container name against Docker's rule
@@ -205,12 +213,10 @@ fn is_name_char(c: char) -> bool {
 /// interface names, namespace names and file names, hence the narrow set.
 pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let object = || format!("{kind} {name:?}");
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(is_name_start) && chars.all(is_name_char);
-    if !valid {
+    if !has_name_shape(name) {
         return Err(Error::invalid(
             object(),
-            "invalid name: only [a-zA-Z0-9][a-zA-Z0-9_.-] allowed",
+            format!("invalid name: only {NAME_PATTERN} allowed"),
         ));
     }
     if name.len() > MAX_NAME_LEN {
@@ -288,9 +294,6 @@ fn fnv1a32(bytes: impl IntoIterator<Item = u8>) -> u32 {
     })
 }
 
-/// The host-side veth of a container on a network: `ve` + 8 hex digits of a
-/// hash of the container name and the network id. It fits IFNAMSIZ for any
-/// name and is the same on every run, so teardown and `doctor` can find it.
 /// Whether a host link carries one of the names netctl gives: a bridge
 /// (`nc-NAME`, `netctl0`) or a veth end (`veXXXXXXXX`, and its peer with a
 /// `p` while it is still on the host side).
@@ -305,6 +308,9 @@ pub fn is_netctl_link_name(name: &str) -> bool {
     hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The host-side veth of a container on a network: `ve` + 8 hex digits of a
+/// hash of the container name and the network id. It fits IFNAMSIZ for any
+/// name and is the same on every run, so teardown and `doctor` can find it.
 pub fn veth_name(container: &str, network_id: u32) -> String {
     let bytes = container.bytes().chain(network_id.to_be_bytes());
     format!("ve{:08x}", fnv1a32(bytes))
@@ -597,12 +603,6 @@ pub(crate) mod tests {
         for name in ["eth0", "lo", "veth0", "ve0123abcdx", "ve0123abc", "docker0"] {
             assert!(!is_netctl_link_name(name), "{name}");
         }
-    }
-
-    #[test]
-    fn mac_for_embeds_the_ip() {
-        assert_eq!(mac_for(ip("172.18.0.2")), "02:42:ac:12:00:02");
-        assert_eq!(mac_for(ip("10.255.1.254")), "02:42:0a:ff:01:fe");
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! the journal, or the state after it). A netctl killed at any point thus
 //! leaves a journal behind; the next netctl that takes the lock finds it and
 //! finishes the job: it undoes the steps of an interrupted command, and
-//! completes the removals of an interrupted `rm`, `down` or `network rm`.
+//! completes the removals of an interrupted `rm`, `down`, `network rm` or
+//! `network disconnect`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{DatapathKind, Endpoint, Network, PortMapping, Process};
+use crate::model::{DatapathKind, Endpoint, Network, PortMapping, Process};
 
 /// One step to take back. Every undo is idempotent (absent is fine), since
 /// a crash may come before the step it undoes was taken.
@@ -57,4 +58,14 @@ pub struct Journal {
     /// Networks being taken apart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removing_networks: Vec<String>,
+    /// Endpoints being taken off their network (`network disconnect`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing_endpoints: Vec<EndpointRef>,
+}
+
+/// A container's endpoint, by the names of the container and the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRef {
+    pub container: String,
+    pub network: String,
 }

@@ -1,10 +1,10 @@
 //! netctl: Docker-style container networking for Linux hosts.
 //!
 //! The library holds everything; `main.rs` only parses the command line.
-//! One module per concern: [`state`] persists, [`ipam`] and [`ports`] are
-//! pure, [`netns`] and [`netlink`] touch the kernel, [`topology`] plans and
-//! applies links and addresses, [`datapath`] moves packets, [`ops`] runs the
-//! commands in transactions.
+//! One module per concern: [`model`] holds the data, [`state`] persists
+//! it, [`ipam`] and [`ports`] are pure, [`netns`] and [`netlink`] touch the
+//! kernel, [`topology`] plans and applies links and addresses, [`datapath`]
+//! moves packets, [`ops`] runs the commands in transactions.
 
 pub mod cli;
 pub mod cni;
@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod hosts;
 pub mod ipam;
 pub mod journal;
+pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod ops;

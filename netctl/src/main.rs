@@ -11,11 +11,18 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() {
         std::process::exit(netctl::cni::run_plugin());
     }
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| match cli::refused_value(&err) {
+        Some(refused) => fail(refused),
+        None => err.exit(),
+    });
     if let Err(err) = run(cli) {
-        eprintln!("netctl: {err}");
-        std::process::exit(err.exit_code());
+        fail(&err);
     }
+}
+
+fn fail(err: &netctl::error::Error) -> ! {
+    eprintln!("netctl: {err}");
+    std::process::exit(err.exit_code());
 }
 
 fn run(cli: Cli) -> netctl::error::Result<()> {

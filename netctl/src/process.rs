@@ -22,8 +22,9 @@ use nix::{
 
 use crate::{
     error::{Error, Result},
-    hosts, netns,
-    state::Process,
+    hosts,
+    model::Process,
+    netns,
 };
 
 /// Where a process goes: a network namespace (by name, or the one the

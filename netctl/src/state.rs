@@ -1,201 +1,24 @@
-//! Persisted state: networks, containers, their endpoints and published
-//! ports. One JSON file under the state dir, read and written under an
-//! exclusive `flock`, replaced atomically (write, fsync, rename).
+//! The persisted state of a host: the model (model.rs) of its networks and
+//! containers plus the journal of a command under way (journal.rs). One
+//! JSON file under the state dir, read and written under an exclusive
+//! `flock`, replaced atomically (write, fsync, rename).
 
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::Write as _,
-    net::Ipv4Addr,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
-use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
     journal::Journal,
+    model::{Container, DatapathKind, Network, PortMapping},
 };
-
-/// Which datapath moves the packets of a host. The first network fixes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DatapathKind {
-    Iptables,
-    Ebpf,
-}
-
-impl std::fmt::Display for DatapathKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DatapathKind::Iptables => "iptables",
-            DatapathKind::Ebpf => "ebpf",
-        })
-    }
-}
-
-/// A bridge network: one Linux bridge in the host namespace, one subnet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Network {
-    pub name: String,
-    /// Small stable number, unique on the host (used as a key by the eBPF maps).
-    pub id: u32,
-    /// Bridge interface in the host namespace.
-    pub bridge: String,
-    pub subnet: Ipv4Net,
-    /// Address of the bridge, the containers' default gateway.
-    pub gateway: Ipv4Addr,
-    /// No way out: no SNAT, no published ports, no traffic to other networks.
-    pub internal: bool,
-    /// Peers reach each other by name (user-defined networks; not `bridge`).
-    pub dns: bool,
-    /// Seconds since the epoch.
-    pub created: u64,
-    /// MTU of the veth pairs of its endpoints (`None`: the kernel's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-/// How a container is networked (Docker's `--network` modes).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "mode", content = "target")]
-pub enum NetworkMode {
-    /// Own namespace, attached to one or more bridge networks.
-    Bridge,
-    /// The host's own namespace.
-    Host,
-    /// Own namespace with only `lo`.
-    None,
-    /// The namespace of another container.
-    Container(String),
-}
-
-/// A container's interface on a network.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoint {
-    pub network: String,
-    /// Interface name inside the container (eth0, eth1, ...).
-    pub ifname: String,
-    /// Host-side end of the veth pair, enslaved to the network's bridge.
-    pub host_veth: String,
-    pub ip: Ipv4Addr,
-    /// MAC of the container side, "02:42:ac:12:00:02" style.
-    pub mac: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-
-    /// IANA protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One published port: host `[ip:]port/proto` → container `ip:port`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    pub protocol: Protocol,
-    /// `None` publishes on every address of the host.
-    pub host_ip: Option<Ipv4Addr>,
-    pub host_port: u16,
-    pub container_ip: Ipv4Addr,
-    pub container_port: u16,
-    pub container: String,
-    /// Network whose endpoint receives the traffic.
-    pub network: String,
-}
-
-impl PortMapping {
-    /// `0.0.0.0:8080->80/tcp`, as `docker port` prints it.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}:{}->{}/{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            self.host_port,
-            self.container_port,
-            self.protocol
-        )
-    }
-
-    /// Two mappings collide when they share protocol and host port and
-    /// their host addresses overlap (`None` overlaps everything).
-    pub fn conflicts_with(&self, other: &PortMapping) -> bool {
-        self.protocol == other.protocol
-            && self.host_port == other.host_port
-            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
-    }
-}
-
-/// A detached command started by `container run NAME -- CMD`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat), so a
-    /// recycled pid is never mistaken for ours.
-    pub start_time: u64,
-    pub command: Vec<String>,
-    pub log: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
-    pub name: String,
-    pub mode: NetworkMode,
-    /// Name of its namespace under /run/netns (`None` in host mode).
-    pub netns: Option<String>,
-    pub endpoints: Vec<Endpoint>,
-    pub ports: Vec<PortMapping>,
-    pub process: Option<Process>,
-    pub created: u64,
-    /// Set when a container runtime made this container through the CNI
-    /// plugin: the runtime owns its namespace, netctl never deletes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni: Option<CniAttachment>,
-}
-
-/// What identifies a CNI attachment to the runtime.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniAttachment {
-    /// `CNI_CONTAINERID`, whole.
-    pub container_id: String,
-    /// `CNI_IFNAME`: the interface inside the namespace.
-    pub ifname: String,
-    /// `CNI_NETNS`: path of the runtime's namespace.
-    pub netns: String,
-    /// `name` of the network configuration (GC is per configuration).
-    pub network: String,
-}
-
-impl Container {
-    pub fn endpoint(&self, network: &str) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.network == network)
-    }
-}
 
 /// Everything netctl knows about one host namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,31 +222,10 @@ impl StateDir {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
-
-    fn mapping(host_ip: Option<Ipv4Addr>, port: u16, protocol: Protocol) -> PortMapping {
-        PortMapping {
-            protocol,
-            host_ip,
-            host_port: port,
-            container_ip: Ipv4Addr::new(172, 18, 0, 2),
-            container_port: 80,
-            container: "web".into(),
-            network: "front".into(),
-        }
-    }
-
-    #[test]
-    fn port_conflicts_follow_address_overlap() {
-        let any = mapping(None, 8080, Protocol::Tcp);
-        let local = mapping(Some(Ipv4Addr::LOCALHOST), 8080, Protocol::Tcp);
-        let other = mapping(Some(Ipv4Addr::new(198, 51, 100, 1)), 8080, Protocol::Tcp);
-        assert!(any.conflicts_with(&local));
-        assert!(local.conflicts_with(&any));
-        assert!(!local.conflicts_with(&other));
-        assert!(!any.conflicts_with(&mapping(None, 8080, Protocol::Udp)));
-        assert!(!any.conflicts_with(&mapping(None, 8081, Protocol::Tcp)));
-    }
+    use crate::model::{NetworkMode, Protocol};
 
     #[test]
     fn state_round_trips_and_survives_reopen() {
@@ -455,7 +257,15 @@ mod tests {
                 mode: NetworkMode::Container("db".into()),
                 netns: Some("x-web".into()),
                 endpoints: vec![],
-                ports: vec![mapping(None, 8080, Protocol::Udp)],
+                ports: vec![PortMapping {
+                    protocol: Protocol::Udp,
+                    host_ip: None,
+                    host_port: 8080,
+                    container_ip: Ipv4Addr::new(172, 18, 0, 2),
+                    container_port: 80,
+                    container: "web".into(),
+                    network: "front".into(),
+                }],
                 process: None,
                 created: 2,
                 cni: None,
@@ -477,5 +287,86 @@ mod tests {
         assert!(!dir.join("state.json.tmp").exists());
         drop(locked);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A state file as netctl writes it (a container with an endpoint and a
+    /// port, a journal of each kind): it loads, and is written back byte
+    /// for byte, so files of earlier versions keep loading.
+    #[test]
+    fn the_state_file_format_holds() {
+        let file = r#"{
+  "version": 1,
+  "datapath": "ebpf",
+  "networks": {
+    "front": {
+      "name": "front",
+      "id": 1,
+      "bridge": "nc-front",
+      "subnet": "172.18.0.0/16",
+      "gateway": "172.18.0.1",
+      "internal": false,
+      "dns": true,
+      "created": 1700000000,
+      "mtu": 1400
+    }
+  },
+  "containers": {
+    "web": {
+      "name": "web",
+      "mode": {
+        "mode": "bridge"
+      },
+      "netns": "netctl-web",
+      "endpoints": [
+        {
+          "network": "front",
+          "ifname": "eth0",
+          "host_veth": "ve1a2b3c4d",
+          "ip": "172.18.0.2",
+          "mac": "02:42:ac:12:00:02"
+        }
+      ],
+      "ports": [
+        {
+          "protocol": "tcp",
+          "host_ip": null,
+          "host_port": 8080,
+          "container_ip": "172.18.0.2",
+          "container_port": 80,
+          "container": "web",
+          "network": "front"
+        }
+      ],
+      "process": null,
+      "created": 1700000001
+    }
+  },
+  "journal": {
+    "command": "network disconnect front web",
+    "datapath": "ebpf",
+    "undo": [
+      {
+        "undo": "delete_link",
+        "name": "ve1a2b3c4d"
+      }
+    ],
+    "removing_containers": [
+      "db"
+    ],
+    "removing_networks": [
+      "back"
+    ],
+    "removing_endpoints": [
+      {
+        "container": "web",
+        "network": "front"
+      }
+    ]
+  }
+}"#;
+        let state: State = serde_json::from_str(file).unwrap();
+        let endpoint = &state.containers["web"].endpoints[0];
+        assert_eq!(endpoint.mac, crate::model::Mac::for_ip(endpoint.ip));
+        assert_eq!(serde_json::to_string_pretty(&state).unwrap(), file);
     }
 }

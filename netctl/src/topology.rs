@@ -6,25 +6,19 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    error::{Error, Result},
-    ipam,
+    error::Result,
+    model::{Endpoint, Network},
     netlink::Netlink,
     netns,
-    state::{Endpoint, Network},
 };
 
 /// Bridge up with the gateway address: the network exists in the kernel.
 pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
-    let bridge = host.ensure_bridge(&net.bridge, bridge_mac(net)?).await?;
+    let bridge = host
+        .ensure_bridge(&net.bridge, net.bridge_mac().octets())
+        .await?;
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
         .await
-}
-
-/// The MAC a network's bridge is given, that of its gateway address. The
-/// eBPF datapath writes it as the source of frames it hands to containers,
-/// from here rather than from the kernel.
-pub fn bridge_mac(net: &Network) -> Result<[u8; 6]> {
-    parse_mac(&ipam::mac_for(net.gateway))
 }
 
 /// Deletes the bridge (its address and any enslaved veth ends go with it).
@@ -50,17 +44,6 @@ pub async fn create_container_netns(name: &str) -> Result<()> {
 /// namespace (renamed to `ifname` once inside).
 fn peer_name(ep: &Endpoint) -> String {
     format!("{}p", ep.host_veth)
-}
-
-pub fn parse_mac(mac: &str) -> Result<[u8; 6]> {
-    let bytes: Vec<u8> = mac
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))?;
-    bytes
-        .try_into()
-        .map_err(|_| Error::invalid(format!("mac {mac}"), "not a MAC address"))
 }
 
 /// Connects a container namespace to a network: a veth pair whose host end
@@ -102,7 +85,7 @@ async fn configure_inside(
     let inside = Netlink::connect_in(netns_name)?;
     let index = inside.index(peer).await?;
     inside.rename(index, &ep.ifname).await?;
-    inside.set_mac(index, parse_mac(&ep.mac)?).await?;
+    inside.set_mac(index, ep.mac.octets()).await?;
     inside
         .add_address(index, ep.ip, net.subnet.prefix_len())
         .await?;
@@ -126,19 +109,4 @@ pub async fn restore_default_route(netns_name: &str, gateways: &[Ipv4Addr]) -> R
     };
     let inside = Netlink::connect_in(netns_name)?;
     inside.add_default_route(*gateway).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_parse_and_reject() {
-        assert_eq!(
-            parse_mac("02:42:ac:12:00:02").unwrap(),
-            [2, 0x42, 0xac, 0x12, 0, 2]
-        );
-        assert!(parse_mac("02:42:ac:12:00").is_err());
-        assert!(parse_mac("zz:42:ac:12:00:02").is_err());
-    }
 }

@@ -25,7 +25,7 @@ use netctl::{
         Datapath, HostInfo,
     },
     error::Error,
-    state::{Endpoint, Network, PortMapping, Protocol},
+    model::{Endpoint, Network, PortMapping, Protocol},
 };
 use netctl_tests::privileged;
 use nix::sched::{unshare, CloneFlags};
@@ -111,7 +111,7 @@ fn endpoint() -> Endpoint {
         ifname: "eth0".into(),
         host_veth: "veth0".into(),
         ip: Ipv4Addr::new(172, 18, 0, 2),
-        mac: "02:42:ac:12:00:02".into(),
+        mac: "02:42:ac:12:00:02".parse().unwrap(),
     }
 }
 
@@ -239,7 +239,7 @@ fn lifecycle_round_trips_and_leaves_nothing() {
         let peer = Endpoint {
             host_veth: "veth1".into(),
             ip: Ipv4Addr::new(172, 18, 0, 3),
-            mac: "02:42:ac:12:00:03".into(),
+            mac: "02:42:ac:12:00:03".parse().unwrap(),
             ..endpoint()
         };
         let apply = || {
@@ -448,7 +448,7 @@ fn drift_is_repaired_in_order_and_stale_rules_go() {
         let other = Endpoint {
             host_veth: "veth9".into(),
             ip: Ipv4Addr::new(10, 9, 0, 9),
-            mac: "02:42:0a:09:00:09".into(),
+            mac: "02:42:0a:09:00:09".parse().unwrap(),
             ..endpoint()
         };
         dp.endpoint_added(&front, &endpoint()).unwrap();

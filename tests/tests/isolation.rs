@@ -366,7 +366,7 @@ fn forged_source_addresses_and_macs_are_dropped_and_counted(datapath: &str) {
     let b_mac = b["endpoints"][0]["mac"].as_str().unwrap().to_owned();
     let b_netns = b["netns"].as_str().unwrap().to_owned();
     let c_ip = sb.ip_of("c", "front").to_string();
-    let gateway_mac = netctl::ipam::mac_for(Ipv4Addr::new(172, 18, 0, 1));
+    let gateway_mac = netctl::model::Mac::for_ip(Ipv4Addr::new(172, 18, 0, 1)).to_string();
     let link = text(&sb.in_host(&["ip", "-br", "link", "show", "nc-front"]));
     assert!(link.contains(&gateway_mac), "bridge MAC: {link}");
     let unused_ip = "172.18.0.200";
@@ -544,8 +544,8 @@ fn truncated_packets_stay_on_their_network(datapath: &str) {
     let (a2_ns, a2_ip, a2_mac) = ep("a2");
     let (b1_ns, b1_ip, _) = ep("b1");
     let (i1_ns, i1_ip, i1_mac) = ep("i1");
-    let gw_a = netctl::ipam::mac_for(Ipv4Addr::new(172, 30, 1, 1));
-    let gw_i = netctl::ipam::mac_for(Ipv4Addr::new(172, 30, 3, 1));
+    let gw_a = netctl::model::Mac::for_ip(Ipv4Addr::new(172, 30, 1, 1)).to_string();
+    let gw_i = netctl::model::Mac::for_ip(Ipv4Addr::new(172, 30, 3, 1)).to_string();
     let outside_ip = OUTSIDE_IP.to_string();
     let tool = nettool();
     // (sender netns, source MAC, destination MAC, source, destination, truncated)

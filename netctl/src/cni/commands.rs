@@ -14,11 +14,11 @@ use super::{
 use crate::{
     config::HostConfig,
     ipam,
+    model::{CniAttachment, Container, DatapathKind, Mac, PortMapping, Protocol},
     netlink::Netlink,
     netns,
-    ops::{ContainerRun, Host, NetworkCreate, DEFAULT_DATAPATH},
+    ops::{self, ContainerRun, Host, NetworkCreate, Networking, DEFAULT_DATAPATH},
     ports::PortSpec,
-    state::{CniAttachment, Container, DatapathKind, Protocol},
 };
 
 /// Runs the command of `env` with the configuration on stdin; returns what
@@ -43,15 +43,15 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         .enable_all()
         .build()
         .map_err(|e| CniError::new(Code::System, format!("tokio runtime: {e}")))?;
-    let fresh = !config.state_dir.exists();
     let state_dir = config.state_dir.clone();
-    let outcome = runtime.block_on(async {
-        let cmd = Invocation {
-            env,
-            conf: &conf,
-            stdin,
-            config,
-        };
+    let cmd = Invocation {
+        env,
+        conf: &conf,
+        stdin,
+        config,
+    };
+    // A DEL of an unknown attachment on a fresh host leaves no state dir.
+    runtime.block_on(ops::leaving_no_trace(&state_dir, async {
         match env.command {
             Command::Add => cmd.add().await.map(Some),
             Command::Del => cmd.del().await.map(|()| None),
@@ -60,12 +60,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             Command::Gc => cmd.gc().await.map(|()| None),
             Command::Version => unreachable!("answered above"),
         }
-    });
-    if fresh {
-        // A DEL of an unknown attachment on a fresh host leaves no state dir.
-        crate::state::remove_if_unused(&state_dir);
-    }
-    outcome
+    }))
 }
 
 /// VERSION: the versions this plugin speaks, in the requested version's
@@ -132,6 +127,10 @@ impl Invocation<'_> {
         let name = container_name(&self.env.container_id, &self.env.ifname);
         let ports = port_specs(self.conf)?;
         let requested_ip = self.conf.requested_ip()?;
+        let mac = match &self.conf.runtime_config.mac {
+            Some(text) => Some(text.parse::<Mac>()?),
+            None => None,
+        };
         let mut host = Host::open(self.config.clone()).await?;
         if let Some(existing) = host.state.containers.get(&name) {
             return Err(CniError::new(
@@ -173,10 +172,10 @@ impl Invocation<'_> {
         let ip = allocated.map(|(ip, _, _)| ip).or(requested_ip);
         let run = ContainerRun {
             name: name.clone(),
-            network: Some(self.conf.name.clone()),
-            ip: ip.map(|ip| ip.to_string()),
+            network: Networking::Network(self.conf.name.clone()),
+            ip,
             ports,
-            mac: self.conf.runtime_config.mac.clone(),
+            mac,
             cni: Some(CniAttachment {
                 container_id: self.env.container_id.clone(),
                 ifname: self.env.ifname.clone(),
@@ -276,8 +275,8 @@ impl Invocation<'_> {
         }
         let req = NetworkCreate {
             name: conf.name.clone(),
-            subnet: subnet.map(|s| s.to_string()),
-            gateway: gateway.map(|g| g.to_string()),
+            subnet,
+            gateway,
             datapath: conf.datapath,
             internal: conf.internal,
             bridge: conf.bridge.clone(),
@@ -309,13 +308,13 @@ impl Invocation<'_> {
             .link(&ep.host_veth)
             .await?
             .and_then(|l| l.mac)
-            .map(format_mac)
+            .map(|mac| Mac::from(mac).to_string())
             .unwrap_or_default();
         let result = AddResult {
             interfaces: vec![
                 Interface {
                     name: net.bridge.clone(),
-                    mac: ipam::mac_for(net.gateway),
+                    mac: net.bridge_mac().to_string(),
                     sandbox: None,
                     mtu: None,
                 },
@@ -327,7 +326,7 @@ impl Invocation<'_> {
                 },
                 Interface {
                     name: ep.ifname.clone(),
-                    mac: ep.mac.clone(),
+                    mac: ep.mac.to_string(),
                     sandbox: ctr.cni.as_ref().map(|c| c.netns.clone()),
                     mtu: net.mtu,
                 },
@@ -429,7 +428,7 @@ impl Invocation<'_> {
             .link(&ep.ifname)
             .await?
             .ok_or_else(|| failed(format!("{attachment}: no {} in {netns_path}", ep.ifname)))?;
-        if !link.up || link.mac.map(format_mac).as_deref() != Some(ep.mac.as_str()) {
+        if !link.up || link.mac.map(Mac::from) != Some(ep.mac) {
             return Err(failed(format!(
                 "{attachment}: {} is down or its MAC is not {}",
                 ep.ifname, ep.mac
@@ -441,7 +440,10 @@ impl Invocation<'_> {
                 ep.ifname, ep.ip
             )));
         }
-        let wanted: BTreeSet<String> = port_specs(self.conf)?.into_iter().collect();
+        let wanted: BTreeSet<String> = port_specs(self.conf)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let have: BTreeSet<String> = ctr.ports.iter().map(mapping_spec).collect();
         if wanted != have {
             return Err(failed(format!(
@@ -558,7 +560,7 @@ impl Invocation<'_> {
 /// The `runtimeConfig.portMappings` as netctl port specs. IPv6 host
 /// addresses are left out (the datapaths are IPv4 only; a dual-stack runtime
 /// sends each mapping once per family).
-fn port_specs(conf: &NetConf) -> Result<Vec<String>, CniError> {
+fn port_specs(conf: &NetConf) -> Result<Vec<PortSpec>, CniError> {
     let invalid = |what: String| CniError::new(Code::InvalidConfig, what);
     let mut specs = Vec::new();
     for m in &conf.runtime_config.port_mappings {
@@ -599,13 +601,13 @@ fn port_specs(conf: &NetConf) -> Result<Vec<String>, CniError> {
             container_ports: (m.container_port, m.container_port),
             protocol,
         };
-        specs.push(spec.to_string());
+        specs.push(spec);
     }
     Ok(specs)
 }
 
 /// A published mapping in the form [`port_specs`] makes, to compare them.
-fn mapping_spec(m: &crate::state::PortMapping) -> String {
+fn mapping_spec(m: &PortMapping) -> String {
     PortSpec {
         host_ip: m.host_ip,
         host_ports: Some((m.host_port, m.host_port)),
@@ -613,13 +615,6 @@ fn mapping_spec(m: &crate::state::PortMapping) -> String {
         protocol: m.protocol,
     }
     .to_string()
-}
-
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]
@@ -646,10 +641,12 @@ mod tests {
             Command::Add,
         )
         .unwrap();
-        assert_eq!(
-            port_specs(&conf).unwrap(),
-            vec!["8080:80/tcp".to_owned(), "127.0.0.1:5353:53/udp".to_owned()]
-        );
+        let specs: Vec<String> = port_specs(&conf)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(specs, ["8080:80/tcp", "127.0.0.1:5353:53/udp"]);
         let sctp = NetConf::decode(
             br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"portMappings":[
               {"hostPort":1,"containerPort":2,"protocol":"sctp"}]}}"#,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::result::{CniError, Code};
-use crate::{ipam, state::DatapathKind};
+use crate::{ipam, model::DatapathKind};
 
 /// Versions of the spec this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -114,17 +114,14 @@ impl Env {
     }
 }
 
-/// The spec's rule for container ids: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+/// The spec's rule for container ids: Docker's name shape, any length.
 fn check_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid {
+    if ipam::has_name_shape(id) {
         Ok(())
     } else {
         Err(invalid_env(
             "CNI_CONTAINERID",
-            &format!("{id:?} is not a container id ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            &format!("{id:?} is not a container id ({}*)", ipam::NAME_PATTERN),
         ))
     }
 }

@@ -14,7 +14,8 @@ use std::net::Ipv4Addr;
 use crate::{
     config::HostConfig,
     error::Result,
-    state::{DatapathKind, Endpoint, Network, PortMapping, State},
+    model::{DatapathKind, Endpoint, Network, PortMapping},
+    state::State,
 };
 
 /// One difference between what a datapath holds and what the state says.

@@ -16,10 +16,9 @@ use crate::{
     datapath::Drift,
     error::{Error, Result},
     hosts, ipam,
+    model::{Endpoint, Network, NetworkMode},
     netlink::LinkInfo,
-    netns,
-    state::{Endpoint, Network, NetworkMode},
-    topology,
+    netns, topology,
 };
 
 /// One difference, and whether `--fix` made it go away.

@@ -22,7 +22,8 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, State},
+    model::{DatapathKind, Endpoint, Network},
+    state::State,
 };
 
 /// Endpoints of the state with their network.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    state::PortMapping,
+    model::PortMapping,
 };
 
 /// Whether a failed delete only found the key absent: aya reports that as
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(be_ip(ip).to_ne_bytes(), [172, 18, 0, 2]);
         assert_eq!(ip_from_be(be_ip(ip)), ip);
         let p = PortMapping {
-            protocol: crate::state::Protocol::Udp,
+            protocol: crate::model::Protocol::Udp,
             host_ip: None,
             host_port: 8080,
             container_ip: ip,

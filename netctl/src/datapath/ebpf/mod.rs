@@ -49,8 +49,8 @@ pub use self::{
 use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, PortMapping, State},
-    topology,
+    model::{DatapathKind, Endpoint, Network, PortMapping},
+    state::State,
 };
 
 /// SNAT source ports: above the kernel's default ephemeral range
@@ -86,7 +86,7 @@ fn endpoint_info(net: &Network, ep: &Endpoint) -> Result<EndpointInfo> {
     Ok(EndpointInfo {
         ifindex: ifindex(&ep.host_veth)?,
         network_id: net.id,
-        mac: topology::parse_mac(&ep.mac)?,
+        mac: ep.mac.octets(),
         _pad: [0; 2],
     })
 }
@@ -132,7 +132,7 @@ impl Datapath for Ebpf {
             gateway: be_ip(net.gateway),
             bridge_ifindex: ifindex(&net.bridge)?,
             // The MAC topology gave the bridge, not one read back from it.
-            bridge_mac: topology::bridge_mac(net)?,
+            bridge_mac: net.bridge_mac().octets(),
             _pad: [0; 2],
             flags: if net.internal {
                 NETWORK_FLAG_INTERNAL

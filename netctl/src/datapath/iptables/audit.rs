@@ -14,7 +14,8 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    state::{DatapathKind, PortMapping, State},
+    model::{DatapathKind, PortMapping},
+    state::State,
 };
 
 /// Every rule the state implies. None at all when the host is not on this

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::rules::Rule;
-use crate::state::{Endpoint, Network, PortMapping, Protocol};
+use crate::model::{Endpoint, Network, PortMapping, Protocol};
 
 pub(super) fn network(name: &str, bridge: &str, subnet: &str, internal: bool) -> Network {
     let subnet: Ipv4Net = subnet.parse().unwrap();
@@ -78,7 +78,7 @@ pub(super) fn endpoint() -> Endpoint {
         ifname: "eth0".into(),
         host_veth: "veth0".into(),
         ip: Ipv4Addr::new(172, 18, 0, 2),
-        mac: "02:42:ac:12:00:02".into(),
+        mac: "02:42:ac:12:00:02".parse().unwrap(),
     }
 }
 

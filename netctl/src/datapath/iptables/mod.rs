@@ -79,7 +79,8 @@ use rules::{check_bridge, check_endpoint, dedup};
 use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
-    state::{DatapathKind, Endpoint, Network, PortMapping, State},
+    model::{DatapathKind, Endpoint, Network, PortMapping},
+    state::State,
 };
 
 const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -349,7 +350,7 @@ mod tests {
     use super::*;
     use crate::{
         datapath::iptables::fixtures::{endpoint, front, network, port},
-        state::Protocol,
+        model::Protocol,
     };
 
     /// An `Iptables` whose programs do nothing: proves a method refused
@@ -382,23 +383,14 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(err, Error::Invalid { .. }), "{bridge:?}: {err}");
         }
-        for (veth, mac) in [
-            ("veth+", "02:42:ac:12:00:02"),
-            ("a b", "02:42:ac:12:00:02"),
-            ("veth0", "02:42:ac:12:00"),
-            ("veth0", "02:42:ac:12:00:0g"),
-            ("veth0", "02:42:ac:12:00:02 -j ACCEPT"),
-        ] {
+        // (A malformed MAC cannot reach the datapath: `Mac` parses it first.)
+        for veth in ["veth+", "a b"] {
             let ep = Endpoint {
                 host_veth: veth.into(),
-                mac: mac.into(),
                 ..endpoint()
             };
             let err = dp.endpoint_added(&front(), &ep).unwrap_err();
-            assert!(
-                matches!(err, Error::Invalid { .. }),
-                "{veth:?} {mac:?}: {err}"
-            );
+            assert!(matches!(err, Error::Invalid { .. }), "{veth:?}: {err}");
         }
         // Nothing to do is done without running anything.
         dp.ports_published(&front(), &[]).unwrap();

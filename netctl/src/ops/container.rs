@@ -1,0 +1,486 @@
+//! `container run` and `container rm`.
+//!
+//! A run is decided before anything changes: [`plan_container`] is a pure
+//! function of the state and the request that checks the name and the
+//! mode, picks the network, address and MAC, expands the ports against
+//! what the host already publishes, and returns the steps to take. Then
+//! [`Host`] takes the steps in order, recording how to undo each, so that a
+//! failing step undoes them all. Removal takes a container apart and keeps
+//! going past errors.
+
+use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::PathBuf, str::FromStr};
+
+use super::{
+    network::{forget_in_datapath, plan_network, NetworkCreate},
+    now, Host,
+};
+use crate::{
+    config::HostConfig,
+    error::{Error, Result},
+    failpoint, hosts, ipam,
+    journal::Undo,
+    model::{
+        CniAttachment, Container, Endpoint, Mac, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
+    },
+    netns,
+    ports::{self, PortSpec},
+    process,
+    state::{State, StateDir},
+    topology,
+};
+
+/// Where `container run` puts a container: `--network` in Docker's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Networking {
+    /// A bridge network, by name (the default network unless named).
+    Network(String),
+    /// The host's own namespace.
+    Host,
+    /// A namespace of its own with only `lo`.
+    None,
+    /// The namespace of another container.
+    Container(String),
+}
+
+impl Networking {
+    /// The mode the container is recorded with.
+    pub fn mode(&self) -> NetworkMode {
+        match self {
+            Networking::Network(_) => NetworkMode::Bridge,
+            Networking::Host => NetworkMode::Host,
+            Networking::None => NetworkMode::None,
+            Networking::Container(other) => NetworkMode::Container(other.clone()),
+        }
+    }
+}
+
+impl Default for Networking {
+    fn default() -> Self {
+        Networking::Network(DEFAULT_NETWORK.to_owned())
+    }
+}
+
+/// `host`, `none`, `container:NAME`, or else the name of a network (which
+/// the plan looks up: an unknown one is refused there, by name).
+impl FromStr for Networking {
+    type Err = Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Infallible> {
+        Ok(match value {
+            "host" => Networking::Host,
+            "none" => Networking::None,
+            other => match other.strip_prefix("container:") {
+                Some(target) => Networking::Container(target.to_owned()),
+                None => Networking::Network(other.to_owned()),
+            },
+        })
+    }
+}
+
+/// What `container run` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerRun {
+    pub name: String,
+    pub network: Networking,
+    /// Address on the network [default: the lowest free one].
+    pub ip: Option<Ipv4Addr>,
+    pub ports: Vec<PortSpec>,
+    /// Command to start inside, detached.
+    pub command: Vec<String>,
+    /// Container-side MAC [default: derived from the address].
+    pub mac: Option<Mac>,
+    /// A CNI attachment: the container joins the runtime's namespace
+    /// (`netns`) as `ifname` instead of getting a namespace of its own.
+    pub cni: Option<CniAttachment>,
+}
+
+/// One step of a run, in the order they are taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Create the default network, which the container is the first to join.
+    CreateNetwork(Network),
+    /// Make the container's own namespace, with `lo` up.
+    CreateNetns(String),
+    /// A veth pair from the network's bridge into the namespace, with the
+    /// endpoint's name, address and MAC.
+    Attach {
+        netns: String,
+        network: Network,
+        endpoint: Endpoint,
+    },
+    /// Publish ports, host ports chosen, on the endpoint just attached.
+    Publish {
+        network: Network,
+        ports: Vec<PortMapping>,
+    },
+    /// Start a command inside the namespace, detached, its output in `log`.
+    Start {
+        netns: String,
+        command: Vec<String>,
+        log: PathBuf,
+    },
+}
+
+/// What a `container run` will do, decided before any step is taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPlan {
+    /// The container as recorded before its steps: no endpoint, port or
+    /// process yet (the steps add them as they succeed).
+    pub container: Container,
+    pub steps: Vec<Step>,
+}
+
+/// Checks a `container run` against the state and plans its steps. Reads
+/// nothing but its arguments (and the clock, for the creation time).
+pub fn plan_container(
+    state: &State,
+    config: &HostConfig,
+    req: &ContainerRun,
+) -> Result<ContainerPlan> {
+    ipam::check_name("container", &req.name)?;
+    let object = || format!("container {}", req.name);
+    if state.containers.contains_key(&req.name) {
+        return Err(Error::invalid(object(), "already exists"));
+    }
+    let mode = req.network.mode();
+    if mode != NetworkMode::Bridge {
+        if !req.ports.is_empty() {
+            return Err(Error::invalid(
+                object(),
+                format!("cannot publish ports in {mode} network mode"),
+            ));
+        }
+        if req.ip.is_some() {
+            return Err(Error::invalid(
+                object(),
+                format!("--ip cannot be used in {mode} network mode"),
+            ));
+        }
+    }
+    let mut steps = Vec::new();
+    let (netns_name, attach) = match &req.network {
+        Networking::Host => (None, None),
+        Networking::Container(other) => {
+            let target = state.container(other)?;
+            let Some(netns_name) = target.netns.clone() else {
+                return Err(Error::invalid(
+                    object(),
+                    format!("container {other} uses the host namespace; use --network host"),
+                ));
+            };
+            (Some(netns_name), None)
+        }
+        Networking::None => (Some(config.container_netns(&req.name)), None),
+        Networking::Network(network) => {
+            let net = match state.networks.get(network) {
+                Some(net) => net.clone(),
+                None if network == DEFAULT_NETWORK => {
+                    let default = NetworkCreate {
+                        name: DEFAULT_NETWORK.into(),
+                        ..NetworkCreate::default()
+                    };
+                    let net = plan_network(state, &default)?;
+                    steps.push(Step::CreateNetwork(net.clone()));
+                    net
+                }
+                None => return Err(Error::not_found("network", network.as_str())),
+            };
+            if net.internal && !req.ports.is_empty() {
+                return Err(Error::invalid(
+                    object(),
+                    format!("cannot publish ports on internal network {network}"),
+                ));
+            }
+            let ifname = req.cni.as_ref().map_or("eth0", |c| c.ifname.as_str());
+            let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip)?;
+            if let Some(mac) = req.mac {
+                ep.mac = mac;
+            }
+            let netns_name = match &req.cni {
+                Some(cni) => cni.netns.clone(),
+                None => config.container_netns(&req.name),
+            };
+            (Some(netns_name), Some((net, ep)))
+        }
+    };
+    let container = Container {
+        name: req.name.clone(),
+        mode,
+        netns: netns_name.clone(),
+        endpoints: Vec::new(),
+        ports: Vec::new(),
+        process: None,
+        created: now(),
+        cni: req.cni.clone(),
+    };
+    if let (true, Some(name)) = (container.owns_netns(), &netns_name) {
+        steps.push(Step::CreateNetns(name.clone()));
+    }
+    if let (Some((network, endpoint)), Some(netns)) = (attach, &netns_name) {
+        let taken: Vec<PortMapping> = state.ports().cloned().collect();
+        let ports = ports::expand_all(&req.ports, &taken, &req.name, &network.name, endpoint.ip)?;
+        steps.push(Step::Attach {
+            netns: netns.clone(),
+            network: network.clone(),
+            endpoint,
+        });
+        if !ports.is_empty() {
+            steps.push(Step::Publish { network, ports });
+        }
+    }
+    if !req.command.is_empty() {
+        let Some(netns) = netns_name else {
+            return Err(Error::invalid(
+                object(),
+                "a command in host mode runs on the host itself: use `netctl exec --host`",
+            ));
+        };
+        steps.push(Step::Start {
+            netns,
+            command: req.command.clone(),
+            log: config.state_dir.join(format!("{}.log", req.name)),
+        });
+    }
+    Ok(ContainerPlan { container, steps })
+}
+
+/// A container's endpoint on `net`: the address asked (checked) or the
+/// lowest free one, the MAC derived from it, the veth named after the
+/// container and the network.
+pub(super) fn plan_endpoint(
+    state: &State,
+    net: &Network,
+    container: &str,
+    ifname: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<Endpoint> {
+    let used: BTreeSet<Ipv4Addr> = state
+        .members(&net.name)
+        .filter_map(|c| c.endpoint(&net.name))
+        .map(|e| e.ip)
+        .collect();
+    let ip = match ip {
+        Some(ip) => {
+            ipam::reserve(net.subnet, net.gateway, &used, ip)?;
+            ip
+        }
+        None => ipam::allocate(net.subnet, net.gateway, &used)?,
+    };
+    Ok(Endpoint {
+        network: net.name.clone(),
+        ifname: ifname.to_owned(),
+        host_veth: ipam::veth_name(container, net.id),
+        ip,
+        mac: Mac::for_ip(ip),
+    })
+}
+
+/// A container as the state records it, read under the state lock without
+/// opening the host (no netlink, no recovery): for `exec`, which replaces
+/// the process right after.
+pub fn lookup_container(config: &HostConfig, name: &str) -> Result<Container> {
+    let dir = StateDir::lock(&config.state_dir)?;
+    Ok(dir.load()?.container(name)?.clone())
+}
+
+impl Host {
+    pub async fn container_run(&mut self, req: ContainerRun) -> Result<Container> {
+        self.begin(format!("container run {}", req.name));
+        let plan = plan_container(&self.state, &self.config, &req)?;
+        let result = self.apply(plan).await;
+        self.commit(result, &[]).await?;
+        Ok(self.state.containers[&req.name].clone())
+    }
+
+    /// Takes the steps of a plan in order, recording how to undo each
+    /// before taking it.
+    async fn apply(&mut self, plan: ContainerPlan) -> Result<()> {
+        let name = plan.container.name.clone();
+        self.state.containers.insert(name.clone(), plan.container);
+        for step in plan.steps {
+            match step {
+                Step::CreateNetwork(net) => self.apply_network_create(&net, None).await?,
+                Step::CreateNetns(netns_name) => {
+                    if netns::path(&netns_name).exists() {
+                        return Err(Error::invalid(
+                            format!("container {name}"),
+                            format!("namespace {netns_name} already exists"),
+                        ));
+                    }
+                    self.record(Undo::DeleteNetns {
+                        name: netns_name.clone(),
+                    })?;
+                    topology::create_container_netns(&netns_name).await?;
+                    failpoint::check("run.netns")?;
+                }
+                Step::Attach {
+                    netns,
+                    network,
+                    endpoint,
+                } => {
+                    self.apply_attach("run", &name, &netns, &network, &endpoint)
+                        .await?
+                }
+                Step::Publish { network, ports } => {
+                    let dp = self.datapath().await?;
+                    self.record(Undo::PortsUnpublished {
+                        network: network.clone(),
+                        ports: ports.clone(),
+                    })?;
+                    dp.ports_published(&network, &ports)?;
+                    failpoint::check("run.ports")?;
+                    self.state
+                        .containers
+                        .get_mut(&name)
+                        .expect("inserted")
+                        .ports = ports;
+                }
+                Step::Start {
+                    netns,
+                    command,
+                    log,
+                } => {
+                    let proc = process::spawn_detached(&netns, &command, log)?;
+                    // Recorded once started (its pid is only known then); a
+                    // crash in between leaves a process in a namespace the
+                    // recovery deletes.
+                    self.record(Undo::StopProcess {
+                        process: proc.clone(),
+                    })?;
+                    failpoint::check("run.process")?;
+                    self.state
+                        .containers
+                        .get_mut(&name)
+                        .expect("inserted")
+                        .process = Some(proc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches an endpoint to a container in the state: the veth pair,
+    /// then the datapath. `command` names the failpoints (`run.link`,
+    /// `connect.link`, ...).
+    pub(super) async fn apply_attach(
+        &mut self,
+        command: &str,
+        container: &str,
+        netns_name: &str,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> Result<()> {
+        if self.netlink.link(&ep.host_veth).await?.is_some() {
+            return Err(Error::system(
+                format!("endpoint {}", ep.host_veth),
+                "interface already exists on the host (left by a crash? run `netctl doctor --fix`)",
+            ));
+        }
+        self.record(Undo::DeleteLink {
+            name: ep.host_veth.clone(),
+        })?;
+        topology::attach(&self.netlink, netns_name, net, ep).await?;
+        failpoint::check(&format!("{command}.link"))?;
+        let dp = self.datapath().await?;
+        self.record(Undo::EndpointRemoved {
+            network: net.clone(),
+            endpoint: ep.clone(),
+        })?;
+        dp.endpoint_added(net, ep)?;
+        failpoint::check(&format!("{command}.endpoint"))?;
+        let entry = self
+            .state
+            .containers
+            .get_mut(container)
+            .ok_or_else(|| Error::not_found("container", container))?;
+        entry.endpoints.push(ep.clone());
+        Ok(())
+    }
+
+    /// `container ls`: every container, by name.
+    pub fn container_ls(&self) -> Vec<&Container> {
+        self.state.containers.values().collect()
+    }
+
+    /// `container inspect`: the named containers, or the first name not found.
+    pub fn container_inspect(&self, names: &[String]) -> Result<Vec<&Container>> {
+        names.iter().map(|n| self.state.container(n)).collect()
+    }
+
+    pub async fn container_rm(&mut self, names: &[String]) -> Result<()> {
+        self.begin(format!("container rm {}", names.join(" ")));
+        for name in names {
+            self.state.container(name)?;
+            let sharers: Vec<&str> = self
+                .state
+                .containers
+                .values()
+                .filter(|c| c.mode == NetworkMode::Container(name.clone()))
+                .map(|c| c.name.as_str())
+                .collect();
+            let staying: Vec<&str> = sharers
+                .into_iter()
+                .filter(|s| !names.iter().any(|n| n == s))
+                .collect();
+            if !staying.is_empty() {
+                return Err(Error::invalid(
+                    format!("container {name}"),
+                    format!("its namespace is used by container {}", staying.join(", ")),
+                ));
+            }
+        }
+        // Sharers first, so a namespace goes after every container in it.
+        let mut order: Vec<String> = names.to_vec();
+        order.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        let mut errors = Vec::new();
+        for name in &order {
+            if let Err(e) = self.remove_container(name).await {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)
+    }
+
+    /// Takes a container apart, going on past errors: process, ports,
+    /// endpoints, namespace, hosts file, state.
+    pub(super) async fn remove_container(&mut self, name: &str) -> Result<()> {
+        let ctr = self.state.container(name)?.clone();
+        self.record_removal(|j| j.removing_containers.push(ctr.name.clone()))?;
+        let mut errors = Vec::new();
+        if let Some(p) = &ctr.process {
+            errors.extend(process::stop(p).err());
+            match std::fs::remove_file(&p.log) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    errors.push(Error::io(format!("log {}", p.log.display()), e))
+                }
+                _ => {}
+            }
+        }
+        match self.datapath().await {
+            Ok(dp) => {
+                for ep in &ctr.endpoints {
+                    errors.extend(forget_in_datapath(&*dp, &self.state, &ctr, ep));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        errors.extend(failpoint::check("rm.datapath").err());
+        for ep in &ctr.endpoints {
+            errors.extend(topology::detach(&self.netlink, ep).await.err());
+        }
+        errors.extend(failpoint::check("rm.links").err());
+        let mut removed_netns = Vec::new();
+        if let (true, Some(netns_name)) = (ctr.owns_netns(), &ctr.netns) {
+            errors.extend(netns::delete(netns_name).err());
+            removed_netns.push(netns_name.clone());
+        }
+        errors.extend(failpoint::check("rm.netns").err());
+        self.state.containers.remove(name);
+        errors.extend(hosts::refresh(&self.state, &removed_netns).err());
+        errors.extend(self.save_committed().err());
+        Error::collect(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! The commands, each a transaction: lock the state → validate → apply the
+//! steps, recording how to undo each → save the state atomically. When a
+//! step fails, the recorded steps are undone in reverse order and the error
+//! of the failed step is returned, so the system is as it was before.
+//! Removals (`container rm`, `network rm`, `network disconnect`, `down`)
+//! journal what they take apart instead and keep going past errors.
+//!
+//! This file holds the transaction itself, [`Host`]: the lock, the journal,
+//! the undo list, commit and rollback, and the recovery of what a killed
+//! netctl left. The commands are beside it: `network.rs`, `container.rs`
+//! (a pure plan, then its steps), `doctor.rs`, and `ebpf.rs` for the eBPF
+//! datapath's own tables.
+
+use std::{
+    future::Future,
+    path::Path,
+    rc::Rc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    config::HostConfig,
+    datapath::{self, Datapath, HostInfo, Uplink},
+    error::{Error, Result},
+    failpoint, hosts,
+    journal::{EndpointRef, Journal, Undo},
+    model::{DatapathKind, Network, NetworkMode},
+    netlink::Netlink,
+    netns, process,
+    state::{self, State, StateDir},
+};
+
+mod container;
+mod doctor;
+mod ebpf;
+mod network;
+
+pub use container::{
+    lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
+};
+pub use doctor::Finding;
+pub use network::{NetworkCreate, NetworkView};
+
+/// The datapath a new host gets when `--datapath` is not given.
+pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
+
+/// A locked host: the state, a netlink socket in the host namespace and the
+/// steps applied so far.
+pub struct Host {
+    pub config: HostConfig,
+    dir: StateDir,
+    pub state: State,
+    /// The state as last saved by a commit: what a rollback returns to and
+    /// what the journal is written into.
+    committed: State,
+    /// Whether a state file existed when the host was opened (a fresh host
+    /// whose first command fails keeps no state file).
+    had_state_file: bool,
+    netlink: Netlink,
+    /// The command under way, for the journal.
+    command: String,
+    undo: Vec<Undo>,
+    /// The datapath once opened (opening looks the uplink up through netlink).
+    datapath: Option<Rc<dyn Datapath>>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs `command` against the state dir at `state_dir`; when the dir did
+/// not exist before and the command saved nothing in it (it failed, or
+/// only read), it is removed again: a fresh host keeps no trace.
+pub async fn leaving_no_trace<T>(state_dir: &Path, command: impl Future<Output = T>) -> T {
+    let fresh = !state_dir.exists();
+    let outcome = command.await;
+    if fresh {
+        state::remove_if_unused(state_dir);
+    }
+    outcome
+}
+
+impl Host {
+    /// Locks the state dir and loads the state, finishing first what an
+    /// interrupted netctl left in the journal. The calling thread must be in
+    /// the host namespace already (main enters it at start-up).
+    pub async fn open(config: HostConfig) -> Result<Self> {
+        let dir = StateDir::lock(&config.state_dir)?;
+        let had_state_file = dir.has_state_file();
+        let state = dir.load()?;
+        let netlink = Netlink::connect(config.host_netns.as_deref().unwrap_or("root"))?;
+        let mut host = Host {
+            config,
+            dir,
+            committed: state.clone(),
+            state,
+            had_state_file,
+            netlink,
+            command: String::new(),
+            undo: Vec::new(),
+            datapath: None,
+        };
+        if let Some(journal) = host.state.journal.take() {
+            host.committed.journal = None;
+            host.recover(journal).await?;
+        }
+        Ok(host)
+    }
+
+    /// Completes what a killed netctl left: undoes the steps of a command
+    /// that never committed, finishes removals that had begun, then saves.
+    async fn recover(&mut self, journal: Journal) -> Result<()> {
+        let disconnecting = match journal.removing_endpoints.len() {
+            0 => String::new(),
+            n => format!(", disconnecting {n} endpoint(s)"),
+        };
+        eprintln!(
+            "netctl: finishing `{}`, interrupted: undoing {} step(s), removing {} container(s) and {} network(s){disconnecting}",
+            journal.command,
+            journal.undo.len(),
+            journal.removing_containers.len(),
+            journal.removing_networks.len()
+        );
+        let mut errors = Vec::new();
+        // The steps may name a datapath the state does not record yet (the
+        // host's first command); undo them against that one.
+        let recorded = self.state.datapath;
+        if journal.datapath.is_some() {
+            self.state.datapath = journal.datapath;
+        }
+        self.undo = journal.undo;
+        errors.extend(self.rollback().await.err());
+        self.state.datapath = recorded;
+        for EndpointRef { container, network } in &journal.removing_endpoints {
+            let attached = self
+                .state
+                .containers
+                .get(container)
+                .is_some_and(|c| c.endpoint(network).is_some());
+            if attached {
+                errors.extend(self.remove_endpoint(container, network).await.err());
+            }
+        }
+        for name in &journal.removing_containers {
+            if self.state.containers.contains_key(name) {
+                errors.extend(self.remove_container(name).await.err());
+            }
+        }
+        for name in &journal.removing_networks {
+            if let Some(net) = self.state.networks.get(name).cloned() {
+                errors.extend(self.remove_network(&net).await.err());
+            }
+        }
+        errors.extend(self.dir.save(&self.state).err());
+        self.committed = self.state.clone();
+        self.had_state_file = true;
+        Error::collect(errors).map_err(|e| {
+            Error::system(
+                format!("recovery of `{}`", journal.command),
+                format!("{e} (run `netctl doctor --fix`)"),
+            )
+        })
+    }
+
+    /// Names the command whose steps the journal records from now on.
+    fn begin(&mut self, command: impl Into<String>) {
+        self.command = command.into();
+        self.undo.clear();
+    }
+
+    /// Records how to undo a step, in the journal on disk, before the step
+    /// is taken: a crash in the middle of the step still leaves its undo.
+    fn record(&mut self, step: Undo) -> Result<()> {
+        self.undo.push(step);
+        let journal = Journal {
+            command: self.command.clone(),
+            datapath: self.state.datapath,
+            undo: self.undo.clone(),
+            ..Journal::default()
+        };
+        self.dir.save_journal(&self.committed, &journal)
+    }
+
+    /// Saves a journal of the removal about to start, which `fill` names
+    /// (see `recover`).
+    fn record_removal(&mut self, fill: impl FnOnce(&mut Journal)) -> Result<()> {
+        let mut journal = Journal {
+            command: self.command.clone(),
+            datapath: self.state.datapath,
+            ..Journal::default()
+        };
+        fill(&mut journal);
+        self.dir.save_journal(&self.committed, &journal)
+    }
+
+    /// Saves the state as committed: the journal is gone with the same write.
+    fn save_committed(&mut self) -> Result<()> {
+        self.state.journal = None;
+        self.dir.save(&self.state)?;
+        self.committed = self.state.clone();
+        self.had_state_file = true;
+        Ok(())
+    }
+
+    /// Host facts for the datapath: the uplink and its address, when found.
+    async fn host_info(&self) -> Result<HostInfo> {
+        let index = match &self.config.uplink {
+            Some(name) => Some(self.netlink.link(name).await?.map(|l| l.index).ok_or_else(
+                || {
+                    Error::invalid(
+                        format!("uplink {name}"),
+                        "no such interface in the host namespace",
+                    )
+                },
+            )?),
+            None => self.netlink.default_route_interface().await?,
+        };
+        let mut uplink = None;
+        if let Some(index) = index {
+            let name = self
+                .netlink
+                .link_by_index(index)
+                .await?
+                .map(|l| l.name)
+                .unwrap_or_default();
+            if let Some(address) = self.netlink.ipv4_addresses(index).await?.first() {
+                uplink = Some(Uplink {
+                    name,
+                    index,
+                    address: *address,
+                });
+            }
+        }
+        Ok(HostInfo {
+            config: self.config.clone(),
+            uplink,
+        })
+    }
+
+    /// The host's datapath, opened once per command.
+    async fn datapath(&mut self) -> Result<Rc<dyn Datapath>> {
+        let kind = self.state.datapath.unwrap_or(DEFAULT_DATAPATH);
+        match &self.datapath {
+            Some(dp) if dp.kind() == kind => Ok(dp.clone()),
+            _ => {
+                let dp: Rc<dyn Datapath> = datapath::open(kind, &self.host_info().await?)?.into();
+                self.datapath = Some(dp.clone());
+                Ok(dp)
+            }
+        }
+    }
+
+    /// Ends a command: on success saves the state (which drops the
+    /// journal); on error undoes the recorded steps and returns to the
+    /// committed state.
+    async fn commit(&mut self, result: Result<()>, removed_netns: &[String]) -> Result<()> {
+        let result = result.and_then(|()| failpoint::check("commit"));
+        match result {
+            Ok(()) => {
+                let hosts = hosts::refresh(&self.state, removed_netns);
+                self.save_committed()?;
+                self.undo.clear();
+                hosts
+            }
+            Err(err) => {
+                let journaled = !self.undo.is_empty();
+                let mut errors = vec![err];
+                errors.extend(self.rollback().await.err());
+                self.state = self.committed.clone();
+                if journaled {
+                    let cleared = if self.had_state_file {
+                        self.dir.save(&self.state)
+                    } else {
+                        self.dir.remove_state_file()
+                    };
+                    errors.extend(cleared.err());
+                }
+                Err(Error::collect(errors).expect_err("the command's error"))
+            }
+        }
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        // HostDown is only recorded once the datapath is fixed, so this is
+        // the datapath every recorded datapath step was applied to.
+        let datapath = self.datapath().await;
+        while let Some(step) = self.undo.pop() {
+            // No `?` in here: a failing step must not stop the others.
+            let result = match step {
+                Undo::DeleteLink { name } => self.netlink.delete_link(&name).await,
+                Undo::DeleteNetns { name } => netns::delete(&name),
+                Undo::StopProcess { process } => process::stop(&process),
+                step => match &datapath {
+                    Ok(dp) => match step {
+                        Undo::HostDown => dp.host_down(),
+                        Undo::NetworkDown { network } => dp.network_down(&network),
+                        Undo::EndpointRemoved { network, endpoint } => {
+                            dp.endpoint_removed(&network, &endpoint)
+                        }
+                        Undo::PortsUnpublished { network, ports } => {
+                            dp.ports_unpublished(&network, &ports)
+                        }
+                        _ => unreachable!("handled above"),
+                    },
+                    Err(e) => Err(Error::system("datapath", e)),
+                },
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)
+    }
+
+    /// Removes everything netctl made on this host, going on past errors.
+    pub async fn down(&mut self) -> Result<()> {
+        self.begin("down");
+        let mut errors = Vec::new();
+        let mut names: Vec<String> = self.state.containers.keys().cloned().collect();
+        names.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        for name in names {
+            errors.extend(self.remove_container(&name).await.err());
+        }
+        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        for net in &networks {
+            errors.extend(self.remove_network(net).await.err());
+        }
+        if self.state.datapath.is_some() {
+            errors.extend(self.datapath().await.and_then(|dp| dp.host_down()).err());
+        }
+        self.state.datapath = None;
+        if errors.is_empty() {
+            // Nothing left to remember: the state dir goes too (we hold its
+            // lock until exit; a waiting netctl then starts from nothing).
+            errors.extend(self.dir.remove().err());
+        } else {
+            errors.extend(self.save_committed().err());
+        }
+        Error::collect(errors)
+    }
+}

@@ -1,0 +1,391 @@
+//! The network commands: create, rm, prune, connect, disconnect, ls and
+//! inspect. Creation and connect are undoable transactions; removal and
+//! disconnect journal what they take apart and keep going past errors.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::{container::plan_endpoint, now, Host, DEFAULT_DATAPATH};
+use crate::{
+    datapath::Datapath,
+    error::{Error, Result},
+    failpoint, hosts, ipam,
+    journal::{EndpointRef, Undo},
+    model::{
+        Container, DatapathKind, Endpoint, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
+    },
+    state::State,
+    topology,
+};
+
+/// What `network create` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkCreate {
+    pub name: String,
+    /// [default: the first of Docker's pools that overlaps no network]
+    pub subnet: Option<Ipv4Net>,
+    /// [default: the subnet's first host address]
+    pub gateway: Option<Ipv4Addr>,
+    pub datapath: Option<DatapathKind>,
+    pub internal: bool,
+    /// Bridge interface name [default: derived from the name].
+    pub bridge: Option<String>,
+    /// MTU of the endpoints' veth pairs.
+    pub mtu: Option<u32>,
+}
+
+/// A network as listed: the network, the host's datapath and its members.
+#[derive(Serialize)]
+pub struct NetworkView<'a> {
+    #[serde(flatten)]
+    pub network: &'a Network,
+    pub datapath: String,
+    pub containers: Vec<String>,
+}
+
+impl<'a> NetworkView<'a> {
+    fn new(state: &'a State, network: &'a Network) -> Self {
+        NetworkView {
+            network,
+            datapath: state.datapath.map(|d| d.to_string()).unwrap_or_default(),
+            containers: state
+                .members(&network.name)
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The network a request describes, checked against the state: name,
+/// bridge, datapath, subnet and gateway. Takes no step.
+pub(super) fn plan_network(state: &State, req: &NetworkCreate) -> Result<Network> {
+    ipam::check_name("network", &req.name)?;
+    let bridge = match &req.bridge {
+        Some(name) => ipam::check_bridge_name(&req.name, name)?,
+        None => ipam::bridge_name(&req.name)?,
+    };
+    if state.networks.contains_key(&req.name) {
+        return Err(Error::invalid(
+            format!("network {}", req.name),
+            "already exists",
+        ));
+    }
+    if let Some(other) = state.networks.values().find(|n| n.bridge == bridge) {
+        return Err(Error::invalid(
+            format!("network {}", req.name),
+            format!("bridge {bridge} is the bridge of network {}", other.name),
+        ));
+    }
+    if let (Some(have), Some(want)) = (state.datapath, req.datapath) {
+        if have != want {
+            return Err(Error::invalid(
+                format!("network {}", req.name),
+                format!(
+                    "this host uses the {have} datapath; switching to {want} needs `netctl down` first"
+                ),
+            ));
+        }
+    }
+    let existing: Vec<(&str, Ipv4Net)> = state
+        .networks
+        .values()
+        .map(|n| (n.name.as_str(), n.subnet))
+        .collect();
+    let subnet = match req.subnet {
+        Some(subnet) => {
+            let subnet = ipam::check_subnet(subnet)?;
+            ipam::check_overlap(subnet, &existing)?;
+            subnet
+        }
+        None => {
+            if req.gateway.is_some() {
+                return Err(Error::invalid(
+                    format!("network {}", req.name),
+                    "--gateway needs --subnet",
+                ));
+            }
+            let subnets: Vec<Ipv4Net> = existing.iter().map(|(_, s)| *s).collect();
+            ipam::pick_subnet(&subnets)?
+        }
+    };
+    let gateway = match req.gateway {
+        Some(gateway) => {
+            ipam::check_gateway(subnet, gateway)?;
+            gateway
+        }
+        None => ipam::default_gateway(subnet),
+    };
+    Ok(Network {
+        name: req.name.clone(),
+        id: state.next_network_id(),
+        bridge,
+        subnet,
+        gateway,
+        internal: req.internal,
+        dns: req.name != DEFAULT_NETWORK,
+        created: now(),
+        mtu: req.mtu,
+    })
+}
+
+/// First free ethN inside a container.
+fn next_ifname(ctr: &Container) -> String {
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| ctr.endpoints.iter().all(|e| &e.ifname != name))
+        .expect("an unused ethN")
+}
+
+/// Gateways a container could route through, in endpoint order.
+fn default_gateways(state: &State, ctr: &Container) -> Vec<Ipv4Addr> {
+    ctr.endpoints
+        .iter()
+        .filter_map(|e| state.networks.get(&e.network))
+        .filter(|n| !n.internal)
+        .map(|n| n.gateway)
+        .collect()
+}
+
+impl Host {
+    pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
+        self.begin(format!("network create {}", req.name));
+        let net = plan_network(&self.state, &req)?;
+        let result = self.apply_network_create(&net, req.datapath).await;
+        self.commit(result, &[]).await?;
+        Ok(net)
+    }
+
+    /// The steps of a network: the datapath on the host if it is the first,
+    /// the bridge, the network in the datapath. Also the first step of a
+    /// `container run` on the default network before it exists.
+    pub(super) async fn apply_network_create(
+        &mut self,
+        net: &Network,
+        datapath: Option<DatapathKind>,
+    ) -> Result<()> {
+        if self.state.datapath.is_none() {
+            let kind = datapath.unwrap_or(DEFAULT_DATAPATH);
+            self.state.datapath = Some(kind);
+            let dp = self.datapath().await?;
+            self.record(Undo::HostDown)?;
+            dp.host_up()?;
+            failpoint::check("create.host")?;
+        }
+        if self.netlink.link(&net.bridge).await?.is_some() {
+            return Err(Error::invalid(
+                format!("network {}", net.name),
+                format!("interface {} already exists on the host", net.bridge),
+            ));
+        }
+        self.record(Undo::DeleteLink {
+            name: net.bridge.clone(),
+        })?;
+        topology::network_up(&self.netlink, net).await?;
+        failpoint::check("create.bridge")?;
+        let dp = self.datapath().await?;
+        self.record(Undo::NetworkDown {
+            network: net.clone(),
+        })?;
+        dp.network_up(net)?;
+        failpoint::check("create.network")?;
+        self.state.networks.insert(net.name.clone(), net.clone());
+        Ok(())
+    }
+
+    /// `network ls`: every network, by name.
+    pub fn network_ls(&self) -> Vec<NetworkView<'_>> {
+        self.state
+            .networks
+            .values()
+            .map(|n| NetworkView::new(&self.state, n))
+            .collect()
+    }
+
+    /// `network inspect`: the named networks, or the first name not found.
+    pub fn network_inspect(&self, names: &[String]) -> Result<Vec<NetworkView<'_>>> {
+        names
+            .iter()
+            .map(|n| {
+                self.state
+                    .network(n)
+                    .map(|net| NetworkView::new(&self.state, net))
+            })
+            .collect()
+    }
+
+    pub async fn network_rm(&mut self, names: &[String]) -> Result<()> {
+        self.begin(format!("network rm {}", names.join(" ")));
+        for name in names {
+            let net = self.state.network(name)?.clone();
+            if name == DEFAULT_NETWORK {
+                return Err(Error::invalid(
+                    format!("network {name}"),
+                    "is the default network and cannot be removed (use `netctl down`)",
+                ));
+            }
+            let users: Vec<&str> = self.state.members(name).map(|c| c.name.as_str()).collect();
+            if !users.is_empty() {
+                return Err(Error::invalid(
+                    format!("network {name}"),
+                    format!("has active endpoints: {}", users.join(", ")),
+                ));
+            }
+            self.remove_network(&net).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes an empty network: datapath first, then the bridge, then state.
+    pub(super) async fn remove_network(&mut self, net: &Network) -> Result<()> {
+        self.record_removal(|j| j.removing_networks.push(net.name.clone()))?;
+        let dp = self.datapath().await?;
+        let mut errors = Vec::new();
+        if let Err(e) = dp.network_down(net) {
+            errors.push(e);
+        }
+        errors.extend(failpoint::check("network-rm.datapath").err());
+        if let Err(e) = topology::network_down(&self.netlink, net).await {
+            errors.push(e);
+        }
+        self.state.networks.remove(&net.name);
+        errors.extend(self.save_committed().err());
+        Error::collect(errors)
+    }
+
+    /// Removes every user-defined network without containers; returns their names.
+    pub async fn network_prune(&mut self) -> Result<Vec<String>> {
+        self.begin("network prune");
+        let unused: Vec<Network> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.name != DEFAULT_NETWORK && self.state.members(&n.name).next().is_none())
+            .cloned()
+            .collect();
+        let mut errors = Vec::new();
+        for net in &unused {
+            if let Err(e) = self.remove_network(net).await {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)?;
+        Ok(unused.into_iter().map(|n| n.name).collect())
+    }
+
+    pub async fn network_connect(
+        &mut self,
+        network: &str,
+        container: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let net = self.state.network(network)?.clone();
+        let ctr = self.state.container(container)?.clone();
+        if ctr.mode != NetworkMode::Bridge {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is in {} mode and cannot join networks", ctr.mode),
+            ));
+        }
+        if ctr.endpoint(network).is_some() {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is already connected to network {network}"),
+            ));
+        }
+        self.begin(format!("network connect {network} {container}"));
+        let ifname = next_ifname(&ctr);
+        let ep = plan_endpoint(&self.state, &net, &ctr.name, &ifname, ip)?;
+        let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
+        let result = self
+            .apply_attach("connect", container, &netns_name, &net, &ep)
+            .await;
+        self.commit(result, &[]).await
+    }
+
+    pub async fn network_disconnect(&mut self, network: &str, container: &str) -> Result<()> {
+        self.state.network(network)?;
+        let ctr = self.state.container(container)?;
+        if ctr.endpoint(network).is_none() {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                format!("is not connected to network {network}"),
+            ));
+        }
+        // Opened before anything is journaled: a host whose datapath cannot
+        // be opened refuses the command and changes nothing.
+        self.datapath().await?;
+        self.begin(format!("network disconnect {network} {container}"));
+        self.remove_endpoint(container, network).await
+    }
+
+    /// Takes a container off a network, going on past errors: its ports
+    /// there and the endpoint in the datapath, the veth pair, the state;
+    /// then a default route through a network it is still on, and the
+    /// hosts files.
+    pub(super) async fn remove_endpoint(&mut self, container: &str, network: &str) -> Result<()> {
+        self.record_removal(|j| {
+            j.removing_endpoints.push(EndpointRef {
+                container: container.to_owned(),
+                network: network.to_owned(),
+            })
+        })?;
+        let ctr = self.state.container(container)?.clone();
+        let ep = ctr
+            .endpoint(network)
+            .cloned()
+            .ok_or_else(|| Error::not_found("endpoint", format!("{container} on {network}")))?;
+        let mut errors = match self.datapath().await {
+            Ok(dp) => forget_in_datapath(&*dp, &self.state, &ctr, &ep),
+            Err(e) => vec![e],
+        };
+        errors.extend(failpoint::check("disconnect.datapath").err());
+        errors.extend(topology::detach(&self.netlink, &ep).await.err());
+        errors.extend(failpoint::check("disconnect.links").err());
+        let entry = self
+            .state
+            .containers
+            .get_mut(container)
+            .expect("checked above");
+        entry.endpoints.retain(|e| e.network != network);
+        entry.ports.retain(|p| p.network != network);
+        let remaining = entry.clone();
+        let gateways = default_gateways(&self.state, &remaining);
+        if let Some(netns_name) = &remaining.netns {
+            errors.extend(
+                topology::restore_default_route(netns_name, &gateways)
+                    .await
+                    .err(),
+            );
+        }
+        errors.extend(hosts::refresh(&self.state, &[]).err());
+        errors.extend(self.save_committed().err());
+        Error::collect(errors)
+    }
+}
+
+/// Removes an endpoint of `ctr` from the datapath, its published ports
+/// first; returns the errors met (a removal goes on past them).
+pub(super) fn forget_in_datapath(
+    dp: &dyn Datapath,
+    state: &State,
+    ctr: &Container,
+    ep: &Endpoint,
+) -> Vec<Error> {
+    let Some(net) = state.networks.get(&ep.network) else {
+        return Vec::new();
+    };
+    let ports: Vec<PortMapping> = ctr
+        .ports
+        .iter()
+        .filter(|p| p.network == ep.network)
+        .cloned()
+        .collect();
+    let mut errors = Vec::new();
+    if !ports.is_empty() {
+        errors.extend(dp.ports_unpublished(net, &ports).err());
+    }
+    errors.extend(dp.endpoint_removed(net, ep).err());
+    errors
+}
