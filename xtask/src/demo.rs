@@ -4,16 +4,12 @@
 //! through Docker's scenarios and prints one row per check. The sandbox is
 //! removed at the end, also on failure and on Ctrl-C, unless `--keep`.
 //!
-//! The sandbox (made here with `ip`, the only thing xtask builds itself):
-//!
-//! ```text
-//!   <p>-out netns ("the internet")         <p>-host netns (netctl --host-netns)
-//!   <p>-wan 198.51.100.2/24  <-- veth -->  <p>-up 198.51.100.1/24, default route via .2
-//!   echo server on :9000                   network "demo" 172.18.0.0/16: web, a, b
-//! ```
-//!
-//! plus a cgroup v2 directory `<cgroup2 mount>/<p>` passed as `--cgroup`.
-//! `<p>` is `ncd<pid>`: short, so that `<p>-wan` fits in IFNAMSIZ.
+//! The sandbox is the xtask one (see [`crate::sandbox`], prefix `ncd<pid>`):
+//! the network "demo" 172.18.0.0/16 with containers web, a and b in its
+//! host namespace, and a `nettool serve` on port 9000 in the outside one.
+//! Every server is `nettool serve tcp PORT`, which answers each client with
+//! the address it saw ("peer=IP:PORT"), and every client `nettool call tcp
+//! HOST PORT` (3 s timeout), run inside a namespace.
 //!
 //! Assumptions about the netctl CLI (keep in step with netctl/src/cli.rs):
 //! - global options come first: `--host-netns NAME --cgroup DIR`, and the
@@ -21,8 +17,8 @@
 //!   `--format json` is global too;
 //! - `network create NAME --subnet CIDR --datapath iptables|ebpf`;
 //! - `container run NAME --network NET [-p HOST:CTR] [-- CMD...]` starts CMD
-//!   detached inside the container's namespace; the process sees the same
-//!   filesystem, so this very xtask binary can be the server;
+//!   detached inside the container's namespace `<p>-host-NAME`; the process
+//!   sees the same filesystem, so nettool can be the server;
 //! - `--format json container inspect NAME` prints the container, or a list
 //!   of them, with `endpoints[].{network, ip}` (ip as "A.B.C.D", a "/len"
 //!   suffix is tolerated);
@@ -32,22 +28,15 @@
 //! - `down` removes everything netctl made for this host, including the
 //!   container namespaces `<p>-host-<name>` and their processes.
 
-use std::{
-    fmt,
-    io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
-};
+use std::{fmt, net::Ipv4Addr, net::SocketAddr, process::Command, time::Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use clap::ValueEnum;
 
 use crate::{
-    cmd::{display, read, read_echoed, run, step, succeeds, workspace_root},
-    deps::mounts_of_type,
+    cmd::{read_echoed, run, step},
+    sandbox::{self, checkpoint, OnDrop, Sandbox, DEMO_PREFIX, HOST_IP, OUTSIDE_IP},
+    tools,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -68,59 +57,33 @@ impl fmt::Display for Datapath {
     }
 }
 
-use crate::sandbox::{kill_all, remove_cgroup, HOST_IP, OUTSIDE_IP};
 const NETWORK: &str = "demo";
 const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);
 const WEB_PORT: u16 = 80;
 const PUBLISHED_PORT: u16 = 8080;
 const OUTSIDE_PORT: u16 = 9000;
-/// How long to wait for web's server to listen.
-const SERVER_START_SECS: &str = "3";
-const PREFIX_START: &str = "ncd";
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Fails once Ctrl-C was pressed; called between steps so that the guard's
-/// Drop tears the sandbox down.
-fn checkpoint() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted (Ctrl-C)");
-    }
-    Ok(())
-}
 
 pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
-    crate::build_release()?;
-    // A Ctrl-C also reaches the command running in the foreground, which
-    // fails; the flag stops everything after it and Drop cleans up.
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: tearing the sandbox down");
-        INTERRUPTED.store(true, Ordering::SeqCst);
-    })
-    .context("installing the Ctrl-C handler")?;
+    let tools = tools::build()?;
+    sandbox::tear_down_on_ctrl_c("the sandbox")?;
+    let nettool = tools.nettool.to_string_lossy().into_owned();
 
-    let netctl_bin = target_dir().join("release/netctl");
-    ensure!(
-        netctl_bin.exists(),
-        "{} missing after the build",
-        netctl_bin.display()
-    );
-    let xtask = std::env::current_exe().context("path of the xtask binary")?;
-    let xtask = xtask.to_string_lossy().into_owned();
-
-    let prefix = format!("{PREFIX_START}{}", std::process::id());
+    let prefix = format!("{DEMO_PREFIX}{}", std::process::id());
     step(&format!("sandbox {prefix}"));
-    let mut sandbox = Sandbox::new(&prefix, netctl_bin, keep)?;
-    sandbox.build()?;
+    let on_drop = if keep {
+        OnDrop::Keep(print_kept)
+    } else {
+        OnDrop::Remove
+    };
+    let mut sb = Sandbox::new(&prefix, Some(tools.netctl), on_drop)?;
     checkpoint()?;
 
     step(&format!(
         "netctl: a network and three containers ({datapath} datapath)"
     ));
-    let netctl = &sandbox.netctl;
     let subnet = format!("{}/{}", SUBNET.0, SUBNET.1);
     let dp = datapath.to_string();
-    netctl.run(&[
+    run(&mut sb.netctl(&[
         "network",
         "create",
         NETWORK,
@@ -128,10 +91,10 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
         &subnet,
         "--datapath",
         &dp,
-    ])?;
+    ]))?;
     let publish = format!("{PUBLISHED_PORT}:{WEB_PORT}");
     let web_port = WEB_PORT.to_string();
-    netctl.run(&[
+    run(&mut sb.netctl(&[
         "container",
         "run",
         "web",
@@ -140,39 +103,48 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
         "-p",
         &publish,
         "--",
-        &xtask,
-        "__echo-server",
+        &nettool,
+        "serve",
+        "tcp",
         &web_port,
-    ])?;
-    netctl.run(&["container", "run", "a", "--network", NETWORK])?;
-    netctl.run(&["container", "run", "b", "--network", NETWORK])?;
+    ]))?;
+    run(&mut sb.netctl(&["container", "run", "a", "--network", NETWORK]))?;
+    run(&mut sb.netctl(&["container", "run", "b", "--network", NETWORK]))?;
     checkpoint()?;
 
     step("servers: web's (in its container) and one outside");
-    netctl
-        .read(&[
-            "exec",
-            "web",
-            "--",
-            &xtask,
-            "__client",
-            "127.0.0.1",
-            &web_port,
-            "--wait",
-            SERVER_START_SECS,
-        ])
+    sb.wait_listening(&sb.container_netns("web"), "tcp", WEB_PORT)
+        .and_then(|()| {
+            read_echoed(&mut sb.netctl(&[
+                "exec",
+                "web",
+                "--",
+                &nettool,
+                "call",
+                "tcp",
+                "127.0.0.1",
+                &web_port,
+            ]))
+        })
         .context("web's server does not answer inside its container")?;
-    sandbox.spawn_outside_server(&xtask, OUTSIDE_PORT)?;
+    let (out, outside_port) = (sb.out.clone(), OUTSIDE_PORT.to_string());
+    sb.spawn_server(
+        &out,
+        "tcp",
+        OUTSIDE_PORT,
+        &[&nettool, "serve", "tcp", &outside_port],
+    )
+    .context("starting the outside server")?;
     checkpoint()?;
 
     step("checks");
-    let checks = run_checks(&sandbox, &xtask)?;
+    let checks = run_checks(&sb, &nettool)?;
     print_table(datapath, &checks);
     if datapath == Datapath::Ebpf {
         // What the checks did to the datapath: its flows and its counters.
         step("the eBPF datapath after the checks: conntrack and counters");
-        sandbox.netctl.run(&["conntrack", "ls"])?;
-        sandbox.netctl.run(&["stats"])?;
+        run(&mut sb.netctl(&["conntrack", "ls"]))?;
+        run(&mut sb.netctl(&["stats"]))?;
     }
     let failed = checks.iter().filter(|c| !c.pass).count();
     if failed > 0 {
@@ -208,17 +180,19 @@ fn check(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
     }
 }
 
-fn run_checks(sandbox: &Sandbox, xtask: &str) -> Result<Vec<Check>> {
-    let netctl = &sandbox.netctl;
+fn run_checks(sb: &Sandbox, nettool: &str) -> Result<Vec<Check>> {
+    let netctl = |args: &[&str]| read_echoed(&mut sb.netctl(args));
+    // `nettool call tcp HOST PORT` inside container `ctr`.
+    let call_from = |ctr: &str, host: &str, port: &str| {
+        netctl(&["exec", ctr, "--", nettool, "call", "tcp", host, port])
+    };
     let mut checks = Vec::new();
     let mut ips = Vec::new();
     checks.push(check(
         &format!("IP allocation in {}/{}", SUBNET.0, SUBNET.1),
         || {
             for name in ["a", "b", "web"] {
-                let json = netctl.read(&["--format", "json", "container", "inspect", name])?;
-                let ip =
-                    endpoint_ip(&json, NETWORK).with_context(|| format!("container {name}"))?;
+                let ip = sb.container_ip(name, NETWORK)?;
                 ensure!(
                     in_subnet(ip, SUBNET.0, SUBNET.1),
                     "{name} got {ip}, outside the subnet"
@@ -244,20 +218,19 @@ fn run_checks(sandbox: &Sandbox, xtask: &str) -> Result<Vec<Check>> {
 
     checks.push(check("a -> b by IP (ping)", || {
         let b_ip = b_ip.as_deref().ok_or_else(|| anyhow!("no address for b"))?;
-        netctl.read(&["exec", "a", "--", "ping", "-c1", "-W2", b_ip])?;
+        netctl(&["exec", "a", "--", "ping", "-c1", "-W2", b_ip])?;
         Ok(format!("{b_ip} answers"))
     }));
     checkpoint()?;
     checks.push(check("a -> b by name (ping)", || {
-        let out = netctl.read(&["exec", "a", "--", "ping", "-c1", "-W2", "b"])?;
+        let out = netctl(&["exec", "a", "--", "ping", "-c1", "-W2", "b"])?;
         Ok(format!("b is {}", ping_target(&out).unwrap_or("?")))
     }));
     checkpoint()?;
 
     let outside_port = OUTSIDE_PORT.to_string();
     checks.push(check("a -> outside, SNAT to the uplink IP", || {
-        let out = OUTSIDE_IP.to_string();
-        let reply = netctl.read(&["exec", "a", "--", xtask, "__client", &out, &outside_port])?;
+        let reply = call_from("a", &OUTSIDE_IP.to_string(), &outside_port)?;
         expect_peer(&reply, Some(HOST_IP))
     }));
     checkpoint()?;
@@ -267,8 +240,8 @@ fn run_checks(sandbox: &Sandbox, xtask: &str) -> Result<Vec<Check>> {
     checks.push(check("outside -> published port, source kept", || {
         let reply = read_echoed(
             Command::new("ip")
-                .args(["netns", "exec", &sandbox.outside_netns])
-                .args([xtask, "__client", &host_ip, &published]),
+                .args(["netns", "exec", &sb.out])
+                .args([nettool, "call", "tcp", &host_ip, &published]),
         )?;
         expect_peer(&reply, Some(OUTSIDE_IP))
     }));
@@ -276,8 +249,8 @@ fn run_checks(sandbox: &Sandbox, xtask: &str) -> Result<Vec<Check>> {
 
     for target in [host_ip.as_str(), "127.0.0.1"] {
         checks.push(check(&format!("host -> {target}:{published}"), || {
-            let reply = netctl.read(&[
-                "exec", "--host", "--", xtask, "__client", target, &published,
+            let reply = netctl(&[
+                "exec", "--host", "--", nettool, "call", "tcp", target, &published,
             ])?;
             expect_peer(&reply, None)
         }));
@@ -287,21 +260,29 @@ fn run_checks(sandbox: &Sandbox, xtask: &str) -> Result<Vec<Check>> {
     checks.push(check(
         &format!("hairpin a -> {host_ip}:{published}"),
         || {
-            let reply =
-                netctl.read(&["exec", "a", "--", xtask, "__client", &host_ip, &published])?;
+            let reply = call_from("a", &host_ip, &published)?;
             expect_peer(&reply, None)
         },
     ));
     Ok(checks)
 }
 
-/// Checks an echo server's reply; `want` is the peer address it must have seen.
+/// Checks a `nettool serve` reply; `want` is the peer address it must have seen.
 fn expect_peer(reply: &str, want: Option<Ipv4Addr>) -> Result<String> {
-    let seen = crate::net::peer_ip(reply).ok_or_else(|| anyhow!("unexpected reply {reply:?}"))?;
+    let seen = peer_ip(reply).ok_or_else(|| anyhow!("unexpected reply {reply:?}"))?;
     match want {
         Some(want) if seen != want => bail!("server saw {seen}, expected {want}"),
         _ => Ok(format!("server saw {seen}")),
     }
+}
+
+/// The IP of a "peer=IP:PORT" reply.
+fn peer_ip(reply: &str) -> Option<Ipv4Addr> {
+    let addr = reply.trim().strip_prefix("peer=")?;
+    addr.parse::<SocketAddr>().ok().and_then(|a| match a.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    })
 }
 
 /// The address `ping` resolved its target to ("PING b (172.18.0.3) ...").
@@ -312,31 +293,7 @@ fn ping_target(out: &str) -> Option<&str> {
     Some(&line[start..end])
 }
 
-/// A container's address on `network`, from `container inspect` JSON (one
-/// object or a list of them).
-pub fn endpoint_ip(json: &str, network: &str) -> Result<Ipv4Addr> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).context("inspect output is not JSON")?;
-    let ctr = match &value {
-        serde_json::Value::Array(list) => {
-            list.first().ok_or_else(|| anyhow!("empty inspect list"))?
-        }
-        other => other,
-    };
-    let endpoint = ctr["endpoints"]
-        .as_array()
-        .ok_or_else(|| anyhow!("no endpoints in inspect output"))?
-        .iter()
-        .find(|e| e["network"] == network)
-        .ok_or_else(|| anyhow!("no endpoint on network {network}"))?;
-    let ip = endpoint["ip"]
-        .as_str()
-        .ok_or_else(|| anyhow!("endpoint without ip"))?;
-    let ip = ip.split('/').next().unwrap_or(ip);
-    ip.parse().with_context(|| format!("bad address {ip:?}"))
-}
-
-pub fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix_len: u8) -> bool {
+fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, prefix_len: u8) -> bool {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix_len))
         .unwrap_or(0);
@@ -360,225 +317,30 @@ fn print_table(datapath: Datapath, checks: &[Check]) {
     println!();
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+/// What `--keep` prints instead of tearing the sandbox down.
+fn print_kept(sb: &Sandbox) {
+    println!("\nsandbox kept ({}). Look around:", sb.prefix);
+    println!(
+        "  {} --host-netns {} --cgroup {} exec a -- ping -c1 b",
+        sb.netctl_bin()
+            .unwrap_or(&tools::release_netctl())
+            .display(),
+        sb.host,
+        sb.cgroup.display()
+    );
+    println!("  ip netns exec {} ping -c1 {HOST_IP}", sb.out);
+    println!("remove it with:\n  cargo xtask demo-teardown {}", sb.prefix);
 }
 
-/// The netctl binary bound to the sandbox's host namespace and cgroup.
-struct Netctl {
-    bin: PathBuf,
-    host_netns: String,
-    cgroup: PathBuf,
-}
-
-impl Netctl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--host-netns")
-            .arg(&self.host_netns)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs with output to the terminal; fails on a non-zero exit.
-    fn run(&self, args: &[&str]) -> Result<()> {
-        run(&mut self.command(args))
-    }
-
-    /// Prints the command, returns its stdout; stderr in the error.
-    fn read(&self, args: &[&str]) -> Result<String> {
-        read_echoed(&mut self.command(args))
-    }
-}
-
-/// The sandbox. Its Drop tears everything down (unless kept).
-struct Sandbox {
-    prefix: String,
-    host_netns: String,
-    outside_netns: String,
-    uplink: String,
-    wan: String,
-    netctl: Netctl,
-    children: Vec<Child>,
-    keep: bool,
-}
-
-impl Sandbox {
-    fn new(prefix: &str, netctl_bin: PathBuf, keep: bool) -> Result<Self> {
-        let cgroup_root = mounts_of_type("cgroup2")
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("no cgroup2 filesystem mounted"))?;
-        let host_netns = format!("{prefix}-host");
-        Ok(Sandbox {
-            prefix: prefix.to_owned(),
-            outside_netns: format!("{prefix}-out"),
-            uplink: format!("{prefix}-up"),
-            wan: format!("{prefix}-wan"),
-            netctl: Netctl {
-                bin: netctl_bin,
-                host_netns: host_netns.clone(),
-                cgroup: cgroup_root.join(prefix),
-            },
-            host_netns,
-            children: Vec::new(),
-            keep,
-        })
-    }
-
-    /// Namespaces, the uplink veth, addresses, routes and the cgroup. Called
-    /// after `new` so that a failure half-way is still torn down.
-    fn build(&self) -> Result<()> {
-        crate::sandbox::build_uplink(
-            &self.host_netns,
-            &self.outside_netns,
-            &self.uplink,
-            &self.wan,
-        )?;
-        println!("$ mkdir {}", self.netctl.cgroup.display());
-        std::fs::create_dir(&self.netctl.cgroup)
-            .with_context(|| format!("mkdir {}", self.netctl.cgroup.display()))
-    }
-
-    /// Starts the echo server in the outside namespace and waits until it
-    /// listens (its first line of output).
-    fn spawn_outside_server(&mut self, xtask: &str, port: u16) -> Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.outside_netns,
-            xtask,
-            "__echo-server",
-            &port.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        // Not our stderr: with --keep it outlives xtask and would hold the
-        // terminal, or a pipe, open.
-        .stderr(Stdio::null());
-        println!("$ {} &", display(&cmd));
-        let mut child = cmd.spawn().context("starting the outside echo server")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.children.push(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        ensure!(
-            line.starts_with("listening"),
-            "the outside echo server did not start"
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if self.keep {
-            let n = &self.netctl;
-            println!("\nsandbox kept ({}). Look around:", self.prefix);
-            println!(
-                "  {} --host-netns {} --cgroup {} exec a -- ping -c1 b",
-                n.bin.display(),
-                n.host_netns,
-                n.cgroup.display()
-            );
-            println!("  ip netns exec {} ping -c1 {HOST_IP}", self.outside_netns);
-            println!(
-                "remove it with:\n  cargo xtask demo-teardown {}",
-                self.prefix
-            );
-            return;
-        }
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Err(e) = teardown(&self.prefix) {
-            eprintln!("teardown of {}: {e:#}", self.prefix);
-        }
-    }
-}
-
-/// Removes a demo sandbox given its prefix (also `cargo xtask demo-teardown
-/// PREFIX` after `--keep`). Keeps going after errors and reports them all.
+/// `cargo xtask demo-teardown PREFIX`: removes what `run --keep` left.
+/// Keeps going after errors and reports them all.
 pub fn teardown(prefix: &str) -> Result<()> {
     ensure!(
-        prefix
-            .strip_prefix(PREFIX_START)
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())),
-        "{prefix:?} is not a demo sandbox prefix ({PREFIX_START}<pid>)"
+        prefix.starts_with(DEMO_PREFIX) && sandbox::is_sandbox_prefix(prefix),
+        "{prefix:?} is not a demo sandbox prefix ({DEMO_PREFIX}<pid>)"
     );
-    step(&format!("teardown of sandbox {prefix}"));
-    let host_netns = format!("{prefix}-host");
-    let cgroup = mounts_of_type("cgroup2")
-        .into_iter()
-        .next()
-        .map(|root| root.join(prefix));
-    let namespaces = || -> Vec<String> {
-        read(Command::new("ip").args(["netns", "list"]))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("{prefix}-")))
-            .map(str::to_owned)
-            .collect()
-    };
-    let mut errors: Vec<String> = Vec::new();
-    let mut attempt = |what: &str, result: Result<()>| {
-        if let Err(e) = result {
-            errors.push(format!("{what}: {e:#}"));
-        }
-    };
-
-    let netctl_bin = target_dir().join("release/netctl");
-    if namespaces().contains(&host_netns) && netctl_bin.exists() {
-        let mut down = Command::new(&netctl_bin);
-        down.args(["--host-netns", &host_netns]);
-        if let Some(cgroup) = &cgroup {
-            down.arg("--cgroup").arg(cgroup);
-        }
-        attempt("netctl down", run(down.arg("down")));
-    }
-    // Whatever still runs in the sandbox: its namespaces and its cgroup.
-    for ns in namespaces() {
-        let pids = read(Command::new("ip").args(["netns", "pids", &ns])).unwrap_or_default();
-        kill_all(&pids);
-    }
-    if let Some(cgroup) = cgroup.as_deref().filter(|c| c.exists()) {
-        attempt("cgroup", remove_cgroup(cgroup));
-    }
-    let uplink = format!("{prefix}-up");
-    if succeeds(Command::new("ip").args(["-n", &host_netns, "link", "show", &uplink])) {
-        attempt(
-            "uplink veth",
-            run(Command::new("ip").args(["-n", &host_netns, "link", "del", &uplink])),
-        );
-    }
-    for ns in namespaces() {
-        attempt(
-            &format!("netns {ns}"),
-            run(Command::new("ip").args(["netns", "del", &ns])),
-        );
-    }
-    let state_dir = Path::new("/run/netctl").join(&host_netns);
-    if state_dir.exists() {
-        println!("$ rm -r {}", state_dir.display());
-        attempt(
-            "state dir",
-            std::fs::remove_dir_all(&state_dir).map_err(Into::into),
-        );
-    }
-    if errors.is_empty() {
-        println!("sandbox {prefix} removed");
-        Ok(())
-    } else {
-        bail!("{}", errors.join("; "))
-    }
+    let netctl = tools::release_netctl();
+    sandbox::teardown(prefix, Some(netctl.as_path()).filter(|bin| bin.exists()))
 }
 
 #[cfg(test)]
@@ -586,22 +348,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_endpoint_address() {
-        let one = r#"{"name":"a","mode":{"mode":"bridge"},"netns":"x","endpoints":[
-            {"network":"other","ifname":"eth1","ip":"10.0.0.2"},
-            {"network":"demo","ifname":"eth0","host_veth":"v","ip":"172.18.0.2","mac":"02:42:ac:12:00:02"}],
-            "ports":[]}"#;
+    fn parses_peer_replies() {
         assert_eq!(
-            endpoint_ip(one, "demo").unwrap(),
-            Ipv4Addr::new(172, 18, 0, 2)
+            peer_ip("peer=198.51.100.2:40000\n"),
+            Some(Ipv4Addr::new(198, 51, 100, 2))
         );
-        let list = r#"[{"endpoints":[{"network":"demo","ip":"172.18.0.3/16"}]}]"#;
         assert_eq!(
-            endpoint_ip(list, "demo").unwrap(),
-            Ipv4Addr::new(172, 18, 0, 3)
+            peer_ip("peer=[::ffff:10.0.0.1]:5"),
+            Some(Ipv4Addr::new(10, 0, 0, 1))
         );
-        assert!(endpoint_ip(list, "nope").is_err());
-        assert!(endpoint_ip("not json", "demo").is_err());
+        assert_eq!(peer_ip("hello"), None);
     }
 
     #[test]
@@ -616,11 +372,5 @@ mod tests {
     fn ping_target_address() {
         let out = "PING b (172.18.0.3) 56(84) bytes of data.\n64 bytes from ...";
         assert_eq!(ping_target(out), Some("172.18.0.3"));
-    }
-
-    #[test]
-    fn interface_names_fit() {
-        // pid_max is at most 2^22 (7 digits); IFNAMSIZ leaves 15 characters.
-        assert!(format!("{PREFIX_START}4194304-wan").len() <= 15);
     }
 }

@@ -7,17 +7,14 @@ mod bench;
 mod cmd;
 mod demo;
 mod deps;
-mod net;
 mod sandbox;
 mod snapshot;
 mod testing;
+mod tools;
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-use crate::cmd::{cargo, run, step};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "netctl's project tasks (run as root)")]
@@ -67,40 +64,17 @@ enum Task {
         #[arg(long)]
         perf: bool,
     },
-    /// Answer each TCP client with "peer=IP:PORT" (used by the demo).
-    #[command(name = "__echo-server", hide = true)]
-    EchoServer { port: u16 },
-    /// Connect, print the server's reply (3 s timeout).
-    #[command(name = "__client", hide = true)]
-    Client {
-        host: String,
-        port: u16,
-        /// Retry refused connections for this many seconds.
-        #[arg(long)]
-        wait: Option<f64>,
-    },
-}
-
-/// `cargo xtask build`.
-pub fn build_release() -> Result<()> {
-    deps::ensure()?;
-    step("building netctl (release; build.rs compiles the eBPF object)");
-    run(cargo().args(["build", "--release", "-p", "netctl"]))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Deps => deps::ensure(),
-        Task::Build => build_release(),
+        Task::Build => tools::build_netctl(),
         Task::Test { stress } => testing::test(stress),
         Task::Run { datapath, keep } => demo::run_demo(datapath, keep),
         Task::DemoTeardown { prefix } => demo::teardown(&prefix),
         Task::Bench { quick, only, perf } => bench::bench(bench::Options { quick, only, perf }),
-        Task::EchoServer { port } => net::echo_server(port),
-        Task::Client { host, port, wait } => {
-            net::client(&host, port, wait.map(Duration::from_secs_f64))
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,22 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 
-use crate::cmd::read_echoed;
+use crate::cmd::{read_echoed, run};
+
+/// Client side of the load runs: many short connections to one address.
+/// TIME_WAIT sockets may be reused (timestamps are on) and the ephemeral
+/// range is wider than the default. Only the namespace `ns` is touched.
+pub fn client_sysctls(ns: &str) -> Result<()> {
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=10000 65000",
+    ]))
+}
 
 /// Where a load client runs.
 #[derive(Clone, Debug)]

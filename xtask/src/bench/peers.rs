@@ -5,14 +5,17 @@
 
 use std::{
     io::Write as _,
+    path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::sandbox::{Cleanup, Sandbox};
-use crate::cmd::{display, run};
+use crate::{
+    cmd::{display, run},
+    sandbox::{Cleanup, Sandbox},
+};
 
 pub const CNI_PATH: &str = "/usr/lib/cni";
 pub const NETAVARK: &str = "/usr/lib/podman/netavark";
@@ -69,7 +72,7 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
     let id = format!("{}-{name}", sb.prefix);
-    let data_dir = sb.tmp.join("cni");
+    let data_dir = sb.scratch_dir()?.join("cni");
     let bridge = json!({
         "cniVersion": "0.4.0",
         "name": NET_NAME,
@@ -87,7 +90,7 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
     })
     .to_string();
     let result = run_with_stdin(&mut cni_command(sb, "ADD", "bridge", &id, &netns), &bridge)?;
-    sb.cleanups.push(Cleanup {
+    sb.on_teardown(Cleanup {
         cmd: cni_command(sb, "DEL", "bridge", &id, &netns),
         stdin: Some(bridge),
     });
@@ -116,7 +119,7 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
             &mut cni_command(sb, "ADD", "portmap", &id, &netns),
             &portmap,
         )?;
-        sb.cleanups.push(Cleanup {
+        sb.on_teardown(Cleanup {
             cmd: cni_command(sb, "DEL", "portmap", &id, &netns),
             stdin: Some(portmap),
         });
@@ -124,10 +127,11 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
     Ok(ip)
 }
 
-fn netavark_command(sb: &Sandbox, verb: &str, opts: &std::path::Path, netns: &str) -> Command {
+/// `netavark --config CONFIG -f OPTS VERB NETNS` in the host namespace.
+fn netavark_command(sb: &Sandbox, config: &Path, verb: &str, opts: &Path, netns: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &sb.host, NETAVARK, "--config"])
-        .arg(sb.tmp.join("netavark"))
+        .arg(config)
         .arg("-f")
         .arg(opts)
         .args([verb, &format!("/run/netns/{netns}")]);
@@ -140,7 +144,9 @@ pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping
     let netns = format!("{}-{name}", sb.prefix);
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
-    std::fs::create_dir_all(sb.tmp.join("netavark"))?;
+    let scratch = sb.scratch_dir()?;
+    let config = scratch.join("netavark");
+    std::fs::create_dir_all(&config)?;
     let hex64 = |s: &str| {
         let mut h: String = s.bytes().map(|b| format!("{b:02x}")).collect();
         h.truncate(64);
@@ -168,11 +174,11 @@ pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping
             "dns_enabled": false,
         }},
     });
-    let path = sb.tmp.join(format!("netavark-{name}.json"));
+    let path = scratch.join(format!("netavark-{name}.json"));
     std::fs::write(&path, opts.to_string())?;
-    run(&mut netavark_command(sb, "setup", &path, &netns))?;
-    sb.cleanups.push(Cleanup {
-        cmd: netavark_command(sb, "teardown", &path, &netns),
+    run(&mut netavark_command(sb, &config, "setup", &path, &netns))?;
+    sb.on_teardown(Cleanup {
+        cmd: netavark_command(sb, &config, "teardown", &path, &netns),
         stdin: None,
     });
     Ok(())
