@@ -13,12 +13,14 @@ use crate::{
 };
 
 /// Bridge up with the gateway address: the network exists in the kernel.
-pub async fn network_up(host: &Netlink, net: &Network) -> Result<()> {
+/// Returns the bridge's ifindex (for the datapath).
+pub async fn network_up(host: &Netlink, net: &Network) -> Result<u32> {
     let bridge = host
         .ensure_bridge(&net.bridge, net.bridge_mac().octets())
         .await?;
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
-        .await
+        .await?;
+    Ok(bridge)
 }
 
 /// Deletes the bridge (its address and any enslaved veth ends go with it).
@@ -50,8 +52,9 @@ fn peer_name(ep: &Endpoint) -> String {
 /// joins the bridge and whose other end becomes `ifname` inside, with the
 /// endpoint's MAC and address, and a default route via the gateway unless
 /// the network is internal. On failure the pair is deleted again, which
-/// leaves the system as before.
-pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoint) -> Result<()> {
+/// leaves the system as before. Returns the host end's ifindex (for the
+/// datapath).
+pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoint) -> Result<u32> {
     let peer = peer_name(ep);
     host.add_veth(&ep.host_veth, &peer).await?;
     let result = async {
@@ -67,7 +70,8 @@ pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoi
         host.set_up(host_end).await?;
         let ns = netns::open(netns_name)?;
         host.move_to_netns(peer_index, &ns, netns_name).await?;
-        configure_inside(netns_name, &peer, net, ep).await
+        configure_inside(netns_name, &peer, net, ep).await?;
+        Ok(host_end)
     }
     .await;
     if result.is_err() {

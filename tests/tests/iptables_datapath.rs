@@ -32,6 +32,10 @@ use nix::sched::{unshare, CloneFlags};
 
 const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
+/// iptables matches interfaces by name: the ifindex the `Datapath` trait
+/// passes is unused, and these tests make no links.
+const ANY_IFINDEX: u32 = 0;
+
 fn network(name: &str, bridge: &str, subnet: &str, internal: bool) -> Network {
     let mut net = Network {
         name: name.into(),
@@ -245,10 +249,10 @@ fn lifecycle_round_trips_and_leaves_nothing() {
         let apply = || {
             dp.host_up().unwrap();
             for net in [&front, &back, &int] {
-                dp.network_up(net).unwrap();
+                dp.network_up(net, ANY_IFINDEX).unwrap();
             }
-            dp.endpoint_added(&front, &web).unwrap();
-            dp.endpoint_added(&front, &peer).unwrap();
+            dp.endpoint_added(&front, &web, ANY_IFINDEX).unwrap();
+            dp.endpoint_added(&front, &peer, ANY_IFINDEX).unwrap();
             dp.ports_published(&front, &ports).unwrap();
         };
         apply();
@@ -413,7 +417,7 @@ fn drift_is_repaired_in_order_and_stale_rules_go() {
         let dp = Iptables::new(&host());
         let front = front();
         // network_up alone (no host_up) still makes the chains and jumps.
-        dp.network_up(&front).unwrap();
+        dp.network_up(&front, ANY_IFINDEX).unwrap();
         let all: Vec<Rule> = host_rules()
             .into_iter()
             .chain(network_rules(&front))
@@ -429,7 +433,7 @@ fn drift_is_repaired_in_order_and_stale_rules_go() {
              *nat\n-D POSTROUTING -j NETCTL-POSTROUTING\nCOMMIT\n",
         );
         assert_ne!(save_text(), good);
-        dp.network_up(&front).unwrap();
+        dp.network_up(&front, ANY_IFINDEX).unwrap();
         assert_eq!(save_text(), good, "repaired, in order");
 
         // A port published twice by hand is trimmed to one copy; a DNAT
@@ -451,8 +455,8 @@ fn drift_is_repaired_in_order_and_stale_rules_go() {
             mac: "02:42:0a:09:00:09".parse().unwrap(),
             ..endpoint()
         };
-        dp.endpoint_added(&front, &endpoint()).unwrap();
-        dp.endpoint_added(&front, &other).unwrap();
+        dp.endpoint_added(&front, &endpoint(), ANY_IFINDEX).unwrap();
+        dp.endpoint_added(&front, &other, ANY_IFINDEX).unwrap();
         dp.network_down(&front).unwrap();
         assert_eq!(
             dp.saved().unwrap().chain_rules(Table::Raw, ANTISPOOF_CHAIN),
@@ -494,7 +498,7 @@ fn failures_name_the_operation_and_change_nothing() {
         assert_eq!(save_text(), before, "nothing of the failed batch applied");
 
         // network_up fails cleanly when the bridge is missing (no sysctl to set).
-        let err = dp.network_up(&front()).unwrap_err();
+        let err = dp.network_up(&front(), ANY_IFINDEX).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("sysctl net.ipv4.conf.nc-front.route_localnet: "),

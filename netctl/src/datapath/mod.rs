@@ -58,10 +58,12 @@ pub trait Datapath {
     /// errors and reports all of them.
     fn host_down(&self) -> Result<()>;
 
-    fn network_up(&self, net: &Network) -> Result<()>;
+    /// `bridge_ifindex` is the index topology gave the network's bridge.
+    fn network_up(&self, net: &Network, bridge_ifindex: u32) -> Result<()>;
     fn network_down(&self, net: &Network) -> Result<()>;
 
-    fn endpoint_added(&self, net: &Network, ep: &Endpoint) -> Result<()>;
+    /// `veth_ifindex` is the index topology gave the endpoint's host-side veth.
+    fn endpoint_added(&self, net: &Network, ep: &Endpoint, veth_ifindex: u32) -> Result<()>;
     fn endpoint_removed(&self, net: &Network, ep: &Endpoint) -> Result<()>;
 
     /// Publishes a batch (one `iptables-restore` or one round of map updates).

@@ -379,14 +379,14 @@ impl Host {
         self.record(Undo::DeleteLink {
             name: ep.host_veth.clone(),
         })?;
-        topology::attach(&self.netlink, netns_name, net, ep).await?;
+        let veth_ifindex = topology::attach(&self.netlink, netns_name, net, ep).await?;
         failpoint::check(&format!("{command}.link"))?;
         let dp = self.datapath().await?;
         self.record(Undo::EndpointRemoved {
             network: net.clone(),
             endpoint: ep.clone(),
         })?;
-        dp.endpoint_added(net, ep)?;
+        dp.endpoint_added(net, ep, veth_ifindex)?;
         failpoint::check(&format!("{command}.endpoint"))?;
         let entry = self
             .state

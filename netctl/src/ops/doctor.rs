@@ -293,7 +293,9 @@ impl Host {
         if self.netlink.link(&net.bridge).await?.is_none() {
             self.rebuild_bridge(network).await?;
         }
-        topology::attach(&self.netlink, &netns_name, &net, &ep).await
+        // The datapath picks the new index up when reconciled.
+        topology::attach(&self.netlink, &netns_name, &net, &ep).await?;
+        Ok(())
     }
 }
 

@@ -182,13 +182,13 @@ impl Host {
         self.record(Undo::DeleteLink {
             name: net.bridge.clone(),
         })?;
-        topology::network_up(&self.netlink, net).await?;
+        let bridge_ifindex = topology::network_up(&self.netlink, net).await?;
         failpoint::check("create.bridge")?;
         let dp = self.datapath().await?;
         self.record(Undo::NetworkDown {
             network: net.clone(),
         })?;
-        dp.network_up(net)?;
+        dp.network_up(net, bridge_ifindex)?;
         failpoint::check("create.network")?;
         self.state.networks.insert(net.name.clone(), net.clone());
         Ok(())

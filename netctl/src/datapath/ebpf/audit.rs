@@ -66,7 +66,7 @@ fn endpoint_drift(dp: &Ebpf, net: &Network, ep: &Endpoint, links: &BTreeSet<Stri
     let object = format!("ebpf endpoint {} ({})", ep.ip, ep.host_veth);
     let mut drift = Vec::new();
     match (
-        endpoint_info(net, ep),
+        ifindex(&ep.host_veth).map(|index| endpoint_info(net, ep, index)),
         dp.hash::<u32, EndpointInfo>(maps::ENDPOINTS)
             .map(|m| m.get(&be_ip(ep.ip), 0).ok()),
     ) {
@@ -225,11 +225,20 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
     errors.extend(dp.host_up().err());
     let links = pinned_links(&dp.pin_dir);
     for net in state.networks.values() {
-        errors.extend(dp.network_up(net).err());
+        // Doctor reads the kernel: the indexes of the links as they are now.
+        errors.extend(
+            ifindex(&net.bridge)
+                .and_then(|index| dp.network_up(net, index))
+                .err(),
+        );
     }
     for (net, ep) in endpoints(state) {
         if !endpoint_drift(dp, net, ep, &links).is_empty() {
-            errors.extend(dp.endpoint_added(net, ep).err());
+            errors.extend(
+                ifindex(&ep.host_veth)
+                    .and_then(|index| dp.endpoint_added(net, ep, index))
+                    .err(),
+            );
         }
     }
     for net in state.networks.values() {

@@ -80,15 +80,15 @@ fn ifindex(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).map_err(|e| Error::system(format!("interface {name}"), e))
 }
 
-/// What the ENDPOINTS entry of `ep` holds: its veth's current ifindex,
-/// its network and its MAC.
-fn endpoint_info(net: &Network, ep: &Endpoint) -> Result<EndpointInfo> {
-    Ok(EndpointInfo {
-        ifindex: ifindex(&ep.host_veth)?,
+/// What the ENDPOINTS entry of `ep` holds: its veth's ifindex, its
+/// network and its MAC.
+fn endpoint_info(net: &Network, ep: &Endpoint, veth_ifindex: u32) -> EndpointInfo {
+    EndpointInfo {
+        ifindex: veth_ifindex,
         network_id: net.id,
         mac: ep.mac.octets(),
         _pad: [0; 2],
-    })
+    }
 }
 
 impl Ebpf {
@@ -125,12 +125,12 @@ impl Datapath for Ebpf {
         self.unpin_all()
     }
 
-    fn network_up(&self, net: &Network) -> Result<()> {
+    fn network_up(&self, net: &Network, bridge_ifindex: u32) -> Result<()> {
         let info = NetworkInfo {
             subnet: be_ip(net.subnet.network()),
             mask: be_ip(net.subnet.netmask()),
             gateway: be_ip(net.gateway),
-            bridge_ifindex: ifindex(&net.bridge)?,
+            bridge_ifindex,
             // The MAC topology gave the bridge, not one read back from it.
             bridge_mac: net.bridge_mac().octets(),
             _pad: [0; 2],
@@ -156,8 +156,8 @@ impl Datapath for Ebpf {
         }
     }
 
-    fn endpoint_added(&self, net: &Network, ep: &Endpoint) -> Result<()> {
-        let info = endpoint_info(net, ep)?;
+    fn endpoint_added(&self, net: &Network, ep: &Endpoint, veth_ifindex: u32) -> Result<()> {
+        let info = endpoint_info(net, ep, veth_ifindex);
         self.hash::<u32, EndpointInfo>(map_names::ENDPOINTS)?
             .insert(be_ip(ep.ip), info, 0)
             .map_err(|e| bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e))?;

@@ -126,12 +126,12 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
         ports.entry(p.network.as_str()).or_default().push(p.clone());
     }
     for net in state.networks.values() {
-        errors.extend(ipt.network_up(net).err());
+        errors.extend(ipt.apply_network(net).err());
         for ep in state
             .members(&net.name)
             .filter_map(|c| c.endpoint(&net.name))
         {
-            errors.extend(ipt.endpoint_added(net, ep).err());
+            errors.extend(ipt.apply_endpoint(ep).err());
         }
         if let Some(ports) = ports.get(net.name.as_str()) {
             errors.extend(ipt.ports_published(net, ports).err());

@@ -112,6 +112,40 @@ pub struct Iptables {
 }
 
 impl Iptables {
+    /// The network's rules (for `network_up` and `reconcile`).
+    fn apply_network(&self, net: &Network) -> Result<()> {
+        check_bridge(net)?;
+        if !net.internal {
+            // Lets the host's 127.0.0.1 -> published port packets be routed
+            // out of the bridge (then MASQUERADEd), as Docker and netavark do.
+            let key = format!("net.ipv4.conf.{}.route_localnet", net.bridge);
+            write_sysctl(
+                &key,
+                &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", net.bridge),
+            )?;
+        }
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_in_order(&saved, &network_rules(net));
+        self.restore(&format!("iptables: network {} up", net.name), &batch)
+    }
+
+    /// Anti-spoofing of the endpoint; isolation and NAT match on the
+    /// network's bridge, and published ports come with their own calls.
+    /// (For `endpoint_added` and `reconcile`.)
+    fn apply_endpoint(&self, ep: &Endpoint) -> Result<()> {
+        check_endpoint(ep)?;
+        let saved = self.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_once(&saved, &endpoint_rules(ep));
+        self.restore(
+            &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
+            &batch,
+        )
+    }
+
     /// The rules are written in whatever namespace the calling thread is in:
     /// the host's, which the process has already entered.
     pub fn new(_host: &HostInfo) -> Iptables {
@@ -233,22 +267,9 @@ impl Datapath for Iptables {
         Error::collect(errors)
     }
 
-    fn network_up(&self, net: &Network) -> Result<()> {
-        check_bridge(net)?;
-        if !net.internal {
-            // Lets the host's 127.0.0.1 -> published port packets be routed
-            // out of the bridge (then MASQUERADEd), as Docker and netavark do.
-            let key = format!("net.ipv4.conf.{}.route_localnet", net.bridge);
-            write_sysctl(
-                &key,
-                &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", net.bridge),
-            )?;
-        }
-        let saved = self.saved()?;
-        let mut batch = Batch::default();
-        batch.ensure_host(&saved);
-        batch.ensure_in_order(&saved, &network_rules(net));
-        self.restore(&format!("iptables: network {} up", net.name), &batch)
+    /// iptables matches the bridge by name: it needs no index.
+    fn network_up(&self, net: &Network, _bridge_ifindex: u32) -> Result<()> {
+        self.apply_network(net)
     }
 
     /// Deletes the network's rules and also what a crash before its
@@ -265,18 +286,9 @@ impl Datapath for Iptables {
         self.restore(&format!("iptables: network {} down", net.name), &batch)
     }
 
-    /// Anti-spoofing of the endpoint; isolation and NAT match on the
-    /// network's bridge, and published ports come with their own calls.
-    fn endpoint_added(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
-        check_endpoint(ep)?;
-        let saved = self.saved()?;
-        let mut batch = Batch::default();
-        batch.ensure_host(&saved);
-        batch.ensure_once(&saved, &endpoint_rules(ep));
-        self.restore(
-            &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
-            &batch,
-        )
+    /// iptables matches the veth by name: it needs no index.
+    fn endpoint_added(&self, _net: &Network, ep: &Endpoint, _veth_ifindex: u32) -> Result<()> {
+        self.apply_endpoint(ep)
     }
 
     fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
@@ -379,7 +391,7 @@ mod tests {
         assert!(matches!(err, Error::Invalid { .. }), "{err}");
         for bridge in ["br+", "a b", "br/0", "", "a-very-long-bridge-name"] {
             let err = dp
-                .network_up(&network("x", bridge, "10.0.0.0/24", false))
+                .network_up(&network("x", bridge, "10.0.0.0/24", false), 1)
                 .unwrap_err();
             assert!(matches!(err, Error::Invalid { .. }), "{bridge:?}: {err}");
         }
@@ -389,7 +401,7 @@ mod tests {
                 host_veth: veth.into(),
                 ..endpoint()
             };
-            let err = dp.endpoint_added(&front(), &ep).unwrap_err();
+            let err = dp.endpoint_added(&front(), &ep, 1).unwrap_err();
             assert!(matches!(err, Error::Invalid { .. }), "{veth:?}: {err}");
         }
         // Nothing to do is done without running anything.
