@@ -106,15 +106,9 @@ pub enum NetworkCommand {
     #[command(alias = "list")]
     Ls,
     /// Show networks in detail (JSON).
-    Inspect {
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Inspect(Names),
     /// Remove networks (they must have no containers).
-    Rm {
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Rm(Names),
     /// Remove every user-defined network without containers.
     Prune,
     /// Connect a container to a network.
@@ -126,6 +120,13 @@ pub enum NetworkCommand {
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
+}
+
+/// The objects a command acts on, by name (one or more).
+#[derive(Args, Debug)]
+pub struct Names {
+    #[arg(required = true)]
+    pub names: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,15 +157,9 @@ pub enum ContainerCommand {
     #[command(alias = "list")]
     Ls,
     /// Show containers in detail (JSON).
-    Inspect {
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Inspect(Names),
     /// Remove containers: their command, ports, links and namespace.
-    Rm {
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Rm(Names),
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,37 +331,32 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             println!("{}", net.name);
             Ok(())
         }
-        NetworkCommand::Ls => {
-            let rows = host.network_ls();
-            if format == Format::Json {
-                return print_json(&rows);
-            }
-            print_table(
-                &[
-                    "NAME",
-                    "SUBNET",
-                    "GATEWAY",
-                    "BRIDGE",
-                    "DATAPATH",
-                    "INTERNAL",
-                    "CONTAINERS",
-                ],
-                rows.iter().map(|r| {
-                    vec![
-                        r.network.name.clone(),
-                        r.network.subnet.to_string(),
-                        r.network.gateway.to_string(),
-                        r.network.bridge.clone(),
-                        r.datapath.to_string(),
-                        r.network.internal.to_string(),
-                        r.containers.join(","),
-                    ]
-                }),
-            );
-            Ok(())
-        }
-        NetworkCommand::Inspect { names } => print_json(&host.network_inspect(&names)?),
-        NetworkCommand::Rm { names } => {
+        NetworkCommand::Ls => print_listing(
+            format,
+            &host.network_ls(),
+            &[
+                "NAME",
+                "SUBNET",
+                "GATEWAY",
+                "BRIDGE",
+                "DATAPATH",
+                "INTERNAL",
+                "CONTAINERS",
+            ],
+            |r| {
+                vec![
+                    r.network.name.clone(),
+                    r.network.subnet.to_string(),
+                    r.network.gateway.to_string(),
+                    r.network.bridge.clone(),
+                    r.datapath.to_string(),
+                    r.network.internal.to_string(),
+                    r.containers.join(","),
+                ]
+            },
+        ),
+        NetworkCommand::Inspect(Names { names }) => print_json(&host.network_inspect(&names)?),
+        NetworkCommand::Rm(Names { names }) => {
             host.network_rm(&names).await?;
             names.iter().for_each(|n| println!("{n}"));
             Ok(())
@@ -420,50 +410,45 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             println!("{}", ctr.name);
             Ok(())
         }
-        ContainerCommand::Ls => {
-            let rows = host.container_ls();
-            if format == Format::Json {
-                return print_json(&rows);
-            }
-            print_table(
-                &["NAME", "MODE", "NETWORKS", "IPS", "PORTS", "COMMAND"],
-                rows.iter().map(|c| {
-                    vec![
-                        c.name.clone(),
-                        c.mode.to_string(),
-                        c.endpoints
-                            .iter()
-                            .map(|e| e.network.clone())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        c.endpoints
-                            .iter()
-                            .map(|e| e.ip.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        c.ports
-                            .iter()
-                            .map(|p| p.describe())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        c.process
-                            .as_ref()
-                            .map(|p| {
-                                let state = if process::is_running(p) {
-                                    ""
-                                } else {
-                                    " (exited)"
-                                };
-                                format!("{}{state}", p.command.join(" "))
-                            })
-                            .unwrap_or_default(),
-                    ]
-                }),
-            );
-            Ok(())
-        }
-        ContainerCommand::Inspect { names } => print_json(&host.container_inspect(&names)?),
-        ContainerCommand::Rm { names } => {
+        ContainerCommand::Ls => print_listing(
+            format,
+            &host.container_ls(),
+            &["NAME", "MODE", "NETWORKS", "IPS", "PORTS", "COMMAND"],
+            |c| {
+                vec![
+                    c.name.clone(),
+                    c.mode.to_string(),
+                    c.endpoints
+                        .iter()
+                        .map(|e| e.network.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c.endpoints
+                        .iter()
+                        .map(|e| e.ip.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c.ports
+                        .iter()
+                        .map(|p| p.describe())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c.process
+                        .as_ref()
+                        .map(|p| {
+                            let state = if process::is_running(p) {
+                                ""
+                            } else {
+                                " (exited)"
+                            };
+                            format!("{}{state}", p.command.join(" "))
+                        })
+                        .unwrap_or_default(),
+                ]
+            },
+        ),
+        ContainerCommand::Inspect(Names { names }) => print_json(&host.container_inspect(&names)?),
+        ContainerCommand::Rm(Names { names }) => {
             host.container_rm(&names).await?;
             names.iter().for_each(|n| println!("{n}"));
             Ok(())
@@ -473,34 +458,29 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
 
 fn conntrack(host: &Host, cmd: ConntrackCommand, format: Format) -> Result<()> {
     match cmd {
-        ConntrackCommand::Ls => {
-            let flows = host.conntrack_list()?;
-            if format == Format::Json {
-                return print_json(&flows);
-            }
-            print_table(
-                &[
-                    "PROTO", "SRC", "DST", "TO SRC", "TO DST", "KIND", "DIR", "STATE", "IDLE",
-                    "PACKETS", "BYTES",
-                ],
-                flows.iter().map(|f| {
-                    vec![
-                        f.proto.to_string(),
-                        f.src.clone(),
-                        f.dst.clone(),
-                        f.translated_src.clone(),
-                        f.translated_dst.clone(),
-                        f.kind.to_string(),
-                        f.direction.to_string(),
-                        f.state.to_string(),
-                        format!("{}s", f.idle_seconds),
-                        f.packets.to_string(),
-                        f.bytes.to_string(),
-                    ]
-                }),
-            );
-            Ok(())
-        }
+        ConntrackCommand::Ls => print_listing(
+            format,
+            &host.conntrack_list()?,
+            &[
+                "PROTO", "SRC", "DST", "TO SRC", "TO DST", "KIND", "DIR", "STATE", "IDLE",
+                "PACKETS", "BYTES",
+            ],
+            |f| {
+                vec![
+                    f.proto.to_string(),
+                    f.src.clone(),
+                    f.dst.clone(),
+                    f.translated_src.clone(),
+                    f.translated_dst.clone(),
+                    f.kind.to_string(),
+                    f.direction.to_string(),
+                    f.state.to_string(),
+                    format!("{}s", f.idle_seconds),
+                    f.packets.to_string(),
+                    f.bytes.to_string(),
+                ]
+            },
+        ),
         ConntrackCommand::Flush => {
             let n = host.conntrack_flush()?;
             println!("{n} entries removed");
@@ -534,6 +514,21 @@ fn stats(host: &Host, format: Format) -> Result<()> {
             .iter()
             .map(|(name, c)| vec![name.to_string(), c.packets.to_string(), c.bytes.to_string()]),
     );
+    Ok(())
+}
+
+/// A listing: the rows as JSON, or a table of `headers` with one line of
+/// `cells` per row.
+fn print_listing<T: Serialize>(
+    format: Format,
+    rows: &[T],
+    headers: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if format == Format::Json {
+        return print_json(rows);
+    }
+    print_table(headers, rows.iter().map(cells));
     Ok(())
 }
 
