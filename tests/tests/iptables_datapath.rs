@@ -4,7 +4,7 @@
 //! result with `iptables-save`. What the rules do to packets is tested
 //! through real sandboxes (scenarios, isolation, transactions); here it is
 //! what lands in the tables, in which order, and what every failure says.
-//! Without root they skip.
+//! They need root ([`privileged`]).
 
 use std::{
     fs,
@@ -18,14 +18,15 @@ use netctl::{
     config::HostConfig,
     datapath::{
         iptables::{
-            endpoint_rules, host_rules, network_rules, port_rules, Batch, Iptables, Rule, Table,
-            ANTISPOOF_CHAIN, CHAINS, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN,
-            ISOLATION_2_CHAIN,
+            endpoint_rules,
+            fixtures::{endpoint, front, front_ports, network, port, saved_lines},
+            host_rules, network_rules, port_rules, Batch, Iptables, Rule, Table, ANTISPOOF_CHAIN,
+            CHAINS, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
         },
         Datapath, HostInfo,
     },
     error::Error,
-    model::{Endpoint, Network, PortMapping, Protocol},
+    model::{Endpoint, Protocol},
 };
 use netctl_tests::privileged;
 use nix::sched::{unshare, CloneFlags};
@@ -36,86 +37,11 @@ const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptab
 /// passes is unused, and these tests make no links.
 const ANY_IFINDEX: u32 = 0;
 
-fn network(name: &str, bridge: &str, subnet: &str, internal: bool) -> Network {
-    let mut net = Network {
-        name: name.into(),
-        id: 1,
-        bridge: bridge.into(),
-        subnet: subnet.parse().unwrap(),
-        gateway: Ipv4Addr::UNSPECIFIED,
-        internal,
-        dns: true,
-        created: 0,
-        mtu: None,
-    };
-    net.gateway = net.subnet.hosts().next().unwrap();
-    net
-}
-
-fn port(
-    protocol: Protocol,
-    host_ip: Option<[u8; 4]>,
-    host_port: u16,
-    container_ip: [u8; 4],
-    container_port: u16,
-    network: &str,
-) -> PortMapping {
-    PortMapping {
-        protocol,
-        host_ip: host_ip.map(Ipv4Addr::from),
-        host_port,
-        container_ip: Ipv4Addr::from(container_ip),
-        container_port,
-        container: "web".into(),
-        network: network.into(),
-    }
-}
-
-fn front() -> Network {
-    network("front", "nc-front", "172.18.0.0/16", false)
-}
-
-fn front_ports() -> Vec<PortMapping> {
-    vec![
-        port(Protocol::Tcp, None, 8080, [172, 18, 0, 2], 80, "front"),
-        port(
-            Protocol::Tcp,
-            Some([127, 0, 0, 1]),
-            8081,
-            [172, 18, 0, 2],
-            80,
-            "front",
-        ),
-        port(
-            Protocol::Udp,
-            Some([198, 51, 100, 1]),
-            5353,
-            [172, 18, 0, 3],
-            53,
-            "front",
-        ),
-    ]
-}
-
 fn host() -> HostInfo {
     let dir = std::env::temp_dir().join("netctl-iptables-test");
     HostInfo {
         config: HostConfig::new(None, Some(dir), None, None),
         uplink: None,
-    }
-}
-
-fn saved_lines(rules: &[Rule]) -> Vec<String> {
-    rules.iter().map(Rule::saved).collect()
-}
-
-fn endpoint() -> Endpoint {
-    Endpoint {
-        network: "front".into(),
-        ifname: "eth0".into(),
-        host_veth: "veth0".into(),
-        ip: Ipv4Addr::new(172, 18, 0, 2),
-        mac: "02:42:ac:12:00:02".parse().unwrap(),
     }
 }
 

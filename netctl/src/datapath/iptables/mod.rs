@@ -61,8 +61,9 @@ use ipnet::Ipv4Net;
 
 mod audit;
 mod batch;
-#[cfg(test)]
-mod fixtures;
+#[cfg(any(test, feature = "test-fixtures"))]
+#[doc(hidden)]
+pub mod fixtures;
 mod rules;
 mod save;
 
