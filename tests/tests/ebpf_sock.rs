@@ -20,10 +20,7 @@ use std::{
     ffi::CString,
     fs,
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
-    os::{
-        fd::AsRawFd as _,
-        unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    },
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -39,7 +36,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
-use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
+use netctl::{
+    datapath::ebpf::{netns_cookie, EBPF_OBJECT},
+    netlink::Netlink,
+};
 use netctl_common::{
     config::Config,
     maps,
@@ -63,8 +63,6 @@ const PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
 /// Switches this test binary to client mode (see `sock_client_helper`).
 const CLIENT_ENV: &str = "NETCTL_SOCK_CLIENT";
 const CLIENT_MARK: &str = "sock-client ";
-/// Socket option `SO_NETNS_COOKIE` (Linux 5.14+).
-const SO_NETNS_COOKIE: libc::c_int = 71;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
@@ -94,7 +92,7 @@ fn run() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
     setup_namespace(true);
     let _servers = Servers::start();
-    let host_cookie = netns_cookie();
+    let host_cookie = netns_cookie().expect("the netns cookie");
 
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.path)
@@ -239,7 +237,7 @@ fn run() {
             setup_namespace(false);
             let _servers = Servers::start();
             assert_ne!(
-                netns_cookie(),
+                netns_cookie().expect("the netns cookie"),
                 host_cookie,
                 "a second namespace, a second cookie"
             );
@@ -363,31 +361,6 @@ fn translated(ebpf: &Ebpf) -> u64 {
         .get(&(StatIndex::SockTranslated as u32), 0)
         .expect("read STATS");
     values.iter().map(|c| c.packets).sum()
-}
-
-/// Netns cookie of the calling thread's namespace.
-fn netns_cookie() -> u64 {
-    let socket = UdpSocket::bind("0.0.0.0:0").expect("a socket");
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket, and a buffer of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "SO_NETNS_COOKIE: {}",
-        std::io::Error::last_os_error()
-    );
-    assert_ne!(cookie, 0, "netns cookie");
-    cookie
 }
 
 /// In the calling thread's (fresh) namespace: lo up, the "container" veth

@@ -57,8 +57,9 @@ pub fn ensure_bpffs() -> Result<()> {
     .map_err(|e| Error::system(BPFFS, format!("mount bpffs: {e}")))
 }
 
-/// Netns cookie of the namespace of the calling thread.
-fn netns_cookie() -> Result<u64> {
+/// Netns cookie of the namespace of the calling thread (what the cgroup
+/// programs compare to tell the host namespace from the others).
+pub fn netns_cookie() -> Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
