@@ -3,21 +3,36 @@
 //! by a veth pair (the uplink), and a cgroup of its own. Everything carries a
 //! unique prefix and is removed when the `Sandbox` drops, also when the test
 //! panics. The root namespace is never changed.
+//!
+//! Dropping a sandbox is also a leak check of netctl itself (leftovers.rs):
+//! `netctl down` must succeed and leave nothing of what netctl made, and a
+//! test that passed fails if it did not. Probes that tell a datapath drop
+//! from a refusal, and the drop counters to attribute them, are in
+//! probe.rs.
 
 use std::{
     fs,
+    io::{BufRead as _, BufReader, Read as _},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
 };
 
 use netctl::{netlink::Netlink, netns};
 
+mod leftovers;
+pub mod probe;
+
 /// The host's uplink address (SNAT source) and the outside peer's.
 pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const UPLINK: &str = "uplink0";
+pub const UPLINK: &str = "uplink0";
 const WAN: &str = "wan0";
 
 pub struct Sandbox {
@@ -206,6 +221,15 @@ impl Sandbox {
         value[0].clone()
     }
 
+    /// A container's namespace (for probes run in it directly).
+    pub fn netns_of(&self, container: &str) -> String {
+        let ctr = self.inspect(container);
+        ctr["netns"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{container} has no namespace: {ctr}"))
+            .to_owned()
+    }
+
     /// A container's address on a network.
     pub fn ip_of(&self, container: &str, network: &str) -> Ipv4Addr {
         let ctr = self.inspect(container);
@@ -252,27 +276,88 @@ impl Sandbox {
 
     /// Starts a long-running process in a namespace of the sandbox; killed on drop.
     pub fn spawn_in(&mut self, netns_name: &str, argv: &[&str]) {
-        let netns_name = netns_name.to_owned();
-        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let child = std::thread::spawn(move || {
-            let _guard = netns::NetnsGuard::enter(&netns_name).expect("enter netns");
-            Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn")
-        })
-        .join()
-        .expect("thread");
+        let child = spawn_in_netns(
+            netns_name,
+            argv,
+            [Stdio::null(), Stdio::null(), Stdio::null()],
+        );
         self.children.push(child);
+    }
+
+    /// Runs a command in a namespace of the sandbox and returns its stdout;
+    /// panics unless it exits 0 (a failed read must not pass for "empty").
+    pub fn run_in_ok(&self, netns_name: &str, argv: &[&str]) -> String {
+        let out = self.run_in(netns_name, argv);
+        assert!(
+            out.status.success(),
+            "{} in {netns_name} failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts listeners or captures in namespaces of the sandbox, all at
+    /// once (their time windows run together), and returns once each
+    /// printed its `listening on ...` line (its socket is bound): what is
+    /// sent after this reaches them. No sleep to guess it.
+    pub fn start_all_ready(&self, starts: &[(&str, Vec<&str>)]) -> Vec<Ready> {
+        let mut all: Vec<Ready> = starts
+            .iter()
+            .map(|(netns_name, argv)| self.start(netns_name, argv))
+            .collect();
+        all.iter_mut().for_each(Ready::wait_ready);
+        all
+    }
+
+    /// Starts a process with its stdio piped, not waiting for it.
+    fn start(&self, netns_name: &str, argv: &[&str]) -> Ready {
+        let what = format!("{} in {netns_name}", argv.join(" "));
+        let mut child = spawn_in_netns(
+            netns_name,
+            argv,
+            [Stdio::piped(), Stdio::piped(), Stdio::piped()],
+        );
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let rest = std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            if let Some(first) = lines.next() {
+                let _ = tx.send(first);
+            }
+            lines.map(|l| l + "\n").collect::<String>()
+        });
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Ready {
+            what,
+            first_line: rx,
+            stdin: child.stdin.take(),
+            child: Some(child),
+            rest: Some(rest),
+            errors: Some(errors),
+        }
     }
 
     /// Rules of the host namespace as `iptables-save` prints them.
     pub fn iptables_save(&self) -> String {
-        let out = self.in_host(&["iptables-save"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.run_in_ok(&self.host_netns, &["iptables-save"])
+    }
+
+    /// One table of the host namespace with packet and byte counters
+    /// (`iptables-save -c -t TABLE`).
+    pub fn iptables_save_counters(&self, table: &str) -> String {
+        self.run_in_ok(&self.host_netns, &["iptables-save", "-c", "-t", table])
+    }
+
+    /// The host namespace's nftables ruleset (`nft list ruleset`).
+    pub fn nft_ruleset(&self) -> String {
+        self.run_in_ok(&self.host_netns, &["nft", "list", "ruleset"])
     }
 
     /// Names of the links in the host namespace, sorted.
@@ -328,6 +413,12 @@ impl Sandbox {
             .args(["map", "dump", "pinned", &path])
             .output()
             .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool map dump pinned {path} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
@@ -345,9 +436,96 @@ impl Sandbox {
                     .collect()
             })
             .unwrap_or_default();
-        names.retain(|n| n.starts_with(&self.prefix));
+        // With the dash: sandbox nt1x1 must not take nt1x10's namespaces.
+        let own = format!("{}-", self.prefix);
+        names.retain(|n| n.starts_with(&own));
         names.sort();
         names
+    }
+}
+
+/// Starts `argv` in a namespace (setns in a thread of its own; the child
+/// inherits it) with the given stdin, stdout and stderr.
+fn spawn_in_netns(netns_name: &str, argv: &[&str], stdio: [Stdio; 3]) -> Child {
+    let netns_name = netns_name.to_owned();
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        let _guard = netns::NetnsGuard::enter(&netns_name).expect("enter netns");
+        let [stdin, stdout, stderr] = stdio;
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn")
+    })
+    .join()
+    .expect("thread")
+}
+
+/// Longest a listener may take to say it is ready (a loaded machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A process of [`Sandbox::start_all_ready`], ready. Killed if dropped before
+/// [`Ready::finish`].
+pub struct Ready {
+    what: String,
+    first_line: mpsc::Receiver<String>,
+    stdin: Option<ChildStdin>,
+    child: Option<Child>,
+    rest: Option<JoinHandle<String>>,
+    errors: Option<JoinHandle<String>>,
+}
+
+impl Ready {
+    /// Waits for its `listening on ...` line; panics if another comes or
+    /// none within [`READY_TIMEOUT`].
+    fn wait_ready(&mut self) {
+        match self.first_line.recv_timeout(READY_TIMEOUT) {
+            Ok(line) if line.starts_with("listening on") => {}
+            Ok(line) => panic!("{}: first line {line:?}, not \"listening on\"", self.what),
+            Err(_) => {
+                let (_, errors) = self.collect();
+                panic!(
+                    "{}: not ready within {READY_TIMEOUT:?}: {errors}",
+                    self.what
+                )
+            }
+        }
+    }
+
+    /// Closes its stdin (which ends a `sniff --checksums`), waits for it to
+    /// exit and returns what it printed after its ready line; panics unless
+    /// it exited 0.
+    pub fn finish(mut self) -> String {
+        self.stdin = None;
+        let status = self.child.take().map(|mut c| c.wait().expect("wait"));
+        let (out, errors) = self.collect();
+        match status {
+            Some(status) if status.success() => out,
+            status => panic!("{} failed ({status:?}): {errors}{out}", self.what),
+        }
+    }
+
+    /// Kills it if still running; its stdout after the ready line, and its stderr.
+    fn collect(&mut self) -> (String, String) {
+        self.stdin = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let join = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap_or_default());
+        (
+            join(self.rest.take()).unwrap_or_default(),
+            join(self.errors.take()).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.collect();
     }
 }
 
@@ -357,38 +535,46 @@ impl Drop for Sandbox {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A test that already failed is not judged again (a second panic
+        // would abort); its sandbox is still removed.
+        let judged = !std::thread::panicking();
+        let watch = leftovers::Watch::before_down(self);
         // netctl's own teardown first (rules, links, processes), then anything left.
-        if netns::exists(&self.host_netns) && netctl_bin().exists() {
-            let _ = self.command(&["down"]).output();
-        }
-        if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::SIGKILL,
-                );
+        let down = (netns::exists(&self.host_netns) && netctl_bin().exists())
+            .then(|| self.command(&["down"]).output());
+        let mut left = Vec::new();
+        if judged {
+            match down {
+                Some(Ok(out)) if !out.status.success() => left.push(format!(
+                    "`netctl down` failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Some(Err(e)) => left.push(format!("`netctl down` did not run: {e}")),
+                _ => {}
+            }
+            // A check that fails (a tool's error) must not skip the cleanup.
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                watch.left_after_down(self)
+            }));
+            match checked {
+                Ok(found) => left.extend(found),
+                Err(_) => left.push("the leak check itself failed (its panic is above)".into()),
             }
         }
-        for _ in 0..50 {
-            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let removed = self.force_cleanup(&watch);
+        if judged && !(left.is_empty() && removed.is_empty()) {
+            let list = |items: &[String]| match items {
+                [] => "  (nothing)".to_owned(),
+                _ => format!("  {}", items.join("\n  ")),
+            };
+            panic!(
+                "sandbox {}: netctl left things behind.\nafter `netctl down`:\n{}\n\
+                 removed by the sandbox's own cleanup:\n{}",
+                self.prefix,
+                list(&left),
+                list(&removed)
+            );
         }
-        for name in self.namespaces() {
-            let _ = netns::delete(&name);
-        }
-        if let Ok(dir) = fs::read_dir(netctl::hosts::ETC_NETNS) {
-            for entry in dir.filter_map(|e| e.ok()) {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&self.prefix)
-                {
-                    let _ = fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.state_dir);
     }
 }

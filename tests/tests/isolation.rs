@@ -1,12 +1,20 @@
 //! Isolation, on both datapaths (`iptables::*`, `ebpf::*`): the full
-//! reachability matrix between containers of two networks, an internal
-//! network, a `none` container and a container on two networks; the
-//! outside reaching container addresses directly; and frames a container
-//! forges (source address, source MAC), which must be dropped and counted.
+//! reachability matrix, over TCP, UDP and ICMP, between containers of two
+//! networks, an internal network, a `none` container and a container on
+//! two networks, and from each to the outside and to the host's addresses;
+//! the outside reaching container addresses directly; and frames a
+//! container forges (source address, source MAC), which must be dropped
+//! and counted. A forbidden probe counts only after a control reached the
+//! same listener, must end in a timeout (a drop), and its packets must be
+//! the datapath's exact drop count (sandbox/probe.rs).
 
-use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
+use std::net::Ipv4Addr;
 
-use netctl_tests::sandbox::{nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{
+    nettool_bin,
+    probe::{Outcome, Proto, Reason},
+    Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
 
 netctl_tests::on_both_datapaths!(
     reachability_matrix_is_exactly_the_allowed_one,
@@ -19,7 +27,7 @@ fn nettool() -> String {
     nettool_bin().display().to_string()
 }
 
-fn text(out: &Output) -> String {
+fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -77,84 +85,158 @@ impl Ctr {
             .find(|(n, _)| n == network)
             .map(|(_, ip)| *ip)
     }
+
+    fn internal(&self) -> bool {
+        !self.addrs.is_empty() && self.addrs.iter().all(|(n, _)| n == "neti")
+    }
 }
 
+const PORT: u16 = 80;
+const NETWORKS: [(&str, Ipv4Addr); 3] = [
+    ("neta", Ipv4Addr::new(172, 30, 1, 1)),
+    ("netb", Ipv4Addr::new(172, 30, 2, 1)),
+    ("neti", Ipv4Addr::new(172, 30, 3, 1)),
+];
+
+/// What a probe aims at: a container's address, the outside server, or
+/// one of the host's addresses (its uplink address, a network's gateway).
+#[derive(Clone, Debug)]
+enum Target {
+    Container(&'static str, String, Ipv4Addr),
+    Outside,
+    Host(Ipv4Addr),
+}
+
+impl Target {
+    fn ip(&self) -> Ipv4Addr {
+        match self {
+            Target::Container(_, _, ip) | Target::Host(ip) => *ip,
+            Target::Outside => OUTSIDE_IP,
+        }
+    }
+}
+
+/// How a probe must end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Tcp,
-    Ping,
+enum Expect {
+    Answer,
+    /// Dropped by the datapath, counted for this reason.
+    Drop(Reason),
+    /// Never sent: no route (a `none` container has no interface).
+    NoRoute,
+}
+
+/// Docker's matrix, and where an internal network's containers stop.
+fn expect(from: &Ctr, target: &Target, datapath: &str) -> Expect {
+    if from.addrs.is_empty() {
+        return Expect::NoRoute;
+    }
+    match target {
+        // Only through an interface on the target address's network.
+        Target::Container(_, network, _) if from.ip_on(network).is_some() => Expect::Answer,
+        Target::Container(..) => Expect::Drop(Reason::Isolated),
+        Target::Outside if from.internal() => Expect::Drop(Reason::Internal),
+        Target::Outside => Expect::Answer,
+        // An internal network reaches the host only at its own gateway on
+        // eBPF; the iptables datapath, like Docker's, filters forwarding
+        // only, so the host's other addresses answer it there.
+        Target::Host(ip)
+            if from.internal()
+                && datapath == "ebpf"
+                && NETWORKS
+                    .iter()
+                    .all(|(n, gw)| gw != ip || from.ip_on(n).is_none()) =>
+        {
+            Expect::Drop(Reason::Internal)
+        }
+        Target::Host(_) => Expect::Answer,
+    }
 }
 
 struct Probe<'a> {
     from: &'a Ctr,
-    to: &'a Ctr,
-    network: String,
-    ip: Ipv4Addr,
-    kind: Kind,
-    /// Docker's rule: the source has an interface on the target address's network.
-    allowed: bool,
+    target: Target,
+    proto: Proto,
+    expect: Expect,
+    /// Where a positive control of a forbidden probe comes from.
+    control: Option<String>,
 }
 
-const PORT: &str = "80";
+impl Probe<'_> {
+    fn what(&self) -> String {
+        format!(
+            "{} -> {:?} {} ({:?})",
+            self.from.name, self.target, self.proto, self.expect
+        )
+    }
+}
 
-/// One attempt: did it pass, and what did it say.
-fn attempt(sb: &Sandbox, probe: &Probe) -> (bool, String) {
-    let ip = probe.ip.to_string();
-    let out = match probe.kind {
-        Kind::Tcp => sb.run_in(
-            &probe.from.netns,
-            &[&nettool(), "call", "tcp", &ip, PORT, "--timeout-ms", "1500"],
-        ),
-        Kind::Ping => sb.run_in(&probe.from.netns, &["ping", "-c1", "-W1", &ip]),
+/// Whom the source must look like in an answer: itself on the target's
+/// network, the uplink address after SNAT, itself on the host.
+fn check_answer(probe: &Probe, reply: &str) -> Option<String> {
+    let ip = reply
+        .strip_prefix("peer=")
+        .or_else(|| reply.strip_prefix("from="))
+        .and_then(|p| p.split(':').next())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let want: Vec<Ipv4Addr> = match (&probe.target, probe.proto) {
+        // An echo reply comes from the address pinged.
+        (target, Proto::Icmp) => vec![target.ip()],
+        (Target::Container(_, network, _), _) => probe.from.ip_on(network).into_iter().collect(),
+        (Target::Outside, _) => vec![HOST_UPLINK_IP],
+        (Target::Host(_), _) => probe.from.addrs.iter().map(|(_, ip)| *ip).collect(),
     };
-    let said = format!("{}{}", text(&out), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), said.trim().to_owned())
+    match ip {
+        Some(ip) if want.contains(&ip) => None,
+        _ => Some(format!(
+            "{}: answered {reply:?}, not from {want:?}",
+            probe.what()
+        )),
+    }
 }
 
-/// Runs a probe: an allowed one may need a few tries (ARP, a busy
-/// machine), a forbidden one must fail at the first and only try.
-/// Returns a failure description, if any.
-fn check(sb: &Sandbox, probe: &Probe) -> Option<String> {
-    let what = format!(
-        "{} -> {} {} ({}) {:?}",
-        probe.from.name, probe.to.name, probe.ip, probe.network, probe.kind
-    );
-    if !probe.allowed {
-        let (passed, said) = attempt(sb, probe);
-        return passed.then(|| format!("{what}: passed but must not ({said})"));
-    }
-    let mut last = String::new();
-    for _ in 0..3 {
-        let (passed, said) = attempt(sb, probe);
-        if passed {
-            if probe.kind == Kind::Tcp {
-                // Same network: no translation, the server sees the client's
-                // own address on that network.
-                let own = probe
-                    .from
-                    .ip_on(&probe.network)
-                    .expect("source on the network");
-                if !said.starts_with(&format!("peer={own}:")) {
-                    return Some(format!("{what}: server saw {said:?}, not {own}"));
-                }
-            }
-            return None;
+/// Runs one probe (a forbidden one after its control). The packets a
+/// dropped probe sent, or what went wrong.
+fn run(sb: &Sandbox, probe: &Probe) -> Result<u64, String> {
+    let ip = probe.target.ip();
+    let from = &probe.from.netns;
+    match probe.expect {
+        Expect::Answer => {
+            let reply = sb
+                .answers(from, probe.proto, ip, PORT)
+                .map_err(|e| format!("{}: {e}", probe.what()))?;
+            check_answer(probe, &reply).map_or(Ok(0), Err)
         }
-        last = said;
-        sleep(Duration::from_millis(200));
+        Expect::Drop(_) => {
+            let control = probe.control.as_deref().expect("a control");
+            sb.forbidden(control, from, probe.proto, ip, PORT)
+                .map_err(|e| format!("{}: {e}", probe.what()))
+        }
+        Expect::NoRoute => match sb.probe(from, probe.proto, ip, PORT, 1000) {
+            p if matches!(p.outcome, Outcome::Unreachable(_)) && p.packets == 0 => Ok(0),
+            p => Err(format!("{}: got {p:?}", probe.what())),
+        },
     }
-    Some(format!("{what}: must pass but failed ({last})"))
 }
 
 /// Networks `neta` (a1, a2 and ab), `netb` (b1 and ab, connected second),
-/// internal `neti` (i1, i2), and `n1` with `--network none`; every container
-/// serves TCP on port 80.
-fn build(sb: &Sandbox) -> Vec<Ctr> {
-    sb.network("neta", &["--subnet", "172.30.1.0/24"]);
-    sb.network("netb", &["--subnet", "172.30.2.0/24"]);
-    sb.network("neti", &["--subnet", "172.30.3.0/24", "--internal"]);
+/// internal `neti` (i1, i2), and `n1` with `--network none`. Every
+/// container, the outside and each host address serve TCP and UDP on port
+/// 80. The internal containers get a default route through their gateway,
+/// as any of them could add: their packets then reach the datapath, which
+/// must stop them (without one, "no way out" would only prove that there
+/// is no route).
+fn build(sb: &mut Sandbox) -> Vec<Ctr> {
+    for (name, gateway) in NETWORKS {
+        let subnet = format!("{gateway}/24").replace(".1/", ".0/");
+        let mut extra = vec!["--subnet", &subnet];
+        if name == "neti" {
+            extra.push("--internal");
+        }
+        sb.network(name, &extra);
+    }
     let tool = nettool();
-    let serve = [tool.as_str(), "serve", "tcp", PORT];
+    let port = PORT.to_string();
     for (name, network) in [
         ("a1", "neta"),
         ("a2", "neta"),
@@ -164,20 +246,39 @@ fn build(sb: &Sandbox) -> Vec<Ctr> {
         ("ab", "neta"),
         ("n1", "none"),
     ] {
-        let mut args = vec!["container", "run", name, "--network", network, "--"];
-        args.extend_from_slice(&serve);
-        sb.netctl_ok(&args);
+        let args = ["container", "run", name, "--network", network, "--"];
+        sb.netctl_ok(&[&args[..], &[tool.as_str(), "serve", "tcp", port.as_str()]].concat());
     }
     sb.netctl_ok(&["network", "connect", "netb", "ab"]);
-    ["a1", "a2", "b1", "i1", "i2", "ab", "n1"]
+    let ctrs: Vec<Ctr> = ["a1", "a2", "b1", "i1", "i2", "ab", "n1"]
         .into_iter()
         .map(|name| Ctr::load(sb, name))
-        .collect()
+        .collect();
+    for ctr in &ctrs {
+        sb.spawn_in(&ctr.netns, &[&tool, "serve", "udp", &port]);
+        if ctr.internal() {
+            let gateway = NETWORKS[2].1.to_string();
+            sb.run_in_ok(
+                &ctr.netns,
+                &["ip", "route", "add", "default", "via", &gateway],
+            );
+        }
+    }
+    let (host, outside) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    sb.spawn_in(&outside, &[&tool, "serve", "tcp", &port]);
+    sb.spawn_in(&outside, &[&tool, "serve", "udp", &port]);
+    sb.spawn_in(&host, &[&tool, "serve", "tcp", &port]);
+    // One UDP server per host address, so that each answers from the
+    // address it was asked at.
+    for ip in std::iter::once(HOST_UPLINK_IP).chain(NETWORKS.map(|(_, gw)| gw)) {
+        sb.spawn_in(&host, &[&tool, "serve", "udp", &format!("{ip}:{port}")]);
+    }
+    ctrs
 }
 
 fn reachability_matrix_is_exactly_the_allowed_one(datapath: &str) {
-    let sb = Sandbox::new(datapath);
-    let ctrs = build(&sb);
+    let mut sb = Sandbox::new(datapath);
+    let ctrs = build(&mut sb);
     let ab = ctrs.iter().find(|c| c.name == "ab").unwrap();
     assert_eq!(ab.addrs.len(), 2, "ab is on neta and netb: {:?}", ab.addrs);
     assert!(ctrs
@@ -187,147 +288,133 @@ fn reachability_matrix_is_exactly_the_allowed_one(datapath: &str) {
         .addrs
         .is_empty());
 
+    let mut targets: Vec<Target> = ctrs
+        .iter()
+        .flat_map(|c| {
+            c.addrs
+                .iter()
+                .map(|(n, ip)| Target::Container(c.name, n.clone(), *ip))
+        })
+        .collect();
+    targets.push(Target::Outside);
+    targets.push(Target::Host(HOST_UPLINK_IP));
+    targets.extend(NETWORKS.map(|(_, gw)| Target::Host(gw)));
     let mut probes = Vec::new();
     for from in &ctrs {
-        for to in ctrs.iter().filter(|t| t.name != from.name) {
-            for (network, ip) in &to.addrs {
-                for kind in [Kind::Tcp, Kind::Ping] {
-                    probes.push(Probe {
-                        from,
-                        to,
-                        network: network.clone(),
-                        ip: *ip,
-                        kind,
-                        allowed: from.ip_on(network).is_some(),
-                    });
-                }
+        for target in &targets {
+            if matches!(target, Target::Container(name, ..) if *name == from.name) {
+                continue;
+            }
+            let expect = expect(from, target, datapath);
+            // A control from a container that may reach the same listener.
+            let control = ctrs
+                .iter()
+                .find(|c| c.name != from.name && expect_answer(c, target, datapath))
+                .map(|c| c.netns.clone());
+            for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+                probes.push(Probe {
+                    from,
+                    target: target.clone(),
+                    proto,
+                    expect,
+                    control: control.clone(),
+                });
             }
         }
     }
-    let allowed = probes.iter().filter(|p| p.allowed).count();
-    // 7 containers, 7 addresses: 42 (source, address) pairs, twice.
-    assert_eq!(probes.len(), 84);
-    // neta: a1, a2, ab reach each other (6 pairs); netb: b1 <-> ab (2);
-    // neti: i1 <-> i2 (2); everything else is forbidden.
-    assert_eq!(allowed, 20);
-    let failures: Vec<String> = parallel(&probes, 12, |p| check(&sb, p))
-        .into_iter()
-        .flatten()
-        .collect();
+    // 7 containers, 7 addresses: 42 (source, address) pairs; and each of
+    // the 7 to the outside and to 4 host addresses; 3 protocols each.
+    assert_eq!(probes.len(), (42 + 7 * 5) * 3);
+    let count = |e: fn(&Expect) -> bool| probes.iter().filter(|p| e(&p.expect)).count() / 3;
+    // Between containers: neta: a1, a2, ab reach each other (6 pairs);
+    // netb: b1 <-> ab (2); neti: i1 <-> i2 (2); plus the 6 others to the
+    // outside, and to the host (eBPF: i1 and i2 at their gateway only).
+    let host_answers = if datapath == "ebpf" { 4 * 4 + 2 } else { 6 * 4 };
+    assert_eq!(count(|e| *e == Expect::Answer), 10 + 4 + host_answers);
+    assert_eq!(count(|e| *e == Expect::NoRoute), 12, "n1's");
+
+    let before = sb.drop_counters();
+    let results = parallel(&probes, 8, |p| run(&sb, p));
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failures.is_empty(),
         "{} of {} probes wrong on {datapath}:\n{}",
         failures.len(),
         probes.len(),
-        failures.join("\n")
+        failures
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
+    // Every packet of every forbidden probe was counted, by its reason.
+    let mut dropped = std::collections::BTreeMap::new();
+    for (probe, result) in probes.iter().zip(&results) {
+        if let (Expect::Drop(reason), Ok(packets)) = (probe.expect, result) {
+            *dropped.entry(reason).or_insert(0) += packets;
+        }
+    }
+    sb.assert_drops_since(&before, &dropped.into_iter().collect::<Vec<_>>());
+}
+
+fn expect_answer(from: &Ctr, target: &Target, datapath: &str) -> bool {
+    expect(from, target, datapath) == Expect::Answer
 }
 
 fn outside_reaches_containers_only_through_published_ports(datapath: &str) {
-    let sb = Sandbox::new(datapath);
+    let mut sb = Sandbox::new(datapath);
     sb.network("neta", &["--subnet", "172.30.1.0/24"]);
     sb.network("neti", &["--subnet", "172.30.3.0/24", "--internal"]);
     let tool = nettool();
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        "web",
-        "--network",
-        "neta",
-        "-p",
-        "8080:80",
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "80",
-    ]);
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        "a1",
-        "--network",
-        "neta",
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "80",
-    ]);
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        "i1",
-        "--network",
-        "neti",
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "80",
-    ]);
+    for (name, network, publish) in [
+        ("web", "neta", Some("8080:80")),
+        ("a1", "neta", None),
+        ("i1", "neti", None),
+    ] {
+        let mut args = vec!["container", "run", name, "--network", network];
+        args.extend(publish.iter().flat_map(|p| ["-p", p]));
+        args.extend(["--", &tool, "serve", "tcp", "80"]);
+        sb.netctl_ok(&args);
+        let netns = sb.netns_of(name);
+        sb.spawn_in(&netns, &[&tool, "serve", "udp", "80"]);
+    }
     // The outside routes the container subnets to the host, as a neighbour
     // on the same link could.
-    let out = sb.outside(&[
-        "ip",
-        "route",
-        "add",
-        "172.30.0.0/16",
-        "via",
-        &HOST_UPLINK_IP.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let host = HOST_UPLINK_IP.to_string();
+    sb.run_in_ok(
+        &sb.outside_netns,
+        &["ip", "route", "add", "172.30.0.0/16", "via", &host],
     );
 
     // The published port answers (so the path works at all)...
-    let host = HOST_UPLINK_IP.to_string();
-    let mut reply = String::new();
-    for _ in 0..30 {
-        let out = sb.outside(&[&tool, "call", "tcp", &host, "8080"]);
-        if out.status.success() {
-            reply = text(&out);
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
+    let reply = sb
+        .answers(&sb.outside_netns, Proto::Tcp, HOST_UPLINK_IP, 8080)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         reply
-            .trim()
             .strip_prefix("peer=")
             .and_then(|p| p.split(':').next()),
         Some(OUTSIDE_IP.to_string().as_str()),
         "outside -> {host}:8080 answered {reply:?}"
     );
-    // ...and no container address does, published container port included.
-    let targets: Vec<(String, Kind)> = ["web", "a1"]
-        .into_iter()
-        .map(|c| sb.ip_of(c, "neta"))
-        .chain([sb.ip_of("i1", "neti")])
-        .flat_map(|ip| [(ip.to_string(), Kind::Tcp), (ip.to_string(), Kind::Ping)])
-        .collect();
-    let leaks: Vec<String> = parallel(&targets, 6, |(ip, kind)| {
-        let out = match kind {
-            Kind::Tcp => sb.outside(&[&tool, "call", "tcp", ip, "80", "--timeout-ms", "1500"]),
-            Kind::Ping => sb.outside(&["ping", "-c1", "-W1", ip]),
-        };
-        out.status
-            .success()
-            .then(|| format!("outside -> {ip} {kind:?}: {}", text(&out).trim()))
-    })
+    // ...and no container address does, published container port included,
+    // while each answers the host (the control just before each probe).
+    let targets: Vec<(Ipv4Addr, Proto)> = [
+        sb.ip_of("web", "neta"),
+        sb.ip_of("a1", "neta"),
+        sb.ip_of("i1", "neti"),
+    ]
     .into_iter()
-    .flatten()
+    .flat_map(|ip| [Proto::Tcp, Proto::Udp, Proto::Icmp].map(|proto| (ip, proto)))
     .collect();
-    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
-    if datapath == "ebpf" {
-        let stats = stats(&sb);
-        assert!(
-            stats["drop_unsolicited"]["packets"].as_u64().unwrap() >= 6,
-            "{stats}"
-        );
-    }
+    let before = sb.drop_counters();
+    let results = parallel(&targets, 9, |(ip, proto)| {
+        sb.forbidden(&sb.host_netns, &sb.outside_netns, *proto, *ip, 80)
+    });
+    let leaks: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+    let packets = results.iter().flatten().sum();
+    sb.assert_drops_since(&before, &[(Reason::Unsolicited, packets)]);
 }
 
 fn stats(sb: &Sandbox) -> serde_json::Value {
@@ -336,8 +423,7 @@ fn stats(sb: &Sandbox) -> serde_json::Value {
 
 /// Packet counters of the host's raw-table rules, as `(rule line, packets)`.
 fn raw_counters(sb: &Sandbox) -> Vec<(String, u64)> {
-    let out = sb.in_host(&["iptables-save", "-c", "-t", "raw"]);
-    text(&out)
+    sb.iptables_save_counters("raw")
         .lines()
         .filter_map(|l| {
             let (counters, rule) = l.strip_prefix('[')?.split_once("] ")?;
@@ -424,46 +510,46 @@ fn forged_source_addresses_and_macs_are_dropped_and_counted(datapath: &str) {
     ];
     let stats_before = (datapath == "ebpf").then(|| stats(&sb));
     let tool = nettool();
-    let received: Vec<String> = std::thread::scope(|scope| {
-        let listeners: Vec<_> = cases
-            .iter()
-            .map(|(_, _, _, _, dst, port, _)| {
-                let netns = if *dst == outside_ip {
-                    sb.outside_netns.clone()
-                } else {
-                    b_netns.clone()
-                };
-                let (sb, tool) = (&sb, &tool);
-                scope.spawn(move || {
-                    text(&sb.run_in(&netns, &[tool, "count", &port.to_string(), LISTEN_MS]))
-                })
-            })
-            .collect();
-        // Listeners bound; then every case sends from inside a.
-        sleep(Duration::from_millis(500));
-        for (what, src_mac, dst_mac, src, dst, port, _) in &cases {
-            let out = sb.run_in(
-                &a_netns,
-                &[
-                    &tool,
-                    "rawsend",
-                    "eth0",
-                    src_mac,
-                    dst_mac,
-                    src,
-                    dst,
-                    &port.to_string(),
-                    &FRAMES.to_string(),
-                ],
-            );
-            assert!(
-                out.status.success(),
-                "{what}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        listeners.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    // Every listener bound (it said so) before a sends anything.
+    let ports: Vec<String> = cases.iter().map(|c| c.5.to_string()).collect();
+    let starts: Vec<(&str, Vec<&str>)> = cases
+        .iter()
+        .zip(&ports)
+        .map(|((_, _, _, _, dst, _, _), port)| {
+            let netns = if *dst == outside_ip {
+                &sb.outside_netns
+            } else {
+                &b_netns
+            };
+            (
+                netns.as_str(),
+                vec![tool.as_str(), "count", port, LISTEN_MS],
+            )
+        })
+        .collect();
+    let listeners = sb.start_all_ready(&starts);
+    for (what, src_mac, dst_mac, src, dst, port, _) in &cases {
+        let out = sb.run_in(
+            &a_netns,
+            &[
+                &tool,
+                "rawsend",
+                "eth0",
+                src_mac,
+                dst_mac,
+                src,
+                dst,
+                &port.to_string(),
+                &FRAMES.to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let received: Vec<String> = listeners.into_iter().map(|l| l.finish()).collect();
     for ((what, _, _, src, dst, _, forged), got) in cases.iter().zip(&received) {
         let line = got.lines().last().unwrap_or_default();
         if *forged {
@@ -558,44 +644,45 @@ fn truncated_packets_stay_on_their_network(datapath: &str) {
         // Control: a whole datagram to the outside arrives (SNAT).
         (&a1_ns, &a1_mac, &gw_a, &a1_ip, &outside_ip, false),
     ];
-    let seen: Vec<String> = std::thread::scope(|scope| {
-        let sniffers: Vec<_> = [
-            (&a2_ns, "eth0"),
-            (&b1_ns, "eth0"),
-            (&sb.outside_netns, "wan0"),
-        ]
-        .into_iter()
-        .map(|(netns, iface)| {
-            let (sb, tool) = (&sb, &tool);
-            scope.spawn(move || text(&sb.run_in(netns, &[tool, "sniff", iface, LISTEN_MS])))
-        })
-        .collect();
-        sleep(Duration::from_millis(500));
-        for (netns, src_mac, dst_mac, src, dst, truncated) in &sends {
-            let count = FRAMES.to_string();
-            let mut argv = vec![
-                tool.as_str(),
-                "rawsend",
-                "eth0",
-                src_mac,
-                dst_mac,
-                src,
-                dst,
-                "9",
-                &count,
-            ];
-            if *truncated {
-                argv.push("--truncated");
-            }
-            let out = sb.run_in(netns, &argv);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    // Every sniffer bound (it said so) before anything is sent.
+    let starts: Vec<(&str, Vec<&str>)> = [
+        (&a2_ns, "eth0"),
+        (&b1_ns, "eth0"),
+        (&sb.outside_netns, "wan0"),
+    ]
+    .into_iter()
+    .map(|(netns, iface)| {
+        (
+            netns.as_str(),
+            vec![tool.as_str(), "sniff", iface, LISTEN_MS],
+        )
+    })
+    .collect();
+    let sniffers = sb.start_all_ready(&starts);
+    for (netns, src_mac, dst_mac, src, dst, truncated) in &sends {
+        let count = FRAMES.to_string();
+        let mut argv = vec![
+            tool.as_str(),
+            "rawsend",
+            "eth0",
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            "9",
+            &count,
+        ];
+        if *truncated {
+            argv.push("--truncated");
         }
-        sniffers.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+        let out = sb.run_in(netns, &argv);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let seen: Vec<String> = sniffers.into_iter().map(|s| s.finish()).collect();
     // Frames per source address, from each sniffer's last line.
     let from = |i: usize| -> Vec<(String, u64)> {
         let line = seen[i].lines().last().unwrap_or_default();

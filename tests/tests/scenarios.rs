@@ -4,7 +4,11 @@
 
 use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
 
-use netctl_tests::sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::sandbox::{
+    call_until_answer, nettool_bin,
+    probe::{Outcome, Proto, Reason},
+    Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
+};
 
 netctl_tests::on_both_datapaths!(
     ip_allocation_and_reach_by_ip_and_name,
@@ -154,8 +158,11 @@ fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
 }
 
 fn published_port_from_outside_keeps_the_source(datapath: &str) {
-    let sb = Sandbox::new(datapath);
+    let mut sb = Sandbox::new(datapath);
     front_with_web(&sb);
+    // web also listens on 81, published nowhere.
+    let web_netns = sb.netns_of("web");
+    sb.spawn_in(&web_netns, &[&nettool(), "serve", "tcp", "81"]);
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "8080"]));
     assert_eq!(
@@ -167,11 +174,23 @@ fn published_port_from_outside_keeps_the_source(datapath: &str) {
         sb.netctl_ok(&["port", "web"]).trim(),
         "80/tcp -> 0.0.0.0:8080"
     );
-    // Unpublished ports are not reachable.
-    assert!(!sb
-        .outside(&[&nettool(), "call", "tcp", &host, "8081"])
-        .status
-        .success());
+    // An unpublished port is not reachable: web answers on 81 (from a),
+    // the outside asking the host for it gets the host's own refusal (not
+    // translated: web would have answered), and asking web's address
+    // directly is dropped and counted.
+    let web = sb.ip_of("web", "front");
+    let a_netns = sb.netns_of("a");
+    sb.answers(&a_netns, Proto::Tcp, web, 81)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = &sb.outside_netns;
+    let refused = sb.probe(out, Proto::Tcp, HOST_UPLINK_IP, 8081, 3000);
+    assert_eq!(refused.outcome, Outcome::Refused, "host:8081: {refused:?}");
+    sb.run_in_ok(out, &["ip", "route", "add", "172.18.0.0/16", "via", &host]);
+    let before = sb.drop_counters();
+    let packets = sb
+        .forbidden(&a_netns, out, Proto::Tcp, web, 81)
+        .unwrap_or_else(|e| panic!("{e}"));
+    sb.assert_drops_since(&before, &[(Reason::Unsolicited, packets)]);
     if datapath == "ebpf" {
         assert_no_rules(&sb);
         // The flow is in the eBPF conntrack table, both directions, and counted.
@@ -203,8 +222,7 @@ fn assert_no_rules(sb: &Sandbox) {
         !rules.lines().any(|l| l.starts_with("-A")),
         "rules in ebpf mode:\n{rules}"
     );
-    let nft = sb.in_host(&["nft", "list", "ruleset"]);
-    let nft = String::from_utf8_lossy(&nft.stdout);
+    let nft = sb.nft_ruleset();
     assert!(
         nft.trim().is_empty(),
         "nftables ruleset in ebpf mode:\n{nft}"
@@ -336,11 +354,16 @@ fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
         ])
     });
     assert!(reply.starts_with("peer="), "{reply}");
-    let host = HOST_UPLINK_IP.to_string();
-    assert!(!sb
-        .outside(&[&nettool(), "call", "tcp", &host, "8181"])
-        .status
-        .success());
+    // The outside asking for 8181 gets the host's own refusal: nothing
+    // translated it to local (which listens), nothing counted as DNAT.
+    let dnat_before = sb.dnat_packets();
+    let probe = sb.probe(&sb.outside_netns, Proto::Tcp, HOST_UPLINK_IP, 8181, 3000);
+    assert_eq!(probe.outcome, Outcome::Refused, "{probe:?}");
+    assert_eq!(
+        sb.dnat_packets(),
+        dnat_before,
+        "8181 from outside was translated"
+    );
 }
 
 fn hairpin_from_a_container_to_a_published_port(datapath: &str) {
@@ -363,8 +386,17 @@ fn networks_are_isolated_until_connected(datapath: &str) {
     sb.network("blue", &["--subnet", "172.21.0.0/24"]);
     sb.netctl_ok(&["container", "run", "r", "--network", "red"]);
     sb.netctl_ok(&["container", "run", "b", "--network", "blue"]);
-    assert!(!pings(&sb, "r", "172.21.0.2"), "red cannot reach blue");
-    assert!(!pings(&sb, "b", "172.20.0.2"), "blue cannot reach red");
+    // Each answers the host (the control), and the other network's pings
+    // are dropped and counted.
+    let (r_netns, b_netns) = (sb.netns_of("r"), sb.netns_of("b"));
+    let before = sb.drop_counters();
+    let mut packets = 0;
+    for (from, to) in [(&r_netns, "172.21.0.2"), (&b_netns, "172.20.0.2")] {
+        packets += sb
+            .forbidden(&sb.host_netns, from, Proto::Icmp, to.parse().unwrap(), 0)
+            .unwrap_or_else(|e| panic!("the other network: {e}"));
+    }
+    sb.assert_drops_since(&before, &[(Reason::Isolated, packets)]);
     assert!(!pings(&sb, "r", "b"), "no name across networks");
 
     sb.netctl_ok(&["network", "connect", "red", "b"]);
@@ -399,18 +431,36 @@ fn internal_network_has_no_way_out(datapath: &str) {
     sb.netctl_ok(&["container", "run", "f", "--network", "front"]);
     let outside = sb.outside_netns.clone();
     sb.spawn_in(&outside, &[&nettool(), "serve", "tcp", "9000"]);
+    sb.spawn_in(&outside, &[&nettool(), "serve", "udp", "9000"]);
     assert!(pings(&sb, "x", "y"), "peers on an internal network talk");
-    assert!(!pings(&sb, "x", &OUTSIDE_IP.to_string()), "no way out");
-    assert!(!sb
-        .exec(
-            "x",
-            &[&nettool(), "call", "tcp", &OUTSIDE_IP.to_string(), "9000"]
-        )
-        .status
-        .success());
+    let [x, y, f] = ["x", "y", "f"].map(|c| sb.netns_of(c));
+    // No route out is given...
+    let probe = sb.probe(&x, Proto::Tcp, OUTSIDE_IP, 9000, 1000);
     assert!(
-        !pings(&sb, "f", "172.22.0.2"),
-        "no way in from another network"
+        matches!(probe.outcome, Outcome::Unreachable(_)) && probe.packets == 0,
+        "no route out: {probe:?}"
+    );
+    // ...and one x adds itself (it is root in there) gets it nowhere: the
+    // outside server answers f (the control), the datapath drops x's
+    // packets and counts them.
+    sb.run_in_ok(&x, &["ip", "route", "add", "default", "via", "172.22.0.1"]);
+    let before = sb.drop_counters();
+    let mut out_packets = 0;
+    for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+        out_packets += sb
+            .forbidden(&f, &x, proto, OUTSIDE_IP, 9000)
+            .unwrap_or_else(|e| panic!("no way out: {e}"));
+    }
+    // No way in from another network either (y reaches x just before).
+    let in_packets = sb
+        .forbidden(&y, &f, Proto::Icmp, "172.22.0.2".parse().unwrap(), 0)
+        .unwrap_or_else(|e| panic!("no way in: {e}"));
+    sb.assert_drops_since(
+        &before,
+        &[
+            (Reason::Internal, out_packets),
+            (Reason::Isolated, in_packets),
+        ],
     );
     let (code, err) = sb.netctl_err(&[
         "container",

@@ -40,6 +40,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("netavark", "netavark peer in benchmarks"),
     ("conntrack", "inspecting the kernel's conntrack"),
     ("bpftool", "inspecting BPF programs and maps"),
+    (
+        "ethtool",
+        "turning checksum offloads off where the checksum tests capture",
+    ),
     ("procps", "sysctl, ps"),
 ];
 

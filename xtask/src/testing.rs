@@ -59,8 +59,7 @@ pub fn test(stress: bool) -> Result<()> {
         step(&format!(
             "tests, round {round}/{rounds} (as root: they create namespaces)"
         ));
-        let mut cmd = cargo();
-        cmd.args(["test", "--workspace", "--exclude", EBPF_CRATE]);
+        let mut cmd = cargo_test();
         if stress {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             cmd.args([
@@ -91,10 +90,9 @@ pub fn test(stress: bool) -> Result<()> {
     if stress {
         let started = Instant::now();
         step("stress tests (the #[ignore]d ones, once; they take minutes)");
-        let mut cmd = cargo();
+        let mut cmd = cargo_test();
         // One at a time: each makes 1,000 namespaces on its own.
-        cmd.args(["test", "--workspace", "--exclude", EBPF_CRATE])
-            .args(["--", "--ignored", "--test-threads=1"]);
+        cmd.args(["--", "--ignored", "--test-threads=1"]);
         let (result, totals) = run_tests(&mut cmd);
         println!("stress tests took {:.1} s", started.elapsed().as_secs_f64());
         println!(
@@ -113,6 +111,20 @@ pub fn test(stress: bool) -> Result<()> {
     }
     println!("\nall checks passed");
     Ok(())
+}
+
+/// `cargo test` of the workspace (the eBPF crate aside). Every test binary
+/// runs: a failure in one does not hide the others'.
+fn cargo_test() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+    ]);
+    cmd
 }
 
 /// The outcome of a test run and the leak check after it.

@@ -1,7 +1,9 @@
 //! Traffic tool for tests, the demo and benchmarks. Talks only to the
 //! addresses it is given (sandbox addresses) and every loop is bounded.
 //!
-//!   nettool serve tcp|udp PORT [--count N]   answer each client with "peer=IP:PORT"
+//!   nettool serve tcp|udp [IP:]PORT [--count N]
+//!                                            answer each client with "peer=IP:PORT" (a UDP
+//!                                            server bound to IP answers from IP)
 //!   nettool call tcp|udp HOST PORT [--timeout-ms N]
 //!                                            print the server's answer (3 s timeout)
 //!   nettool sink PORT [--count N]            count each TCP client's bytes, answer "received=N"
@@ -22,7 +24,17 @@
 //!                                            4 bytes into the UDP header
 //!   nettool sniff IFACE MILLIS               count the IPv4 frames IFACE receives for
 //!                                            MILLIS ms, per source: `from=IP:N,...`
+//!   nettool sniff IFACE --checksums          verify the IPv4 and L4 checksums of every
+//!                                            frame IFACE receives until stdin closes
+//!                                            (checksums.rs)
+//!   nettool bulk HOST PORT BYTES             send BYTES in one write to `sink` (GSO-sized
+//!                                            segments)
+//!   nettool probe tcp|udp|icmp HOST PORT [--timeout-ms N]
+//!                                            one attempt: answered, refused, unreachable
+//!                                            or timeout, and the packets sent (probe.rs)
 //!
+//! `count` and both `sniff`s print `listening on ...` once their socket is
+//! bound: a test starts sending after that line.
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
@@ -32,6 +44,12 @@ use std::{
     process::ExitCode,
     time::Duration,
 };
+
+// Kept beside this file, not as binaries of their own.
+#[path = "nettool/checksums.rs"]
+mod checksums;
+#[path = "nettool/probe.rs"]
+mod probe;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// A server answers at most this many clients unless told otherwise.
@@ -60,7 +78,10 @@ fn main() -> ExitCode {
         ["rawsend", iface, src_mac, dst_mac, src_ip, dst_ip, port, count, "--truncated"] => {
             raw_send(iface, [src_mac, dst_mac, src_ip, dst_ip, port, count], true)
         }
+        ["sniff", iface, "--checksums"] => checksums::sniff_checksums(iface),
         ["sniff", iface, millis] => sniff(iface, millis),
+        ["bulk", host, port, bytes] => checksums::bulk(host, port, bytes),
+        ["probe", proto, host, port, rest @ ..] => probe::probe(proto, host, port, rest),
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
@@ -68,10 +89,11 @@ fn main() -> ExitCode {
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
         ["udpsink", port] => udp_sink(port),
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
-        _ => Err("usage: nettool serve tcp|udp PORT [--count N] \
+        _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
-                  | sniff IFACE MILLIS \
+                  | sniff IFACE MILLIS | sniff IFACE --checksums | bulk HOST PORT BYTES \
+                  | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS"
@@ -96,9 +118,12 @@ fn parse_count(rest: &[&str]) -> Result<u64, String> {
 
 fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
     let count = parse_count(rest)?;
-    let addr: SocketAddr = format!("0.0.0.0:{port}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let addr = if port.contains(':') {
+        port.to_owned()
+    } else {
+        format!("0.0.0.0:{port}")
+    };
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     match proto {
         "tcp" => {
             let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
@@ -560,15 +585,10 @@ fn packet_socket(protocol: u16) -> Result<std::os::fd::OwnedFd, String> {
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-/// Counts the IPv4 frames IFACE receives (whatever their L4 header, whole
-/// or not) for MILLIS ms, per source address.
-fn sniff(iface: &str, millis: &str) -> Result<(), String> {
+/// Binds a packet socket to the IPv4 frames of `iface`.
+fn bind_to_interface(socket: &std::os::fd::OwnedFd, iface: &str) -> Result<(), String> {
     use std::os::fd::AsRawFd as _;
-    let millis: u64 = millis
-        .parse()
-        .map_err(|_| format!("bad milliseconds {millis}"))?;
     let ifindex = if_index(iface)?;
-    let socket = packet_socket((libc::ETH_P_IP as u16).to_be())?;
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -588,6 +608,19 @@ fn sniff(iface: &str, millis: &str) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    Ok(())
+}
+
+/// Counts the IPv4 frames IFACE receives (whatever their L4 header, whole
+/// or not) for MILLIS ms, per source address.
+fn sniff(iface: &str, millis: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let millis: u64 = millis
+        .parse()
+        .map_err(|_| format!("bad milliseconds {millis}"))?;
+    // Protocol 0 until bound: no frame of another interface gets queued.
+    let socket = packet_socket(0)?;
+    bind_to_interface(&socket, iface)?;
     let timeout = libc::timeval {
         tv_sec: 0,
         tv_usec: 100_000,
