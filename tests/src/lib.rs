@@ -2,6 +2,7 @@
 //! scenario against, and the harness that runs the TC programs through
 //! BPF_PROG_TEST_RUN (`tc`) on frames built by `frames`.
 
+pub mod cni;
 pub mod frames;
 pub mod sandbox;
 pub mod tc;
