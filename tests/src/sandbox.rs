@@ -249,6 +249,35 @@ impl Sandbox {
         self.netctl(&args)
     }
 
+    /// Whether one ping from container `from` to `to` is answered.
+    pub fn pings(&self, from: &str, to: &str) -> bool {
+        self.exec(from, &["ping", "-c1", "-W1", to])
+            .status
+            .success()
+    }
+
+    /// A network `front` (172.18.0.0/16) with containers `web` (serving
+    /// tcp/80 with `nettool serve`, published on 8080) and `a`.
+    pub fn front_with_web(&self) {
+        self.network("front", &["--subnet", "172.18.0.0/16"]);
+        let tool = nettool_bin().display().to_string();
+        self.netctl_ok(&[
+            "container",
+            "run",
+            "web",
+            "--network",
+            "front",
+            "-p",
+            "8080:80",
+            "--",
+            &tool,
+            "serve",
+            "tcp",
+            "80",
+        ]);
+        self.netctl_ok(&["container", "run", "a", "--network", "front"]);
+    }
+
     /// Runs a command in a namespace of the sandbox (setns in a thread of
     /// its own; the child inherits it).
     pub fn run_in(&self, netns_name: &str, argv: &[&str]) -> Output {

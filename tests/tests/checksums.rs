@@ -16,15 +16,12 @@
 
 use std::collections::BTreeMap;
 
-use netctl_tests::sandbox::{nettool_bin, probe::Proto, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::output::nettool;
+use netctl_tests::sandbox::{probe::Proto, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
 netctl_tests::on_both_datapaths!(translated_frames_carry_right_checksums);
 
 const STREAM_BYTES: &str = "1000000";
-
-fn nettool() -> String {
-    nettool_bin().display().to_string()
-}
 
 /// What a flow sends.
 enum Send {

@@ -7,13 +7,14 @@
 use std::{
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
 use netctl::netns;
+use netctl_tests::output::{nettool, peer_ip, text};
 use netctl_tests::{
     cni::*,
-    sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP},
+    sandbox::{call_until_answer, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP},
 };
 use serde_json::{json, Value};
 
@@ -28,23 +29,6 @@ netctl_tests::on_both_datapaths!(
     delegated_host_local_ipam,
     netns_given_as_a_proc_path,
 );
-
-fn nettool() -> String {
-    nettool_bin().display().to_string()
-}
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn peer_ip(reply: &str) -> Ipv4Addr {
-    reply
-        .trim()
-        .strip_prefix("peer=")
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(ip, _)| ip.parse().ok())
-        .unwrap_or_else(|| panic!("reply {reply:?}"))
-}
 
 // ------------------------------------------------------------------ scenarios
 

@@ -3,19 +3,16 @@
 //! cannot easily make any other drop happen.
 
 use std::{
-    process::{Output, Stdio},
+    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
 
+use netctl_tests::output::text;
 use netctl_tests::{privileged, sandbox::Sandbox};
 
 const DROP_LINE: &str =
     "drop program=endpoint_ingress reason=13 (drop_isolated) src=172.20.0.2 dst=172.21.0.2";
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn drop_isolated(sb: &Sandbox) -> u64 {
     let stats: serde_json::Value =

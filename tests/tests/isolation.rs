@@ -10,8 +10,8 @@
 
 use std::net::Ipv4Addr;
 
+use netctl_tests::output::{nettool, text};
 use netctl_tests::sandbox::{
-    nettool_bin,
     probe::{Outcome, Proto, Reason},
     Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
 };
@@ -22,14 +22,6 @@ netctl_tests::on_both_datapaths!(
     forged_source_addresses_and_macs_are_dropped_and_counted,
     truncated_packets_stay_on_their_network,
 );
-
-fn nettool() -> String {
-    nettool_bin().display().to_string()
-}
-
-fn text(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs `f` on every item, at most `width` at a time; results in order.
 fn parallel<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {

@@ -11,26 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netctl_tests::output::{nettool, peer_ip, text};
 use netctl_tests::privileged;
-use netctl_tests::sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn nettool() -> String {
-    nettool_bin().display().to_string()
-}
-
-/// Address a `nettool serve` reply names as the peer.
-fn peer_ip(reply: &str) -> Ipv4Addr {
-    reply
-        .trim()
-        .strip_prefix("peer=")
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(ip, _)| ip.parse().ok())
-        .unwrap_or_else(|| panic!("reply {reply:?}"))
-}
+use netctl_tests::sandbox::{call_until_answer, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
 fn json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--format", "json"];

@@ -2,10 +2,11 @@
 //! datapath (`iptables::*`, `ebpf::*`). Each test builds its own sandbox,
 //! removed even when the test fails.
 
-use std::{net::Ipv4Addr, process::Output, thread::sleep, time::Duration};
+use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
+use netctl_tests::output::{nettool, peer_ip, text};
 use netctl_tests::sandbox::{
-    call_until_answer, nettool_bin,
+    call_until_answer,
     probe::{Outcome, Proto, Reason},
     Sandbox, HOST_UPLINK_IP, OUTSIDE_IP,
 };
@@ -21,57 +22,8 @@ netctl_tests::on_both_datapaths!(
     internal_network_has_no_way_out,
     host_none_and_container_modes,
     default_bridge_network_has_no_names,
-    network_lifecycle,
-    rm_and_down_remove_exactly_what_was_added,
-    bad_input_changes_nothing,
     streams_survive_netctl_killed_mid_command,
-    global_options_state_dir_and_uplink,
 );
-
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn nettool() -> String {
-    nettool_bin().display().to_string()
-}
-
-/// Peer address a `nettool serve` reported.
-fn peer_ip(reply: &str) -> Ipv4Addr {
-    let addr = reply
-        .trim()
-        .strip_prefix("peer=")
-        .unwrap_or_else(|| panic!("reply {reply:?}"));
-    addr.rsplit_once(':')
-        .and_then(|(ip, _)| ip.parse().ok())
-        .unwrap_or_else(|| panic!("reply {reply:?}"))
-}
-
-fn pings(sb: &Sandbox, from: &str, to: &str) -> bool {
-    sb.exec(from, &["ping", "-c1", "-W1", to]).status.success()
-}
-
-/// A network `front` with containers `web` (serving tcp/80, published on
-/// 8080) and `a`.
-fn front_with_web(sb: &Sandbox) {
-    sb.network("front", &["--subnet", "172.18.0.0/16"]);
-    let tool = nettool();
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        "web",
-        "--network",
-        "front",
-        "-p",
-        "8080:80",
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "80",
-    ]);
-    sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
-}
 
 fn ip_allocation_and_reach_by_ip_and_name(datapath: &str) {
     let sb = Sandbox::new(datapath);
@@ -98,18 +50,18 @@ fn ip_allocation_and_reach_by_ip_and_name(datapath: &str) {
     sb.netctl_ok(&["container", "run", "e", "--network", "front"]);
     assert_eq!(sb.ip_of("e", "front"), Ipv4Addr::new(172, 18, 0, 3));
 
-    assert!(pings(&sb, "a", "172.18.0.4"), "a reaches c by IP");
+    assert!(sb.pings("a", "172.18.0.4"), "a reaches c by IP");
     assert!(
-        pings(&sb, "a", "c"),
+        sb.pings("a", "c"),
         "a reaches c by name through netctl exec"
     );
-    assert!(pings(&sb, "c", "e"), "names follow run and rm");
+    assert!(sb.pings("c", "e"), "names follow run and rm");
     assert!(
-        !pings(&sb, "a", "b"),
+        !sb.pings("a", "b"),
         "b was removed: its name no longer resolves"
     );
     // The gateway (the bridge address) answers too.
-    assert!(pings(&sb, "a", "172.18.0.1"));
+    assert!(sb.pings("a", "172.18.0.1"));
     // Names also resolve under `ip netns exec`, which binds /etc/netns/NS/hosts.
     let netns = sb.inspect("a")["netns"].as_str().unwrap().to_owned();
     let out = std::process::Command::new("ip")
@@ -143,7 +95,7 @@ fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
         HOST_UPLINK_IP,
         "UDP leaves with the uplink address"
     );
-    assert!(pings(&sb, "a", &server), "ICMP echo through SNAT");
+    assert!(sb.pings("a", &server), "ICMP echo through SNAT");
     if datapath == "ebpf" {
         assert_no_rules(&sb);
         let flows = sb.netctl_ok(&["conntrack", "ls"]);
@@ -159,7 +111,7 @@ fn egress_is_snatted_to_the_uplink_address(datapath: &str) {
 
 fn published_port_from_outside_keeps_the_source(datapath: &str) {
     let mut sb = Sandbox::new(datapath);
-    front_with_web(&sb);
+    sb.front_with_web();
     // web also listens on 81, published nowhere.
     let web_netns = sb.netns_of("web");
     sb.spawn_in(&web_netns, &[&nettool(), "serve", "tcp", "81"]);
@@ -306,7 +258,7 @@ fn published_udp_port_and_ranges(datapath: &str) {
 
 fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
     let sb = Sandbox::new(datapath);
-    front_with_web(&sb);
+    sb.front_with_web();
     for target in [HOST_UPLINK_IP.to_string(), "127.0.0.1".to_string()] {
         let reply = call_until_answer(|| {
             sb.netctl(&[
@@ -368,7 +320,7 @@ fn host_reaches_published_ports_on_its_address_and_loopback(datapath: &str) {
 
 fn hairpin_from_a_container_to_a_published_port(datapath: &str) {
     let sb = Sandbox::new(datapath);
-    front_with_web(&sb);
+    sb.front_with_web();
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.exec("a", &[&nettool(), "call", "tcp", &host, "8080"]));
     assert!(
@@ -397,22 +349,19 @@ fn networks_are_isolated_until_connected(datapath: &str) {
             .unwrap_or_else(|e| panic!("the other network: {e}"));
     }
     sb.assert_drops_since(&before, &[(Reason::Isolated, packets)]);
-    assert!(!pings(&sb, "r", "b"), "no name across networks");
+    assert!(!sb.pings("r", "b"), "no name across networks");
 
     sb.netctl_ok(&["network", "connect", "red", "b"]);
     let b_red = sb.ip_of("b", "red");
     assert_eq!(b_red, Ipv4Addr::new(172, 20, 0, 3));
     assert_eq!(sb.inspect("b")["endpoints"][1]["ifname"], "eth1");
-    assert!(
-        pings(&sb, "r", "b"),
-        "connected: r reaches b by name on red"
-    );
-    assert!(pings(&sb, "b", "172.20.0.2"));
+    assert!(sb.pings("r", "b"), "connected: r reaches b by name on red");
+    assert!(sb.pings("b", "172.20.0.2"));
 
     sb.netctl_ok(&["network", "disconnect", "red", "b"]);
-    assert!(!pings(&sb, "r", "b"), "disconnected: the name is gone");
-    assert!(!pings(&sb, "r", &b_red.to_string()));
-    assert!(pings(&sb, "b", "172.21.0.1"), "b still on blue");
+    assert!(!sb.pings("r", "b"), "disconnected: the name is gone");
+    assert!(!sb.pings("r", &b_red.to_string()));
+    assert!(sb.pings("b", "172.21.0.1"), "b still on blue");
     // Its default route came back through blue.
     let out = sb.exec("b", &["ip", "route", "show", "default"]);
     assert!(
@@ -432,7 +381,7 @@ fn internal_network_has_no_way_out(datapath: &str) {
     let outside = sb.outside_netns.clone();
     sb.spawn_in(&outside, &[&nettool(), "serve", "tcp", "9000"]);
     sb.spawn_in(&outside, &[&nettool(), "serve", "udp", "9000"]);
-    assert!(pings(&sb, "x", "y"), "peers on an internal network talk");
+    assert!(sb.pings("x", "y"), "peers on an internal network talk");
     let [x, y, f] = ["x", "y", "f"].map(|c| sb.netns_of(c));
     // No route out is given...
     let probe = sb.probe(&x, Proto::Tcp, OUTSIDE_IP, 9000, 1000);
@@ -477,7 +426,7 @@ fn internal_network_has_no_way_out(datapath: &str) {
 
 fn host_none_and_container_modes(datapath: &str) {
     let sb = Sandbox::new(datapath);
-    front_with_web(&sb);
+    sb.front_with_web();
     // host: the host's own namespace, uplink included.
     sb.netctl_ok(&["container", "run", "h", "--network", "host"]);
     let links = text(&sb.exec("h", &["ip", "-o", "link", "show"]));
@@ -518,370 +467,14 @@ fn default_bridge_network_has_no_names(datapath: &str) {
         sb.host_links().contains(&"netctl0".to_string()),
         "Docker's docker0, ours netctl0"
     );
+    assert!(sb.pings("a", "172.17.0.3"), "by IP on the default network");
     assert!(
-        pings(&sb, "a", "172.17.0.3"),
-        "by IP on the default network"
-    );
-    assert!(
-        !pings(&sb, "a", "b"),
+        !sb.pings("a", "b"),
         "no name resolution on the default network, as in Docker"
     );
     let (code, err) = sb.netctl_err(&["network", "rm", "bridge"]);
     assert_eq!(code, 1);
     assert!(err.starts_with("netctl: network bridge:"), "{err}");
-}
-
-fn network_lifecycle(datapath: &str) {
-    let sb = Sandbox::new(datapath);
-    sb.network(
-        "front",
-        &["--subnet", "172.18.0.0/16", "--gateway", "172.18.0.254"],
-    );
-    sb.network("back", &[]);
-    sb.network("spare", &[]);
-    let ls: serde_json::Value =
-        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "network", "ls"])).unwrap();
-    let names: Vec<&str> = ls
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["back", "front", "spare"]);
-    let table = sb.netctl_ok(&["network", "ls"]);
-    assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("172.18.0.254"), "{table}");
-    // Automatic subnets come from Docker's pools, skipping used ones.
-    let back: serde_json::Value =
-        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "back"])).unwrap();
-    assert_eq!(back[0]["subnet"], "172.17.0.0/16");
-    assert_eq!(back[0]["datapath"], datapath);
-    sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
-    assert_eq!(
-        sb.ip_of("a", "front"),
-        Ipv4Addr::new(172, 18, 0, 1),
-        "the gateway is .254, so .1 is free"
-    );
-    assert!(pings(&sb, "a", "172.18.0.254"));
-    // The bridge keeps its gateway's MAC while ports come and go, so the
-    // containers' ARP entries for the gateway never go stale.
-    sb.netctl_ok(&["container", "run", "b", "--network", "front"]);
-    sb.netctl_ok(&["container", "rm", "b"]);
-    let link = text(&sb.in_host(&["ip", "-br", "link", "show", "nc-front"]));
-    assert!(link.contains("02:42:ac:12:00:fe"), "{link}");
-    let inspect: serde_json::Value =
-        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", "front"])).unwrap();
-    assert_eq!(inspect[0]["containers"][0], "a");
-
-    let (code, err) = sb.netctl_err(&["network", "rm", "front"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("active endpoints: a"), "{err}");
-    assert_eq!(
-        sb.netctl_ok(&["network", "prune"])
-            .lines()
-            .collect::<Vec<_>>(),
-        ["back", "spare"]
-    );
-    assert!(!sb.host_links().contains(&"nc-back".to_string()));
-    sb.netctl_ok(&["container", "rm", "a"]);
-    sb.netctl_ok(&["network", "rm", "front"]);
-    assert!(
-        !sb.host_links().iter().any(|l| l.starts_with("nc-")),
-        "{:?}",
-        sb.host_links()
-    );
-}
-
-fn rm_and_down_remove_exactly_what_was_added(datapath: &str) {
-    let sb = Sandbox::new(datapath);
-    let links_before = sb.host_links();
-    let rules_before = sb.iptables_save();
-    front_with_web(&sb);
-    sb.netctl_ok(&["container", "run", "n", "--network", "none"]);
-    assert_eq!(
-        sb.namespaces().len(),
-        5,
-        "host, outside, web, a, n: {:?}",
-        sb.namespaces()
-    );
-    let web_veth = sb.inspect("web")["endpoints"][0]["host_veth"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(sb.host_links().contains(&web_veth));
-    if datapath == "iptables" {
-        assert!(sb
-            .iptables_save()
-            .contains("--to-destination 172.18.0.2:80"));
-    }
-    sb.netctl_ok(&["container", "rm", "web"]);
-    assert!(
-        !sb.host_links().contains(&web_veth),
-        "veth removed with its container"
-    );
-    assert!(
-        !sb.iptables_save().contains("--dport 8080"),
-        "its published port is gone"
-    );
-    assert_eq!(sb.namespaces().len(), 4);
-    sb.netctl_ok(&["down"]);
-    assert_eq!(
-        sb.host_links(),
-        links_before,
-        "down leaves the host's links as they were"
-    );
-    let rules_after = sb.iptables_save();
-    assert!(
-        !rules_after.contains("NETCTL"),
-        "no NETCTL rule or chain left:\n{rules_after}"
-    );
-    let strip = |s: &str| {
-        s.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    if datapath == "iptables" {
-        // Built-in chains exist now (the nat/filter tables were touched) but hold nothing of ours.
-        assert!(strip(&rules_after)
-            .iter()
-            .all(|l| l.starts_with('*') || l.starts_with(':') || l == "COMMIT"));
-    } else {
-        assert_eq!(strip(&rules_after), strip(&rules_before));
-    }
-    assert_eq!(
-        sb.namespaces().len(),
-        2,
-        "only the sandbox's own namespaces remain"
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "container", "ls"])).unwrap();
-    assert_eq!(state, serde_json::json!([]));
-}
-
-/// Everything observable about the host, to prove an error changed nothing.
-fn snapshot(sb: &Sandbox) -> (String, String, Vec<String>, String, Vec<String>) {
-    (
-        sb.netctl_ok(&["--format", "json", "network", "ls"]),
-        sb.netctl_ok(&["--format", "json", "container", "ls"]),
-        sb.host_links(),
-        sb.iptables_save()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        sb.namespaces(),
-    )
-}
-
-fn bad_input_changes_nothing(datapath: &str) {
-    let sb = Sandbox::new(datapath);
-    front_with_web(&sb);
-    sb.network("vault", &["--subnet", "172.22.0.0/24", "--internal"]);
-    let other = if datapath == "iptables" {
-        "ebpf"
-    } else {
-        "iptables"
-    };
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &["network", "create", "n1", "--subnet", "10.0.0.0/33"],
-            "subnet",
-        ),
-        (&["network", "create", "n1", "--subnet", "banana"], "banana"),
-        (
-            &["network", "create", "n1", "--subnet", "10.9.0.1/16"],
-            "10.9.0.0/16",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "n1",
-                "--subnet",
-                "10.9.0.0/16",
-                "--gateway",
-                "10.8.0.1",
-            ],
-            "10.8.0.1",
-        ),
-        (
-            &["network", "create", "n1", "--subnet", "172.18.5.0/24"],
-            "front",
-        ),
-        (
-            &["network", "create", "front", "--subnet", "10.9.0.0/16"],
-            "already exists",
-        ),
-        (
-            &["network", "create", "averyveryverylongname"],
-            "interface name",
-        ),
-        (&["network", "create", "bad name"], "invalid name"),
-        (
-            &["network", "create", "n1", "--datapath", other],
-            "datapath",
-        ),
-        (&["network", "rm", "nosuch"], "network nosuch: not found"),
-        (&["network", "rm", "front"], "active endpoints"),
-        (&["network", "connect", "nosuch", "a"], "nosuch"),
-        (&["network", "connect", "front", "nosuch"], "nosuch"),
-        (&["network", "connect", "front", "a"], "already connected"),
-        (
-            &["container", "run", "a", "--network", "front"],
-            "already exists",
-        ),
-        (
-            &["container", "run", "b", "--network", "nosuch"],
-            "network nosuch: not found",
-        ),
-        (
-            &["container", "run", "b", "--network", "front", "-p", "0:80"],
-            "0",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "-p",
-                "70000:80",
-            ],
-            "70000",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "-p",
-                "8080:80",
-            ],
-            "8080",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "-p",
-                "9000-9002:80-81",
-            ],
-            "9000-9002",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "--ip",
-                "10.1.1.1",
-            ],
-            "10.1.1.1",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "--ip",
-                "172.18.0.2",
-            ],
-            "172.18.0.2",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "front",
-                "--ip",
-                "172.18.0.1",
-            ],
-            "172.18.0.1",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "vault",
-                "-p",
-                "8081:80",
-            ],
-            "internal",
-        ),
-        (
-            &[
-                "container",
-                "run",
-                "b",
-                "--network",
-                "host",
-                "-p",
-                "8081:80",
-            ],
-            "host",
-        ),
-        (
-            &["container", "run", "b", "--network", "container:nosuch"],
-            "nosuch",
-        ),
-        (
-            &["container", "run", "b/c", "--network", "front"],
-            "invalid name",
-        ),
-        (
-            &["container", "rm", "nosuch"],
-            "container nosuch: not found",
-        ),
-        (
-            &["container", "inspect", "nosuch"],
-            "container nosuch: not found",
-        ),
-        (&["port", "nosuch"], "nosuch"),
-        (&["exec", "nosuch", "--", "true"], "nosuch"),
-    ];
-    let before = snapshot(&sb);
-    for (args, needle) in cases {
-        let (code, err) = sb.netctl_err(args);
-        assert_eq!(
-            code,
-            1,
-            "netctl {}: exit code {code}, {err}",
-            args.join(" ")
-        );
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "netctl {}: one line, got {err}",
-            args.join(" ")
-        );
-        assert!(err.starts_with("netctl: "), "{err}");
-        assert!(
-            err.contains(needle),
-            "netctl {}: {err:?} should mention {needle:?}",
-            args.join(" ")
-        );
-        assert_eq!(
-            snapshot(&sb),
-            before,
-            "netctl {} changed the host",
-            args.join(" ")
-        );
-    }
 }
 
 /// The datapath lives in the kernel, not in netctl: TCP streams through a
@@ -962,59 +555,4 @@ fn streams_survive_netctl_killed_mid_command(datapath: &str) {
             "{what}: every byte arrived ({report})"
         );
     }
-}
-
-/// `--state-dir` keeps the state where it is told, `--uplink` names the
-/// uplink (and a wrong one is refused with nothing changed).
-fn global_options_state_dir_and_uplink(datapath: &str) {
-    let sb = Sandbox::new(datapath);
-    let dir = format!("/run/netctl/{}-custom", sb.prefix);
-    let (code, err) = sb.netctl_err(&[
-        "--uplink",
-        "nosuch0",
-        "network",
-        "create",
-        "front",
-        "--datapath",
-        datapath,
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("uplink nosuch0"), "{err}");
-    assert!(
-        sb.host_links().iter().all(|l| !l.starts_with("nc-")),
-        "nothing created"
-    );
-
-    sb.netctl_ok(&[
-        "--state-dir",
-        &dir,
-        "--uplink",
-        "uplink0",
-        "network",
-        "create",
-        "front",
-        "--datapath",
-        datapath,
-    ]);
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/state.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["networks"]["front"]["subnet"], "172.17.0.0/16");
-    let mode = std::fs::metadata(format!("{dir}/state.json")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o600
-    );
-    // The default state dir of this host knows nothing of it.
-    assert_eq!(
-        sb.netctl_ok(&["--format", "json", "network", "ls"]).trim(),
-        "[]"
-    );
-    let ls = sb.netctl_ok(&["--state-dir", &dir, "--format", "json", "network", "ls"]);
-    assert!(ls.contains("\"front\""), "{ls}");
-    sb.netctl_ok(&["--state-dir", &dir, "down"]);
-    assert!(
-        !std::path::Path::new(&dir).exists(),
-        "down removes its state dir"
-    );
 }

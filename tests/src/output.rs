@@ -1,0 +1,26 @@
+//! Reading what the tools print: a command's stdout as text, the peer
+//! address `nettool serve` answers with, and nettool's path as an argument.
+
+use std::{net::Ipv4Addr, process::Output};
+
+use crate::sandbox::nettool_bin;
+
+/// A command's stdout, as text.
+pub fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// nettool's path, as a command-line word.
+pub fn nettool() -> String {
+    nettool_bin().display().to_string()
+}
+
+/// The client address a `nettool serve` answer (`peer=IP:PORT`) reports.
+pub fn peer_ip(reply: &str) -> Ipv4Addr {
+    reply
+        .trim()
+        .strip_prefix("peer=")
+        .and_then(|addr| addr.rsplit_once(':'))
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("not a peer=IP:PORT reply: {reply:?}"))
+}
