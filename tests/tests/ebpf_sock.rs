@@ -12,9 +12,8 @@
 //! answer "peer=CLIENT via=LISTENER". 10.98.0.1/32 on lo plays the host's
 //! uplink address. Nothing listens on 8080 or 5353, so a client reaching a
 //! listener through them proves the rewrite. Clients are child processes that
-//! move themselves into the cgroup before exec: `nettool call`, and this test
-//! binary itself in client mode (`sock_client_helper`) where the address
-//! recvfrom() reports matters.
+//! move themselves into the cgroup before exec: `nettool call`, and
+//! `nettool udpask` where the address recvfrom() reports matters.
 
 use std::{
     ffi::CString,
@@ -60,9 +59,6 @@ const PUBLISHED_UDP: u16 = 5353;
 const UNPUBLISHED_TCP: u16 = 8081;
 
 const PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
-/// Switches this test binary to client mode (see `sock_client_helper`).
-const CLIENT_ENV: &str = "NETCTL_SOCK_CLIENT";
-const CLIENT_MARK: &str = "sock-client ";
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
@@ -163,7 +159,7 @@ fn run() {
 
     // recvfrom() reports the address the client sent to (recvmsg4).
     let published_udp = SocketAddr::from((Ipv4Addr::LOCALHOST, PUBLISHED_UDP));
-    let line = client.helper(&format!("udp-sendto {published_udp}"));
+    let line = client.udp_ask("sendto", &published_udp.to_string());
     assert!(
         line.starts_with(&format!("from={published_udp} reply=")),
         "recvfrom's source is the published address: {line}"
@@ -176,7 +172,7 @@ fn run() {
     assert_eq!(
         translated(&ebpf),
         expected,
-        "sock_translated after the helper's sendto"
+        "sock_translated after udpask's sendto"
     );
     let revnat: HashMap<_, SockRevKey, SockRevValue> =
         HashMap::try_from(ebpf.map(maps::SOCK_REVNAT).expect("SOCK_REVNAT")).expect("a hash map");
@@ -198,7 +194,7 @@ fn run() {
     );
 
     // connect() of a UDP socket (connect4 on UDP).
-    let line = client.helper(&format!("udp-connect {published_udp}"));
+    let line = client.udp_ask("connect", &published_udp.to_string());
     assert!(
         line.contains(&format!("via={CONTAINER_IP}:{CONTAINER_UDP_PORT}")),
         "connected UDP socket answered by the container: {line}"
@@ -217,7 +213,7 @@ fn run() {
         !outcome.ok && outcome.stderr.contains("refused"),
         "tcp 127.0.0.1:{UNPUBLISHED_TCP} is not published: {outcome:?}"
     );
-    let line = client.helper(&format!("udp-connect {HOST_IP}:{PUBLISHED_UDP}"));
+    let line = client.udp_ask("connect", &format!("{HOST_IP}:{PUBLISHED_UDP}"));
     assert!(
         line.starts_with("error=") && line.contains("refused"),
         "udp {HOST_IP}:{PUBLISHED_UDP} is published on 127.0.0.1 only: {line}"
@@ -263,45 +259,6 @@ fn run() {
         expected,
         "sock_translated after the other namespace"
     );
-}
-
-/// Client mode of this binary, run by the test above as a child process in
-/// the cgroup: `NETCTL_SOCK_CLIENT="udp-sendto|udp-connect IP:PORT"` prints
-/// one line `sock-client from=SOURCE reply=PAYLOAD` (or `error=...`). Without
-/// the variable it does nothing.
-#[test]
-fn sock_client_helper() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else {
-        return;
-    };
-    let result = (|| -> std::io::Result<String> {
-        let (mode, addr) = spec.split_once(' ').expect("MODE ADDR");
-        let addr: SocketAddr = addr.parse().expect("IP:PORT");
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut buf = [0u8; 512];
-        let (n, from) = match mode {
-            "udp-sendto" => {
-                socket.send_to(b"hello\n", addr)?;
-                socket.recv_from(&mut buf)?
-            }
-            "udp-connect" => {
-                socket.connect(addr)?;
-                socket.send(b"hello\n")?;
-                let n = socket.recv(&mut buf)?;
-                (n, socket.peer_addr()?)
-            }
-            other => panic!("unknown client mode {other}"),
-        };
-        Ok(format!(
-            "from={from} reply={}",
-            String::from_utf8_lossy(&buf[..n]).trim()
-        ))
-    })();
-    match result {
-        Ok(line) => println!("\n{CLIENT_MARK}{line}"),
-        Err(e) => println!("\n{CLIENT_MARK}error={e}"),
-    }
 }
 
 fn net_ip(ip: Ipv4Addr) -> u32 {
@@ -512,24 +469,12 @@ impl Client {
         self.run(cmd)
     }
 
-    /// This binary in client mode; returns its result line.
-    fn helper(&self, spec: &str) -> String {
-        let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args([
-            "--exact",
-            "sock_client_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CLIENT_ENV, spec);
-        let outcome = self.run(cmd);
-        assert!(outcome.ok, "client helper `{spec}`: {outcome:?}");
-        outcome
-            .stdout
-            .lines()
-            .find_map(|l| l.split_once(CLIENT_MARK).map(|(_, result)| result))
-            .unwrap_or_else(|| panic!("client helper `{spec}` printed no result: {outcome:?}"))
-            .to_owned()
+    /// `nettool udpask HOW ADDR` in the cgroup; returns its result line
+    /// (`from=SOURCE reply=PAYLOAD`).
+    fn udp_ask(&self, how: &str, addr: &str) -> String {
+        let outcome = self.nettool(&["udpask", how, addr]);
+        assert!(outcome.ok, "nettool udpask {how} {addr}: {outcome:?}");
+        outcome.stdout.trim().to_owned()
     }
 }
 

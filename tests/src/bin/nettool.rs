@@ -35,6 +35,11 @@
 //!
 //! `count` and both `sniff`s print `listening on ...` once their socket is
 //! bound: a test starts sending after that line.
+//!   nettool udpask sendto|connect IP:PORT  one datagram "hello" to IP:PORT from an
+//!                                            unconnected socket (sendto/recvfrom) or a
+//!                                            connected one (connect/send/recv); prints
+//!                                            `from=SOURCE reply=PAYLOAD` (2 s timeout)
+//!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
         ["udpsink", port] => udp_sink(port),
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
+        ["udpask", how, addr] => udp_ask(how, addr),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -96,7 +102,7 @@ fn main() -> ExitCode {
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
-                  | udpsink PORT | udpflood HOST PORT SECONDS"
+                  | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT"
             .into()),
     };
     match result {
@@ -753,4 +759,35 @@ fn udp_flood(host: &str, port: &str, seconds: &str) -> Result<(), String> {
     Err(format!(
         "no count from the sink at {addr} after {sent} datagrams"
     ))
+}
+
+/// `udpask`: the two ways a UDP client names its server, which the cgroup
+/// programs translate at different hooks (sendmsg4 for each datagram,
+/// connect4 once); the reply's source is what recvmsg4 gave back.
+fn udp_ask(how: &str, addr: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("udpask {how} {addr}: {e}");
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(io)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = match how {
+        "sendto" => {
+            socket.send_to(b"hello\n", addr).map_err(io)?;
+            socket.recv_from(&mut buf).map_err(io)?
+        }
+        "connect" => {
+            socket.connect(addr).map_err(io)?;
+            socket.send(b"hello\n").map_err(io)?;
+            let n = socket.recv(&mut buf).map_err(io)?;
+            (n, socket.peer_addr().map_err(io)?)
+        }
+        other => return Err(format!("udpask: {other}: expected sendto or connect")),
+    };
+    println!(
+        "from={from} reply={}",
+        String::from_utf8_lossy(&buf[..n]).trim()
+    );
+    Ok(())
 }
