@@ -6,8 +6,9 @@
 //! the journal, or the state after it). A netctl killed at any point thus
 //! leaves a journal behind; the next netctl that takes the lock finds it and
 //! finishes the job: it undoes the steps of an interrupted command, and
-//! completes the removals of an interrupted `rm`, `down`, `network rm` or
-//! `network disconnect`.
+//! completes the removals of an interrupted `rm`, `down`, `network rm`,
+//! `network prune` or `network disconnect`. A removal of several objects
+//! names them all before the first goes, and strikes each off as it is done.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,21 @@ pub struct Journal {
     /// Endpoints being taken off their network (`network disconnect`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removing_endpoints: Vec<EndpointRef>,
+    /// The host itself is being taken down (`netctl down`): once the
+    /// removals are done, recovery tears the datapath down too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_down: bool,
+}
+
+impl Journal {
+    /// Whether anything is left to undo or to remove.
+    pub fn has_work(&self) -> bool {
+        !self.undo.is_empty()
+            || !self.removing_containers.is_empty()
+            || !self.removing_networks.is_empty()
+            || !self.removing_endpoints.is_empty()
+            || self.host_down
+    }
 }
 
 /// A container's endpoint, by the names of the container and the network.

@@ -1,5 +1,6 @@
 //! Processes in namespaces: `netctl exec` (foreground, replaces netctl) and
-//! the detached command of `container run NAME -- CMD`.
+//! the detached command of `container run NAME -- CMD`, which is held
+//! before `exec` until its undo is journaled.
 //!
 //! A process enters a container by `setns(CLONE_NEWNET)` after getting a
 //! private mount namespace in which the container's hosts file is bound
@@ -7,17 +8,24 @@
 //! without remounting /sys (which would hide /sys/fs/bpf).
 
 use std::{
-    fs::{File, OpenOptions},
-    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    ffi::{CStr, CString},
+    fs::File,
+    io::Read as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd, RawFd},
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    thread::JoinHandle,
 };
 
 use nix::{
+    fcntl::OFlag,
     mount::{mount, MsFlags},
     sched::{unshare, CloneFlags},
     sys::signal::{kill, Signal},
-    unistd::Pid,
+    unistd::{pipe2, Pid},
 };
 
 use crate::{
@@ -83,54 +91,155 @@ pub fn exec(target: &Target<'_>, argv: &[String]) -> Error {
     Error::system(format!("exec {program}"), err)
 }
 
-/// Starts `argv` detached inside a container namespace, its output appended
-/// to `log`. The namespace changes happen in a thread of their own so this
-/// process stays where it is.
-pub fn spawn_detached(netns_name: &str, argv: &[String], log: PathBuf) -> Result<Process> {
+/// A command forked into a container namespace, detached, but held before
+/// `exec` until [`Held::release`]: its pid is known before it runs, so that
+/// the caller can journal how to stop it first. The child waits on a pipe
+/// only netctl holds open: dropped without a release, or netctl killed,
+/// the pipe closes and the child exits without running the command or
+/// creating its log.
+pub struct Held {
+    pub process: Process,
+    gate: Option<OwnedFd>,
+    spawner: Option<JoinHandle<Result<Child>>>,
+}
+
+/// Forks `argv` inside a container namespace (in a thread of its own, so
+/// this process stays where it is) and holds it before `exec`; once
+/// released, its output goes to `log`.
+pub fn start_held(netns_name: &str, argv: &[String], log: PathBuf) -> Result<Held> {
     let Some((program, args)) = argv.split_first() else {
         return Err(Error::invalid("command", "empty"));
     };
-    // The command's output may hold anything: root only, like the state.
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log)
-        .map_err(|e| Error::io(format!("log {}", log.display()), e))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| Error::io(format!("log {}", log.display()), e))?;
+    let log_path = CString::new(log.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("log {}", log.display()), "holds a NUL byte"))?;
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::system("pipe", e));
+    let (pid_read, pid_write) = pipe()?;
+    let (gate_read, gate_write) = pipe()?;
+    let gate_write_fd = gate_write.as_raw_fd();
     let netns_name = netns_name.to_owned();
     let program = program.clone();
     let args = args.to_vec();
-    let child = std::thread::spawn(move || -> Result<std::process::Child> {
+    let spawner = std::thread::spawn(move || -> Result<Child> {
         enter(&Target {
             netns: Some(&netns_name),
             cgroup: None,
         })?;
+        let (pid_fd, gate_fd) = (pid_write.as_raw_fd(), gate_read.as_raw_fd());
         let mut command = Command::new(&program);
         command
             .args(&args)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             // Own session: no terminal, not killed with netctl's process group.
             .process_group(0);
-        command
+        // SAFETY: the hook runs between fork and exec and only makes
+        // async-signal-safe calls (close, getpid, write, read, open, dup2).
+        unsafe {
+            command.pre_exec(move || wait_for_release(pid_fd, gate_fd, gate_write_fd, &log_path));
+        }
+        // Returns once the child has exec'd (released) or exited.
+        let child = command
             .spawn()
-            .map_err(|e| Error::system(format!("command {program}"), e))
-    })
-    .join()
-    .expect("spawn thread panicked")?;
-    let pid = child.id();
-    // Not waited for: it outlives netctl and is reparented to init.
-    std::mem::forget(child);
-    Ok(Process {
-        pid,
-        start_time: start_time(pid).unwrap_or(0),
-        command: argv.to_vec(),
-        log,
-    })
+            .map_err(|e| Error::system(format!("command {program}"), e));
+        drop((pid_write, gate_read));
+        child
+    });
+    let mut pid = [0u8; 4];
+    let forked = File::from(pid_read).read_exact(&mut pid);
+    let mut held = Held {
+        process: Process {
+            pid: 0,
+            start_time: 0,
+            command: argv.to_vec(),
+            log,
+        },
+        gate: Some(gate_write),
+        spawner: Some(spawner),
+    };
+    if forked.is_err() {
+        // The thread failed before the fork: its error says why.
+        held.gate = None;
+        let spawned = held.spawner.take().expect("set above").join();
+        return Err(spawned
+            .expect("spawn thread panicked")
+            .err()
+            .unwrap_or_else(|| Error::system("command", "forked without a pid")));
+    }
+    held.process.pid = u32::from_ne_bytes(pid);
+    held.process.start_time = start_time(held.process.pid).unwrap_or(0);
+    Ok(held)
+}
+
+/// In the forked child: says its pid, waits for the release, then sends
+/// its output to the log. An end of file on the gate (netctl gone, or the
+/// start given up) fails the exec, and the child exits.
+fn wait_for_release(
+    pid_fd: RawFd,
+    gate_fd: RawFd,
+    gate_write_fd: RawFd,
+    log: &CStr,
+) -> std::io::Result<()> {
+    let fail = std::io::Error::last_os_error;
+    // SAFETY: plain system calls on descriptors this child inherited and
+    // buffers it owns.
+    unsafe {
+        // Only netctl may hold the gate open, or its death would go unseen.
+        libc::close(gate_write_fd);
+        let pid = libc::getpid().to_ne_bytes();
+        if libc::write(pid_fd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+            return Err(fail());
+        }
+        let mut byte = 0u8;
+        loop {
+            match libc::read(gate_fd, (&mut byte as *mut u8).cast(), 1) {
+                1 => break,
+                0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+                _ if fail().raw_os_error() == Some(libc::EINTR) => continue,
+                _ => return Err(fail()),
+            }
+        }
+        let out = libc::open(
+            log.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+            0o600,
+        );
+        if out < 0 || libc::dup2(out, 1) < 0 || libc::dup2(out, 2) < 0 {
+            return Err(fail());
+        }
+        libc::close(out);
+    }
+    Ok(())
+}
+
+impl Held {
+    /// Lets the command run; returns it once it has exec'd. Not waited
+    /// for: it outlives netctl and is reparented to init.
+    pub fn release(mut self) -> Result<Process> {
+        let gate = self.gate.take().expect("held until released");
+        let opened = nix::unistd::write(&gate, b"r");
+        drop(gate);
+        let spawned = self
+            .spawner
+            .take()
+            .expect("held until released")
+            .join()
+            .expect("spawn thread panicked");
+        opened.map_err(|e| Error::system(format!("command {}", self.process.command[0]), e))?;
+        std::mem::forget(spawned?);
+        Ok(self.process.clone())
+    }
+}
+
+impl Drop for Held {
+    /// Not released: the gate closes and the child exits unexec'd (the
+    /// spawning thread reaps it).
+    fn drop(&mut self) {
+        self.gate = None;
+        if let Some(spawner) = self.spawner.take() {
+            let _ = spawner.join();
+        }
+    }
 }
 
 /// State letter and start time (clock ticks since boot) of a pid, from
@@ -153,6 +262,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// zombie waiting for a parent that is not netctl.
 pub fn is_running(process: &Process) -> bool {
     matches!(stat(process.pid), Some((state, start)) if start == process.start_time && state != 'Z')
+}
+
+/// Stops a detached command and deletes its log (absent is fine).
+pub fn remove(process: &Process) -> Result<()> {
+    let stopped = stop(process);
+    match std::fs::remove_file(&process.log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io(format!("log {}", process.log.display()), e))
+        }
+        _ => stopped,
+    }
 }
 
 /// Stops a detached command (SIGTERM, then SIGKILL after a grace period).

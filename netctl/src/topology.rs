@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use crate::{
     error::Result,
+    failpoint,
     model::{Endpoint, Network},
     netlink::Netlink,
     netns,
@@ -44,7 +45,7 @@ pub async fn create_container_netns(name: &str) -> Result<()> {
 
 /// Name of the container-side veth end while it is still in the host
 /// namespace (renamed to `ifname` once inside).
-fn peer_name(ep: &Endpoint) -> String {
+pub fn peer_name(ep: &Endpoint) -> String {
     format!("{}p", ep.host_veth)
 }
 
@@ -52,9 +53,16 @@ fn peer_name(ep: &Endpoint) -> String {
 /// joins the bridge and whose other end becomes `ifname` inside, with the
 /// endpoint's MAC and address, and a default route via the gateway unless
 /// the network is internal. On failure the pair is deleted again, which
-/// leaves the system as before. Returns the host end's ifindex (for the
-/// datapath).
-pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoint) -> Result<u32> {
+/// leaves the system as before. `point` names the failpoint between the
+/// pair's making and the move of its peer (the caller's command's). Returns
+/// the host end's ifindex (for the datapath).
+pub async fn attach(
+    host: &Netlink,
+    netns_name: &str,
+    net: &Network,
+    ep: &Endpoint,
+    point: &str,
+) -> Result<u32> {
     let peer = peer_name(ep);
     host.add_veth(&ep.host_veth, &peer).await?;
     let result = async {
@@ -68,6 +76,7 @@ pub async fn attach(host: &Netlink, netns_name: &str, net: &Network, ep: &Endpoi
             host.set_mtu(peer_index, mtu).await?;
         }
         host.set_up(host_end).await?;
+        failpoint::check(point)?;
         let ns = netns::open(netns_name)?;
         host.move_to_netns(peer_index, &ns, netns_name).await?;
         configure_inside(netns_name, &peer, net, ep).await?;

@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod frames;
+pub mod host_state;
 pub mod output;
 pub mod sandbox;
 pub mod tc;

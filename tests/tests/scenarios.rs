@@ -479,7 +479,7 @@ fn default_bridge_network_has_no_names(datapath: &str) {
 
 /// The datapath lives in the kernel, not in netctl: TCP streams through a
 /// published port and through SNAT keep flowing, with no reset and no lost
-/// byte, while netctl is killed with SIGKILL in the middle of commands and
+/// byte, while netctl is killed with SIGKILL paused inside commands and
 /// run again.
 fn streams_survive_netctl_killed_mid_command(datapath: &str) {
     const SECONDS: &str = "4";
@@ -512,14 +512,33 @@ fn streams_survive_netctl_killed_mid_command(datapath: &str) {
         let inbound = scope.spawn(|| sb.outside(&[&tool, "stream", &host, "7070", SECONDS]));
         let outbound = scope.spawn(|| sb.exec("a", &[&tool, "stream", &far, "7071", SECONDS]));
         sleep(Duration::from_millis(300));
-        for (i, delay_ms) in [5u64, 20, 60].into_iter().enumerate() {
+        // Killed while paused inside `container run -p`: between the veth's
+        // making and its move, inside the datapath's steps (eBPF; between
+        // their journal record and them on iptables, whose steps are one
+        // batch each), and before the commit. Each next command finishes
+        // the killed one from the journal.
+        let inside = match datapath {
+            "ebpf" => ["run.endpoint.map", "run.ports.map"],
+            _ => ["run.endpoint.journaled", "run.ports.journaled"],
+        };
+        let points = ["run.link.veth", inside[0], inside[1], "commit"];
+        for (i, point) in points.into_iter().enumerate() {
             let name = format!("killed{i}");
             let port = format!("{}:80", 9100 + i);
-            let mut child =
-                sb.spawn_netctl(&["container", "run", &name, "--network", "front", "-p", &port]);
-            sleep(Duration::from_millis(delay_ms));
+            let mut child = sb
+                .netctl_command(&["container", "run", &name, "--network", "front", "-p", &port])
+                .env(netctl::failpoint::ENV, format!("{point}=pause"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn netctl");
+            let stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+            let paused = std::io::BufRead::lines(stderr)
+                .map_while(Result::ok)
+                .any(|line| line == format!("netctl: paused at {point}"));
             let _ = child.kill();
-            let _ = child.wait();
+            let status = child.wait();
+            assert!(paused, "{point}: netctl never paused ({status:?})");
         }
         // netctl runs again, completely, while the streams go on.
         sb.netctl_ok(&[

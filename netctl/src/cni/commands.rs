@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     config::HostConfig,
-    ipam,
+    failpoint, ipam,
     model::{CniAttachment, Container, DatapathKind, Mac, PortMapping, Protocol},
     netlink::Netlink,
     netns,
@@ -162,16 +162,32 @@ impl Invocation<'_> {
             }
             None => None,
         };
-        let created_network = match self.ensure_network(&mut host, allocated).await {
-            Ok(created) => created,
-            Err(e) => {
-                self.release_ipam();
-                return Err(e);
-            }
-        };
+        let added = self
+            .add_on_host(&mut host, &name, allocated, ports, requested_ip, mac)
+            .await;
+        if added.is_err() {
+            self.release_ipam();
+        }
+        added
+    }
+
+    /// The host's part of an ADD: the attachment (with the configuration's
+    /// network when it is the first, in the same transaction) and the
+    /// result. A failure after the commit takes the attachment back.
+    async fn add_on_host(
+        &self,
+        host: &mut Host,
+        name: &str,
+        allocated: Option<(Ipv4Addr, ipnet::Ipv4Net, Option<Ipv4Addr>)>,
+        ports: Vec<PortSpec>,
+        requested_ip: Option<Ipv4Addr>,
+        mac: Option<Mac>,
+    ) -> Result<Value, CniError> {
+        failpoint::check("cni-add.ipam")?;
+        let create_network = self.check_network(host, allocated)?;
         let ip = allocated.map(|(ip, _, _)| ip).or(requested_ip);
         let run = ContainerRun {
-            name: name.clone(),
+            name: name.to_owned(),
             network: Networking::Network(self.conf.name.clone()),
             ip,
             ports,
@@ -179,27 +195,21 @@ impl Invocation<'_> {
             cni: Some(CniAttachment {
                 container_id: self.env.container_id.clone(),
                 ifname: self.env.ifname.clone(),
-                netns: netns_path.clone(),
+                netns: self.env.netns.clone().expect("checked for ADD"),
                 network: self.conf.name.clone(),
             }),
+            create_network,
             ..ContainerRun::default()
         };
-        match host.container_run(run).await {
-            Ok(ctr) => self.add_result(&host, &ctr).await,
-            Err(err) => {
-                // The container's steps are undone; the network made for it
-                // goes too (the host's in-memory state is stale after the
-                // rollback, so open it again).
-                drop(host);
-                if created_network {
-                    if let Ok(mut host) = Host::open(self.config.clone()).await {
-                        let _ = host.network_rm(std::slice::from_ref(&self.conf.name)).await;
-                    }
-                }
-                self.release_ipam();
-                Err(err.into())
-            }
+        let ctr = host.container_run(run).await?;
+        let result = match failpoint::check("cni-add.result") {
+            Ok(()) => self.add_result(host, &ctr).await,
+            Err(e) => Err(e.into()),
+        };
+        if result.is_err() {
+            let _ = host.container_rm(&[ctr.name]).await;
         }
+        result
     }
 
     fn release_ipam(&self) {
@@ -208,13 +218,14 @@ impl Invocation<'_> {
         }
     }
 
-    /// Creates the configuration's network on first use; checks an existing
-    /// one against the configuration. Returns whether it was created.
-    async fn ensure_network(
+    /// Checks an existing network against the configuration; on first use,
+    /// returns the network to create with the attachment (checked already,
+    /// so that a configuration asking what cannot be is refused as such).
+    fn check_network(
         &self,
-        host: &mut Host,
+        host: &Host,
         allocated: Option<(Ipv4Addr, ipnet::Ipv4Net, Option<Ipv4Addr>)>,
-    ) -> Result<bool, CniError> {
+    ) -> Result<Option<NetworkCreate>, CniError> {
         let conf = self.conf;
         let subnet = match (&conf.subnet, allocated) {
             (Some(text), _) => Some(ipam::parse_subnet(text)?),
@@ -271,7 +282,7 @@ impl Invocation<'_> {
             if let Some(want) = conf.datapath.filter(|d| *d != have) {
                 return Err(mismatch("datapath", have.to_string(), want.to_string()));
             }
-            return Ok(false);
+            return Ok(None);
         }
         let req = NetworkCreate {
             name: conf.name.clone(),
@@ -282,18 +293,16 @@ impl Invocation<'_> {
             bridge: conf.bridge.clone(),
             mtu: conf.mtu,
         };
-        host.network_create(req)
-            .await
-            .map_err(|e| match CniError::from(e) {
-                // The configuration asks for what cannot be (a subnet that
-                // overlaps another network, a bridge name in use).
-                CniError {
-                    code: Code::Refused,
-                    msg,
-                } => CniError::new(Code::InvalidConfig, msg),
-                other => other,
-            })?;
-        Ok(true)
+        ops::plan_network(&host.state, &req).map_err(|e| match CniError::from(e) {
+            // The configuration asks for what cannot be (a subnet that
+            // overlaps another network, a bridge name in use).
+            CniError {
+                code: Code::Refused,
+                msg,
+            } => CniError::new(Code::InvalidConfig, msg),
+            other => other,
+        })?;
+        Ok(Some(req))
     }
 
     /// The ADD result: the bridge, the host-side veth and the interface in
@@ -353,6 +362,9 @@ impl Invocation<'_> {
             None => Ok(()),
         };
         drop(host);
+        // A failure here stands for one before the IPAM's DEL: the
+        // runtime's next DEL releases the address.
+        failpoint::check("cni-del.ipam")?;
         let released = match self.conf.delegated_ipam() {
             Some(plugin) => {
                 delegate::exec(plugin, &self.env.path, &self.ipam_call("DEL"), self.stdin)

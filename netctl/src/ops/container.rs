@@ -20,7 +20,8 @@ use crate::{
     failpoint, hosts, ipam,
     journal::Undo,
     model::{
-        CniAttachment, Container, Endpoint, Mac, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
+        CniAttachment, Container, DatapathKind, Endpoint, Mac, Network, NetworkMode, PortMapping,
+        DEFAULT_NETWORK,
     },
     netns,
     ports::{self, PortSpec},
@@ -92,13 +93,23 @@ pub struct ContainerRun {
     /// A CNI attachment: the container joins the runtime's namespace
     /// (`netns`) as `ifname` instead of getting a namespace of its own.
     pub cni: Option<CniAttachment>,
+    /// The network to create with the container, in the same transaction,
+    /// when the one it joins does not exist yet (a CNI configuration's
+    /// network on its first ADD). The default network needs none: it is
+    /// created on first use as it is.
+    pub create_network: Option<NetworkCreate>,
 }
 
 /// One step of a run, in the order they are taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Create the default network, which the container is the first to join.
-    CreateNetwork(Network),
+    /// Create the network the container is the first to join (the default
+    /// one, or the one the request says to create), on this datapath if it
+    /// is the host's first network.
+    CreateNetwork {
+        network: Network,
+        datapath: Option<DatapathKind>,
+    },
     /// Make the container's own namespace, with `lo` up.
     CreateNetns(String),
     /// A veth pair from the network's bridge into the namespace, with the
@@ -174,16 +185,22 @@ pub fn plan_container(
         Networking::Network(network) => {
             let net = match state.networks.get(network) {
                 Some(net) => net.clone(),
-                None if network == DEFAULT_NETWORK => {
-                    let default = NetworkCreate {
-                        name: DEFAULT_NETWORK.into(),
-                        ..NetworkCreate::default()
+                None => {
+                    let create = match &req.create_network {
+                        Some(create) if &create.name == network => create.clone(),
+                        _ if network == DEFAULT_NETWORK => NetworkCreate {
+                            name: DEFAULT_NETWORK.into(),
+                            ..NetworkCreate::default()
+                        },
+                        _ => return Err(Error::not_found("network", network.as_str())),
                     };
-                    let net = plan_network(state, &default)?;
-                    steps.push(Step::CreateNetwork(net.clone()));
+                    let net = plan_network(state, &create)?;
+                    steps.push(Step::CreateNetwork {
+                        network: net.clone(),
+                        datapath: create.datapath,
+                    });
                     net
                 }
-                None => return Err(Error::not_found("network", network.as_str())),
             };
             if net.internal && !req.ports.is_empty() {
                 return Err(Error::invalid(
@@ -299,7 +316,9 @@ impl Host {
         self.state.containers.insert(name.clone(), plan.container);
         for step in plan.steps {
             match step {
-                Step::CreateNetwork(net) => self.apply_network_create(&net, None).await?,
+                Step::CreateNetwork { network, datapath } => {
+                    self.apply_network_create(&network, datapath).await?
+                }
                 Step::CreateNetns(netns_name) => {
                     if netns::path(&netns_name).exists() {
                         return Err(Error::invalid(
@@ -307,9 +326,12 @@ impl Host {
                             format!("namespace {netns_name} already exists"),
                         ));
                     }
-                    self.record(Undo::DeleteNetns {
-                        name: netns_name.clone(),
-                    })?;
+                    self.record(
+                        Undo::DeleteNetns {
+                            name: netns_name.clone(),
+                        },
+                        "run.netns",
+                    )?;
                     topology::create_container_netns(&netns_name).await?;
                     failpoint::check("run.netns")?;
                 }
@@ -323,10 +345,13 @@ impl Host {
                 }
                 Step::Publish { network, ports } => {
                     let dp = self.datapath().await?;
-                    self.record(Undo::PortsUnpublished {
-                        network: network.clone(),
-                        ports: ports.clone(),
-                    })?;
+                    self.record(
+                        Undo::PortsUnpublished {
+                            network: network.clone(),
+                            ports: ports.clone(),
+                        },
+                        "run.ports",
+                    )?;
                     dp.ports_published(&network, &ports)?;
                     failpoint::check("run.ports")?;
                     self.state
@@ -340,13 +365,17 @@ impl Host {
                     command,
                     log,
                 } => {
-                    let proc = process::spawn_detached(&netns, &command, log)?;
-                    // Recorded once started (its pid is only known then); a
-                    // crash in between leaves a process in a namespace the
-                    // recovery deletes.
-                    self.record(Undo::StopProcess {
-                        process: proc.clone(),
-                    })?;
+                    // Held before exec until its undo (which needs its pid)
+                    // is journaled: a crash before the release ends it
+                    // without running the command.
+                    let held = process::start_held(&netns, &command, log)?;
+                    self.record(
+                        Undo::StopProcess {
+                            process: held.process.clone(),
+                        },
+                        "run.process",
+                    )?;
+                    let proc = held.release()?;
                     failpoint::check("run.process")?;
                     self.state
                         .containers
@@ -376,18 +405,27 @@ impl Host {
                 "interface already exists on the host (left by a crash? run `netctl doctor --fix`)",
             ));
         }
-        self.record(Undo::DeleteLink {
-            name: ep.host_veth.clone(),
-        })?;
-        let veth_ifindex = topology::attach(&self.netlink, netns_name, net, ep).await?;
-        failpoint::check(&format!("{command}.link"))?;
+        let link = format!("{command}.link");
+        self.record(
+            Undo::DeleteLink {
+                name: ep.host_veth.clone(),
+            },
+            &link,
+        )?;
+        let veth = format!("{link}.veth");
+        let veth_ifindex = topology::attach(&self.netlink, netns_name, net, ep, &veth).await?;
+        failpoint::check(&link)?;
         let dp = self.datapath().await?;
-        self.record(Undo::EndpointRemoved {
-            network: net.clone(),
-            endpoint: ep.clone(),
-        })?;
+        let endpoint = format!("{command}.endpoint");
+        self.record(
+            Undo::EndpointRemoved {
+                network: net.clone(),
+                endpoint: ep.clone(),
+            },
+            &endpoint,
+        )?;
         dp.endpoint_added(net, ep, veth_ifindex)?;
-        failpoint::check(&format!("{command}.endpoint"))?;
+        failpoint::check(&endpoint)?;
         let entry = self
             .state
             .containers
@@ -432,11 +470,13 @@ impl Host {
         // Sharers first, so a namespace goes after every container in it.
         let mut order: Vec<String> = names.to_vec();
         order.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        self.record_removal(|j| j.removing_containers = order.clone())?;
         let mut errors = Vec::new();
         for name in &order {
             if let Err(e) = self.remove_container(name).await {
                 errors.push(e);
             }
+            errors.extend(failpoint::check("rm.container").err());
         }
         Error::collect(errors)
     }
@@ -448,13 +488,7 @@ impl Host {
         self.record_removal(|j| j.removing_containers.push(ctr.name.clone()))?;
         let mut errors = Vec::new();
         if let Some(p) = &ctr.process {
-            errors.extend(process::stop(p).err());
-            match std::fs::remove_file(&p.log) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    errors.push(Error::io(format!("log {}", p.log.display()), e))
-                }
-                _ => {}
-            }
+            errors.extend(process::remove(p).err());
         }
         match self.datapath().await {
             Ok(dp) => {
@@ -477,7 +511,10 @@ impl Host {
         errors.extend(failpoint::check("rm.netns").err());
         self.state.containers.remove(name);
         errors.extend(hosts::refresh(&self.state, &removed_netns).err());
-        errors.extend(self.save_committed().err());
+        errors.extend(
+            self.removal_done(|j| j.removing_containers.retain(|n| n != name))
+                .err(),
+        );
         Error::collect(errors)
     }
 }

@@ -15,7 +15,7 @@ use super::Host;
 use crate::{
     datapath::Drift,
     error::{Error, Result},
-    hosts, ipam,
+    failpoint, hosts, ipam,
     model::{Endpoint, Network, NetworkMode},
     netlink::LinkInfo,
     netns, topology,
@@ -113,7 +113,11 @@ impl Host {
                 }
             }
             for ep in &ctr.endpoints {
+                // The peer carries a name of ours only while it has not
+                // reached the container (an attach cut short).
+                let peer = topology::peer_name(ep);
                 owned_links.insert(ep.host_veth.clone());
+                owned_links.insert(peer.clone());
                 let Some(net) = self.state.networks.get(&ep.network) else {
                     continue;
                 };
@@ -122,6 +126,16 @@ impl Host {
                 match link(&ep.host_veth) {
                     None => found.push((
                         Drift::new(object, format!("veth {} is gone", ep.host_veth)),
+                        Repair::Reattach(ctr.name.clone(), ep.network.clone()),
+                    )),
+                    Some(_) if link(&peer).is_some() => found.push((
+                        Drift::new(
+                            object,
+                            format!(
+                                "veth {}: its peer {peer} never reached the container",
+                                ep.host_veth
+                            ),
+                        ),
                         Repair::Reattach(ctr.name.clone(), ep.network.clone()),
                     )),
                     Some(veth) if bridge.is_some() && veth.master != bridge => found.push((
@@ -230,6 +244,7 @@ impl Host {
                 Repair::Datapath => Ok(()),
             };
             errors.extend(result.err());
+            errors.extend(failpoint::check("doctor.repair").err());
         }
         // New links have new ifindexes: the datapath is reconciled after
         // any topology repair, not only when it reported drift itself.
@@ -238,6 +253,7 @@ impl Host {
                 Ok(dp) => errors.extend(dp.reconcile(&self.state).err()),
                 Err(e) => errors.push(e),
             }
+            errors.extend(failpoint::check("doctor.datapath").err());
         }
         errors.extend(hosts::refresh(&self.state, &[]).err());
         errors.extend(self.save_committed().err());
@@ -281,7 +297,8 @@ impl Host {
     }
 
     /// A new veth pair into the container's namespace, same name, address
-    /// and MAC as recorded; the datapath picks it up when reconciled.
+    /// and MAC as recorded, in place of what is left of the old one; the
+    /// datapath picks it up when reconciled.
     async fn reattach(&mut self, container: &str, network: &str) -> Result<()> {
         let (net, ep) = self.endpoint_of(container, network)?;
         let netns_name = self
@@ -293,8 +310,10 @@ impl Host {
         if self.netlink.link(&net.bridge).await?.is_none() {
             self.rebuild_bridge(network).await?;
         }
+        self.netlink.delete_link(&ep.host_veth).await?;
+        self.netlink.delete_link(&topology::peer_name(&ep)).await?;
         // The datapath picks the new index up when reconciled.
-        topology::attach(&self.netlink, &netns_name, &net, &ep).await?;
+        topology::attach(&self.netlink, &netns_name, &net, &ep, "doctor.link.veth").await?;
         Ok(())
     }
 }

@@ -39,7 +39,7 @@ pub use container::{
     lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
 };
 pub use doctor::Finding;
-pub use network::{NetworkCreate, NetworkView};
+pub use network::{plan_network, NetworkCreate, NetworkView};
 
 /// The datapath a new host gets when `--datapath` is not given.
 pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
@@ -60,6 +60,10 @@ pub struct Host {
     /// The command under way, for the journal.
     command: String,
     undo: Vec<Undo>,
+    /// What the removal under way takes apart and has not finished yet: the
+    /// journal on disk names all of it, so that a crash between two objects
+    /// still gets the rest removed.
+    removal: Journal,
     /// The datapath once opened (opening looks the uplink up through netlink).
     datapath: Option<Rc<dyn Datapath>>,
 }
@@ -101,6 +105,7 @@ impl Host {
             netlink,
             command: String::new(),
             undo: Vec::new(),
+            removal: Journal::default(),
             datapath: None,
         };
         if let Some(journal) = host.state.journal.take() {
@@ -117,8 +122,13 @@ impl Host {
             0 => String::new(),
             n => format!(", disconnecting {n} endpoint(s)"),
         };
+        let host = if journal.host_down {
+            ", then taking the host down"
+        } else {
+            ""
+        };
         eprintln!(
-            "netctl: finishing `{}`, interrupted: undoing {} step(s), removing {} container(s) and {} network(s){disconnecting}",
+            "netctl: finishing `{}`, interrupted: undoing {} step(s), removing {} container(s) and {} network(s){disconnecting}{host}",
             journal.command,
             journal.undo.len(),
             journal.removing_containers.len(),
@@ -131,9 +141,15 @@ impl Host {
         if journal.datapath.is_some() {
             self.state.datapath = journal.datapath;
         }
-        self.undo = journal.undo;
+        self.undo = journal.undo.clone();
         errors.extend(self.rollback().await.err());
         self.state.datapath = recorded;
+        // What is left of a removal stays in the journal until done.
+        self.command = journal.command.clone();
+        self.removal = Journal {
+            undo: Vec::new(),
+            ..journal.clone()
+        };
         for EndpointRef { container, network } in &journal.removing_endpoints {
             let attached = self
                 .state
@@ -154,6 +170,11 @@ impl Host {
                 errors.extend(self.remove_network(&net).await.err());
             }
         }
+        if journal.host_down {
+            errors.extend(self.take_datapath_down().await.err());
+        }
+        self.removal = Journal::default();
+        self.state.journal = None;
         errors.extend(self.dir.save(&self.state).err());
         self.committed = self.state.clone();
         self.had_state_file = true;
@@ -169,11 +190,14 @@ impl Host {
     fn begin(&mut self, command: impl Into<String>) {
         self.command = command.into();
         self.undo.clear();
+        self.removal = Journal::default();
     }
 
     /// Records how to undo a step, in the journal on disk, before the step
     /// is taken: a crash in the middle of the step still leaves its undo.
-    fn record(&mut self, step: Undo) -> Result<()> {
+    /// `point` names the step for the failpoint between the two
+    /// (`{point}.journaled`).
+    fn record(&mut self, step: Undo, point: &str) -> Result<()> {
         self.undo.push(step);
         let journal = Journal {
             command: self.command.clone(),
@@ -181,19 +205,38 @@ impl Host {
             undo: self.undo.clone(),
             ..Journal::default()
         };
-        self.dir.save_journal(&self.committed, &journal)
+        self.dir.save_journal(&self.committed, &journal)?;
+        failpoint::check(&format!("{point}.journaled"))
     }
 
-    /// Saves a journal of the removal about to start, which `fill` names
-    /// (see `recover`).
+    /// Adds what `fill` names to the journal of the removal under way and
+    /// saves it, before any of it is taken apart (see `recover`). A removal
+    /// of several objects names them all at once.
     fn record_removal(&mut self, fill: impl FnOnce(&mut Journal)) -> Result<()> {
-        let mut journal = Journal {
-            command: self.command.clone(),
-            datapath: self.state.datapath,
-            ..Journal::default()
-        };
-        fill(&mut journal);
-        self.dir.save_journal(&self.committed, &journal)
+        self.removal.command = self.command.clone();
+        self.removal.datapath = self.state.datapath;
+        fill(&mut self.removal);
+        let removal = &mut self.removal;
+        dedup_in_order(&mut removal.removing_containers);
+        dedup_in_order(&mut removal.removing_networks);
+        dedup_in_order(&mut removal.removing_endpoints);
+        self.dir.save_journal(&self.committed, &self.removal)
+    }
+
+    /// Saves the state as it is now as committed, with the journal of what
+    /// the removal under way has still to take apart once `done` has struck
+    /// off what is finished (no journal when nothing is left).
+    fn removal_done(&mut self, done: impl FnOnce(&mut Journal)) -> Result<()> {
+        done(&mut self.removal);
+        self.state.journal = None;
+        let mut on_disk = self.state.clone();
+        if self.removal.has_work() {
+            on_disk.journal = Some(self.removal.clone());
+        }
+        self.dir.save(&on_disk)?;
+        self.committed = self.state.clone();
+        self.had_state_file = true;
+        Ok(())
     }
 
     /// Saves the state as committed: the journal is gone with the same write.
@@ -293,7 +336,7 @@ impl Host {
             let result = match step {
                 Undo::DeleteLink { name } => self.netlink.delete_link(&name).await,
                 Undo::DeleteNetns { name } => netns::delete(&name),
-                Undo::StopProcess { process } => process::stop(&process),
+                Undo::StopProcess { process } => process::remove(&process),
                 step => match &datapath {
                     Ok(dp) => match step {
                         Undo::HostDown => dp.host_down(),
@@ -317,22 +360,30 @@ impl Host {
     }
 
     /// Removes everything netctl made on this host, going on past errors.
+    /// The journal names every container and network and the host itself
+    /// before the first goes, so that a crash anywhere is finished by the
+    /// next command.
     pub async fn down(&mut self) -> Result<()> {
         self.begin("down");
         let mut errors = Vec::new();
         let mut names: Vec<String> = self.state.containers.keys().cloned().collect();
         names.sort_by_key(|n| !matches!(self.state.containers[n].mode, NetworkMode::Container(_)));
+        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        self.record_removal(|j| {
+            j.removing_containers = names.clone();
+            j.removing_networks = networks.iter().map(|n| n.name.clone()).collect();
+            j.host_down = true;
+        })?;
         for name in names {
             errors.extend(self.remove_container(&name).await.err());
         }
-        let networks: Vec<Network> = self.state.networks.values().cloned().collect();
+        errors.extend(failpoint::check("down.containers").err());
         for net in &networks {
             errors.extend(self.remove_network(net).await.err());
         }
-        if self.state.datapath.is_some() {
-            errors.extend(self.datapath().await.and_then(|dp| dp.host_down()).err());
-        }
-        self.state.datapath = None;
+        errors.extend(failpoint::check("down.networks").err());
+        errors.extend(self.take_datapath_down().await.err());
+        errors.extend(failpoint::check("down.host").err());
         if errors.is_empty() {
             // Nothing left to remember: the state dir goes too (we hold its
             // lock until exit; a waiting netctl then starts from nothing).
@@ -342,4 +393,26 @@ impl Host {
         }
         Error::collect(errors)
     }
+
+    /// The datapath's host-wide teardown, the last step of `down`.
+    async fn take_datapath_down(&mut self) -> Result<()> {
+        let result = match self.state.datapath {
+            Some(_) => self.datapath().await.and_then(|dp| dp.host_down()),
+            None => Ok(()),
+        };
+        self.state.datapath = None;
+        result
+    }
+}
+
+/// Drops repeated entries, keeping the first of each.
+fn dedup_in_order<T: PartialEq + Clone>(items: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::with_capacity(items.len());
+    items.retain(|item| {
+        let new = !seen.contains(item);
+        if new {
+            seen.push(item.clone());
+        }
+        new
+    });
 }

@@ -60,7 +60,7 @@ impl<'a> NetworkView<'a> {
 
 /// The network a request describes, checked against the state: name,
 /// bridge, datapath, subnet and gateway. Takes no step.
-pub(super) fn plan_network(state: &State, req: &NetworkCreate) -> Result<Network> {
+pub fn plan_network(state: &State, req: &NetworkCreate) -> Result<Network> {
     ipam::check_name("network", &req.name)?;
     let bridge = match &req.bridge {
         Some(name) => ipam::check_bridge_name(&req.name, name)?,
@@ -169,7 +169,7 @@ impl Host {
             let kind = datapath.unwrap_or(DEFAULT_DATAPATH);
             self.state.datapath = Some(kind);
             let dp = self.datapath().await?;
-            self.record(Undo::HostDown)?;
+            self.record(Undo::HostDown, "create.host")?;
             dp.host_up()?;
             failpoint::check("create.host")?;
         }
@@ -179,15 +179,21 @@ impl Host {
                 format!("interface {} already exists on the host", net.bridge),
             ));
         }
-        self.record(Undo::DeleteLink {
-            name: net.bridge.clone(),
-        })?;
+        self.record(
+            Undo::DeleteLink {
+                name: net.bridge.clone(),
+            },
+            "create.bridge",
+        )?;
         let bridge_ifindex = topology::network_up(&self.netlink, net).await?;
         failpoint::check("create.bridge")?;
         let dp = self.datapath().await?;
-        self.record(Undo::NetworkDown {
-            network: net.clone(),
-        })?;
+        self.record(
+            Undo::NetworkDown {
+                network: net.clone(),
+            },
+            "create.network",
+        )?;
         dp.network_up(net, bridge_ifindex)?;
         failpoint::check("create.network")?;
         self.state.networks.insert(net.name.clone(), net.clone());
@@ -250,7 +256,10 @@ impl Host {
             errors.push(e);
         }
         self.state.networks.remove(&net.name);
-        errors.extend(self.save_committed().err());
+        errors.extend(
+            self.removal_done(|j| j.removing_networks.retain(|n| n != &net.name))
+                .err(),
+        );
         Error::collect(errors)
     }
 
@@ -264,11 +273,17 @@ impl Host {
             .filter(|n| n.name != DEFAULT_NETWORK && self.state.members(&n.name).next().is_none())
             .cloned()
             .collect();
+        if !unused.is_empty() {
+            self.record_removal(|j| {
+                j.removing_networks = unused.iter().map(|n| n.name.clone()).collect()
+            })?;
+        }
         let mut errors = Vec::new();
         for net in &unused {
             if let Err(e) = self.remove_network(net).await {
                 errors.push(e);
             }
+            errors.extend(failpoint::check("prune.network").err());
         }
         Error::collect(errors)?;
         Ok(unused.into_iter().map(|n| n.name).collect())
@@ -360,7 +375,13 @@ impl Host {
             );
         }
         errors.extend(hosts::refresh(&self.state, &[]).err());
-        errors.extend(self.save_committed().err());
+        errors.extend(
+            self.removal_done(|j| {
+                j.removing_endpoints
+                    .retain(|e| e.container != container || e.network != network)
+            })
+            .err(),
+        );
         Error::collect(errors)
     }
 }

@@ -49,6 +49,7 @@ pub use self::{
 use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
+    failpoint,
     model::{DatapathKind, Endpoint, Network, PortMapping},
     state::State,
 };
@@ -161,6 +162,7 @@ impl Datapath for Ebpf {
         self.hash::<u32, EndpointInfo>(map_names::ENDPOINTS)?
             .insert(be_ip(ep.ip), info, 0)
             .map_err(|e| bpf_error(format!("endpoint {}: map ENDPOINTS", ep.ip), e))?;
+        failpoint::check("run.endpoint.map")?;
         self.attach_endpoint(&ep.host_veth)
     }
 
@@ -209,14 +211,23 @@ impl Datapath for Ebpf {
                 _pad: 0,
                 ifindex: target.ifindex,
             };
-            if let Err(e) = portmap.insert(port_key(p), value, 0) {
+            let result = portmap
+                .insert(port_key(p), value, 0)
+                .map_err(|e| bpf_error(format!("port {}: map PORTMAP", p.describe()), e))
+                .and_then(|()| {
+                    done.push(port_key(p));
+                    match done.len() {
+                        1 => failpoint::check("run.ports.map"),
+                        _ => Ok(()),
+                    }
+                });
+            if let Err(e) = result {
                 // All or nothing: take back this batch's entries.
                 for key in &done {
                     let _ = portmap.remove(key);
                 }
-                return Err(bpf_error(format!("port {}: map PORTMAP", p.describe()), e));
+                return Err(e);
             }
-            done.push(port_key(p));
         }
         Ok(())
     }

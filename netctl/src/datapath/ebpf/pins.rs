@@ -19,7 +19,10 @@ use aya::{
 use netctl_common::{config::Config, maps};
 
 use super::{bpf_error, maps::be_ip, Ebpf, SNAT_PORTS};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    failpoint,
+};
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
 pub static EBPF_OBJECT: &[u8] =
@@ -265,6 +268,7 @@ impl Ebpf {
                 errors.extend(Self::unpin_link(&entry.path()).err());
             }
         }
+        errors.extend(failpoint::check("down.host.links").err());
         match fs::remove_dir_all(&self.pin_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -80,6 +80,7 @@ use rules::{check_bridge, check_endpoint, dedup};
 use super::{Datapath, Drift, HostInfo};
 use crate::{
     error::{Error, Result},
+    failpoint,
     model::{DatapathKind, Endpoint, Network, PortMapping},
     state::State,
 };
@@ -264,6 +265,9 @@ impl Datapath for Iptables {
                 &batch,
                 &mut errors,
             );
+            if table == Table::ALL[0] {
+                errors.extend(failpoint::check("down.host.table").err());
+            }
         }
         Error::collect(errors)
     }

@@ -165,7 +165,11 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
 fn the_first_run_on_the_default_network_creates_it() {
     let empty = State::default();
     let plan = plan_container(&empty, &config(), &run("a", DEFAULT_NETWORK)).unwrap();
-    let Step::CreateNetwork(net) = &plan.steps[0] else {
+    let Step::CreateNetwork {
+        network: net,
+        datapath: None,
+    } = &plan.steps[0]
+    else {
         panic!("{:?}", plan.steps);
     };
     assert_eq!(
@@ -183,6 +187,47 @@ fn the_first_run_on_the_default_network_creates_it() {
     };
     assert_eq!(endpoint.ip, Ipv4Addr::new(172, 17, 0, 2));
     assert_eq!(plan.steps.len(), 3);
+}
+
+/// A network the request says to create (a CNI configuration's, on its
+/// first ADD) is the run's first step, on the datapath asked; a network
+/// of another name is still unknown.
+#[test]
+fn a_network_to_create_is_the_first_step() {
+    let empty = State::default();
+    let create = NetworkCreate {
+        name: "cninet".into(),
+        subnet: Some("10.77.0.0/24".parse().unwrap()),
+        datapath: Some(DatapathKind::Iptables),
+        ..NetworkCreate::default()
+    };
+    let req = ContainerRun {
+        create_network: Some(create.clone()),
+        ..run("a", "cninet")
+    };
+    let plan = plan_container(&empty, &config(), &req).unwrap();
+    let Step::CreateNetwork { network, datapath } = &plan.steps[0] else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(
+        (
+            network.name.as_str(),
+            network.bridge.as_str(),
+            network.subnet
+        ),
+        ("cninet", "nc-cninet", create.subnet.unwrap())
+    );
+    assert_eq!(*datapath, Some(DatapathKind::Iptables));
+    let Step::Attach { endpoint, .. } = &plan.steps[2] else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(endpoint.ip, Ipv4Addr::new(10, 77, 0, 2));
+    let other = ContainerRun {
+        create_network: Some(create),
+        ..run("a", "elsewhere")
+    };
+    let err = plan_container(&empty, &config(), &other).unwrap_err();
+    assert_eq!(err.to_string(), "network elsewhere: not found");
 }
 
 #[test]
