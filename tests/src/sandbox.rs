@@ -171,14 +171,6 @@ impl Sandbox {
         self.command(args).output().expect("run netctl")
     }
 
-    /// Starts netctl without waiting for it (to kill it mid-command).
-    pub fn spawn_netctl(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn netctl")
-    }
 
     /// Runs netctl and returns its stdout; panics with its stderr on failure.
     pub fn netctl_ok(&self, args: &[&str]) -> String {
