@@ -171,7 +171,6 @@ impl Sandbox {
         self.command(args).output().expect("run netctl")
     }
 
-
     /// Runs netctl and returns its stdout; panics with its stderr on failure.
     pub fn netctl_ok(&self, args: &[&str]) -> String {
         let out = self.netctl(args);
