@@ -5,6 +5,7 @@
 pub mod cni;
 pub mod frames;
 pub mod host_state;
+pub mod ledger;
 pub mod output;
 pub mod sandbox;
 pub mod tc;
@@ -24,6 +25,7 @@ pub fn privileged(needs: &str) -> bool {
     }
     if std::env::var(SKIP_PRIVILEGED_ENV).as_deref() == Ok("1") {
         eprintln!("skipped ({SKIP_PRIVILEGED_ENV}=1): needs root for {needs}");
+        ledger::record("skipped", needs);
         return false;
     }
     panic!("needs root for {needs}: run as root, or set {SKIP_PRIVILEGED_ENV}=1 to skip this test");

@@ -120,6 +120,7 @@ impl Sandbox {
             datapath: datapath.to_owned(),
             children: Vec::new(),
         };
+        crate::ledger::record("made", &sandbox.prefix);
         // Built after the struct exists, so a failure half-way is cleaned by Drop.
         sandbox
             .build()
@@ -583,6 +584,9 @@ impl Drop for Sandbox {
             }
         }
         let removed = self.force_cleanup(&watch);
+        if judged {
+            crate::ledger::record("judged", &self.prefix);
+        }
         if judged && !(left.is_empty() && removed.is_empty()) {
             let list = |items: &[String]| match items {
                 [] => "  (nothing)".to_owned(),

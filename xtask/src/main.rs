@@ -7,6 +7,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod deps;
+mod ledger;
 mod sandbox;
 mod snapshot;
 mod testing;

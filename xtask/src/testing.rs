@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use crate::{
     cmd::{cargo, run, run_tests, step, workspace_root},
     deps,
+    ledger::Ledger,
     snapshot::Snapshot,
 };
 
@@ -59,7 +60,9 @@ pub fn test(stress: bool) -> Result<()> {
         step(&format!(
             "tests, round {round}/{rounds} (as root: they create namespaces)"
         ));
+        let ledger = Ledger::fresh()?;
         let mut cmd = cargo_test();
+        ledger.attach(&mut cmd);
         if stress {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             cmd.args([
@@ -69,6 +72,7 @@ pub fn test(stress: bool) -> Result<()> {
         }
         let (result, totals) = run_tests(&mut cmd);
         println!("tests took {:.1} s", started.elapsed().as_secs_f64());
+        let result = result.and_then(|()| ledger.verify().map(|summary| println!("{summary}")));
         // One plain closing line for the whole workspace (the last of
         // cargo's own lines is often a crate's empty doc-test run).
         println!(
@@ -90,11 +94,14 @@ pub fn test(stress: bool) -> Result<()> {
     if stress {
         let started = Instant::now();
         step("stress tests (the #[ignore]d ones, once; they take minutes)");
+        let ledger = Ledger::fresh()?;
         let mut cmd = cargo_test();
+        ledger.attach(&mut cmd);
         // One at a time: each makes 1,000 namespaces on its own.
         cmd.args(["--", "--ignored", "--test-threads=1"]);
         let (result, totals) = run_tests(&mut cmd);
         println!("stress tests took {:.1} s", started.elapsed().as_secs_f64());
+        let result = result.and_then(|()| ledger.verify().map(|summary| println!("{summary}")));
         println!(
             "{} passed, {} failed, {} skipped",
             totals.passed, totals.failed, totals.ignored
