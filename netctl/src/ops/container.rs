@@ -8,10 +8,10 @@
 //! failing step undoes them all. Removal takes a container apart and keeps
 //! going past errors.
 
-use std::{collections::BTreeSet, convert::Infallible, net::Ipv4Addr, path::PathBuf, str::FromStr};
+use std::{convert::Infallible, net::Ipv4Addr, path::PathBuf, str::FromStr};
 
 use super::{
-    network::{forget_in_datapath, plan_network, NetworkCreate},
+    network::{forget_in_datapath, plan_endpoint, plan_network, NetworkCreate},
     now, Host,
 };
 use crate::{
@@ -259,37 +259,6 @@ pub fn plan_container(
         });
     }
     Ok(ContainerPlan { container, steps })
-}
-
-/// A container's endpoint on `net`: the address asked (checked) or the
-/// lowest free one, the MAC derived from it, the veth named after the
-/// container and the network.
-pub(super) fn plan_endpoint(
-    state: &State,
-    net: &Network,
-    container: &str,
-    ifname: &str,
-    ip: Option<Ipv4Addr>,
-) -> Result<Endpoint> {
-    let used: BTreeSet<Ipv4Addr> = state
-        .members(&net.name)
-        .filter_map(|c| c.endpoint(&net.name))
-        .map(|e| e.ip)
-        .collect();
-    let ip = match ip {
-        Some(ip) => {
-            ipam::reserve(net.subnet, net.gateway, &used, ip)?;
-            ip
-        }
-        None => ipam::allocate(net.subnet, net.gateway, &used)?,
-    };
-    Ok(Endpoint {
-        network: net.name.clone(),
-        ifname: ifname.to_owned(),
-        host_veth: ipam::veth_name(container, net.id),
-        ip,
-        mac: Mac::for_ip(ip),
-    })
 }
 
 /// A container as the state records it, read under the state lock without

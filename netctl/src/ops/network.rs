@@ -2,19 +2,19 @@
 //! inspect. Creation and connect are undoable transactions; removal and
 //! disconnect journal what they take apart and keep going past errors.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::{container::plan_endpoint, now, Host, DEFAULT_DATAPATH};
+use super::{now, Host, DEFAULT_DATAPATH};
 use crate::{
     datapath::Datapath,
     error::{Error, Result},
     failpoint, hosts, ipam,
     journal::{EndpointRef, Undo},
     model::{
-        Container, DatapathKind, Endpoint, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
+        Container, DatapathKind, Endpoint, Mac, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
     },
     state::State,
     topology,
@@ -146,6 +146,37 @@ fn default_gateways(state: &State, ctr: &Container) -> Vec<Ipv4Addr> {
         .filter(|n| !n.internal)
         .map(|n| n.gateway)
         .collect()
+}
+
+/// A container's endpoint on `net`: the address asked (checked) or the
+/// lowest free one, the MAC derived from it, the veth named after the
+/// container and the network.
+pub(super) fn plan_endpoint(
+    state: &State,
+    net: &Network,
+    container: &str,
+    ifname: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<Endpoint> {
+    let used: BTreeSet<Ipv4Addr> = state
+        .members(&net.name)
+        .filter_map(|c| c.endpoint(&net.name))
+        .map(|e| e.ip)
+        .collect();
+    let ip = match ip {
+        Some(ip) => {
+            ipam::reserve(net.subnet, net.gateway, &used, ip)?;
+            ip
+        }
+        None => ipam::allocate(net.subnet, net.gateway, &used)?,
+    };
+    Ok(Endpoint {
+        network: net.name.clone(),
+        ifname: ifname.to_owned(),
+        host_veth: ipam::veth_name(container, net.id),
+        ip,
+        mac: Mac::for_ip(ip),
+    })
 }
 
 impl Host {

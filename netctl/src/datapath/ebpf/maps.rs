@@ -2,16 +2,15 @@
 //! in, typed views of a pinned hash, and reading a whole hash with
 //! `BPF_MAP_LOOKUP_BATCH`.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{HashMap, Map, MapData};
 use netctl_common::{maps, portmap::PortKey};
 
-use super::{
-    bpf_error,
-    pins::{map_pin_path, open_pinned_map},
-    Ebpf,
-};
+use super::{bpf_error, Ebpf};
 use crate::{
     error::{Error, Result},
     model::PortMapping,
@@ -162,6 +161,17 @@ pub(super) fn dump_hash<K: aya::Pod, V: aya::Pod>(
             _ => return Err(Error::system(what, format!("batch lookup: {errno}"))),
         }
     }
+}
+
+/// Where map `name` is pinned under a host's pin directory.
+pub(super) fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+/// Opens the map pinned as `name` under a host's pin directory.
+pub(super) fn open_pinned_map(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = map_pin_path(pin_dir, name);
+    MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData},
+    maps::Array,
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
@@ -18,7 +18,11 @@ use aya::{
 };
 use netctl_common::{config::Config, maps};
 
-use super::{bpf_error, maps::be_ip, Ebpf, SNAT_PORTS};
+use super::{
+    bpf_error,
+    maps::{be_ip, map_pin_path},
+    Ebpf, SNAT_PORTS,
+};
 use crate::{
     error::{Error, Result},
     failpoint,
@@ -93,20 +97,9 @@ pub fn netns_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
-/// Where map `name` is pinned under a host's pin directory.
-pub(super) fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
-    pin_dir.join("maps").join(name)
-}
-
 /// Where program `name` is pinned under a host's pin directory.
 pub(super) fn prog_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("progs").join(name)
-}
-
-/// Opens the map pinned as `name` under a host's pin directory.
-pub(super) fn open_pinned_map(pin_dir: &Path, name: &str) -> Result<MapData> {
-    let path = map_pin_path(pin_dir, name);
-    MapData::from_pin(&path).map_err(|e| bpf_error(format!("map {}", path.display()), e))
 }
 
 impl Ebpf {

@@ -8,7 +8,7 @@ use netctl_common::{
     stats::{Counter, STAT_COUNT, STAT_NAMES},
 };
 
-use super::{bpf_error, pins::open_pinned_map};
+use super::{bpf_error, maps::open_pinned_map};
 use crate::error::Result;
 
 /// Counters summed over CPUs, in index order.

@@ -25,7 +25,8 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 
 use super::{
     bpf_error,
-    pins::{open_pinned_map, prog_pin_path, ENDPOINT_INGRESS},
+    maps::open_pinned_map,
+    pins::{prog_pin_path, ENDPOINT_INGRESS},
 };
 use crate::error::{Error, Result};
 
