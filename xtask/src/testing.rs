@@ -56,68 +56,57 @@ pub fn test(stress: bool) -> Result<()> {
 
     let rounds = if stress { STRESS_ROUNDS } else { 1 };
     for round in 1..=rounds {
-        let started = Instant::now();
-        step(&format!(
-            "tests, round {round}/{rounds} (as root: they create namespaces)"
-        ));
-        let ledger = Ledger::fresh()?;
-        let mut cmd = cargo_test();
-        ledger.attach(&mut cmd);
-        if stress {
+        let what = format!("tests, round {round}/{rounds} (as root: they create namespaces)");
+        let extra = if stress {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cmd.args([
-                "--",
-                &format!("--test-threads={}", cpus * STRESS_THREADS_PER_CPU),
-            ]);
-        }
-        let (result, totals) = run_tests(&mut cmd);
-        println!("tests took {:.1} s", started.elapsed().as_secs_f64());
-        let result = result.and_then(|()| ledger.verify().map(|summary| println!("{summary}")));
-        // One plain closing line for the whole workspace (the last of
-        // cargo's own lines is often a crate's empty doc-test run).
-        println!(
-            "{} passed, {} failed, {} skipped",
-            totals.passed, totals.failed, totals.ignored
-        );
-
-        step("leak check: the root namespace after the tests");
-        let after = Snapshot::take()?;
-        let leaks = after.leaks_since(&before);
-        for leak in &leaks {
-            println!("LEAKED {leak}");
-        }
-        if leaks.is_empty() {
-            println!("nothing left behind");
-        }
-        leak_verdict(result, leaks.len())?;
+            vec![format!("--test-threads={}", cpus * STRESS_THREADS_PER_CPU)]
+        } else {
+            Vec::new()
+        };
+        checked_run(&what, &extra, &before)?;
     }
     if stress {
-        let started = Instant::now();
-        step("stress tests (the #[ignore]d ones, once; they take minutes)");
-        let ledger = Ledger::fresh()?;
-        let mut cmd = cargo_test();
-        ledger.attach(&mut cmd);
         // One at a time: each makes 1,000 namespaces on its own.
-        cmd.args(["--", "--ignored", "--test-threads=1"]);
-        let (result, totals) = run_tests(&mut cmd);
-        println!("stress tests took {:.1} s", started.elapsed().as_secs_f64());
-        let result = result.and_then(|()| ledger.verify().map(|summary| println!("{summary}")));
-        println!(
-            "{} passed, {} failed, {} skipped",
-            totals.passed, totals.failed, totals.ignored
-        );
-        step("leak check: the root namespace after the stress tests");
-        let leaks = Snapshot::take()?.leaks_since(&before);
-        for leak in &leaks {
-            println!("LEAKED {leak}");
-        }
-        if leaks.is_empty() {
-            println!("nothing left behind");
-        }
-        leak_verdict(result, leaks.len())?;
+        checked_run(
+            "stress tests (the #[ignore]d ones, once; they take minutes)",
+            &["--ignored".into(), "--test-threads=1".into()],
+            &before,
+        )?;
     }
     println!("\nall checks passed");
     Ok(())
+}
+
+/// One `cargo test` run (`harness_args` go to the test binaries), then its
+/// sandbox ledger and the leak check of the root namespace against `before`.
+fn checked_run(what: &str, harness_args: &[String], before: &Snapshot) -> Result<()> {
+    let started = Instant::now();
+    step(what);
+    let ledger = Ledger::fresh()?;
+    let mut cmd = cargo_test();
+    ledger.attach(&mut cmd);
+    if !harness_args.is_empty() {
+        cmd.arg("--").args(harness_args);
+    }
+    let (result, totals) = run_tests(&mut cmd);
+    println!("tests took {:.1} s", started.elapsed().as_secs_f64());
+    let result = result.and_then(|()| ledger.verify().map(|summary| println!("{summary}")));
+    // One plain closing line for the whole workspace (the last of
+    // cargo's own lines is often a crate's empty doc-test run).
+    println!(
+        "{} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+
+    step("leak check: the root namespace after the tests");
+    let leaks = Snapshot::take()?.leaks_since(before);
+    for leak in &leaks {
+        println!("LEAKED {leak}");
+    }
+    if leaks.is_empty() {
+        println!("nothing left behind");
+    }
+    leak_verdict(result, leaks.len())
 }
 
 /// `cargo test` of the workspace (the eBPF crate aside). Every test binary
