@@ -1,6 +1,6 @@
 //! Networks, endpoints, ports and `iptables-save` text shared by the unit
-//! tests of this module and, through the `test-fixtures` feature, by its
-//! kernel tests in the tests crate.
+//! tests of this module and by its kernel tests in the tests crate; netctl
+//! itself never uses them.
 
 use std::net::Ipv4Addr;
 

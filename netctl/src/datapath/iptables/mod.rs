@@ -61,7 +61,8 @@ use ipnet::Ipv4Net;
 
 mod audit;
 mod batch;
-#[cfg(any(test, feature = "test-fixtures"))]
+// Always built (a few constructors): a cargo feature for it would give the
+// tests crate a second build of netctl, eBPF object included.
 #[doc(hidden)]
 pub mod fixtures;
 mod rules;
