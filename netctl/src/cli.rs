@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         seconds: u64,
     },
+    /// Print the host's metrics in the Prometheus text format, or serve
+    /// them over HTTP at /metrics with --listen.
+    Metrics {
+        /// Serve GET /metrics on this address until SIGINT or SIGTERM
+        /// (in the host namespace; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Compare the state with the kernel: report what is missing, and what
     /// carries netctl's names without being in the state.
     Doctor {
@@ -252,6 +260,17 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         Command::Down => Host::open(config).await?.down().await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
         Command::Stats => stats(&Host::open(config).await?, format),
+        Command::Metrics { listen: None } => {
+            print!("{}", ops::metrics_text(&config).await?);
+            Ok(())
+        }
+        Command::Metrics { listen: Some(addr) } => {
+            ops::serve_metrics(&config, addr, |bound| {
+                // Scripts and tests wait for this line (port 0 says which port).
+                println!("listening on {bound}");
+            })
+            .await
+        }
         Command::Trace { seconds } => Host::open(config)
             .await?
             .trace(seconds, &mut std::io::stdout().lock()),
