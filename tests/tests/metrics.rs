@@ -38,8 +38,7 @@ const ETHERNET: u64 = 14;
 
 /// Network `front` with `web` serving UDP on 80, published on 8080, and
 /// `a`; an outside UDP server on 9001. Each server has answered once.
-fn udp_setup(datapath: &str) -> Sandbox {
-    let mut sb = Sandbox::new(datapath);
+fn udp_setup(mut sb: Sandbox) -> Sandbox {
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     let tool = nettool();
     let web = [
@@ -144,7 +143,16 @@ fn promtool_finds_nothing(exposition: &str) {
 }
 
 fn counters_move_by_the_traffic_sent(datapath: &str) {
-    let sb = udp_setup(datapath);
+    let sb = Sandbox::new(datapath);
+    // A fresh host: the state's gauges at zero, no datapath yet, and no
+    // state dir left behind by the read (the sandbox's drop checks).
+    let fresh = sb.netctl_ok(&["metrics"]);
+    promtool_finds_nothing(&fresh);
+    let fresh = samples(&fresh);
+    assert_eq!(fresh[&normalize("netctl_networks")], 0);
+    assert!(!fresh.keys().any(|k| k.starts_with("netctl_datapath_info")));
+
+    let sb = udp_setup(sb);
     let before_text = sb.netctl_ok(&["metrics"]);
     promtool_finds_nothing(&before_text);
     let before = samples(&before_text);
@@ -300,7 +308,7 @@ impl Drop for Scratch {
 }
 
 fn prometheus_scrapes_the_listener(datapath: &str) {
-    let sb = udp_setup(datapath);
+    let sb = udp_setup(Sandbox::new(datapath));
     let mut scratch = Scratch {
         dir: std::env::temp_dir().join(format!("{}-prometheus", sb.prefix)),
         children: Vec::new(),
@@ -320,6 +328,20 @@ fn prometheus_scrapes_the_listener(datapath: &str) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("not a listening line: {first:?}"))
         .to_owned();
+
+    // Only /metrics is served.
+    let elsewhere = sb.in_host(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        &format!("http://{target}/"),
+    ]);
+    assert_eq!(text(&elsewhere), "404");
 
     let config = scratch.dir.join("prometheus.yml");
     fs::write(
@@ -395,6 +417,22 @@ fn prometheus_scrapes_the_listener(datapath: &str) {
         "Prometheus did not report {query} = {expected} within {PROMETHEUS_WAIT:?}; last answer: {last}"
     );
 
+    // Scrapes after `down` answer a fresh host, and bring no state dir back.
+    sb.netctl_ok(&["down"]);
+    let after_down = sb.in_host(&[
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        "5",
+        &format!("http://{target}/metrics"),
+    ]);
+    assert!(
+        text(&after_down).contains("\nnetctl_networks 0\n"),
+        "{}",
+        String::from_utf8_lossy(&after_down.stderr)
+    );
+
     let prometheus = scratch.children.pop().expect("prometheus");
     let netctl = scratch.children.pop().expect("netctl");
     stop(prometheus);
@@ -402,5 +440,10 @@ fn prometheus_scrapes_the_listener(datapath: &str) {
     assert!(
         status.success(),
         "netctl metrics --listen on SIGTERM: {status}"
+    );
+    assert!(
+        !sb.state_dir.exists(),
+        "scrapes left {}",
+        sb.state_dir.display()
     );
 }

@@ -15,8 +15,14 @@ use crate::{
     model::DatapathKind,
 };
 
-/// Reads the host once and renders it in the exposition format.
+/// Reads the host once and renders it in the exposition format. A host
+/// without a state dir keeps none (a scrape after `netctl down` must not
+/// bring one back).
 pub async fn metrics_text(config: &HostConfig) -> Result<String> {
+    super::leaving_no_trace(&config.state_dir, scrape(config)).await
+}
+
+async fn scrape(config: &HostConfig) -> Result<String> {
     let host = Host::open(config.clone()).await?;
     let state = host.state.clone();
     let pins = host.config.pin_dir();
