@@ -78,7 +78,7 @@ pub enum Command {
     Metrics {
         /// Serve GET /metrics on this address until SIGINT or SIGTERM
         /// (in the host namespace; port 0 picks a free one).
-        #[arg(long, value_name = "ADDR:PORT")]
+        #[arg(long, value_name = "ADDR:PORT", value_parser = listen_arg)]
         listen: Option<std::net::SocketAddr>,
     },
     /// Compare the state with the kernel: report what is missing, and what
@@ -213,6 +213,16 @@ fn ip_arg(text: &str) -> Result<Ipv4Addr> {
 /// `--gateway`: an address whose refusal names the option.
 fn gateway_arg(text: &str) -> Result<Ipv4Addr> {
     ipam::parse_ip("gateway", text)
+}
+
+/// `--listen`: a socket address whose refusal names the option.
+fn listen_arg(text: &str) -> Result<std::net::SocketAddr> {
+    text.parse().map_err(|_| {
+        Error::invalid(
+            format!("listen {text}"),
+            "not an ADDR:PORT (e.g. 127.0.0.1:9610)",
+        )
+    })
 }
 
 /// The error of a value that one of netctl's own parsers refused (a port
@@ -638,6 +648,10 @@ mod tests {
         assert_eq!(
             refusal(&["netctl", "network", "connect", "n", "c", "--ip", "::1"]).as_deref(),
             Some("ip ::1: IPv6 is not supported (exit 1)")
+        );
+        assert_eq!(
+            refusal(&["netctl", "metrics", "--listen", "9610"]).as_deref(),
+            Some("listen 9610: not an ADDR:PORT (e.g. 127.0.0.1:9610) (exit 1)")
         );
         // Usage errors stay clap's.
         assert_eq!(refusal(&["netctl", "container", "run"]), None);

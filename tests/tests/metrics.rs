@@ -151,6 +151,16 @@ fn counters_move_by_the_traffic_sent(datapath: &str) {
     let fresh = samples(&fresh);
     assert_eq!(fresh[&normalize("netctl_networks")], 0);
     assert!(!fresh.keys().any(|k| k.starts_with("netctl_datapath_info")));
+    // Bad input: one line naming the option, exit 1, nothing made.
+    let (code, err) = sb.netctl_err(&["metrics", "--listen", "banana"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "netctl: listen banana: not an ADDR:PORT (e.g. 127.0.0.1:9610)\n"
+        )
+    );
+    assert!(!sb.state_dir.exists());
 
     let sb = udp_setup(sb);
     let before_text = sb.netctl_ok(&["metrics"]);
