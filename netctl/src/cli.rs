@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         seconds: u64,
     },
+    /// Print the host's metrics in the Prometheus text format, or serve
+    /// them over HTTP at /metrics with --listen.
+    Metrics {
+        /// Serve GET /metrics on this address until SIGINT or SIGTERM
+        /// (in the host namespace; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT", value_parser = listen_arg)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Compare the state with the kernel: report what is missing, and what
     /// carries netctl's names without being in the state.
     Doctor {
@@ -207,6 +215,16 @@ fn gateway_arg(text: &str) -> Result<Ipv4Addr> {
     ipam::parse_ip("gateway", text)
 }
 
+/// `--listen`: a socket address whose refusal names the option.
+fn listen_arg(text: &str) -> Result<std::net::SocketAddr> {
+    text.parse().map_err(|_| {
+        Error::invalid(
+            format!("listen {text}"),
+            "not an ADDR:PORT (e.g. 127.0.0.1:9610)",
+        )
+    })
+}
+
 /// The error of a value that one of netctl's own parsers refused (a port
 /// spec, an address, a subnet). netctl reports it like any validation
 /// error, on one line with exit code 1, rather than as a usage error.
@@ -252,6 +270,17 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         Command::Down => Host::open(config).await?.down().await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
         Command::Stats => stats(&Host::open(config).await?, format),
+        Command::Metrics { listen: None } => {
+            print!("{}", ops::metrics_text(&config).await?);
+            Ok(())
+        }
+        Command::Metrics { listen: Some(addr) } => {
+            ops::serve_metrics(&config, addr, |bound| {
+                // Scripts and tests wait for this line (port 0 says which port).
+                println!("listening on {bound}");
+            })
+            .await
+        }
         Command::Trace { seconds } => Host::open(config)
             .await?
             .trace(seconds, &mut std::io::stdout().lock()),
@@ -619,6 +648,10 @@ mod tests {
         assert_eq!(
             refusal(&["netctl", "network", "connect", "n", "c", "--ip", "::1"]).as_deref(),
             Some("ip ::1: IPv6 is not supported (exit 1)")
+        );
+        assert_eq!(
+            refusal(&["netctl", "metrics", "--listen", "9610"]).as_deref(),
+            Some("listen 9610: not an ADDR:PORT (e.g. 127.0.0.1:9610) (exit 1)")
         );
         // Usage errors stay clap's.
         assert_eq!(refusal(&["netctl", "container", "run"]), None);

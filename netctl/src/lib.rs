@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod hosts;
 pub mod ipam;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;

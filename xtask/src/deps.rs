@@ -45,6 +45,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "turning checksum offloads off where the checksum tests capture",
     ),
     ("procps", "sysctl, ps"),
+    (
+        "prometheus",
+        "promtool check metrics, and a Prometheus server scraping `netctl metrics --listen` in the tests",
+    ),
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -8,8 +8,8 @@
 //! This file holds the transaction itself, [`Host`]: the lock, the journal,
 //! the undo list, commit and rollback, and the recovery of what a killed
 //! netctl left. The commands are beside it: `network.rs`, `container.rs`
-//! (a pure plan, then its steps), `doctor.rs`, and `ebpf.rs` for the eBPF
-//! datapath's own tables.
+//! (a pure plan, then its steps), `doctor.rs`, `ebpf.rs` for the eBPF
+//! datapath's own tables, and `metrics.rs` for `netctl metrics`.
 
 use std::{
     future::Future,
@@ -33,12 +33,14 @@ use crate::{
 mod container;
 mod doctor;
 mod ebpf;
+mod metrics;
 mod network;
 
 pub use container::{
     lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
 };
 pub use doctor::Finding;
+pub use metrics::{metrics_text, serve_metrics};
 pub use network::{plan_network, NetworkCreate, NetworkView};
 
 /// The datapath a new host gets when `--datapath` is not given.

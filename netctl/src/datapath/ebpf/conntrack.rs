@@ -18,6 +18,7 @@ use netctl_common::{
 use super::{
     bpf_error,
     maps::{dump_hash, ip_from_be, is_absent, pinned_hash},
+    pins::open_pinned_map,
 };
 use crate::error::{Error, Result};
 
@@ -115,6 +116,14 @@ fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
 fn conntrack_entries(pin_dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     let map = pinned_hash::<CtKey, CtEntry>(pin_dir, maps::CONNTRACK)?;
     dump_hash(aya::maps::IterableMap::map(&map), "map CONNTRACK")
+}
+
+/// How many entries the host's conntrack table holds at most (as sized
+/// when the datapath was loaded), read from the pinned table itself.
+pub fn conntrack_capacity(pin_dir: &Path) -> Result<u32> {
+    let map = open_pinned_map(pin_dir, maps::CONNTRACK)?;
+    let info = map.info().map_err(|e| bpf_error("map CONNTRACK", e))?;
+    Ok(info.max_entries())
 }
 
 /// The flows of a host's conntrack table.

@@ -39,8 +39,8 @@ use netctl_common::{
 use self::maps::{be_ip, is_absent, port_key};
 pub use self::{
     conntrack::{
-        conntrack_gc, conntrack_list, conntrack_max, conntrack_remove, Flow, CONNTRACK_MAX_DEFAULT,
-        CONNTRACK_MAX_ENV,
+        conntrack_capacity, conntrack_gc, conntrack_list, conntrack_max, conntrack_remove, Flow,
+        CONNTRACK_MAX_DEFAULT, CONNTRACK_MAX_ENV,
     },
     pins::{ensure_bpffs, netns_cookie, EBPF_OBJECT},
     stats::stats,

@@ -74,7 +74,7 @@ pub use rules::{
     CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
     POSTROUTING_CHAIN,
 };
-pub use save::{AddressMatch, DnatDestination, Saved, SavedChain, SavedRule};
+pub use save::{AddressMatch, CountedRule, DnatDestination, Saved, SavedChain, SavedRule};
 
 use rules::{check_bridge, check_endpoint, dedup};
 
@@ -152,6 +152,13 @@ impl Iptables {
     /// The rules are written in whatever namespace the calling thread is in:
     /// the host's, which the process has already entered.
     pub fn new(_host: &HostInfo) -> Iptables {
+        Iptables::system()
+    }
+
+    /// The datapath running the system's `iptables-restore` and
+    /// `iptables-save`, for readers that need nothing of the host
+    /// (`netctl metrics` reading the counters).
+    pub fn system() -> Iptables {
         Iptables::with_programs(batch::RESTORE, save::SAVE)
     }
 

@@ -84,13 +84,7 @@ impl Saved {
     /// Lines outside a table of ours, comments and `COMMIT` are skipped.
     pub fn parse(text: &str) -> Saved {
         let mut saved = Saved::default();
-        let mut table = None;
-        for line in text.lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = Table::from_name(name.trim());
-                continue;
-            }
-            let Some(table) = table else { continue };
+        for (table, line) in table_lines(text) {
             if let Some(chain) = SavedChain::parse(line) {
                 saved.tables.entry(table).or_default().chains.push(chain);
             } else if let Some(rule) = SavedRule::parse(table, line) {
@@ -328,11 +322,62 @@ fn split_words(spec: &str) -> Vec<String> {
     words
 }
 
+/// A rule as `iptables-save -c` prints it, with the packets and bytes that
+/// matched it since it was written (for `netctl metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedRule {
+    pub packets: u64,
+    pub bytes: u64,
+    pub rule: SavedRule,
+}
+
+impl CountedRule {
+    /// The rules of `iptables-save -c` output (`[PACKETS:BYTES] -A ...`),
+    /// in the tables netctl writes to; chain policies' counters are skipped.
+    pub fn parse_all(text: &str) -> Vec<CountedRule> {
+        table_lines(text)
+            .filter_map(|(table, line)| {
+                let (counters, rest) = line.strip_prefix('[')?.split_once("] ")?;
+                let (packets, bytes) = counters.split_once(':')?;
+                Some(CountedRule {
+                    packets: packets.parse().ok()?,
+                    bytes: bytes.parse().ok()?,
+                    rule: SavedRule::parse(table, rest)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The lines of `iptables-save` output inside the tables netctl writes
+/// to, each with its table (the `*TABLE` lines themselves left out).
+fn table_lines(text: &str) -> impl Iterator<Item = (Table, &str)> {
+    let mut table = None;
+    text.lines().filter_map(move |line| {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Table::from_name(name.trim());
+            return None;
+        }
+        Some((table?, line))
+    })
+}
+
 impl Iptables {
     /// Reads the tables netctl writes to.
     pub fn saved(&self) -> Result<Saved> {
+        Ok(Saved::parse(&self.run_save(&[])?))
+    }
+
+    /// Reads the tables with the rules' counters (`iptables-save -c`).
+    pub fn rule_counters(&self) -> Result<Vec<CountedRule>> {
+        Ok(CountedRule::parse_all(&self.run_save(&["-c"])?))
+    }
+
+    /// What `iptables-save ARGS` printed, or its first line of complaint.
+    fn run_save(&self, args: &[&str]) -> Result<String> {
         let object = || format!("iptables: read rules ({})", self.save);
         let out = Command::new(&self.save)
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| Error::system(object(), e))?;
@@ -346,7 +391,7 @@ impl Iptables {
                 .to_owned();
             return Err(Error::system(object(), format!("{first} ({})", out.status)));
         }
-        Ok(Saved::parse(&String::from_utf8_lossy(&out.stdout)))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -357,6 +402,24 @@ mod tests {
         fixtures::SAMPLE_SAVE,
         rules::{host_rules, FORWARD_CHAIN},
     };
+
+    #[test]
+    fn counters_are_read_with_their_rules() {
+        let text = "*nat\n:PREROUTING ACCEPT [9:900]\n\
+                    [3:102] -A NETCTL-DNAT -p udp -m udp --dport 8080 -j DNAT --to-destination 172.18.0.2:80\n\
+                    COMMIT\n*mangle\n[5:5] -A PREROUTING -j ACCEPT\nCOMMIT\n\
+                    *raw\n[0:0] -A NETCTL-ANTISPOOF ! -s 172.18.0.2/32 -m physdev --physdev-in veabc -j DROP\nCOMMIT\n";
+        let rules = CountedRule::parse_all(text);
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!((rules[0].packets, rules[0].bytes), (3, 102));
+        assert_eq!(rules[0].rule.chain, "NETCTL-DNAT");
+        assert_eq!(
+            rules[0].rule.dnat_to.as_ref().map(|d| d.ip),
+            Some(Ipv4Addr::new(172, 18, 0, 2))
+        );
+        assert_eq!(rules[1].rule.table, Table::Raw);
+        assert_eq!(rules[1].rule.physdev_in.as_deref(), Some("veabc"));
+    }
 
     #[test]
     fn saved_output_is_parsed_per_table() {

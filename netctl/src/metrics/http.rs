@@ -1,0 +1,175 @@
+//! `netctl metrics --listen`: a small HTTP/1.1 server for `GET /metrics`,
+//! on the one thread of the command's runtime. One request per connection
+//! (answered with `Connection: close`), connections served one after the
+//! other: a scrape takes milliseconds, and serving them in turn keeps
+//! scrapes from queueing on the state lock against each other. A client
+//! that does not finish its request within [`REQUEST_TIMEOUT`] is dropped.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    signal::unix::{signal, SignalKind},
+};
+
+use super::exposition::CONTENT_TYPE;
+use crate::error::{Error, Result};
+
+/// Longest a client may take to send its request head or read the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read; longer ones are refused.
+const MAX_HEAD: usize = 8192;
+/// The one path served.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Serves `scrape()`'s text at [`METRICS_PATH`] on `addr` until SIGINT or
+/// SIGTERM. `ready` is told the bound address (port 0 picks one) once
+/// connections are accepted.
+pub async fn serve<S, F>(
+    addr: SocketAddr,
+    ready: impl FnOnce(SocketAddr),
+    mut scrape: S,
+) -> Result<()>
+where
+    S: FnMut() -> F,
+    F: Future<Output = Result<String>>,
+{
+    let what = || format!("metrics listener {addr}");
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::system(what(), e))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::system(what(), e))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::system(what(), e))?;
+    ready(
+        listener
+            .local_addr()
+            .map_err(|e| Error::system(what(), e))?,
+    );
+    loop {
+        let stream = tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // A connection that went before it was accepted, or no fd
+                // left for now: the listener itself is still good.
+                Err(e) => {
+                    log::warn!("metrics: accept: {e}");
+                    continue;
+                }
+            },
+        };
+        let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &mut scrape)).await;
+        match answered {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("metrics: {e}"),
+            Err(_) => log::warn!("metrics: a client took over {REQUEST_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Reads one request and writes its answer.
+async fn answer<S, F>(mut stream: TcpStream, scrape: &mut S) -> std::io::Result<()>
+where
+    S: FnMut() -> F,
+    F: Future<Output = Result<String>>,
+{
+    let Some(head) = read_head(&mut stream).await? else {
+        return respond(&mut stream, 400, "text/plain", "bad request\n").await;
+    };
+    let (status, content_type, body) = match route(&head) {
+        Route::Metrics => match scrape().await {
+            Ok(text) => (200, CONTENT_TYPE, text),
+            Err(e) => (500, "text/plain", format!("netctl: {e}\n")),
+        },
+        Route::NotFound => (404, "text/plain", format!("try {METRICS_PATH}\n")),
+        Route::NotAllowed => (405, "text/plain", "GET only\n".to_owned()),
+        Route::Bad => (400, "text/plain", "bad request\n".to_owned()),
+    };
+    respond(&mut stream, status, content_type, &body).await
+}
+
+/// The request head (up to the blank line), or none if it is too long or
+/// the client closed first.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8(head).ok())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    NotFound,
+    NotAllowed,
+    Bad,
+}
+
+/// Where a request head goes, from its request line.
+fn route(head: &str) -> Route {
+    let line = head.lines().next().unwrap_or("");
+    let mut words = line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
+    else {
+        return Route::Bad;
+    };
+    if !version.starts_with("HTTP/1.") || words.next().is_some() {
+        return Route::Bad;
+    }
+    if method != "GET" {
+        return Route::NotAllowed;
+    }
+    // The query string (`?format=...`) asks for nothing we vary.
+    let path = target.split('?').next().unwrap_or("");
+    if path == METRICS_PATH {
+        Route::Metrics
+    } else {
+        Route::NotFound
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_routed_by_method_and_path() {
+        let route_of = |line: &str| route(&format!("{line}\r\nHost: x\r\n\r\n"));
+        assert_eq!(route_of("GET /metrics HTTP/1.1"), Route::Metrics);
+        assert_eq!(route_of("GET /metrics?x=1 HTTP/1.0"), Route::Metrics);
+        assert_eq!(route_of("GET / HTTP/1.1"), Route::NotFound);
+        assert_eq!(route_of("POST /metrics HTTP/1.1"), Route::NotAllowed);
+        assert_eq!(route_of("GET /metrics"), Route::Bad);
+        assert_eq!(route_of("GET /metrics SPDY/3"), Route::Bad);
+    }
+}
