@@ -17,8 +17,7 @@ use netctl_common::{
 
 use super::{
     bpf_error,
-    maps::{dump_hash, ip_from_be, is_absent, pinned_hash},
-    pins::open_pinned_map,
+    maps::{dump_hash, ip_from_be, is_absent, open_pinned_map, pinned_hash},
 };
 use crate::error::{Error, Result};
 
