@@ -10,7 +10,10 @@
 //! raw     PREROUTING   -j NETCTL-ANTISPOOF               (first rule)
 //!         NETCTL-ANTISPOOF    per endpoint: from its veth with another source
 //!                             address -> DROP, with another source MAC -> DROP
-//! filter  FORWARD      -j NETCTL-FORWARD                 (first rule)
+//! filter  INPUT        -j NETCTL-INPUT                   (first rule)
+//!         NETCTL-INPUT        per network: from its bridge to 127.0.0.0/8, not
+//!                             from 127.0.0.0/8, neither a flow nor DNAT -> DROP
+//!         FORWARD      -j NETCTL-FORWARD                 (first rule)
 //!         NETCTL-FORWARD      -j NETCTL-ISOLATION-1      (first rule), then per
 //!                             network: replies and published ports in, INVALID
 //!                             (un-NATable) leaving DROP, all out, DROP
@@ -61,6 +64,7 @@ use ipnet::Ipv4Net;
 
 mod audit;
 mod batch;
+mod conntrack;
 #[cfg(any(test, feature = "test-fixtures"))]
 #[doc(hidden)]
 pub mod fixtures;
@@ -70,7 +74,7 @@ mod save;
 pub use batch::Batch;
 pub use rules::{
     endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
-    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
+    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
     POSTROUTING_CHAIN,
 };
 pub use save::{AddressMatch, DnatDestination, Saved, SavedChain, SavedRule};
@@ -296,13 +300,23 @@ impl Datapath for Iptables {
         self.apply_endpoint(ep)
     }
 
+    /// Its rules, then its conntrack entries (after the rules, so that no
+    /// flow through them starts after the flush), whatever became of the rules.
     fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
-        let saved = self.saved()?;
-        let mut batch = Batch::default();
-        batch.remove(&saved, &endpoint_rules(ep));
-        self.restore(
-            &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
-            &batch,
+        let removed = self.saved().and_then(|saved| {
+            let mut batch = Batch::default();
+            batch.remove(&saved, &endpoint_rules(ep));
+            self.restore(
+                &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
+                &batch,
+            )
+        });
+        let forgotten = conntrack::forget_address(ep.ip);
+        Error::collect(
+            [removed.err(), forgotten.err()]
+                .into_iter()
+                .flatten()
+                .collect(),
         )
     }
 
@@ -333,7 +347,9 @@ impl Datapath for Iptables {
                 net.name
             ),
             &batch,
-        )
+        )?;
+        // After the rules: a flow that starts from now on is translated.
+        conntrack::forget_stale_udp(ports)
     }
 
     fn audit(&self, state: &State) -> Result<Vec<Drift>> {
