@@ -2,10 +2,12 @@
 //! the detached command of `container run NAME -- CMD`, which is held
 //! before `exec` until its undo is journaled.
 //!
-//! A process enters a container by `setns(CLONE_NEWNET)` after getting a
-//! private mount namespace in which the container's hosts file is bound
-//! over /etc/hosts, exactly what `ip netns exec` does for that file, but
-//! without remounting /sys (which would hide /sys/fs/bpf).
+//! A process enters a container the way `ip netns exec` does: a private
+//! mount namespace in which the container's hosts file is bound over
+//! /etc/hosts, `setns(CLONE_NEWNET)`, and a sysfs mounted afresh on /sys,
+//! which then shows the container's interfaces (`/sys/class/net/eth0` is
+//! its own) and no longer the host's mounts below it (bpffs, cgroups).
+//! `exec --host` touches no mount: it keeps the host's /sys, bpffs included.
 
 use std::{
     ffi::{CStr, CString},
@@ -22,9 +24,12 @@ use std::{
 
 use nix::{
     fcntl::OFlag,
-    mount::{mount, MsFlags},
+    mount::{mount, umount2, MntFlags, MsFlags},
     sched::{unshare, CloneFlags},
-    sys::signal::{kill, Signal},
+    sys::{
+        signal::{kill, Signal},
+        statvfs::{statvfs, FsFlags},
+    },
     unistd::{pipe2, Pid},
 };
 
@@ -42,24 +47,25 @@ pub struct Target<'a> {
     pub cgroup: Option<&'a Path>,
 }
 
-/// Moves the calling thread into the target: private mount namespace with
-/// the hosts file, network namespace, cgroup (the cgroup applies to the
-/// whole process, which is what `exec --host` wants).
+/// Moves the calling thread into the target: for a container, a private
+/// mount namespace with its hosts file, its network namespace and its
+/// sysfs; then the cgroup (which applies to the whole process, which is
+/// what `exec --host` wants).
 fn enter(target: &Target<'_>) -> Result<()> {
     if let Some(name) = target.netns {
+        unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(|e| Error::system("mount namespace", format!("unshare: {e}")))?;
+        // Keep our mounts from propagating back to the host.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::system("mount namespace", format!("make / slave: {e}")))?;
         let hosts_file = hosts::file(name);
         if hosts_file.exists() {
-            unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(|e| Error::system("mount namespace", format!("unshare: {e}")))?;
-            // Keep our bind mount from propagating back to the host.
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| Error::system("mount namespace", format!("make / slave: {e}")))?;
             mount(
                 Some(&hosts_file),
                 "/etc/hosts",
@@ -70,6 +76,7 @@ fn enter(target: &Target<'_>) -> Result<()> {
             .map_err(|e| Error::system(format!("hosts file {}", hosts_file.display()), e))?;
         }
         netns::enter_for_good(name)?;
+        mount_container_sysfs(name)?;
     }
     if let Some(cgroup) = target.cgroup {
         let procs = cgroup.join("cgroup.procs");
@@ -77,6 +84,27 @@ fn enter(target: &Target<'_>) -> Result<()> {
             .map_err(|e| Error::io(format!("cgroup {}", cgroup.display()), e))?;
     }
     Ok(())
+}
+
+/// Mounts a sysfs on /sys, in the private mount namespace: sysfs shows the
+/// network namespace of the thread that mounts it, the container's by now.
+/// The host's /sys is detached first; if it cannot be (none mounted, or
+/// not ours to unmount), the new one goes over it, read-only if it was
+/// (a read-only sysfs cannot be shadowed by a writable one), as `ip netns
+/// exec` does.
+fn mount_container_sysfs(netns_name: &str) -> Result<()> {
+    let mut flags = MsFlags::empty();
+    if umount2("/sys", MntFlags::MNT_DETACH).is_err()
+        && statvfs("/sys").is_ok_and(|fs| fs.flags().contains(FsFlags::ST_RDONLY))
+    {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(Some("sysfs"), "/sys", Some("sysfs"), flags, None::<&str>).map_err(|e| {
+        Error::system(
+            format!("sysfs of netns {netns_name}"),
+            format!("mount: {e}"),
+        )
+    })
 }
 
 /// Replaces this process with `argv` inside the target. Returns only on error.

@@ -38,7 +38,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "CNI bridge/portmap peers in benchmarks",
     ),
     ("netavark", "netavark peer in benchmarks"),
-    ("conntrack", "inspecting the kernel's conntrack"),
+    (
+        "conntrack",
+        "the iptables datapath: flushing the flows of removed containers and re-published UDP ports",
+    ),
     ("bpftool", "inspecting BPF programs and maps"),
     (
         "ethtool",

@@ -15,8 +15,12 @@
 //!   nettool udpsink PORT                     count UDP datagrams; answer "END" with "received=N"
 //!   nettool udpflood HOST PORT SECONDS       send 64-byte datagrams to `udpsink` for SECONDS
 //!
-//!   nettool count PORT MILLIS                count UDP datagrams for MILLIS ms, print
+//!   nettool count [IP:]PORT MILLIS           count UDP datagrams for MILLIS ms, print
 //!                                            `received=N` and `from=IP,...`
+//!   nettool udptick IP:PORT SPORT EVERY_MS COUNT
+//!                                            one UDP flow: COUNT datagrams from source
+//!                                            port SPORT, one every EVERY_MS ms (ICMP
+//!                                            errors ignored); prints `sent=N`
 //!   nettool rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated]
 //!                                            send COUNT UDP frames built by hand
 //!                                            (any source MAC and address) out of IFACE;
@@ -95,14 +99,16 @@ fn main() -> ExitCode {
         ["udpsink", port] => udp_sink(port),
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         ["udpask", how, addr] => udp_ask(how, addr),
+        ["udptick", addr, sport, every_ms, count] => udp_tick(addr, sport, every_ms, count),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
-                  | call tcp|udp HOST PORT [--timeout-ms N] | count PORT MILLIS \
+                  | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
                   | sniff IFACE MILLIS | sniff IFACE --checksums | bulk HOST PORT BYTES \
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
-                  | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT"
+                  | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
+                  | udptick IP:PORT SPORT EVERY_MS COUNT"
             .into()),
     };
     match result {
@@ -401,7 +407,11 @@ fn count(port: &str, millis: &str) -> Result<(), String> {
     let millis: u64 = millis
         .parse()
         .map_err(|_| format!("bad milliseconds {millis}"))?;
-    let addr = format!("0.0.0.0:{port}");
+    let addr = if port.contains(':') {
+        port.to_owned()
+    } else {
+        format!("0.0.0.0:{port}")
+    };
     let socket = UdpSocket::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
     // Ready: the caller may start sending once this line is out.
     println!("listening on {addr}");
@@ -789,5 +799,33 @@ fn udp_ask(how: &str, addr: &str) -> Result<(), String> {
         "from={from} reply={}",
         String::from_utf8_lossy(&buf[..n]).trim()
     );
+    Ok(())
+}
+
+/// Most datagrams one `udptick` sends.
+const MAX_TICKS: u64 = 10_000;
+
+/// `udptick`: one long UDP flow (same source port throughout), as a client
+/// that polls a server would make. The socket stays unconnected, so that
+/// an ICMP error (nobody listening for a while) does not end it.
+fn udp_tick(addr: &str, sport: &str, every_ms: &str, count: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let sport: u16 = sport.parse().map_err(|_| format!("bad port {sport}"))?;
+    let every: u64 = every_ms
+        .parse()
+        .map_err(|_| format!("bad interval {every_ms}"))?;
+    let count: u64 = count.parse().map_err(|_| format!("bad count {count}"))?;
+    let socket = UdpSocket::bind(("0.0.0.0", sport)).map_err(|e| format!("bind {sport}: {e}"))?;
+    let mut sent = 0;
+    for seq in 0..count.min(MAX_TICKS) {
+        if socket
+            .send_to(format!("tick {seq}\n").as_bytes(), addr)
+            .is_ok()
+        {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(every));
+    }
+    println!("sent={sent}");
     Ok(())
 }

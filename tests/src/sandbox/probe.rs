@@ -98,6 +98,18 @@ impl DropCounters {
     }
 }
 
+impl DropCounters {
+    /// The packets of the counters whose name starts with `prefix` (on
+    /// iptables, the DROP rules of one chain: `-A NETCTL-INPUT `).
+    pub fn total_of(&self, prefix: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, packets)| packets)
+            .sum()
+    }
+}
+
 /// Parses a `nettool probe` line: `OUTCOME packets=N [DETAIL]`.
 fn parse_probe(line: &str) -> Option<Probe> {
     let mut words = line.trim().splitn(3, ' ');

@@ -276,8 +276,12 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with('-'))
             .collect();
-        // (The DNAT exemption of the host is missing from the sample too.)
-        let mut want = vec!["-I NETCTL-ISOLATION-2 1 -m conntrack --ctstate DNAT -j RETURN"];
+        // (The jump to the guard of 127.0.0.0/8 and the DNAT exemption of
+        // the host are missing from the sample too.)
+        let mut want = vec![
+            "-I INPUT 1 -j NETCTL-INPUT",
+            "-I NETCTL-ISOLATION-2 1 -m conntrack --ctstate DNAT -j RETURN",
+        ];
         want.extend(["-D NETCTL-FORWARD -o nc-front -j DROP"; 2]);
         let adds: Vec<String> = network_rules(&front())
             .iter()
@@ -302,7 +306,7 @@ mod tests {
         batch.remove(&saved, &port_rules(&front_ports()));
         assert!(batch.is_empty());
         batch.remove(&saved, &network_rules(&front()));
-        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 10);
+        assert_eq!(batch.ops.values().map(Vec::len).sum::<usize>(), 11);
     }
 
     #[test]

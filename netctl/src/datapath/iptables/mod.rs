@@ -10,7 +10,10 @@
 //! raw     PREROUTING   -j NETCTL-ANTISPOOF               (first rule)
 //!         NETCTL-ANTISPOOF    per endpoint: from its veth with another source
 //!                             address -> DROP, with another source MAC -> DROP
-//! filter  FORWARD      -j NETCTL-FORWARD                 (first rule)
+//! filter  INPUT        -j NETCTL-INPUT                   (first rule)
+//!         NETCTL-INPUT        per network: from its bridge to 127.0.0.0/8, not
+//!                             from 127.0.0.0/8, neither a flow nor DNAT -> DROP
+//!         FORWARD      -j NETCTL-FORWARD                 (first rule)
 //!         NETCTL-FORWARD      -j NETCTL-ISOLATION-1      (first rule), then per
 //!                             network: replies and published ports in, INVALID
 //!                             (un-NATable) leaving DROP, all out, DROP
@@ -61,6 +64,7 @@ use ipnet::Ipv4Net;
 
 mod audit;
 mod batch;
+mod conntrack;
 // Always built (a few constructors): a cargo feature for it would give the
 // tests crate a second build of netctl, eBPF object included.
 #[doc(hidden)]
@@ -71,7 +75,7 @@ mod save;
 pub use batch::Batch;
 pub use rules::{
     endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
-    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
+    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
     POSTROUTING_CHAIN,
 };
 pub use save::{AddressMatch, CountedRule, DnatDestination, Saved, SavedChain, SavedRule};
@@ -304,13 +308,23 @@ impl Datapath for Iptables {
         self.apply_endpoint(ep)
     }
 
+    /// Its rules, then its conntrack entries (after the rules, so that no
+    /// flow through them starts after the flush), whatever became of the rules.
     fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
-        let saved = self.saved()?;
-        let mut batch = Batch::default();
-        batch.remove(&saved, &endpoint_rules(ep));
-        self.restore(
-            &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
-            &batch,
+        let removed = self.saved().and_then(|saved| {
+            let mut batch = Batch::default();
+            batch.remove(&saved, &endpoint_rules(ep));
+            self.restore(
+                &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
+                &batch,
+            )
+        });
+        let forgotten = conntrack::forget_address(ep.ip);
+        Error::collect(
+            [removed.err(), forgotten.err()]
+                .into_iter()
+                .flatten()
+                .collect(),
         )
     }
 
@@ -341,7 +355,9 @@ impl Datapath for Iptables {
                 net.name
             ),
             &batch,
-        )
+        )?;
+        // After the rules: a flow that starts from now on is translated.
+        conntrack::forget_stale_udp(ports)
     }
 
     fn audit(&self, state: &State) -> Result<Vec<Drift>> {

@@ -27,16 +27,19 @@ pub const ISOLATION_1_CHAIN: &str = "NETCTL-ISOLATION-1";
 pub const ISOLATION_2_CHAIN: &str = "NETCTL-ISOLATION-2";
 /// raw: per endpoint, packets from its veth with a forged source address or MAC.
 pub const ANTISPOOF_CHAIN: &str = "NETCTL-ANTISPOOF";
+/// filter: per network, what its bridge sends to the host's 127.0.0.0/8.
+pub const INPUT_CHAIN: &str = "NETCTL-INPUT";
 
 /// The chains of the host, created by `host_up` (and re-created by any
 /// `*_up` that finds them missing).
-pub const CHAINS: [(Table, &str); 6] = [
+pub const CHAINS: [(Table, &str); 7] = [
     (Table::Nat, DNAT_CHAIN),
     (Table::Nat, POSTROUTING_CHAIN),
     (Table::Filter, FORWARD_CHAIN),
     (Table::Filter, ISOLATION_1_CHAIN),
     (Table::Filter, ISOLATION_2_CHAIN),
     (Table::Raw, ANTISPOOF_CHAIN),
+    (Table::Filter, INPUT_CHAIN),
 ];
 
 /// The tables netctl writes to (mangle and security it never touches).
@@ -146,6 +149,8 @@ struct Spec {
     not_mac_source: Option<String>,
     dst_local: bool,
     ctstate: Option<&'static str>,
+    /// `! --ctstate`: any state but `ctstate`.
+    ctstate_negated: bool,
     target: String,
 }
 
@@ -162,8 +167,12 @@ impl Spec {
         self
     }
 
-    fn not_src_host(mut self, ip: Ipv4Addr) -> Spec {
-        self.source = Some(Ipv4Net::from(ip));
+    fn not_src_host(self, ip: Ipv4Addr) -> Spec {
+        self.not_src(Ipv4Net::from(ip))
+    }
+
+    fn not_src(mut self, net: Ipv4Net) -> Spec {
+        self.source = Some(net.trunc());
         self.source_negated = true;
         self
     }
@@ -178,8 +187,12 @@ impl Spec {
         self
     }
 
-    fn dst_host(mut self, ip: Ipv4Addr) -> Spec {
-        self.destination = Some(Ipv4Net::from(ip));
+    fn dst_host(self, ip: Ipv4Addr) -> Spec {
+        self.dst(Ipv4Net::from(ip))
+    }
+
+    fn dst(mut self, net: Ipv4Net) -> Spec {
+        self.destination = Some(net.trunc());
         self
     }
 
@@ -218,6 +231,12 @@ impl Spec {
         self
     }
 
+    fn not_ctstate(mut self, states: &'static str) -> Spec {
+        self.ctstate = Some(states);
+        self.ctstate_negated = true;
+        self
+    }
+
     fn render(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
         // iptables-save always prints the prefix length, /32 included.
@@ -247,7 +266,8 @@ impl Spec {
             parts.push("-m addrtype --dst-type LOCAL".to_owned());
         }
         if let Some(states) = self.ctstate {
-            parts.push(format!("-m conntrack --ctstate {states}"));
+            let not = if self.ctstate_negated { "! " } else { "" };
+            parts.push(format!("-m conntrack {not}--ctstate {states}"));
         }
         parts.push(format!("-j {}", self.target));
         parts.join(" ")
@@ -270,6 +290,10 @@ pub fn host_rules() -> Vec<Rule> {
         // Anti-spoofing first of all: another tool's ACCEPT or NOTRACK in
         // raw must not let a forged packet skip it.
         Rule::insert_first(Table::Raw, "PREROUTING", Spec::jump(ANTISPOOF_CHAIN)),
+        // The guard of route_localnet (see `network_rules`), first for the
+        // same reason: another tool's ACCEPT in INPUT must not open the
+        // host's 127.0.0.1 services to the containers.
+        Rule::insert_first(Table::Filter, "INPUT", Spec::jump(INPUT_CHAIN)),
         // Isolation before any network's ACCEPT: once it is first, the
         // per-network rules below only ever see traffic that stays on
         // their bridge, goes between it and a non-netctl interface, or is
@@ -308,6 +332,23 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
     let subnet = net.subnet.trunc();
     let localnet: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
     vec![
+        // route_localnet=1 on the bridge (for the host's 127.0.0.1 ->
+        // published port, below) also lets the bridge's packets *to*
+        // 127.0.0.0/8 be routed: a container sending to 127.0.0.1 by the
+        // gateway's MAC would reach the host's loopback-only services
+        // (CVE-2020-8558). kube-proxy's guard, for this bridge: such a packet
+        // is dropped unless it belongs to a flow (the replies of the host's
+        // own 127.0.0.1 -> published port connections, de-NATed back to
+        // 127.0.0.1) or netctl's DNAT rewrote it (a published port).
+        Rule::append(
+            Table::Filter,
+            INPUT_CHAIN,
+            Spec::jump("DROP")
+                .not_src(localnet)
+                .dst(localnet)
+                .in_(br)
+                .not_ctstate("RELATED,ESTABLISHED,DNAT"),
+        ),
         // Two stages, as Docker: ISOLATION-1 catches what leaves this bridge
         // for another interface, ISOLATION-2 drops it if that interface is
         // another network's bridge (each network adds one line to each, so
@@ -463,6 +504,7 @@ mod tests {
                 "nat -A POSTROUTING -j NETCTL-POSTROUTING",
                 "filter -I FORWARD 1 -j NETCTL-FORWARD",
                 "raw -I PREROUTING 1 -j NETCTL-ANTISPOOF",
+                "filter -I INPUT 1 -j NETCTL-INPUT",
                 "filter -I NETCTL-FORWARD 1 -j NETCTL-ISOLATION-1",
                 "filter -I NETCTL-ISOLATION-2 1 -m conntrack --ctstate DNAT -j RETURN",
             ]
@@ -489,6 +531,7 @@ mod tests {
         assert_eq!(
             by_table(Table::Filter),
             [
+                "-A NETCTL-INPUT ! -s 127.0.0.0/8 -d 127.0.0.0/8 -i nc-front -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
                 "-A NETCTL-ISOLATION-1 -i nc-front ! -o nc-front -j NETCTL-ISOLATION-2",
                 "-A NETCTL-ISOLATION-2 -o nc-front -j DROP",
                 "-A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
