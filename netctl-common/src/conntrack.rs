@@ -52,6 +52,10 @@ pub const CT_KIND_SNAT: u8 = 1;
 pub const CT_KIND_DNAT: u8 = 2;
 /// Container → host address:published port → container (DNAT + SNAT to the gateway).
 pub const CT_KIND_HAIRPIN: u8 = 3;
+/// The host's own UDP flow whose source is a published port: nothing is
+/// rewritten (both entries name the tuple as it is); the reply entry keeps
+/// the peer's answers from being DNATed into a container.
+pub const CT_KIND_HOST: u8 = 4;
 
 pub const CT_DIR_ORIGINAL: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;

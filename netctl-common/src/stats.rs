@@ -63,6 +63,15 @@ stat_indexes! {
     DropRewriteFailed => "drop_rewrite_failed",
     /// Drop: unsolicited packet to a container address from outside.
     DropUnsolicited => "drop_unsolicited",
+    // Appended, not grouped with the verdicts above: existing indexes
+    // (which `netctl trace` prints) keep their values.
+    /// A TCP packet to a published port that opens no flow (not a bare SYN)
+    /// and belongs to none: the answer of the host's own connection from
+    /// that port, say. Passed to the host untranslated.
+    PublishedNotSyn => "published_not_syn",
+    /// A UDP packet of the host's own flow from a published port (a
+    /// `host` conntrack entry): passed untranslated, never DNATed.
+    HostFlow => "host_flow",
 }
 
 /// One counter slot: packets and bytes.

@@ -243,8 +243,9 @@ fn known_flow(
     }
 }
 
-/// To a host address: a published port there is reached by hairpin,
-/// anything else is the host's (DNS on the gateway, say).
+/// To a host address: a published port there is reached by hairpin (a
+/// flow that starts with a packet that opens one), anything else is the
+/// host's (DNS on the gateway, say).
 #[inline(always)]
 fn to_host(
     ctx: &TcContext,
@@ -255,19 +256,25 @@ fn to_host(
     cfg: &Config,
     bytes: u32,
 ) -> Result<i32, StatIndex> {
+    let mut reason = StatIndex::Pass;
     if pkt.has_ports() {
         if let Some(target) = nat::portmap(pkt.daddr, pkt.dport, pkt.proto) {
             if pkt.fragment {
                 return Err(StatIndex::DropFragment);
             }
-            return hairpin(ctx, pkt, ep, internal, &target, cfg, bytes);
+            // No flow, and not the start of one: the answer of a connection
+            // the host opened from this port (a SYN-ACK) is the host's.
+            if pkt.opens_flow() {
+                return hairpin(ctx, pkt, ep, internal, &target, cfg, bytes);
+            }
+            reason = StatIndex::PublishedNotSyn;
         }
     }
     // An internal network reaches its own gateway, no other host address.
     if internal && !own_gateway {
         return Err(StatIndex::DropInternal);
     }
-    Ok(pass(StatIndex::Pass, bytes))
+    Ok(pass(reason, bytes))
 }
 
 /// Container → host address:published port → container: DNAT to the target

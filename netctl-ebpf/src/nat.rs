@@ -146,9 +146,9 @@ pub fn portmap(ip: u32, port: u16, proto: u8) -> Option<PortTarget> {
     }
 }
 
-/// A port that no published port uses on `ip`.
+/// Whether a published port uses `port` on `ip` (or on every address).
 #[inline(always)]
-fn published(ip: u32, port: u16, proto: u8) -> bool {
+pub fn published(ip: u32, port: u16, proto: u8) -> bool {
     proto != PROTO_ICMP
         && (PORTMAP.get_ptr(port_key(ip, port, proto)).is_some()
             || PORTMAP.get_ptr(port_key(0, port, proto)).is_some())

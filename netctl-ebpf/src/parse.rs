@@ -100,6 +100,15 @@ impl Packet {
         }
     }
 
+    /// A packet that may open a flow to a published port: any UDP
+    /// datagram, and for TCP a bare SYN (no ACK, RST or FIN). Anything else
+    /// without a flow (a SYN-ACK, say) answers a connection the host itself
+    /// opened, and must not be DNATed.
+    #[inline(always)]
+    pub fn opens_flow(&self) -> bool {
+        self.l4 != L4::Tcp || self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+    }
+
     /// TCP or UDP with ports (what `PORTMAP` can publish).
     #[inline(always)]
     pub fn has_ports(&self) -> bool {

@@ -3,21 +3,31 @@
 //! `uplink_ingress`: replies of SNAT flows and connections to published
 //! ports, translated and sent straight into the container (fast path);
 //! outside packets addressed to a container are refused; the rest is the
-//! host's.
+//! host's. A connection to a published port starts only with a packet that
+//! opens a flow (for TCP a bare SYN): the SYN-ACK of a connection the host
+//! itself opened from that port is the host's.
 //!
 //! `uplink_egress`: the slow path. What the kernel routed out of the uplink
 //! with a container source (the fast path handed it over untranslated) gets
-//! the same translation the fast path would have applied.
+//! the same translation the fast path would have applied. It also sees the
+//! host's own packets leaving: a UDP datagram whose source is a published
+//! port gets a `host` flow, so that the peer's answers stay the host's
+//! instead of being DNATed into the container (UDP has no SYN to tell a
+//! reply from a new flow).
 
 use aya_ebpf::programs::TcContext;
-use netctl_common::{endpoint::NETWORK_FLAG_INTERNAL, stats::StatIndex};
+use netctl_common::{
+    conntrack::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_HOST, CT_STATE_NEW},
+    endpoint::NETWORK_FLAG_INTERNAL,
+    stats::StatIndex,
+};
 
 use crate::{
     config, conntrack,
     forward::{self, network, peer_target},
     maps::ENDPOINTS,
     nat,
-    parse::{parse, L4},
+    parse::{parse, Packet, L4},
     stats::{count, pass},
     TC_OK,
 };
@@ -48,6 +58,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         if let Some(entry_ptr) = conntrack::lookup_packet(&pkt) {
             // SAFETY: a map value from conntrack::lookup, copied.
             let entry = unsafe { *entry_ptr };
+            // The answer of the host's own flow: the host's, untranslated.
+            if entry.kind == CT_KIND_HOST {
+                conntrack::seen(entry_ptr, &pkt, bytes);
+                return Ok(pass(StatIndex::HostFlow, bytes));
+            }
             // ifindex 0 would mean "to the uplink": not a flow arriving here.
             // TTL 1: the kernel's business (it would not forward it either).
             if entry.ifindex == 0 || pkt.ttl <= 1 {
@@ -64,6 +79,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         if let Some(target) = nat::portmap(pkt.daddr, pkt.dport, pkt.proto) {
             if pkt.fragment {
                 return Err(StatIndex::DropFragment);
+            }
+            // Not the start of a connection, and no flow: the answer of one
+            // the host opened from this port (its SYN-ACK), or a stray.
+            if !pkt.opens_flow() {
+                return Ok(pass(StatIndex::PublishedNotSyn, bytes));
             }
             let peer = peer_target(target.ip, target.ifindex)?;
             if peer.internal {
@@ -91,11 +111,12 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     if pkt.l4 == L4::Truncated {
         return Ok(pass(StatIndex::Truncated, bytes));
     }
-    // Only a container source is ours (the fast path's packets already
-    // carry the uplink address).
+    // Only a container source is translated (the fast path's packets
+    // already carry the uplink address); the host's own are looked at for
+    // host flows.
     // SAFETY: plain-data value copied out at once.
     let Some(ep) = (unsafe { ENDPOINTS.get(pkt.saddr).copied() }) else {
-        return Ok(pass(StatIndex::Pass, bytes));
+        return Ok(pass(host_packet(&pkt, bytes), bytes));
     };
     let cfg = config();
 
@@ -119,4 +140,46 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     // The kernel already routed it (MACs, TTL): translate and let it go.
     Ok(nat::masquerade(ctx, &pkt, &cfg, ep.ifindex, bytes)?.unwrap_or(TC_OK))
+}
+
+/// A packet of the host leaving by the uplink: when it is UDP from a
+/// published port, its flow is recorded as a `host` flow (both entries
+/// naming the tuple untranslated), so that uplink_ingress leaves the
+/// answers to the host. Never dropped: when the table is full the packet
+/// leaves unrecorded. Returns the counter of the packet.
+#[inline(always)]
+fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
+    if pkt.l4 != L4::Udp || pkt.fragment || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
+        return StatIndex::Pass;
+    }
+    let entry = |src, dst, direction| {
+        conntrack::entry(src, dst, CT_KIND_HOST, direction, 0, CT_STATE_NEW, bytes)
+    };
+    let key = conntrack::key_of(pkt);
+    let original = entry(
+        (pkt.saddr, pkt.sport),
+        (pkt.daddr, pkt.dport),
+        CT_DIR_ORIGINAL,
+    );
+    let reply_key = conntrack::reverse_key(&original, pkt.proto);
+    if let Some(reply) = conntrack::lookup(&reply_key) {
+        // SAFETY: a map value pointer from a successful lookup, read at once.
+        if unsafe { (*reply).kind } != CT_KIND_HOST {
+            // The reply of a connection to the published port, which the
+            // fast path translated already.
+            return StatIndex::Pass;
+        }
+        if let Some(original) = conntrack::lookup(&key) {
+            conntrack::seen(original, pkt, bytes);
+        }
+        return StatIndex::HostFlow;
+    }
+    let reply = entry((pkt.daddr, pkt.dport), (pkt.saddr, pkt.sport), CT_DIR_REPLY);
+    if !matches!(conntrack::claim(&reply_key, &reply), Ok(true)) {
+        return StatIndex::Pass;
+    }
+    if conntrack::insert_original(&key, &original, &reply_key).is_err() {
+        return StatIndex::Pass;
+    }
+    StatIndex::HostFlow
 }

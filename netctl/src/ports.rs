@@ -13,9 +13,55 @@ use crate::{
     model::{PortMapping, Protocol},
 };
 
-/// Where a spec without host ports publishes: Linux's default
-/// `ip_local_port_range`, which Docker also uses for ephemeral host ports.
-pub const EPHEMERAL_PORTS: RangeInclusive<u16> = 32768..=60999;
+/// Where a spec without host ports publishes: the lowest free port of this
+/// window that is outside the kernel's ephemeral range (the host's
+/// `net.ipv4.ip_local_port_range`, [`HostPorts::kernel_ephemeral`]), so
+/// that a host socket's ephemeral source port is never a published port
+/// (whose answers would be taken for connections to the container). With
+/// Linux's default range (32768–60999) that is 20000–32767. The window ends
+/// below the eBPF datapath's SNAT ports (61000–65535) and starts above the
+/// ports services commonly listen on.
+pub const EPHEMERAL_WINDOW: RangeInclusive<u16> = 20000..=60999;
+
+/// Linux's default `ip_local_port_range`.
+pub const LINUX_EPHEMERAL_PORTS: RangeInclusive<u16> = 32768..=60999;
+
+/// What `-p` is checked against on the host: read by the caller (the
+/// expansion itself stays pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPorts {
+    /// The kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+    pub kernel_ephemeral: RangeInclusive<u16>,
+    /// The host's IPv4 addresses, on every interface; a spec's host
+    /// address must be one of them or a loopback address.
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+impl Default for HostPorts {
+    fn default() -> Self {
+        HostPorts {
+            kernel_ephemeral: LINUX_EPHEMERAL_PORTS,
+            addresses: BTreeSet::new(),
+        }
+    }
+}
+
+impl HostPorts {
+    /// Parses `ip_local_port_range` as /proc prints it: `32768\t60999`.
+    pub fn parse_range(text: &str) -> Option<RangeInclusive<u16>> {
+        let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+        match (bounds.next(), bounds.next(), bounds.next()) {
+            (Some(Ok(first)), Some(Ok(last)), None) if first <= last => Some(first..=last),
+            _ => None,
+        }
+    }
+
+    /// Whether a spec may publish on `ip`: an address of the host, or
+    /// loopback (127.0.0.0/8, which the host answers on whatever `lo` holds).
+    fn owns(&self, ip: Ipv4Addr) -> bool {
+        ip.is_loopback() || self.addresses.contains(&ip)
+    }
+}
 
 /// One `-p` spec, parsed but not yet bound to host ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +238,7 @@ struct Target<'a> {
     container: &'a str,
     network: &'a str,
     ip: Ipv4Addr,
+    host: &'a HostPorts,
 }
 
 impl Target<'_> {
@@ -258,6 +305,7 @@ impl Published<'_> {
 pub fn expand(
     spec: &PortSpec,
     taken: &[PortMapping],
+    host: &HostPorts,
     container: &str,
     network: &str,
     container_ip: Ipv4Addr,
@@ -265,6 +313,7 @@ pub fn expand(
     expand_all(
         std::slice::from_ref(spec),
         taken,
+        host,
         container,
         network,
         container_ip,
@@ -273,9 +322,11 @@ pub fn expand(
 
 /// Expands several specs in order; a later spec sees the host ports of the
 /// earlier ones as taken, so two specs of one container cannot collide.
+/// A host address the host does not have is refused.
 pub fn expand_all(
     specs: &[PortSpec],
     taken: &[PortMapping],
+    host: &HostPorts,
     container: &str,
     network: &str,
     container_ip: Ipv4Addr,
@@ -284,10 +335,17 @@ pub fn expand_all(
         container,
         network,
         ip: container_ip,
+        host,
     };
     let mut out = Vec::new();
     for spec in specs {
         check_shape(spec).map_err(|reason| Error::invalid(format!("port spec {spec}"), reason))?;
+        if let Some(ip) = spec.host_ip.filter(|ip| !host.owns(*ip)) {
+            return Err(Error::invalid(
+                format!("port spec {spec}"),
+                format!("{ip} is not an address of the host"),
+            ));
+        }
         let mappings = expand_one(spec, taken, &out, &target)?;
         out.extend(mappings);
     }
@@ -374,15 +432,19 @@ fn pick_from_range(
 }
 
 /// No host ports (`80`, `80-90`): each container port gets the lowest free
-/// port of [`EPHEMERAL_PORTS`]. One spec shares protocol and host address,
-/// so the free ports computed once serve every container port in turn.
+/// port of [`EPHEMERAL_WINDOW`] outside the kernel's ephemeral range. One
+/// spec shares protocol and host address, so the free ports computed once
+/// serve every container port in turn.
 fn ephemeral(
     spec: &PortSpec,
     taken: &[PortMapping],
     new: &[PortMapping],
     target: &Target<'_>,
 ) -> Result<Vec<PortMapping>> {
-    let mut free = Published { taken, new }.free_ports(spec, EPHEMERAL_PORTS);
+    let kernel = target.host.kernel_ephemeral.clone();
+    let mut free = Published { taken, new }
+        .free_ports(spec, EPHEMERAL_WINDOW)
+        .filter(|port| !kernel.contains(port));
     let (c_first, c_last) = spec.container_ports;
     (c_first..=c_last)
         .map(|container_port| {
@@ -390,10 +452,13 @@ fn ephemeral(
                 Error::invalid(
                     format!("port spec {spec}"),
                     format!(
-                        "no free host port for {container_port}/{} in the ephemeral range {}-{}",
+                        "no free host port for {container_port}/{} in {}-{} outside the \
+                         kernel's ephemeral range {}-{}",
                         spec.protocol,
-                        EPHEMERAL_PORTS.start(),
-                        EPHEMERAL_PORTS.end()
+                        EPHEMERAL_WINDOW.start(),
+                        EPHEMERAL_WINDOW.end(),
+                        kernel.start(),
+                        kernel.end()
                     ),
                 )
             })?;

@@ -17,6 +17,7 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const FIN: u8 = 0x01;
 pub const PSH: u8 = 0x08;
+pub const RST: u8 = 0x04;
 
 /// Where the IPv4 header starts: after the Ethernet header.
 const ETH_LEN: usize = 14;

@@ -1,8 +1,9 @@
 //! DNAT of published ports from the outside, frame by frame through
 //! BPF_PROG_TEST_RUN (the harness: `netctl_tests::tc`): the client address
 //! kept, replies by the fast and the slow path, the exact host address over
-//! 0.0.0.0, UDP; and what `uplink_ingress` refuses (unsolicited traffic to
-//! containers) or leaves to the host.
+//! 0.0.0.0, UDP; what `uplink_ingress` refuses (unsolicited traffic to
+//! containers) or leaves to the host; and the host's own flows from a
+//! published port (a SYN-ACK, a UDP reply), never DNATed.
 
 use std::net::Ipv4Addr;
 
@@ -167,5 +168,73 @@ fn uplink_ingress_refuses_unsolicited_and_passes_host_traffic() {
         }
         env.assert_stats(&[(StatIndex::DropUnsolicited, 3), (StatIndex::Pass, 4)]);
         assert!(env.conntrack().is_empty());
+    });
+}
+
+#[test]
+fn a_tcp_packet_that_opens_no_flow_is_never_dnated() {
+    in_netns(Opts::default(), |env| {
+        // The answers of the host's own connection from 8080 (published
+        // tcp on every address): SYN-ACK, data, FIN, RST. Untouched.
+        let answers = [SYN | ACK, ACK, FIN | ACK, RST];
+        for flags in answers {
+            let frame = Frame::from_outside(REMOTE, UPLINK_IP, tcp(9000, 8080, flags)).bytes();
+            assert_verdict(env.uplink_in(&frame), TC_ACT_OK, &frame);
+        }
+        // A container answering the host's connection from the gateway's
+        // 8080: the host's too, no hairpin.
+        let syn_ack = Frame::from(A1, NET_A.gateway, tcp(80, 8080, SYN | ACK)).bytes();
+        assert_verdict(env.endpoint(A1, &syn_ack), TC_ACT_OK, &syn_ack);
+        assert!(env.conntrack().is_empty(), "no flow was created");
+        env.assert_stats(&[(StatIndex::PublishedNotSyn, 5)]);
+
+        // A bare SYN still opens a DNAT flow.
+        let syn = Frame::from_outside(REMOTE, UPLINK_IP, tcp(9000, 8080, SYN)).bytes();
+        assert_eq!(env.uplink_in(&syn).0, TC_ACT_REDIRECT);
+        assert_eq!(env.conntrack().len(), 2);
+    });
+}
+
+#[test]
+fn the_hosts_udp_flow_from_a_published_port_is_never_dnated() {
+    in_netns(Opts::default(), |env| {
+        // The host asks REMOTE:53 from 5353 (published udp → A2:53).
+        let query = Frame::new(UPLINK_MAC, WAN_GW_MAC, UPLINK_IP, REMOTE, udp(5353, 53)).bytes();
+        assert_verdict(env.uplink_out(&query), TC_ACT_OK, &query);
+        let original_key = ct_key(UPLINK_IP, REMOTE, 5353, 53, UDP);
+        let reply_key = ct_key(REMOTE, UPLINK_IP, 53, 5353, UDP);
+        assert_eq!(env.conntrack().len(), 2);
+        assert_entry(
+            env.ct_get(&original_key),
+            CtEntryBuilder::host((UPLINK_IP, 5353), (REMOTE, 53)).build(),
+            "original",
+        );
+        assert_entry(
+            env.ct_get(&reply_key),
+            CtEntryBuilder::host((REMOTE, 53), (UPLINK_IP, 5353))
+                .reply()
+                .build(),
+            "reply",
+        );
+        // The answer is the host's, untouched; the next query refreshes.
+        let answer = Frame::from_outside(REMOTE, UPLINK_IP, udp(53, 5353)).bytes();
+        assert_verdict(env.uplink_in(&answer), TC_ACT_OK, &answer);
+        assert_verdict(env.uplink_out(&query), TC_ACT_OK, &query);
+        assert_eq!(env.ct_get(&original_key).unwrap().packets, 2);
+        assert_eq!(env.ct_get(&reply_key).unwrap().packets, 1);
+        env.assert_stats(&[(StatIndex::HostFlow, 3)]);
+
+        // Another peer's datagram to 5353 is a new flow to the published port.
+        let other = Frame::from_outside(REMOTE, UPLINK_IP, udp(54, 5353)).bytes();
+        assert_eq!(env.uplink_in(&other).0, TC_ACT_REDIRECT);
+        // That flow's reply, translated by the fast path, leaves by the
+        // uplink from 5353 too: it is the DNAT flow's, no host flow.
+        let translated = Frame::new(UPLINK_MAC, WAN_GW_MAC, UPLINK_IP, REMOTE, udp(5353, 54));
+        let translated = translated.bytes();
+        assert_verdict(env.uplink_out(&translated), TC_ACT_OK, &translated);
+        // A host datagram from an unpublished port records nothing.
+        let plain = Frame::new(UPLINK_MAC, WAN_GW_MAC, UPLINK_IP, REMOTE, udp(5354, 53)).bytes();
+        assert_verdict(env.uplink_out(&plain), TC_ACT_OK, &plain);
+        assert_eq!(env.conntrack().len(), 4);
     });
 }

@@ -135,13 +135,13 @@ fn files_and_pins_are_root_only_and_nothing_unpublished_listens(datapath: &str) 
 
     // Listening sockets of the host namespace: only published ports may be
     // there (and with no proxy, none is).
-    let published: BTreeSet<(String, u16)> = [("tcp", 8080), ("udp", 5353), ("tcp", 32768)]
+    let published: BTreeSet<(String, u16)> = [("tcp", 8080), ("udp", 5353), ("tcp", 20000)]
         .into_iter()
         .map(|(p, n)| (p.to_owned(), n))
         .collect();
     assert_eq!(
         sb.netctl_ok(&["port", "idle"]).trim(),
-        "90/tcp -> 0.0.0.0:32768"
+        "90/tcp -> 0.0.0.0:20000"
     );
     let listening = host_listeners(&sb);
     let unpublished: Vec<_> = listening.difference(&published).collect();

@@ -226,7 +226,7 @@ fn published_udp_port_and_ranges(datapath: &str) {
         [
             "80/tcp -> 0.0.0.0:9000",
             "81/tcp -> 0.0.0.0:9001",
-            "90/tcp -> 0.0.0.0:32768"
+            "90/tcp -> 0.0.0.0:20000"
         ]
     );
     let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "9001"]));
@@ -252,7 +252,7 @@ fn published_udp_port_and_ranges(datapath: &str) {
     let ports = sb.netctl_ok(&["port", "auto"]);
     assert_eq!(
         ports.lines().collect::<Vec<_>>(),
-        ["7000/tcp -> 0.0.0.0:32769", "7001/udp -> 0.0.0.0:32768"]
+        ["7000/tcp -> 0.0.0.0:20001", "7001/udp -> 0.0.0.0:20000"]
     );
 }
 

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 
 use super::{errno, Netlink};
 use crate::error::Result;
@@ -35,13 +35,31 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| self.error(format!("addresses of link #{index}"), e))?;
-        Ok(messages
-            .iter()
-            .flat_map(|m| m.attributes.iter())
-            .filter_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            })
-            .collect())
+        Ok(ipv4_of(&messages))
     }
+
+    /// Every IPv4 address of the namespace, on any link.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.error("addresses of the host", e))?;
+        Ok(ipv4_of(&messages))
+    }
+}
+
+/// The IPv4 addresses of address messages, in their order.
+fn ipv4_of(messages: &[AddressMessage]) -> Vec<Ipv4Addr> {
+    messages
+        .iter()
+        .flat_map(|m| m.attributes.iter())
+        .filter_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect()
 }

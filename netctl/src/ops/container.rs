@@ -24,7 +24,7 @@ use crate::{
         DEFAULT_NETWORK,
     },
     netns,
-    ports::{self, PortSpec},
+    ports::{self, HostPorts, PortSpec},
     process,
     state::{State, StateDir},
     topology,
@@ -146,6 +146,7 @@ pub struct ContainerPlan {
 pub fn plan_container(
     state: &State,
     config: &HostConfig,
+    host: &HostPorts,
     req: &ContainerRun,
 ) -> Result<ContainerPlan> {
     ipam::check_name("container", &req.name)?;
@@ -235,7 +236,17 @@ pub fn plan_container(
     }
     if let (Some((network, endpoint)), Some(netns)) = (attach, &netns_name) {
         let taken: Vec<PortMapping> = state.ports().cloned().collect();
-        let ports = ports::expand_all(&req.ports, &taken, &req.name, &network.name, endpoint.ip)?;
+        // The network's gateway is the host's, even before its bridge exists.
+        let mut host = host.clone();
+        host.addresses.insert(network.gateway);
+        let ports = ports::expand_all(
+            &req.ports,
+            &taken,
+            &host,
+            &req.name,
+            &network.name,
+            endpoint.ip,
+        )?;
         steps.push(Step::Attach {
             netns: netns.clone(),
             network: network.clone(),
@@ -272,10 +283,38 @@ pub fn lookup_container(config: &HostConfig, name: &str) -> Result<Container> {
 impl Host {
     pub async fn container_run(&mut self, req: ContainerRun) -> Result<Container> {
         self.begin(format!("container run {}", req.name));
-        let plan = plan_container(&self.state, &self.config, &req)?;
+        let host = if req.ports.is_empty() {
+            HostPorts::default()
+        } else {
+            self.host_ports().await?
+        };
+        let plan = plan_container(&self.state, &self.config, &host, &req)?;
         let result = self.apply(plan).await;
         self.commit(result, &[]).await?;
         Ok(self.state.containers[&req.name].clone())
+    }
+
+    /// What `-p` is checked against: the host namespace's ephemeral port
+    /// range and addresses, as they are now.
+    async fn host_ports(&self) -> Result<HostPorts> {
+        let key = "net.ipv4.ip_local_port_range";
+        let text = netns::read_sysctl(key)?;
+        let kernel_ephemeral = HostPorts::parse_range(&text).ok_or_else(|| {
+            Error::system(
+                format!("sysctl {key}"),
+                format!("unreadable value {text:?}"),
+            )
+        })?;
+        let addresses = self
+            .netlink
+            .all_ipv4_addresses()
+            .await?
+            .into_iter()
+            .collect();
+        Ok(HostPorts {
+            kernel_ephemeral,
+            addresses,
+        })
     }
 
     /// Takes the steps of a plan in order, recording how to undo each

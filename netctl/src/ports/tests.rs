@@ -55,8 +55,17 @@ fn ours(
     }
 }
 
+/// A host with Linux's default ephemeral range and the addresses 10.0.0.1
+/// and 198.51.100.1.
+fn host() -> HostPorts {
+    HostPorts {
+        addresses: [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 51, 100, 1)].into(),
+        ..HostPorts::default()
+    }
+}
+
 fn run(text: &str, taken: &[PortMapping]) -> Result<Vec<PortMapping>> {
-    expand(&parse(text).unwrap(), taken, "api", "back", CTR_IP)
+    expand(&parse(text).unwrap(), taken, &host(), "api", "back", CTR_IP)
 }
 
 use crate::ipam::tests::message;
@@ -312,47 +321,48 @@ fn expand_host_range_fails_when_all_are_taken() {
 
 #[test]
 fn expand_ephemeral_takes_the_lowest_free_ports() {
-    assert_eq!(run("80", &[]).unwrap(), vec![ours(None, 32768, 80, Tcp)]);
+    assert_eq!(run("80", &[]).unwrap(), vec![ours(None, 20000, 80, Tcp)]);
     let taken = [
-        held("web", None, 32768, Tcp),
-        held("db", None, 32770, Tcp),
-        held("dns", None, 32769, Udp),
+        held("web", None, 20000, Tcp),
+        held("db", None, 20002, Tcp),
+        held("dns", None, 20001, Udp),
     ];
     assert_eq!(
         run("80-82", &taken).unwrap(),
         vec![
-            ours(None, 32769, 80, Tcp),
-            ours(None, 32771, 81, Tcp),
-            ours(None, 32772, 82, Tcp)
+            ours(None, 20001, 80, Tcp),
+            ours(None, 20003, 81, Tcp),
+            ours(None, 20004, 82, Tcp)
         ]
     );
     assert_eq!(
         run("53/udp", &taken).unwrap(),
-        vec![ours(None, 32768, 53, Udp)]
+        vec![ours(None, 20000, 53, Udp)]
     );
     assert_eq!(
         run(
             "127.0.0.1::80",
-            &[held("web", Some(Ipv4Addr::new(10, 0, 0, 1)), 32768, Tcp)]
+            &[held("web", Some(Ipv4Addr::new(10, 0, 0, 1)), 20000, Tcp)]
         )
         .unwrap(),
-        vec![ours(LOCALHOST, 32768, 80, Tcp)]
+        vec![ours(LOCALHOST, 20000, 80, Tcp)]
     );
 }
 
 #[test]
 fn expand_ephemeral_fails_when_the_range_is_exhausted() {
-    let taken: Vec<PortMapping> = EPHEMERAL_PORTS
+    let taken: Vec<PortMapping> = (20000..=32767)
         .map(|port| held("web", None, port, Tcp))
         .collect();
     assert_eq!(
         message(run("80", &taken)),
-        "port spec 80/tcp: no free host port for 80/tcp in the ephemeral range 32768-60999"
+        "port spec 80/tcp: no free host port for 80/tcp in 20000-60999 outside the kernel's \
+         ephemeral range 32768-60999"
     );
     // UDP is a separate space.
     assert_eq!(
         run("80/udp", &taken).unwrap(),
-        vec![ours(None, 32768, 80, Udp)]
+        vec![ours(None, 20000, 80, Udp)]
     );
     // The last free port goes to the first container port; the second has none.
     let taken = &taken[..taken.len() - 1];
@@ -391,15 +401,17 @@ fn expand_names_the_holder_of_a_taken_port() {
 fn expand_rejects_a_malformed_hand_built_spec() {
     let bad = spec(None, Some((8080, 8081)), (80, 82), Tcp);
     assert_eq!(
-        message(expand(&bad, &[], "api", "back", CTR_IP)),
+        message(expand(&bad, &[], &host(), "api", "back", CTR_IP)),
         "port spec 8080-8081:80-82/tcp: host ports 8080-8081 and container ports 80-82 differ in length"
     );
     let reversed = spec(None, None, (90, 80), Tcp);
     assert!(
-        message(expand(&reversed, &[], "api", "back", CTR_IP)).contains("range 90-80 is reversed")
+        message(expand(&reversed, &[], &host(), "api", "back", CTR_IP))
+            .contains("range 90-80 is reversed")
     );
     let zero = spec(None, Some((0, 0)), (80, 80), Tcp);
-    assert!(message(expand(&zero, &[], "api", "back", CTR_IP)).contains("port 0 is not allowed"));
+    assert!(message(expand(&zero, &[], &host(), "api", "back", CTR_IP))
+        .contains("port 0 is not allowed"));
 }
 
 #[test]
@@ -410,18 +422,18 @@ fn expand_all_keeps_order_and_shares_ephemeral_ports() {
         parse("53/udp").unwrap(),
         parse("22").unwrap(),
     ];
-    let taken = [held("web", None, 32768, Tcp)];
+    let taken = [held("web", None, 20000, Tcp)];
     assert_eq!(
-        expand_all(&specs, &taken, "api", "back", CTR_IP).unwrap(),
+        expand_all(&specs, &taken, &host(), "api", "back", CTR_IP).unwrap(),
         vec![
             ours(None, 8080, 80, Tcp),
-            ours(None, 32769, 443, Tcp),
-            ours(None, 32768, 53, Udp),
-            ours(None, 32770, 22, Tcp),
+            ours(None, 20001, 443, Tcp),
+            ours(None, 20000, 53, Udp),
+            ours(None, 20002, 22, Tcp),
         ]
     );
     assert_eq!(
-        expand_all(&[], &taken, "api", "back", CTR_IP).unwrap(),
+        expand_all(&[], &taken, &host(), "api", "back", CTR_IP).unwrap(),
         vec![]
     );
 }
@@ -433,20 +445,62 @@ fn expand_all_rejects_conflicts_between_specs() {
         parse("127.0.0.1:8080:81").unwrap(),
     ];
     assert_eq!(
-        message(expand_all(&specs, &[], "api", "back", CTR_IP)),
+        message(expand_all(&specs, &[], &host(), "api", "back", CTR_IP)),
         "host port 127.0.0.1:8080/tcp: already published by container api"
     );
     // A range spec skips a port an earlier spec took.
     let specs = [parse("8080:80").unwrap(), parse("8080-8090:81").unwrap()];
     assert_eq!(
-        expand_all(&specs, &[], "api", "back", CTR_IP).unwrap(),
+        expand_all(&specs, &[], &host(), "api", "back", CTR_IP).unwrap(),
         vec![ours(None, 8080, 80, Tcp), ours(None, 8081, 81, Tcp)]
     );
     // And a conflict with `taken` is still named.
     let specs = [parse("8081:81").unwrap(), parse("8080:80").unwrap()];
     let taken = [held("web", None, 8080, Tcp)];
     assert_eq!(
-        message(expand_all(&specs, &taken, "api", "back", CTR_IP)),
+        message(expand_all(&specs, &taken, &host(), "api", "back", CTR_IP)),
         "host port 8080/tcp: already published by container web"
     );
+}
+
+#[test]
+fn expand_ephemeral_avoids_the_kernels_range() {
+    let host = HostPorts {
+        kernel_ephemeral: 20000..=25000,
+        ..host()
+    };
+    let spec = parse("80-81").unwrap();
+    assert_eq!(
+        expand(&spec, &[], &host, "api", "back", CTR_IP).unwrap(),
+        vec![ours(None, 25001, 80, Tcp), ours(None, 25002, 81, Tcp)]
+    );
+    // A kernel range that covers the whole window leaves nothing.
+    let host = HostPorts {
+        kernel_ephemeral: 1024..=65535,
+        ..host
+    };
+    assert!(message(expand(&spec, &[], &host, "api", "back", CTR_IP))
+        .contains("no free host port for 80/tcp"));
+}
+
+#[test]
+fn expand_refuses_a_host_address_the_host_lacks() {
+    assert_eq!(
+        message(run("192.0.2.77:8080:80", &[])),
+        "port spec 192.0.2.77:8080:80/tcp: 192.0.2.77 is not an address of the host"
+    );
+    assert!(run("10.0.0.1:8080:80", &[]).is_ok());
+    assert!(run("127.0.0.2:8080:80", &[]).is_ok());
+    assert!(run("0.0.0.0:8080:80", &[]).is_ok());
+}
+
+#[test]
+fn host_ports_parse_the_kernels_range() {
+    assert_eq!(
+        HostPorts::parse_range("32768\t60999\n"),
+        Some(32768..=60999)
+    );
+    assert_eq!(HostPorts::parse_range("8080 8080"), Some(8080..=8080));
+    assert_eq!(HostPorts::parse_range("9 8"), None);
+    assert_eq!(HostPorts::parse_range("1"), None);
 }

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap};
 use netctl_common::conntrack::{
-    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
-    CT_STATE_NEW,
+    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_HOST,
+    CT_KIND_SNAT, CT_STATE_NEW,
 };
 
 use super::{be_ip, be_port, Env};
@@ -63,6 +63,12 @@ impl CtEntryBuilder {
     /// An entry of a flow from a container to a published port.
     pub fn hairpin(src: Endpoint, dst: Endpoint) -> CtEntryBuilder {
         CtEntryBuilder::new(CT_KIND_HAIRPIN, src, dst)
+    }
+
+    /// An entry of the host's own flow from a published port (untranslated:
+    /// `src → dst` is the tuple itself).
+    pub fn host(src: Endpoint, dst: Endpoint) -> CtEntryBuilder {
+        CtEntryBuilder::new(CT_KIND_HOST, src, dst)
     }
 
     fn new(kind: u8, (saddr, sport): Endpoint, (daddr, dport): Endpoint) -> CtEntryBuilder {

@@ -92,6 +92,7 @@ fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
             CT_KIND_SNAT => "snat",
             CT_KIND_DNAT => "dnat",
             CT_KIND_HAIRPIN => "hairpin",
+            CT_KIND_HOST => "host",
             _ => "unknown",
         },
         direction: if e.direction == CT_DIR_REPLY {

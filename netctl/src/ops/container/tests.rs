@@ -125,7 +125,7 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
         command: vec!["sleep".into(), "1".into()],
         ..run("db", "front")
     };
-    let plan = plan_container(&state(), &config(), &req).unwrap();
+    let plan = plan_container(&state(), &config(), &HostPorts::default(), &req).unwrap();
     assert_eq!(plan.container.name, "db");
     assert_eq!(plan.container.mode, NetworkMode::Bridge);
     assert_eq!(plan.container.netns.as_deref(), Some("sb-db"));
@@ -150,7 +150,7 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
             Step::Publish {
                 network: front(),
                 // 8080 is web's; 90 gets the lowest ephemeral port.
-                ports: vec![mapping(8081, 81, ip), mapping(32768, 90, ip)],
+                ports: vec![mapping(8081, 81, ip), mapping(20000, 90, ip)],
             },
             Step::Start {
                 netns: "sb-db".into(),
@@ -164,7 +164,13 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
 #[test]
 fn the_first_run_on_the_default_network_creates_it() {
     let empty = State::default();
-    let plan = plan_container(&empty, &config(), &run("a", DEFAULT_NETWORK)).unwrap();
+    let plan = plan_container(
+        &empty,
+        &config(),
+        &HostPorts::default(),
+        &run("a", DEFAULT_NETWORK),
+    )
+    .unwrap();
     let Step::CreateNetwork {
         network: net,
         datapath: None,
@@ -205,7 +211,7 @@ fn a_network_to_create_is_the_first_step() {
         create_network: Some(create.clone()),
         ..run("a", "cninet")
     };
-    let plan = plan_container(&empty, &config(), &req).unwrap();
+    let plan = plan_container(&empty, &config(), &HostPorts::default(), &req).unwrap();
     let Step::CreateNetwork { network, datapath } = &plan.steps[0] else {
         panic!("{:?}", plan.steps);
     };
@@ -226,14 +232,15 @@ fn a_network_to_create_is_the_first_step() {
         create_network: Some(create),
         ..run("a", "elsewhere")
     };
-    let err = plan_container(&empty, &config(), &other).unwrap_err();
+    let err = plan_container(&empty, &config(), &HostPorts::default(), &other).unwrap_err();
     assert_eq!(err.to_string(), "network elsewhere: not found");
 }
 
 #[test]
 fn other_modes_take_no_network_step() {
     let state = state();
-    let plan = |req: &ContainerRun| plan_container(&state, &config(), req).unwrap();
+    let plan =
+        |req: &ContainerRun| plan_container(&state, &config(), &HostPorts::default(), req).unwrap();
 
     let host = plan(&run("h", "host"));
     assert_eq!(
@@ -276,7 +283,7 @@ fn a_cni_attachment_joins_the_runtime_namespace_as_asked() {
         }),
         ..run("cni-0123456789ab-net1", "front")
     };
-    let plan = plan_container(&state(), &config(), &req).unwrap();
+    let plan = plan_container(&state(), &config(), &HostPorts::default(), &req).unwrap();
     assert!(!plan.container.owns_netns());
     let [Step::Attach {
         netns, endpoint, ..
@@ -357,7 +364,7 @@ fn refusals_name_the_object_and_the_reason() {
         ),
     ];
     for (req, expected) in cases {
-        let err = plan_container(&state, &config(), &req).unwrap_err();
+        let err = plan_container(&state, &config(), &HostPorts::default(), &req).unwrap_err();
         assert!(
             matches!(err, Error::Invalid { .. } | Error::NotFound { .. }),
             "{req:?}: {err:?}"
