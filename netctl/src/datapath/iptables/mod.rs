@@ -35,6 +35,10 @@
 //! raw table, before conntrack, so a forged packet leaves no flow behind, and
 //! their packet counters (`iptables-save -c -t raw`) count what was dropped.
 //!
+//! ARP is anti-spoofed too, but iptables never sees ARP: that check is a
+//! rule per endpoint in nftables' bridge family (`table bridge netctl`,
+//! see `arp.rs`), with a counter of its own.
+//!
 //! Rules are data ([`Rule`]): the same value renders the line that adds it
 //! (`-A`/`-I`), the line that deletes it (`-D`) and the line `iptables-save`
 //! prints for it, so add, delete and "is it there?" can never disagree. Each
@@ -51,14 +55,15 @@
 //!
 //! Where each part lives: `rules.rs` (the rules as data and the functions
 //! that build each set), `save.rs` (`iptables-save` read into typed rules),
-//! `batch.rs` (one `iptables-restore` input and why it failed), `audit.rs`
-//! (`netctl doctor`); here, the [`Datapath`] calls that tie them together.
+//! `batch.rs` (one `iptables-restore` input and why it failed), `arp.rs`
+//! (ARP anti-spoofing in nftables), `audit.rs` (`netctl doctor`); here, the [`Datapath`] calls that tie them together.
 //! The kernel tests are in the tests crate (`tests/tests/iptables_datapath.rs`).
 
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 
+mod arp;
 mod audit;
 mod batch;
 #[cfg(any(test, feature = "test-fixtures"))]
@@ -67,6 +72,7 @@ pub mod fixtures;
 mod rules;
 mod save;
 
+pub use arp::{arp_rule_comment, ArpRule, ARP_CHAIN, ARP_TABLE};
 pub use batch::Batch;
 pub use rules::{
     endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
@@ -99,6 +105,33 @@ fn describe_ports(ports: &[PortMapping]) -> String {
         .join(", ")
 }
 
+/// Runs `program` with `input` on its stdin: its output, and whether all
+/// of the input was written (a program that failed may have stopped
+/// reading: its own error says more). For `iptables-restore` and `nft -f`.
+fn run_with_input(
+    object: &str,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(std::process::Output, std::io::Result<()>)> {
+    use std::io::Write as _;
+    let failed = |e: std::io::Error| Error::system(object, format!("{program}: {e}"));
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes());
+    let out = child.wait_with_output().map_err(failed)?;
+    Ok((out, written))
+}
+
 fn write_sysctl(key: &str, path: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
@@ -111,6 +144,7 @@ fn write_sysctl(key: &str, path: &str) -> Result<()> {
 pub struct Iptables {
     restore: String,
     save: String,
+    nft: arp::Nft,
 }
 
 impl Iptables {
@@ -145,7 +179,8 @@ impl Iptables {
         self.restore(
             &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
             &batch,
-        )
+        )?;
+        self.nft.endpoint_up(ep)
     }
 
     /// The rules are written in whatever namespace the calling thread is in:
@@ -160,7 +195,16 @@ impl Iptables {
         Iptables {
             restore: restore.into(),
             save: save.into(),
+            nft: arp::Nft {
+                program: arp::NFT.to_owned(),
+            },
         }
+    }
+
+    /// The ARP anti-spoofing rules in `table bridge netctl`, with their
+    /// counters (none when the table is not there).
+    pub fn arp_rules(&self) -> Result<Vec<ArpRule>> {
+        Ok(self.nft.listed()?.rules)
     }
 
     /// Every chain and rule of the host mentioning NETCTL, as `TABLE LINE`
@@ -233,7 +277,8 @@ impl Datapath for Iptables {
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.ensure_host(&saved);
-        self.restore("iptables: host setup", &batch)
+        self.restore("iptables: host setup", &batch)?;
+        self.nft.host_up()
     }
 
     fn host_down(&self) -> Result<()> {
@@ -269,6 +314,7 @@ impl Datapath for Iptables {
                 errors.extend(failpoint::check("down.host.table").err());
             }
         }
+        errors.extend(self.nft.host_down().err());
         Error::collect(errors)
     }
 
@@ -288,7 +334,9 @@ impl Datapath for Iptables {
         for rule in leftovers_in_subnet(&saved, net.subnet) {
             batch.push(rule.table, rule.delete());
         }
-        self.restore(&format!("iptables: network {} down", net.name), &batch)
+        let object = format!("iptables: network {} down", net.name);
+        self.restore(&object, &batch)?;
+        self.nft.remove(&object, None, Some(net.subnet))
     }
 
     /// iptables matches the veth by name: it needs no index.
@@ -300,10 +348,9 @@ impl Datapath for Iptables {
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.remove(&saved, &endpoint_rules(ep));
-        self.restore(
-            &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
-            &batch,
-        )
+        let object = format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip);
+        self.restore(&object, &batch)?;
+        self.nft.remove(&object, Some(ep), None)
     }
 
     fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()> {
