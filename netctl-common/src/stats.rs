@@ -25,7 +25,8 @@ macro_rules! stat_indexes {
 stat_indexes! {
     /// Handed to the kernel unchanged (nothing of ours to do).
     Pass => "pass",
-    /// Not IPv4 (IPv6, ARP, ...): passed untouched.
+    /// Not IPv4: passed untouched (a container's ARP only once checked,
+    /// its IPv6 never).
     NotIpv4 => "not_ipv4",
     /// Shorter than the headers it announces: passed untouched.
     Truncated => "truncated",
@@ -72,6 +73,12 @@ stat_indexes! {
     /// A UDP packet of the host's own flow from a published port (a
     /// `host` conntrack entry): passed untranslated, never DNATed.
     HostFlow => "host_flow",
+    /// Drop: an IPv6 frame from a container (networks have no IPv6; a
+    /// router advertisement must never reach the host).
+    DropIpv6 => "drop_ipv6",
+    /// Drop: a container's ARP whose Ethernet source, sender MAC or sender
+    /// address is not the endpoint's own, or that is not Ethernet/IPv4 ARP.
+    DropArpSpoofed => "drop_arp_spoofed",
 }
 
 /// One counter slot: packets and bytes.

@@ -1,7 +1,8 @@
 //! `endpoint_ingress`: TC ingress of a container's host-side veth, so every
 //! packet the container sends.
 //!
-//! Order: anti-spoofing, then known flows (conntrack), then the destination
+//! Order: anti-spoofing (IPv6 dropped, ARP and IPv4 only from the
+//! endpoint's own address and MAC), then known flows (conntrack), then the destination
 //! decides: own subnet → the bridge; another network → dropped; the uplink
 //! address or a gateway → published port (hairpin) or the host; routed
 //! through the uplink → SNAT to the uplink address and straight out of the
@@ -31,7 +32,7 @@ use crate::{
     forward::{self, fib_route, network, peer_target, Route},
     maps::{ENDPOINTS, NETWORKS},
     nat::{self, NewFlow},
-    parse::{parse, skb_ifindex, Packet, L4},
+    parse::{classify_not_ipv4, parse, skb_ifindex, NotIpv4, Packet, L4},
     stats::{count, pass},
 };
 
@@ -39,7 +40,8 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let bytes = ctx.len();
     let pkt = match parse(ctx) {
         Ok(pkt) => pkt,
-        // ARP, IPv6, truncated: the kernel's business, untouched.
+        Err(StatIndex::NotIpv4) => return not_ipv4(ctx, bytes),
+        // Truncated: the kernel's business, untouched.
         Err(reason) => return Ok(pass(reason, bytes)),
     };
 
@@ -116,6 +118,31 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         // interface would not come back through uplink_ingress). What the
         // kernel does route out of the uplink, uplink_egress translates.
         _ => Ok(pass(StatIndex::FibPass, bytes)),
+    }
+}
+
+/// A container's frame that is not IPv4. Networks have no IPv6, so none
+/// leaves a container (a router advertisement would give the host a
+/// default route through it). An ARP packet must come from the endpoint of
+/// this very veth, with its own MAC as Ethernet source and sender MAC and
+/// its own address as sender: otherwise it would take over another
+/// container's address in the host's neighbour table and the bridge's
+/// forwarding table. Other EtherTypes pass, as before.
+#[inline(always)]
+fn not_ipv4(ctx: &TcContext, bytes: u32) -> Result<i32, StatIndex> {
+    match classify_not_ipv4(ctx) {
+        NotIpv4::Ipv6 => Err(StatIndex::DropIpv6),
+        NotIpv4::BadArp => Err(StatIndex::DropArpSpoofed),
+        NotIpv4::Arp(sender) => {
+            // SAFETY: plain-data value copied out at once.
+            let ep =
+                unsafe { ENDPOINTS.get(sender.spa).copied() }.ok_or(StatIndex::DropArpSpoofed)?;
+            if ep.ifindex != skb_ifindex(ctx) || ep.mac != sender.eth_src || ep.mac != sender.sha {
+                return Err(StatIndex::DropArpSpoofed);
+            }
+            Ok(pass(StatIndex::NotIpv4, bytes))
+        }
+        NotIpv4::Other => Ok(pass(StatIndex::NotIpv4, bytes)),
     }
 }
 

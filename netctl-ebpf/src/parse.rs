@@ -243,6 +243,80 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
     Ok(pkt)
 }
 
+/// An Ethernet/IPv4 ARP packet (RFC 826), as it follows the Ethernet
+/// header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ArpEthIpv4 {
+    htype: [u8; 2],
+    ptype: [u8; 2],
+    hlen: u8,
+    plen: u8,
+    op: [u8; 2],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+/// Who an ARP packet says it comes from: the frame's Ethernet source, and
+/// the sender MAC and address it asks its receivers to believe.
+#[derive(Clone, Copy)]
+pub struct ArpSender {
+    pub eth_src: [u8; 6],
+    pub sha: [u8; 6],
+    /// Network order, as in the packet.
+    pub spa: u32,
+}
+
+/// A frame that [`parse`] did not take as IPv4, by what anti-spoofing
+/// must do with it.
+pub enum NotIpv4 {
+    /// EtherType IPv6.
+    Ipv6,
+    /// An Ethernet/IPv4 ARP packet.
+    Arp(ArpSender),
+    /// EtherType ARP, but too short or not Ethernet/IPv4: nothing a
+    /// receiver could learn from honestly.
+    BadArp,
+    /// Anything else (an IPv4 EtherType with another version, a VLAN tag,
+    /// short frames...): the kernel's business.
+    Other,
+}
+
+/// What a frame that is not IPv4 is (see [`NotIpv4`]).
+#[inline(always)]
+pub fn classify_not_ipv4(ctx: &TcContext) -> NotIpv4 {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return NotIpv4::Other;
+    };
+    // SAFETY: ptr_at checked that the header lies inside the packet.
+    let (ether_type, eth_src) = unsafe { ((*eth).ether_type, (*eth).src_addr) };
+    if ether_type == EtherType::Ipv6 as u16 {
+        return NotIpv4::Ipv6;
+    }
+    if ether_type != EtherType::Arp as u16 {
+        return NotIpv4::Other;
+    }
+    let Ok(arp) = ptr_at::<ArpEthIpv4>(ctx, EthHdr::LEN) else {
+        return NotIpv4::BadArp;
+    };
+    // SAFETY: as above.
+    let arp = unsafe { *arp };
+    let ethernet_ipv4 = u16::from_be_bytes(arp.htype) == 1
+        && u16::from_be_bytes(arp.ptype) == 0x0800
+        && arp.hlen == 6
+        && arp.plen == 4;
+    if !ethernet_ipv4 {
+        return NotIpv4::BadArp;
+    }
+    NotIpv4::Arp(ArpSender {
+        eth_src,
+        sha: arp.sha,
+        spa: u32::from_ne_bytes(arp.spa),
+    })
+}
+
 /// The `__sk_buff` ifindex: the device the program runs on.
 #[inline(always)]
 pub fn skb_ifindex(ctx: &TcContext) -> u32 {

@@ -189,6 +189,28 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     fs::write(&file, value).map_err(|e| Error::io(format!("sysctl {key}"), e))
 }
 
+/// Turns IPv6 off in the namespace the calling thread is in: on one link
+/// (`Some(name)`), or on the whole namespace (`None`: `all`, which also
+/// clears the links already there, and `default`, which links made or moved
+/// in later start with). Written by path, not by dotted key, since a link
+/// name may hold a dot. A kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6(link: Option<&str>) -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    if !conf.exists() {
+        return Ok(());
+    }
+    let names = match link {
+        Some(name) => vec![name],
+        None => vec!["all", "default"],
+    };
+    for name in names {
+        let file = conf.join(name).join("disable_ipv6");
+        fs::write(&file, "1")
+            .map_err(|e| Error::io(format!("sysctl net.ipv6.conf.{name}.disable_ipv6"), e))?;
+    }
+    Ok(())
+}
+
 pub fn read_sysctl(key: &str) -> Result<String> {
     let file = Path::new("/proc/sys").join(key.replace('.', "/"));
     fs::read_to_string(&file)

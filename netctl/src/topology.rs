@@ -2,6 +2,12 @@
 //!
 //! Each function does one step that the caller records in its undo list;
 //! none of them touches the datapath or the state.
+//!
+//! Networks have no IPv6, as Docker's without `--ipv6`: the bridge, the
+//! host-side veths and the namespaces netctl makes have it turned off
+//! (`disable_ipv6`), so that nothing a container sends over IPv6 (a router
+//! advertisement, say) is ever processed by the host. A runtime's
+//! namespace (CNI) is the runtime's to configure.
 
 use std::net::Ipv4Addr;
 
@@ -19,6 +25,8 @@ pub async fn network_up(host: &Netlink, net: &Network) -> Result<u32> {
     let bridge = host
         .ensure_bridge(&net.bridge, net.bridge_mac().octets())
         .await?;
+    // The calling thread is in the host namespace (see `netns`).
+    netns::disable_ipv6(Some(&net.bridge))?;
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
         .await?;
     Ok(bridge)
@@ -29,9 +37,14 @@ pub async fn network_down(host: &Netlink, net: &Network) -> Result<()> {
     host.delete_link(&net.bridge).await
 }
 
-/// Makes a container namespace with `lo` up.
+/// Makes a container namespace with IPv6 off and `lo` up.
 pub async fn create_container_netns(name: &str) -> Result<()> {
     netns::create(name)?;
+    let no_ipv6 = netns::NetnsGuard::enter(name).and_then(|_inside| netns::disable_ipv6(None));
+    if let Err(e) = no_ipv6 {
+        let _ = netns::delete(name);
+        return Err(e);
+    }
     let inside = match Netlink::connect_in(name) {
         Ok(inside) => inside,
         Err(e) => {
@@ -70,6 +83,7 @@ pub async fn attach(
         let host_end = host.index(&ep.host_veth).await?;
         host.set_master(host_end, bridge).await?;
         host.set_hairpin(host_end).await?;
+        netns::disable_ipv6(Some(&ep.host_veth))?;
         let peer_index = host.index(&peer).await?;
         if let Some(mtu) = net.mtu {
             host.set_mtu(host_end, mtu).await?;

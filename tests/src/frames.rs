@@ -1,7 +1,8 @@
 //! Ethernet + IPv4 frames for the tests that feed the TC programs: a builder
 //! ([`Frame`]) that computes every checksum, a reader ([`view`]), checksum
 //! checks, and the odd frames (ARP, IPv6, cut short) that the programs must
-//! leave alone. Nothing here knows the tests' topology: frames between its
+//! leave alone or drop (also sent for real by `nettool arpsend|rasend`).
+//! Nothing here knows the tests' topology: frames between its
 //! hosts are built in [`crate::tc::topology`].
 
 use std::net::Ipv4Addr;
@@ -249,14 +250,83 @@ pub fn cut_l4(frame: &[u8]) -> Vec<u8> {
 
 /// An ARP request from `src_mac` (`sender` asking for `target`), broadcast.
 pub fn arp_frame(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    arp_packet(ARP_REQUEST, src_mac, src_mac, sender, target)
+}
+
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+
+/// An Ethernet/IPv4 ARP packet, broadcast, whose Ethernet source
+/// (`eth_src`) and sender MAC (`sha`) may differ: what a container forging
+/// its identity would send. A gratuitous ARP has `spa == tpa`.
+pub fn arp_packet(
+    op: u16,
+    eth_src: [u8; 6],
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
     let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&eth_src);
     f.extend_from_slice(&[0x08, 0x06]);
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4]); // Ethernet/IPv4
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
     f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&target.octets());
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// An ICMPv6 router advertisement (RFC 4861) from `src_mac`, with the
+/// link-local source derived from it, to all nodes: a default router for
+/// 1800 s, and `prefix`::/64 to autoconfigure addresses in. What a
+/// container would send to give the host a route and an address through it.
+pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
+    let mut src = [0u8; 16];
+    src[..2].copy_from_slice(&[0xfe, 0x80]);
+    src[8..11].copy_from_slice(&[src_mac[0] ^ 2, src_mac[1], src_mac[2]]);
+    src[11..13].copy_from_slice(&[0xff, 0xfe]);
+    src[13..].copy_from_slice(&src_mac[3..]);
+    let mut all_nodes = [0u8; 16];
+    all_nodes[..2].copy_from_slice(&[0xff, 0x02]);
+    all_nodes[15] = 1;
+    // Type 134, code 0, checksum, hop limit 64, no flags, router lifetime
+    // 1800 s, reachable time and retransmission timer unspecified.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0];
+    icmp.extend_from_slice(&1800u16.to_be_bytes());
+    icmp.extend_from_slice(&[0; 8]);
+    // Source link-layer address option.
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&src_mac);
+    // Prefix information: /64, on-link and autonomous, valid 1 day,
+    // preferred 4 hours.
+    icmp.extend_from_slice(&[3, 4, 64, 0xc0]);
+    icmp.extend_from_slice(&86_400u32.to_be_bytes());
+    icmp.extend_from_slice(&14_400u32.to_be_bytes());
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix);
+    icmp.extend_from_slice(&[0; 8]);
+    let len = icmp.len() as u32;
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&all_nodes);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let c = checksum(&[&pseudo, &icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    // Version 6; payload length; next header ICMPv6; hop limit 255 (a
+    // receiver ignores an RA with any other).
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&all_nodes);
+    f.extend_from_slice(&icmp);
     f
 }
 

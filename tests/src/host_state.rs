@@ -1,5 +1,6 @@
 //! Everything netctl could have changed on a sandbox's host, as sorted
-//! tagged lines to compare: the state's objects, links, namespaces, rules,
+//! tagged lines to compare: the state's objects, links, namespaces, rules
+//! (iptables, and netctl's nftables table),
 //! pins, the eBPF maps' entries (CONNTRACK by keys), the processes netctl
 //! started, hosts files and command logs. The transaction tests compare a
 //! host with itself before a command, or with a twin sandbox's.
@@ -90,6 +91,26 @@ fn processes(sb: &Sandbox) -> Vec<String> {
     found
 }
 
+/// netctl's nftables table (the iptables datapath's ARP anti-spoofing),
+/// without counters: its chain and rules, one line each.
+fn nft_lines(sb: &Sandbox) -> Vec<String> {
+    let table = netctl::datapath::iptables::ARP_TABLE;
+    let tables = sb.run_in_ok(&sb.host_netns, &["nft", "list", "tables", "bridge"]);
+    if !tables
+        .lines()
+        .any(|l| l.trim() == format!("table bridge {table}"))
+    {
+        return Vec::new();
+    }
+    sb.run_in_ok(
+        &sb.host_netns,
+        &["nft", "-s", "list", "table", "bridge", table],
+    )
+    .lines()
+    .map(|l| format!("nft: {}", l.trim()))
+    .collect()
+}
+
 /// Everything netctl could have changed, as tagged lines: objects, links,
 /// namespaces, rules, pins, the eBPF maps' entries (CONNTRACK by keys),
 /// processes, hosts files and command logs.
@@ -120,6 +141,7 @@ pub fn snapshot(sb: &Sandbox) -> Vec<String> {
             .filter(|l| l.starts_with("-A") || l.contains("NETCTL"))
             .map(|l| format!("rule: {l}")),
     );
+    lines.extend(nft_lines(sb));
     lines.extend(sb.pins().into_iter().map(|p| format!("pin: {p}")));
     for map in ["ENDPOINTS", "NETWORKS", "PORTMAP", "CONFIG"] {
         for (key, value) in map_entries(sb, map) {

@@ -1,6 +1,7 @@
 //! What the TC programs leave alone or drop untranslated, frame by frame
 //! through BPF_PROG_TEST_RUN (the harness and why it needs a namespace:
 //! `netctl_tests::tc`): ARP, IPv6 and truncated frames, spoofed sources,
+//! a container's IPv6 and forged ARP,
 //! traffic within a network or to host addresses, isolation between
 //! networks and of `--internal` ones; and the verifier's cost of each
 //! program.
@@ -25,17 +26,19 @@ fn arp_ipv6_and_truncated_frames_pass_untouched() {
         // Total length beyond the frame.
         let mut long_len = full.clone();
         long_len[16..18].copy_from_slice(&1400u16.to_be_bytes());
-        let frames = [
-            (arp_frame(A1.mac, A1.ip, NET_A.gateway), StatIndex::NotIpv4),
-            (ipv6_frame(A1.mac, NET_A.mac), StatIndex::NotIpv4),
-            (long_ihl, StatIndex::Truncated),
-            (short_tcp, StatIndex::Truncated),
-            (long_len, StatIndex::Truncated),
-        ];
-        for (i, (frame, _)) in frames.iter().enumerate() {
+        let arp = arp_frame(A1.mac, A1.ip, NET_A.gateway);
+        let ipv6 = ipv6_frame(A1.mac, NET_A.mac);
+        let frames = [&arp, &ipv6, &long_ihl, &short_tcp, &long_len];
+        for (i, frame) in frames.into_iter().enumerate() {
             // A short TCP header leaving its network from a container is
-            // dropped (see truncated_l4_headers_never_leave_their_network).
-            let from_a1 = if i == 3 { TC_ACT_SHOT } else { TC_ACT_OK };
+            // dropped (see truncated_l4_headers_never_leave_their_network),
+            // and so is a container's IPv6 (see
+            // container_ipv6_and_forged_arp_are_dropped).
+            let from_a1 = if i == 1 || i == 3 {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            };
             assert_verdict(env.endpoint(A1, frame), from_a1, frame);
             assert_verdict(env.uplink_in(frame), TC_ACT_OK, frame);
             assert_verdict(env.uplink_out(frame), TC_ACT_OK, frame);
@@ -44,18 +47,80 @@ fn arp_ipv6_and_truncated_frames_pass_untouched() {
         // short TCP frame (to REMOTE, not the uplink address) is a plain Pass
         // there.
         env.assert_stats(&[
-            (StatIndex::NotIpv4, 6),
+            (StatIndex::NotIpv4, 5),
             (StatIndex::Truncated, 7),
             (StatIndex::Pass, 1),
             (StatIndex::DropIsolated, 1),
+            (StatIndex::DropIpv6, 1),
         ]);
-        let arp_len = frames[0].0.len() as u64;
-        let ipv6_len = frames[1].0.len() as u64;
+        let (arp_len, ipv6_len) = (arp.len() as u64, ipv6.len() as u64);
         assert_eq!(
             env.stat_bytes(StatIndex::NotIpv4),
-            3 * (arp_len + ipv6_len),
+            3 * arp_len + 2 * ipv6_len,
             "bytes"
         );
+        assert!(env.conntrack().is_empty());
+    });
+}
+
+#[test]
+fn container_ipv6_and_forged_arp_are_dropped() {
+    in_netns(Opts::default(), |env| {
+        const FORGED_MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x12, 0x00, 0x99];
+        let garp = |eth_src, sha, spa| arp_packet(ARP_REQUEST, eth_src, sha, spa, spa);
+        // Networks have no IPv6: none leaves a container, a router
+        // advertisement least of all.
+        let ipv6 = [
+            ipv6_frame(A1.mac, NET_A.mac),
+            router_advertisement(A1.mac, [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0]),
+        ];
+        let mut bad_hlen = arp_frame(A1.mac, A1.ip, NET_A.gateway);
+        bad_hlen[18] = 8;
+        let forged = [
+            // A2's address at A1's MAC: the takeover of a gratuitous ARP.
+            garp(A1.mac, A1.mac, A2.ip),
+            // A2 whole (address and MACs) from A1's veth.
+            garp(A2.mac, A2.mac, A2.ip),
+            // A1's address with another sender MAC, or Ethernet source.
+            garp(A1.mac, FORGED_MAC, A1.ip),
+            garp(FORGED_MAC, A1.mac, A1.ip),
+            // An address nobody has, another network's container, the gateway.
+            garp(A1.mac, A1.mac, Ipv4Addr::new(172, 18, 0, 99)),
+            garp(A1.mac, A1.mac, B1.ip),
+            arp_packet(ARP_REPLY, A1.mac, A1.mac, NET_A.gateway, A2.ip),
+            // An ARP probe (sender 0.0.0.0) and what is not Ethernet/IPv4
+            // ARP, or is cut short, cannot be told genuine.
+            arp_packet(ARP_REQUEST, A1.mac, A1.mac, Ipv4Addr::UNSPECIFIED, A2.ip),
+            bad_hlen,
+            arp_frame(A1.mac, A1.ip, A2.ip)[..30].to_vec(),
+        ];
+        for frame in ipv6.iter().chain(&forged) {
+            assert_verdict(env.endpoint(A1, frame), TC_ACT_SHOT, frame);
+        }
+        // A1's own requests and replies, gratuitous or not, pass untouched.
+        let genuine = [
+            arp_frame(A1.mac, A1.ip, NET_A.gateway),
+            garp(A1.mac, A1.mac, A1.ip),
+            arp_packet(ARP_REPLY, A1.mac, A1.mac, A1.ip, NET_A.gateway),
+        ];
+        for frame in &genuine {
+            let out = env.endpoint(A1, frame);
+            assert_eq!(&out.1, frame, "changed");
+            assert_verdict(out, TC_ACT_OK, frame);
+        }
+        // B1's own, on B1's veth; I1's on an internal network.
+        let b1 = garp(B1.mac, B1.mac, B1.ip);
+        assert_verdict(env.endpoint(B1, &b1), TC_ACT_OK, &b1);
+        let i1 = arp_frame(I1.mac, I1.ip, NET_I.gateway);
+        assert_verdict(env.endpoint(I1, &i1), TC_ACT_OK, &i1);
+        env.assert_stats(&[
+            (StatIndex::DropIpv6, ipv6.len() as u64),
+            (StatIndex::DropArpSpoofed, forged.len() as u64),
+            (StatIndex::NotIpv4, genuine.len() as u64 + 2),
+        ]);
+        let bytes = |frames: &[Vec<u8>]| frames.iter().map(|f| f.len() as u64).sum::<u64>();
+        assert_eq!(env.stat_bytes(StatIndex::DropIpv6), bytes(&ipv6));
+        assert_eq!(env.stat_bytes(StatIndex::DropArpSpoofed), bytes(&forged));
         assert!(env.conntrack().is_empty());
     });
 }

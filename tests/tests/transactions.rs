@@ -626,6 +626,21 @@ fn doctor_reports_drift_and_fix_repairs_it(datapath: &str) {
             "-j",
             "ACCEPT",
         ]);
+        // The ARP anti-spoofing rules in nftables: all gone, one stray.
+        host(&["nft", "flush", "chain", "bridge", "netctl", "antispoof"]);
+        host(&[
+            "nft",
+            "add",
+            "rule",
+            "bridge",
+            "netctl",
+            "antispoof",
+            "iifname",
+            "ve0stray",
+            "drop",
+            "comment",
+            "\"ve0stray 10.9.9.9 02:00:00:00:00:01\"",
+        ]);
     } else {
         // 0.0.0.0:8080/tcp: the PORTMAP key as the programs read it.
         let map = sb.pin_path("maps/PORTMAP");
@@ -669,6 +684,23 @@ fn doctor_reports_drift_and_fix_repairs_it(datapath: &str) {
         );
         assert!(
             report.contains("10.9.9.9/32") && report.contains("not implied by the state"),
+            "{report}"
+        );
+        let web_arp = format!(
+            "nftables rule \"{}\": missing",
+            netctl::datapath::iptables::arp_rule_comment(
+                &serde_json::from_value(sb.inspect("web")["endpoints"][0].clone()).unwrap()
+            )
+        );
+        assert!(
+            report.lines().any(|l| l == web_arp),
+            "{web_arp:?} in:\n{report}"
+        );
+        assert!(
+            report.lines().any(|l| {
+                l
+                == "nftables rule \"ve0stray 10.9.9.9 02:00:00:00:00:01\": not implied by the state"
+            }),
             "{report}"
         );
     } else {

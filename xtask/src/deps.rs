@@ -29,7 +29,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping in the scenarios"),
     (
         "nftables",
-        "nft: asserting the eBPF datapath leaves no nftables rule",
+        "nft: the iptables datapath's ARP anti-spoofing (table bridge netctl), leak checks",
     ),
     ("iperf3", "benchmarks"),
     ("sockperf", "benchmarks"),

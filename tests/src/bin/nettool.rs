@@ -36,6 +36,11 @@
 //!   nettool probe tcp|udp|icmp HOST PORT [--timeout-ms N]
 //!                                            one attempt: answered, refused, unreachable
 //!                                            or timeout, and the packets sent (probe.rs)
+//!   nettool arpsend IFACE ETH_SRC SENDER_MAC SENDER_IP COUNT
+//!                                            send COUNT gratuitous ARP requests claiming
+//!                                            SENDER_IP at SENDER_MAC (l2.rs)
+//!   nettool rasend IFACE SRC_MAC COUNT      send COUNT IPv6 router advertisements of a
+//!                                            default route and 2001:db8:1::/64 (l2.rs)
 //!
 //! `count` and both `sniff`s print `listening on ...` once their socket is
 //! bound: a test starts sending after that line.
@@ -57,6 +62,8 @@ use std::{
 // Kept beside this file, not as binaries of their own.
 #[path = "nettool/checksums.rs"]
 mod checksums;
+#[path = "nettool/l2.rs"]
+mod l2;
 #[path = "nettool/probe.rs"]
 mod probe;
 
@@ -91,6 +98,10 @@ fn main() -> ExitCode {
         ["sniff", iface, millis] => sniff(iface, millis),
         ["bulk", host, port, bytes] => checksums::bulk(host, port, bytes),
         ["probe", proto, host, port, rest @ ..] => probe::probe(proto, host, port, rest),
+        ["arpsend", iface, eth_src, sender_mac, sender_ip, count] => {
+            l2::arp_send(iface, [eth_src, sender_mac, sender_ip, count])
+        }
+        ["rasend", iface, src_mac, count] => l2::ra_send(iface, src_mac, count),
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
                   | sniff IFACE MILLIS | sniff IFACE --checksums | bulk HOST PORT BYTES \
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
+                  | arpsend IFACE ETH_SRC SENDER_MAC SENDER_IP COUNT | rasend IFACE SRC_MAC COUNT \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
@@ -525,17 +537,7 @@ fn raw_send(iface: &str, args: [&str; 6], truncated: bool) -> Result<(), String>
         .map_err(|_| format!("bad address {dst_ip}"))?;
     let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
     let count: u64 = count.parse().map_err(|_| format!("bad count {count}"))?;
-    let ifindex = if_index(iface)?;
-    // Protocol 0: the socket only sends, it never receives a frame.
-    let socket = packet_socket(0)?;
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&dst_mac);
-    for seq in 0..count.min(MAX_RAW_FRAMES) {
+    let frames = (0..count.min(MAX_RAW_FRAMES)).map(|seq| {
         let mut frame = udp_frame(src_mac, dst_mac, src, dst, port, seq as u16);
         if truncated {
             // The datagram ends 4 bytes into the UDP header; what follows
@@ -545,9 +547,36 @@ fn raw_send(iface: &str, args: [&str; 6], truncated: bool) -> Result<(), String>
             let c = inet_checksum(&[&frame[14..34]]);
             frame[24..26].copy_from_slice(&c.to_be_bytes());
         }
+        frame
+    });
+    let sent = send_frames(iface, frames)?;
+    println!("sent={sent}");
+    Ok(())
+}
+
+/// Sends whole Ethernet frames through an AF_PACKET socket: the kernel puts
+/// them on the wire as they are, source MAC and addresses included.
+/// Returns how many were sent.
+fn send_frames(iface: &str, frames: impl Iterator<Item = Vec<u8>>) -> Result<u64, String> {
+    let ifindex = if_index(iface)?;
+    // Protocol 0: the socket only sends, it never receives a frame.
+    let socket = packet_socket(0)?;
+    let mut sent = 0;
+    for frame in frames {
+        if frame.len() < 14 {
+            return Err(format!("a frame of {} bytes", frame.len()));
+        }
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        // The EtherType, already in network order in the frame.
+        addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
         // SAFETY: the buffer and the address outlive the call; the length
         // is the address's own size.
-        let sent = unsafe {
+        let result = unsafe {
             libc::sendto(
                 std::os::fd::AsRawFd::as_raw_fd(&socket),
                 frame.as_ptr().cast(),
@@ -557,15 +586,15 @@ fn raw_send(iface: &str, args: [&str; 6], truncated: bool) -> Result<(), String>
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        if sent < 0 {
+        if result < 0 {
             return Err(format!(
                 "send on {iface}: {}",
                 std::io::Error::last_os_error()
             ));
         }
+        sent += 1;
     }
-    println!("sent={}", count.min(MAX_RAW_FRAMES));
-    Ok(())
+    Ok(sent)
 }
 
 fn if_index(iface: &str) -> Result<u32, String> {

@@ -5,7 +5,8 @@
 //! sandbox's own), no /etc/netns entry, no state dir, no process netctl
 //! started (in the sandbox cgroup, recorded in its state, or living in one
 //! of its namespaces), no pin, no BPF program on the sandbox cgroup or the
-//! host's links, no link or iptables rule in the host namespace. Then the
+//! host's links, no link, iptables rule or nftables table of netctl's
+//! (`table bridge netctl`) in the host namespace. Then the
 //! forced cleanup removes whatever is there, and says what it had to remove.
 
 use std::{
@@ -97,6 +98,7 @@ impl Watch {
         if netns::exists(&sb.host_netns) {
             left.extend(describe("host link", host_links(sb)));
             left.extend(describe("host iptables line", host_rules(sb)));
+            left.extend(describe("host nftables table", host_nft_tables(sb)));
             left.extend(describe("BPF program on a host link", link_programs(sb)));
         }
         left
@@ -281,6 +283,16 @@ fn host_rules(sb: &Sandbox) -> Vec<String> {
     sb.iptables_save()
         .lines()
         .filter(|l| l.contains("NETCTL") || l.starts_with("-A"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// nftables tables named like netctl's (its ARP anti-spoofing table).
+fn host_nft_tables(sb: &Sandbox) -> Vec<String> {
+    let table = netctl::datapath::iptables::ARP_TABLE;
+    sb.run_in_ok(&sb.host_netns, &["nft", "list", "tables"])
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some(table))
         .map(str::to_owned)
         .collect()
 }

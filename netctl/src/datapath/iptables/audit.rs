@@ -1,5 +1,6 @@
 //! `netctl doctor` for the iptables datapath: the rules the state implies,
-//! against what `iptables-save` shows.
+//! against what `iptables-save` shows, and the ARP rules against what
+//! nftables lists (`arp.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +15,7 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    model::{DatapathKind, PortMapping},
+    model::{DatapathKind, Endpoint, PortMapping},
     state::State,
 };
 
@@ -40,6 +41,19 @@ fn desired_rules(state: &State) -> Vec<Rule> {
     let ports: Vec<PortMapping> = state.ports().cloned().collect();
     rules.extend(port_rules(&ports));
     rules
+}
+
+/// The endpoints whose ARP rules the state implies.
+fn desired_endpoints(state: &State) -> Vec<&Endpoint> {
+    if state.datapath != Some(DatapathKind::Iptables) {
+        return Vec::new();
+    }
+    state
+        .containers
+        .values()
+        .flat_map(|ctr| &ctr.endpoints)
+        .filter(|ep| state.networks.contains_key(&ep.network))
+        .collect()
 }
 
 /// Rules in our chains, or jumping into them, that no object of the state
@@ -111,6 +125,10 @@ pub(super) fn audit(ipt: &Iptables, state: &State) -> Result<Vec<Drift>> {
             "not made by netctl",
         ));
     }
+    drift.extend(
+        ipt.nft
+            .audit(&desired_endpoints(state), !desired.is_empty())?,
+    );
     Ok(drift)
 }
 
@@ -155,5 +173,6 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
         batch.push(table, format!("-X {chain}"));
     }
     errors.extend(ipt.restore("iptables: doctor --fix", &batch).err());
+    errors.extend(ipt.nft.reconcile(&desired_endpoints(state)).err());
     Error::collect(errors)
 }

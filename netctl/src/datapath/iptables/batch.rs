@@ -3,11 +3,7 @@
 //! and only deletes what is there; and when `iptables-restore` refuses one,
 //! the reason it gave, with the batch line it blamed.
 
-use std::{
-    collections::BTreeMap,
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::collections::BTreeMap;
 
 use super::{
     rules::{host_rules, Rule, Table, CHAINS},
@@ -163,22 +159,9 @@ impl Iptables {
         }
         let text = batch.render();
         log::debug!("{object}:\n{text}");
-        let mut child = Command::new(&self.restore)
-            // -w: wait for the xtables lock (legacy backend) rather than fail.
-            .args(["-w", "--noflush"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::system(object, format!("{}: {e}", self.restore)))?;
-        let written = child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(text.as_bytes());
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::system(object, format!("{}: {e}", self.restore)))?;
+        // -w: wait for the xtables lock (legacy backend) rather than fail.
+        let (out, written) =
+            super::run_with_input(object, &self.restore, &["-w", "--noflush"], &text)?;
         if !out.status.success() {
             return Err(Error::system(
                 object,

@@ -38,6 +38,10 @@
 //! raw table, before conntrack, so a forged packet leaves no flow behind, and
 //! their packet counters (`iptables-save -c -t raw`) count what was dropped.
 //!
+//! ARP is anti-spoofed too, but iptables never sees ARP: that check is a
+//! rule per endpoint in nftables' bridge family (`table bridge netctl`,
+//! see `arp.rs`), with a counter of its own.
+//!
 //! Rules are data ([`Rule`]): the same value renders the line that adds it
 //! (`-A`/`-I`), the line that deletes it (`-D`) and the line `iptables-save`
 //! prints for it, so add, delete and "is it there?" can never disagree. Each
@@ -54,14 +58,15 @@
 //!
 //! Where each part lives: `rules.rs` (the rules as data and the functions
 //! that build each set), `save.rs` (`iptables-save` read into typed rules),
-//! `batch.rs` (one `iptables-restore` input and why it failed), `audit.rs`
-//! (`netctl doctor`); here, the [`Datapath`] calls that tie them together.
+//! `batch.rs` (one `iptables-restore` input and why it failed), `arp.rs`
+//! (ARP anti-spoofing in nftables), `audit.rs` (`netctl doctor`); here, the [`Datapath`] calls that tie them together.
 //! The kernel tests are in the tests crate (`tests/tests/iptables_datapath.rs`).
 
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 
+mod arp;
 mod audit;
 mod batch;
 mod conntrack;
@@ -72,6 +77,7 @@ pub mod fixtures;
 mod rules;
 mod save;
 
+pub use arp::{arp_rule_comment, ArpRule, ARP_CHAIN, ARP_TABLE};
 pub use batch::Batch;
 pub use rules::{
     endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
@@ -104,6 +110,33 @@ fn describe_ports(ports: &[PortMapping]) -> String {
         .join(", ")
 }
 
+/// Runs `program` with `input` on its stdin: its output, and whether all
+/// of the input was written (a program that failed may have stopped
+/// reading: its own error says more). For `iptables-restore` and `nft -f`.
+fn run_with_input(
+    object: &str,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(std::process::Output, std::io::Result<()>)> {
+    use std::io::Write as _;
+    let failed = |e: std::io::Error| Error::system(object, format!("{program}: {e}"));
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    let written = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes());
+    let out = child.wait_with_output().map_err(failed)?;
+    Ok((out, written))
+}
+
 fn write_sysctl(key: &str, path: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
@@ -116,6 +149,7 @@ fn write_sysctl(key: &str, path: &str) -> Result<()> {
 pub struct Iptables {
     restore: String,
     save: String,
+    nft: arp::Nft,
 }
 
 impl Iptables {
@@ -150,7 +184,8 @@ impl Iptables {
         self.restore(
             &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
             &batch,
-        )
+        )?;
+        self.nft.endpoint_up(ep)
     }
 
     /// The rules are written in whatever namespace the calling thread is in:
@@ -172,7 +207,16 @@ impl Iptables {
         Iptables {
             restore: restore.into(),
             save: save.into(),
+            nft: arp::Nft {
+                program: arp::NFT.to_owned(),
+            },
         }
+    }
+
+    /// The ARP anti-spoofing rules in `table bridge netctl`, with their
+    /// counters (none when the table is not there).
+    pub fn arp_rules(&self) -> Result<Vec<ArpRule>> {
+        Ok(self.nft.listed()?.rules)
     }
 
     /// Every chain and rule of the host mentioning NETCTL, as `TABLE LINE`
@@ -245,7 +289,8 @@ impl Datapath for Iptables {
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.ensure_host(&saved);
-        self.restore("iptables: host setup", &batch)
+        self.restore("iptables: host setup", &batch)?;
+        self.nft.host_up()
     }
 
     fn host_down(&self) -> Result<()> {
@@ -281,6 +326,7 @@ impl Datapath for Iptables {
                 errors.extend(failpoint::check("down.host.table").err());
             }
         }
+        errors.extend(self.nft.host_down().err());
         Error::collect(errors)
     }
 
@@ -300,7 +346,9 @@ impl Datapath for Iptables {
         for rule in leftovers_in_subnet(&saved, net.subnet) {
             batch.push(rule.table, rule.delete());
         }
-        self.restore(&format!("iptables: network {} down", net.name), &batch)
+        let object = format!("iptables: network {} down", net.name);
+        self.restore(&object, &batch)?;
+        self.nft.remove(&object, None, Some(net.subnet))
     }
 
     /// iptables matches the veth by name: it needs no index.
@@ -308,20 +356,19 @@ impl Datapath for Iptables {
         self.apply_endpoint(ep)
     }
 
-    /// Its rules, then its conntrack entries (after the rules, so that no
+    /// Its rules and its ARP rule, then its conntrack entries (after the rules, so that no
     /// flow through them starts after the flush), whatever became of the rules.
     fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+        let object = format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip);
         let removed = self.saved().and_then(|saved| {
             let mut batch = Batch::default();
             batch.remove(&saved, &endpoint_rules(ep));
-            self.restore(
-                &format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip),
-                &batch,
-            )
+            self.restore(&object, &batch)
         });
+        let arp = self.nft.remove(&object, Some(ep), None);
         let forgotten = conntrack::forget_address(ep.ip);
         Error::collect(
-            [removed.err(), forgotten.err()]
+            [removed.err(), arp.err(), forgotten.err()]
                 .into_iter()
                 .flatten()
                 .collect(),
