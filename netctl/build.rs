@@ -7,6 +7,16 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("MetadataCommand::exec")?;
+    // aya-build reruns this script when the eBPF crate changes; the types
+    // and counters it shares with netctl-common must trigger it too, or the
+    // object keeps stale map layouts and counter numbers.
+    let common_package = packages
+        .iter()
+        .find(|p| p.name.as_str() == "netctl-common")
+        .ok_or_else(|| anyhow!("netctl-common package not found"))?;
+    if let Some(common_dir) = common_package.manifest_path.parent() {
+        println!("cargo:rerun-if-changed={common_dir}");
+    }
     let ebpf_package = packages
         .into_iter()
         .find(|p| p.name.as_str() == "netctl-ebpf")
