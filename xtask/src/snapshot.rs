@@ -60,6 +60,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Process {
     comm: String,
+    /// Its command line, spaces for NULs (to tell which test left it).
+    command: String,
     /// One of [`NETCTL_PROGRAMS`] by its executable's name.
     netctl_program: bool,
     /// The top-level cgroup (v2) it lives in, as a path like `cgroups`'s.
@@ -67,10 +69,16 @@ struct Process {
 }
 
 /// Something present after the tests and not before.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leak {
     kind: &'static str,
     name: String,
+}
+
+impl Leak {
+    pub fn is_process(&self) -> bool {
+        self.kind == "process"
+    }
 }
 
 impl fmt::Display for Leak {
@@ -171,6 +179,10 @@ impl Snapshot {
                 name: match &p.cgroup {
                     Some(cgroup) => format!("{pid} ({}) in cgroup {cgroup}", p.comm),
                     None => format!("{pid} ({})", p.comm),
+                } + &if p.command.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", p.command)
                 },
             })
             .collect()
@@ -185,9 +197,13 @@ fn processes(cgroup_root: Option<&Path>) -> BTreeMap<u32, Process> {
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
-            // A process that exited meanwhile has no comm: skipped.
+            // A process that exited meanwhile has no comm, and a zombie
+            // (exited, not yet reaped by its parent) holds nothing: skipped.
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             let comm = comm.trim().to_owned();
+            if is_zombie(pid) {
+                return None;
+            }
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let top = fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .ok()
@@ -196,6 +212,10 @@ fn processes(cgroup_root: Option<&Path>) -> BTreeMap<u32, Process> {
                 pid,
                 Process {
                     netctl_program: is_netctl_program(&comm, &cmdline),
+                    command: String::from_utf8_lossy(&cmdline)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_owned(),
                     cgroup: cgroup_root
                         .zip(top)
                         .map(|(root, top)| root.join(top).display().to_string()),
@@ -204,6 +224,18 @@ fn processes(cgroup_root: Option<&Path>) -> BTreeMap<u32, Process> {
             ))
         })
         .collect()
+}
+
+/// Whether `/proc/PID/stat` says Z (the state follows the command name,
+/// which is in parentheses and may hold spaces).
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name.trim_start().chars().next()
+        })
+        == Some('Z')
 }
 
 /// Whether a process runs one of [`NETCTL_PROGRAMS`]: its name, or the
@@ -409,6 +441,7 @@ mod tests {
     fn process(comm: &str, netctl_program: bool, cgroup: Option<&str>) -> Process {
         Process {
             comm: comm.into(),
+            command: String::new(),
             netctl_program,
             cgroup: cgroup.map(str::to_owned),
         }

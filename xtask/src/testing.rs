@@ -3,7 +3,10 @@
 //! `--stress` also runs, once, the tests marked `#[ignore]` for taking
 //! minutes (1,000 containers on one network).
 
-use std::{process::Command, time::Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 
@@ -11,7 +14,7 @@ use crate::{
     cmd::{cargo, run, run_tests, step, workspace_root},
     deps,
     ledger::Ledger,
-    snapshot::Snapshot,
+    snapshot::{Leak, Snapshot},
 };
 
 /// With `--stress` the suite runs this many times in a row, with more test
@@ -19,6 +22,8 @@ use crate::{
 /// and leaks that need concurrency show up.
 const STRESS_ROUNDS: u32 = 5;
 const STRESS_THREADS_PER_CPU: usize = 4;
+/// How long a process left when the tests end may take to finish exiting.
+const PROCESS_GRACE: Duration = Duration::from_secs(3);
 /// no_std, bpf target only: built by netctl's build.rs, linted on its own
 /// target, left out of host builds (a host build fails on its panic handler).
 const EBPF_CRATE: &str = "netctl-ebpf";
@@ -99,7 +104,7 @@ fn checked_run(what: &str, harness_args: &[String], before: &Snapshot) -> Result
     );
 
     step("leak check: the root namespace after the tests");
-    let leaks = Snapshot::take()?.leaks_since(before);
+    let leaks = leaks_after_grace(before)?;
     for leak in &leaks {
         println!("LEAKED {leak}");
     }
@@ -107,6 +112,29 @@ fn checked_run(what: &str, harness_args: &[String], before: &Snapshot) -> Result
         println!("nothing left behind");
     }
     leak_verdict(result, leaks.len())
+}
+
+/// The leaks since `before`. A process gets a moment to finish exiting (one
+/// its test killed last may not be reaped yet); each one that went in that
+/// moment is said, one still there after it is a leak.
+fn leaks_after_grace(before: &Snapshot) -> Result<Vec<Leak>> {
+    let started = Instant::now();
+    let first = Snapshot::take()?.leaks_since(before);
+    let mut leaks = first.clone();
+    while leaks.iter().any(Leak::is_process) && started.elapsed() < PROCESS_GRACE {
+        std::thread::sleep(Duration::from_millis(100));
+        leaks = Snapshot::take()?.leaks_since(before);
+    }
+    for gone in first
+        .iter()
+        .filter(|l| l.is_process() && !leaks.contains(l))
+    {
+        println!(
+            "{gone}: still exiting when the tests ended, gone within {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(leaks)
 }
 
 /// `cargo test` of the workspace (the eBPF crate aside). Every test binary
