@@ -97,8 +97,7 @@ impl Nft {
     fn run(&self, object: &str, args: &[&str], stdin: &str) -> Result<String> {
         let (out, written) = super::run_with_input(object, &self.program, args, stdin)?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let first = stderr.lines().next().unwrap_or_default().trim().to_owned();
+            let first = super::first_complaint(&out.stderr);
             return Err(Error::system(
                 object,
                 format!("{} failed ({}): {first}", self.program, out.status),

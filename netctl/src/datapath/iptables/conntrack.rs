@@ -101,12 +101,12 @@ fn conntrack(object: &str, args: &[&str]) -> Result<String> {
         .map_err(|e| Error::system(object, format!("{CONNTRACK}: {e} (install conntrack)")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && !stderr.contains(NOTHING_DELETED) {
-        let reason = stderr
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{CONNTRACK} failed ({})", out.status));
+        let first = super::first_complaint(&out.stderr);
+        let reason = if first.is_empty() {
+            format!("{CONNTRACK} failed ({})", out.status)
+        } else {
+            first
+        };
         return Err(Error::system(object, reason));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -137,6 +137,17 @@ fn run_with_input(
     Ok((out, written))
 }
 
+/// The first non-empty line a failed tool wrote on stderr (trimmed; empty
+/// if it wrote none): its complaint, for a one-line error.
+fn first_complaint(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn write_sysctl(key: &str, path: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());

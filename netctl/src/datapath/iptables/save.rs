@@ -382,13 +382,7 @@ impl Iptables {
             .output()
             .map_err(|e| Error::system(object(), e))?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let first = stderr
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_owned();
+            let first = super::first_complaint(&out.stderr);
             return Err(Error::system(object(), format!("{first} ({})", out.status)));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
