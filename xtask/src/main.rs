@@ -57,7 +57,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only these configurations (comma-separated: veth, iptables,
-        /// ebpf, cni, netavark); the ratios need veth and iptables.
+        /// ebpf, cni, netavark, nft); the ratios need veth and iptables.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Also sample every CPU with `perf record -e cpu-clock -g` during

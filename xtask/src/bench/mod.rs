@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--quick]`: netctl's datapaths against a no-NAT
-//! ceiling and against the peers (CNI bridge+portmap, netavark).
+//! ceiling and against the peers (CNI bridge+portmap, netavark, and the
+//! nftables ruleset of a modern runtime).
 //!
 //! One sandbox per configuration (see [`crate::sandbox`]), all alive at once so
 //! that the repetitions can be interleaved:
@@ -8,7 +9,7 @@
 //! |---|---|---|---|---|
 //! | `veth` (ceiling) | outside → host IP, no NAT | host → outside | host → outside | outside → host |
 //! | `iptables`, `ebpf` | outside → 198.51.100.1:808x → `srv` | `cli` → outside (SNAT) | host (in the sandbox cgroup) → 127.0.0.1:808x → `srv` | `cli` → `srv` on the bridge |
-//! | `cni`, `netavark` | the same through their bridge and DNAT | | | |
+//! | `cni`, `netavark`, `nft` | the same through their bridge and DNAT | | | |
 //!
 //! Servers behind each target: `nettool pong` (rr, crr), `iperf3 -s` (TCP
 //! throughput) and `nettool udpsink` (UDP datagrams/s); clients run with
@@ -18,6 +19,7 @@
 
 mod bpf;
 mod load;
+mod nft;
 mod peers;
 mod plan;
 mod report;
@@ -59,7 +61,7 @@ pub fn bench(opts: Options) -> Result<()> {
         .iter()
         .find(|o| !Config::ALL.iter().any(|c| c.name() == o.as_str()))
     {
-        bail!("--only {unknown}: no such configuration (veth, iptables, ebpf, cni, netavark)");
+        bail!("--only {unknown}: no such configuration (veth, iptables, ebpf, cni, netavark, nft)");
     }
     let tools = tools::build()?;
     for (tool, why) in [("iperf3", "--version"), ("bpftool", "version")] {
@@ -124,7 +126,7 @@ pub fn bench(opts: Options) -> Result<()> {
                 Err(e) => results.notes.push(format!("ebpf profile failed: {e:#}")),
             }
         }
-        for rig in rigs.iter_mut().filter(|r| r.config.is_netctl()) {
+        for rig in rigs.iter_mut().filter(|r| r.config.scales()) {
             checkpoint()?;
             step(&format!(
                 "scaling: {} with many published ports",
@@ -136,9 +138,14 @@ pub fn bench(opts: Options) -> Result<()> {
                     .notes
                     .push(format!("{} scaling failed: {e:#}", rig.config.name())),
             }
+        }
+        for rig in rigs
+            .iter_mut()
+            .filter(|r| r.config.is_netctl() || matches!(r.config, Config::Cni | Config::Netavark))
+        {
             checkpoint()?;
             step(&format!(
-                "control plane: {} runs {} containers with one published port each",
+                "control plane: {} sets up {} containers with one published port each, then removes them",
                 rig.config.name(),
                 mode.containers
             ));

@@ -1,7 +1,9 @@
 //! The peers, driven the way a runtime drives them, inside the sandbox's
 //! host namespace (`ip netns exec HOST`): Debian's CNI plugins (bridge +
-//! host-local + portmap) and netavark. Their undo (DEL, teardown) is queued
-//! on the sandbox, which runs it before deleting the namespaces.
+//! host-local + portmap) and netavark. Each attachment comes back with its
+//! undo (DEL, teardown): queued on the sandbox, which runs it before
+//! deleting the namespaces, or run at once by the control-plane runs,
+//! which time it.
 
 use std::{
     io::Write as _,
@@ -65,9 +67,42 @@ fn cni_command(sb: &Sandbox, verb: &str, plugin: &str, id: &str, netns: &str) ->
 /// A port to publish: host port, container port, "tcp" or "udp".
 pub type PortMapping = (u16, u16, &'static str);
 
+/// A container namespace attached to a peer, and what detaches it.
+pub struct Attached {
+    /// Its IPv4 address.
+    pub ip: String,
+    netns: String,
+    /// DEL or teardown commands, in the order they were needed (run in
+    /// reverse).
+    undo: Vec<Cleanup>,
+}
+
+impl Attached {
+    /// Leaves it attached until the sandbox goes (its undo is queued
+    /// there); returns its address.
+    pub fn keep(self, sb: &mut Sandbox) -> String {
+        for cleanup in self.undo {
+            sb.on_teardown(cleanup);
+        }
+        self.ip
+    }
+
+    /// Detaches it now, as a runtime removing the container does: the
+    /// undo in reverse, then the namespace.
+    pub fn detach(self) -> Result<()> {
+        for Cleanup { mut cmd, stdin } in self.undo.into_iter().rev() {
+            match stdin {
+                Some(text) => run_with_stdin(&mut cmd, &text).map(drop)?,
+                None => run(&mut cmd)?,
+            }
+        }
+        run(Command::new("ip").args(["netns", "del", &self.netns]))
+    }
+}
+
 /// Makes namespace `<p>-<name>` and attaches it with bridge (+ portmap when
-/// `ports` is not empty). Returns its IPv4.
-pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<String> {
+/// `ports` is not empty).
+pub fn cni_add(sb: &Sandbox, name: &str, ports: &[PortMapping]) -> Result<Attached> {
     let netns = format!("{}-{name}", sb.prefix);
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
@@ -90,10 +125,10 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
     })
     .to_string();
     let result = run_with_stdin(&mut cni_command(sb, "ADD", "bridge", &id, &netns), &bridge)?;
-    sb.on_teardown(Cleanup {
+    let mut undo = vec![Cleanup {
         cmd: cni_command(sb, "DEL", "bridge", &id, &netns),
         stdin: Some(bridge),
-    });
+    }];
     let result: Value = serde_json::from_str(&result).context("bridge plugin result")?;
     let ip = result["ips"][0]["address"]
         .as_str()
@@ -115,16 +150,21 @@ pub fn cni_add(sb: &mut Sandbox, name: &str, ports: &[PortMapping]) -> Result<St
             "prevResult": result,
         })
         .to_string();
-        run_with_stdin(
+        let added = run_with_stdin(
             &mut cni_command(sb, "ADD", "portmap", &id, &netns),
             &portmap,
-        )?;
-        sb.on_teardown(Cleanup {
+        );
+        if let Err(e) = added {
+            // The bridge attachment is undone here: nobody else holds it.
+            let _ = Attached { ip, netns, undo }.detach();
+            return Err(e);
+        }
+        undo.push(Cleanup {
             cmd: cni_command(sb, "DEL", "portmap", &id, &netns),
             stdin: Some(portmap),
         });
     }
-    Ok(ip)
+    Ok(Attached { ip, netns, undo })
 }
 
 /// `netavark --config CONFIG -f OPTS VERB NETNS` in the host namespace.
@@ -139,8 +179,8 @@ fn netavark_command(sb: &Sandbox, config: &Path, verb: &str, opts: &Path, netns:
 }
 
 /// Makes namespace `<p>-<name>` and runs `netavark setup` for it with the
-/// static address `ip` on 10.89.0.0/24 and the given ports.
-pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping]) -> Result<()> {
+/// static address `ip` on 10.89.0.0/16 and the given ports.
+pub fn netavark_add(sb: &Sandbox, name: &str, ip: &str, ports: &[PortMapping]) -> Result<Attached> {
     let netns = format!("{}-{name}", sb.prefix);
     run(Command::new("ip").args(["netns", "add", &netns]))?;
     run(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
@@ -168,7 +208,7 @@ pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping
             "id": hex64(NET_NAME),
             "driver": "bridge",
             "network_interface": "ncbbr0",
-            "subnets": [{"subnet": "10.89.0.0/24", "gateway": "10.89.0.1"}],
+            "subnets": [{"subnet": "10.89.0.0/16", "gateway": "10.89.0.1"}],
             "ipv6_enabled": false,
             "internal": false,
             "dns_enabled": false,
@@ -177,9 +217,12 @@ pub fn netavark_add(sb: &mut Sandbox, name: &str, ip: &str, ports: &[PortMapping
     let path = scratch.join(format!("netavark-{name}.json"));
     std::fs::write(&path, opts.to_string())?;
     run(&mut netavark_command(sb, &config, "setup", &path, &netns))?;
-    sb.on_teardown(Cleanup {
-        cmd: netavark_command(sb, &config, "teardown", &path, &netns),
-        stdin: None,
-    });
-    Ok(())
+    Ok(Attached {
+        ip: ip.to_owned(),
+        undo: vec![Cleanup {
+            cmd: netavark_command(sb, &config, "teardown", &path, &netns),
+            stdin: None,
+        }],
+        netns,
+    })
 }

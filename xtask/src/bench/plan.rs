@@ -95,7 +95,8 @@ pub struct Mode {
     pub plan: &'static [(&'static str, &'static str)],
     /// Published ports present in the scaling runs.
     pub levels: &'static [usize],
-    /// Containers of the control-plane run.
+    /// Containers of the control-plane run (one network; each command's
+    /// time is kept, so the 1st, 100th and last can be compared).
     pub containers: usize,
 }
 
@@ -111,7 +112,7 @@ pub const FULL: Mode = Mode {
     secs: 2,
     plan: FULL_PLAN,
     levels: &[1, 100, 1000, 10_000],
-    containers: 100,
+    containers: 1000,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,15 +122,17 @@ pub enum Config {
     Ebpf,
     Cni,
     Netavark,
+    Nft,
 }
 
 impl Config {
-    pub const ALL: [Config; 5] = [
+    pub const ALL: [Config; 6] = [
         Config::Veth,
         Config::Iptables,
         Config::Ebpf,
         Config::Cni,
         Config::Netavark,
+        Config::Nft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -139,6 +142,7 @@ impl Config {
             Config::Ebpf => "ebpf",
             Config::Cni => "cni",
             Config::Netavark => "netavark",
+            Config::Nft => "nft",
         }
     }
 
@@ -149,5 +153,12 @@ impl Config {
 
     pub fn is_netctl(self) -> bool {
         matches!(self, Config::Iptables | Config::Ebpf)
+    }
+
+    /// Measured with many published ports: netctl's datapaths and the
+    /// nftables peer (one map lookup per new connection, whatever the
+    /// number of ports).
+    pub fn scales(self) -> bool {
+        self.is_netctl() || self == Config::Nft
     }
 }

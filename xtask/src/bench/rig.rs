@@ -8,7 +8,7 @@ use anyhow::{ensure, Result};
 
 use super::{
     load::{self, client_sysctls, Client, Target},
-    peers,
+    nft, peers,
     plan::{Config, CONTAINER_PORTS, LOOPBACK, NETWORK, OUTSIDE_PORTS, PUBLISHED, PUBLISHED_PORTS},
     report::Results,
 };
@@ -151,8 +151,8 @@ pub fn setup(config: Config, prefix: &str, tools: &Tools, results: &mut Results)
                 "-qw",
                 "net.ipv4.ip_forward=1",
             ]))?;
-            let srv_ip = peers::cni_add(&mut sb, "csrv", &PUBLISHED)?;
-            peers::cni_add(&mut sb, "ccli", &[])?;
+            let srv_ip = peers::cni_add(&sb, "csrv", &PUBLISHED)?.keep(&mut sb);
+            peers::cni_add(&sb, "ccli", &[])?.keep(&mut sb);
             let (srv_ns, cli_ns) = (format!("{prefix}-csrv"), format!("{prefix}-ccli"));
             start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
             client_sysctls(&cli_ns)?;
@@ -166,13 +166,24 @@ pub fn setup(config: Config, prefix: &str, tools: &Tools, results: &mut Results)
                 peers::NETAVARK
             );
             let srv_ip = "10.89.0.2";
-            peers::netavark_add(&mut sb, "nsrv", srv_ip, &PUBLISHED)?;
-            peers::netavark_add(&mut sb, "ncli", "10.89.0.3", &[])?;
+            peers::netavark_add(&sb, "nsrv", srv_ip, &PUBLISHED)?.keep(&mut sb);
+            peers::netavark_add(&sb, "ncli", "10.89.0.3", &[])?.keep(&mut sb);
             let (srv_ns, cli_ns) = (format!("{prefix}-nsrv"), format!("{prefix}-ncli"));
             start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
             client_sysctls(&cli_ns)?;
             client_sysctls(&sb.host.clone())?;
             container_targets(&sb, srv_ip, &cli_ns)
+        }
+        Config::Nft => {
+            ensure!(
+                crate::cmd::succeeds(Command::new("nft").arg("--version")),
+                "nft is missing (Debian package nftables)"
+            );
+            let (srv_ns, cli_ns) = nft::setup(&sb, &PUBLISHED)?;
+            start_servers(&mut sb, &srv_ns, CONTAINER_PORTS, tools)?;
+            client_sysctls(&cli_ns)?;
+            client_sysctls(&sb.host.clone())?;
+            container_targets(&sb, nft::SERVER_IP, &cli_ns)
         }
     };
     // A first round trip through every target: a path that does not carry

@@ -4,11 +4,12 @@
 
 use std::{path::Path, process::Command, time::Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 use super::{
     bpf,
     load::{self, Target},
+    nft, peers,
     plan::{
         Config, BULK_CONTAINER_FIRST, BULK_FIRST, CONTROL_FIRST, NETWORK, PONG_PORT, PROBE_PORT,
         PROFILE_PLAN,
@@ -78,7 +79,9 @@ pub fn map_bytes(rig: &Rig, results: &mut Results) -> Option<u64> {
 
 /// For each level: publishes `level` ports with one `container run -p
 /// A-B:C-D` (timed), then times `container run -p` of one more port (the
-/// probe) and measures conn/s from outside through the probe's port.
+/// probe) and measures conn/s from outside through the probe's port. The
+/// nftables peer publishes the same ports as elements of its map, in one
+/// `nft` transaction each.
 pub fn scaling(
     rig: &mut Rig,
     levels: &[usize],
@@ -91,44 +94,58 @@ pub fn scaling(
     for &level in levels {
         checkpoint()?;
         let bulk = level as u32;
-        let spec = format!(
-            "{}-{}:{}-{}",
-            BULK_FIRST,
-            BULK_FIRST + bulk - 1,
-            BULK_CONTAINER_FIRST,
-            BULK_CONTAINER_FIRST + bulk - 1
-        );
-        let bulk_ms = timed(&mut rig.sb.netctl(&[
-            "container",
-            "run",
-            "bulk",
-            "--network",
-            NETWORK,
-            "-p",
-            &spec,
-        ]))?;
-        let probe = format!("{PROBE_PORT}:{PONG_PORT}");
-        let publish_ms = timed(&mut rig.sb.netctl(&[
-            "container",
-            "run",
-            "probe",
-            "--network",
-            NETWORK,
-            "-p",
-            &probe,
-        ]))?;
+        let (bulk_ms, publish_ms, server) = if rig.config == Config::Nft {
+            // The bulk ports and the probe lead to the bench server, whose
+            // pong already listens: the peer has no containers to make.
+            let bulk_ms = timed_step(|| nft::publish_bulk(&rig.sb, BULK_FIRST, bulk))?;
+            let publish_ms = timed_step(|| nft::publish_one(&rig.sb, PROBE_PORT, PONG_PORT))?;
+            (bulk_ms, publish_ms, None)
+        } else {
+            let spec = format!(
+                "{}-{}:{}-{}",
+                BULK_FIRST,
+                BULK_FIRST + bulk - 1,
+                BULK_CONTAINER_FIRST,
+                BULK_CONTAINER_FIRST + bulk - 1
+            );
+            let bulk_ms = timed(&mut rig.sb.netctl(&[
+                "container",
+                "run",
+                "bulk",
+                "--network",
+                NETWORK,
+                "-p",
+                &spec,
+            ]))?;
+            let probe = format!("{PROBE_PORT}:{PONG_PORT}");
+            let publish_ms = timed(&mut rig.sb.netctl(&[
+                "container",
+                "run",
+                "probe",
+                "--network",
+                NETWORK,
+                "-p",
+                &probe,
+            ]))?;
+            let probe_ns = rig.sb.container_netns("probe");
+            let server = rig.sb.spawn_server(
+                &probe_ns,
+                "tcp",
+                PONG_PORT,
+                &[&nettool, "pong", &PONG_PORT.to_string()],
+            )?;
+            (bulk_ms, publish_ms, Some(server))
+        };
         let map_bytes = map_bytes(rig, results);
-        let probe_ns = rig.sb.container_netns("probe");
-        let server = rig.sb.spawn_server(
-            &probe_ns,
-            "tcp",
-            PONG_PORT,
-            &[&nettool, "pong", &PONG_PORT.to_string()],
-        )?;
         let t = target(in_ns(&rig.sb.out), HOST_IP, [PROBE_PORT, 0, 0]);
         let rate = load::crr(&tools.nettool, &t, f64::from(secs));
-        rig.sb.stop(server);
-        let rm_ms = timed(&mut rig.sb.netctl(&["container", "rm", "probe", "bulk"]))?;
+        let rm_ms = match server {
+            Some(server) => {
+                rig.sb.stop(server);
+                timed(&mut rig.sb.netctl(&["container", "rm", "probe", "bulk"]))?
+            }
+            None => timed_step(|| nft::unpublish(&rig.sb, BULK_FIRST, bulk, PROBE_PORT))?,
+        };
         let rate = rate?;
         println!(
             "   = {level} ports published: {:.0} conn/s, publish one more in {publish_ms:.1} ms \
@@ -146,6 +163,13 @@ pub fn scaling(
         });
     }
     Ok(points)
+}
+
+/// The wall time of `step` in ms.
+fn timed_step(step: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let started = Instant::now();
+    step()?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Runs the [`PROFILE_PLAN`] on the eBPF rig with the kernel's BPF run-time
@@ -219,48 +243,91 @@ pub fn profile(
     Ok(rows)
 }
 
-/// `container run` N containers with one published port each, then removes
-/// them with one `container rm`.
+/// A container made by the control-plane run.
+enum Made {
+    Netctl(String),
+    Peer(peers::Attached),
+}
+
+/// Sets up `n` containers with one published port each on one network,
+/// one command at a time as a runtime would (netctl: `container run -p`;
+/// CNI: namespace, bridge ADD and portmap ADD; netavark: namespace and
+/// `setup`), then removes them one at a time in the same order (`container
+/// rm`; DEL; `teardown`), timing every command.
 pub fn control_plane(rig: &mut Rig, n: usize) -> Result<Control> {
-    let mut run_ms = Vec::with_capacity(n);
-    let names: Vec<String> = (0..n).map(|i| format!("cp{i}")).collect();
-    let mut made = 0;
+    let mut setup_ms = Vec::with_capacity(n);
+    let mut made: Vec<Made> = Vec::with_capacity(n);
     let result = (|| -> Result<()> {
-        for (i, name) in names.iter().enumerate() {
+        for i in 0..n {
             checkpoint()?;
-            let publish = format!("{}:{PONG_PORT}", CONTROL_FIRST + i as u32);
-            run_ms.push(timed(&mut rig.sb.netctl(&[
-                "container",
-                "run",
-                name,
-                "--network",
-                NETWORK,
-                "-p",
-                &publish,
-            ]))?);
-            made += 1;
+            let name = format!("cp{i}");
+            let host_port = u16::try_from(CONTROL_FIRST + i as u32)?;
+            let started = Instant::now();
+            let one = match rig.config {
+                Config::Iptables | Config::Ebpf => {
+                    let publish = format!("{host_port}:{PONG_PORT}");
+                    read_echoed(&mut rig.sb.netctl(&[
+                        "container",
+                        "run",
+                        &name,
+                        "--network",
+                        NETWORK,
+                        "-p",
+                        &publish,
+                    ]))?;
+                    Made::Netctl(name)
+                }
+                Config::Cni => Made::Peer(peers::cni_add(
+                    &rig.sb,
+                    &name,
+                    &[(host_port, PONG_PORT, "tcp")],
+                )?),
+                Config::Netavark => {
+                    // 10.89.0.2 and .3 are the bench's server and client.
+                    let ip = format!("10.89.{}.{}", (i + 4) / 250, (i + 4) % 250 + 2);
+                    Made::Peer(peers::netavark_add(
+                        &rig.sb,
+                        &name,
+                        &ip,
+                        &[(host_port, PONG_PORT, "tcp")],
+                    )?)
+                }
+                other => bail!("{} has no control plane to measure", other.name()),
+            };
+            setup_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            made.push(one);
         }
         Ok(())
     })();
-    let rm_ms = if made > 0 {
-        let mut args = vec!["container", "rm"];
-        args.extend(names[..made].iter().map(String::as_str));
-        Some(timed(&mut rig.sb.netctl(&args))?)
-    } else {
-        None
-    };
+    // Whatever was made is removed, also after a failure (the sandbox's
+    // teardown would remove it too, untimed).
+    let mut teardown_ms = Vec::with_capacity(made.len());
+    let mut teardown_error = None;
+    for one in made {
+        let started = Instant::now();
+        let removed = match one {
+            Made::Netctl(name) => {
+                read_echoed(&mut rig.sb.netctl(&["container", "rm", &name])).map(drop)
+            }
+            Made::Peer(attached) => attached.detach(),
+        };
+        match removed {
+            Ok(()) => teardown_ms.push(started.elapsed().as_secs_f64() * 1000.0),
+            Err(e) => {
+                teardown_error.get_or_insert(e);
+            }
+        }
+    }
     result?;
-    let rm_ms = rm_ms.ok_or_else(|| anyhow!("no container made"))?;
-    let total: f64 = run_ms.iter().sum();
-    println!(
-        "   = {n} containers in {total:.0} ms ({:.1} ms each), removed in {rm_ms:.0} ms",
-        total / n as f64
-    );
-    Ok(Control {
+    if let Some(e) = teardown_error {
+        return Err(e.context("removing the control plane's containers"));
+    }
+    let control = Control {
         config: rig.config.name().to_owned(),
         n,
-        run_total_ms: total,
-        run_ms,
-        rm_ms,
-    })
+        setup_ms,
+        teardown_ms,
+    };
+    println!("   = {}", report::control_line(&control));
+    Ok(control)
 }

@@ -66,9 +66,8 @@ pub(super) fn to_json(r: &Results) -> serde_json::Value {
         "control_plane": r.control.iter().map(|c| json!({
             "configuration": c.config,
             "containers": c.n,
-            "run_total_ms": c.run_total_ms,
-            "run_ms": c.run_ms,
-            "rm_all_ms": c.rm_ms,
+            "setup_ms": c.setup_ms,
+            "teardown_ms": c.teardown_ms,
         })).collect::<Vec<_>>(),
         "notes": r.notes,
     })

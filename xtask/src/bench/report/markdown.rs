@@ -5,9 +5,26 @@
 use std::fmt::Write as _;
 
 use super::results::{
-    bare, grouped, median, metric_title, min_max, path_title, show, ProfileRow, Results, BASELINE,
-    CEILING,
+    bare, grouped, median, metric_title, min_max, path_title, show, Control, Latencies, ProfileRow,
+    Results, BASELINE, CEILING,
 };
+
+/// One line of progress for a control-plane run.
+pub fn control_line(c: &Control) -> String {
+    let part = |what: &str, ms: &[f64]| match Latencies::of(ms) {
+        Some(l) => format!(
+            "{what} median {:.1} ms, p99 {:.1} ms, last {:.1} ms vs first {:.1} ms",
+            l.median, l.p99, l.last, l.first
+        ),
+        None => format!("no {what}"),
+    };
+    format!(
+        "{} containers: {}; {}",
+        c.n,
+        part("setup", &c.setup_ms),
+        part("teardown", &c.teardown_ms)
+    )
+}
 
 /// One profile row as a progress line.
 pub fn profile_line(row: &ProfileRow) -> String {
@@ -226,20 +243,34 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(md, "## Control plane\n");
         let _ = writeln!(
             md,
-            "| configuration | containers | `container run -p` total (ms) | per container: median (ms) | max (ms) | one `container rm` of all (ms) |"
+            "Containers set up one command at a time on one network, each with one \
+             published port, then removed one at a time (ms per command; last/first: \
+             the last command against the first).\n"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| configuration | containers | setup median | setup p99 | setup last/first | teardown median | teardown p99 | teardown last/first |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for c in &r.control {
-            let (_, max) = min_max(&c.run_ms);
+            let cells = |ms: &[f64]| match Latencies::of(ms) {
+                Some(l) => format!(
+                    "{:.1} | {:.1} | {:.2}× ({:.1} / {:.1})",
+                    l.median,
+                    l.p99,
+                    l.last / l.first,
+                    l.last,
+                    l.first
+                ),
+                None => "– | – | –".to_owned(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.0} |",
+                "| {} | {} | {} | {} |",
                 c.config,
                 c.n,
-                c.run_total_ms,
-                median(&c.run_ms),
-                max,
-                c.rm_ms
+                cells(&c.setup_ms),
+                cells(&c.teardown_ms)
             );
         }
         md.push('\n');
@@ -316,5 +347,9 @@ mod tests {
         );
         assert!(md.contains("cni published conn_s failed: refused"), "{md}");
         assert!(md.contains("ahead on all 1"), "{md}");
+        assert!(
+            md.contains("| ebpf | 3 | 12.0 | 30.0 | 1.20× (12.0 / 10.0) | 9.0 | 10.0 |"),
+            "{md}"
+        );
     }
 }

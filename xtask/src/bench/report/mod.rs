@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 
 pub use self::{
-    markdown::{markdown, profile_line},
+    markdown::{control_line, markdown, profile_line},
     results::{loadavg, show, Control, Measured, ProfileRow, Results, ScalePoint},
 };
 

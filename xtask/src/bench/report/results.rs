@@ -42,12 +42,42 @@ pub struct ScalePoint {
     pub map_bytes: Option<u64>,
 }
 
+/// The control plane of one configuration: `n` containers set up one
+/// command at a time on one network, then removed one at a time.
 pub struct Control {
     pub config: String,
     pub n: usize,
-    pub run_total_ms: f64,
-    pub run_ms: Vec<f64>,
-    pub rm_ms: f64,
+    /// Each setup command, in order (ms): netctl `container run -p`, CNI
+    /// namespace + bridge ADD + portmap ADD, netavark namespace + `setup`.
+    pub setup_ms: Vec<f64>,
+    /// Each removal, in the same order (ms): `container rm`, CNI DEL,
+    /// netavark `teardown` (namespace deletion included).
+    pub teardown_ms: Vec<f64>,
+}
+
+/// Median, p99, first and last of a series of command times (ms).
+pub struct Latencies {
+    pub median: f64,
+    pub p99: f64,
+    pub first: f64,
+    pub last: f64,
+}
+
+impl Latencies {
+    pub fn of(ms: &[f64]) -> Option<Self> {
+        let (&first, &last) = (ms.first()?, ms.last()?);
+        let mut sorted = ms.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest value with 99% of the series at or
+        // below it.
+        let rank = ((sorted.len() as f64) * 0.99).ceil() as usize;
+        Some(Latencies {
+            median: median(ms),
+            p99: sorted[rank.clamp(1, sorted.len()) - 1],
+            first,
+            last,
+        })
+    }
 }
 
 /// One profiled run on the eBPF configuration.
@@ -391,7 +421,27 @@ impl Results {
                 (last.ports >= 10_000).then_some(last.bulk_ms < 200.0),
             ));
         }
-        for peer in ["cni", "netavark"] {
+        // The nftables peer at the most ports both measured.
+        let at_most = |config: &str| {
+            self.scaling
+                .iter()
+                .filter(|p| p.config == config)
+                .max_by_key(|p| p.ports)
+        };
+        if let (Some(e), Some(n)) = (at_most("ebpf"), at_most("nft")) {
+            if e.ports == n.ports && n.conn_s > 0.0 {
+                let x = e.conn_s / n.conn_s;
+                out.push((
+                    format!(
+                        "ebpf conn/s with {} published ports at least 2× nft's",
+                        grouped(e.ports as f64)
+                    ),
+                    format!("{x:.2}× ({} vs {})", grouped(e.conn_s), grouped(n.conn_s)),
+                    Some(x >= 2.0),
+                ));
+            }
+        }
+        for peer in ["cni", "netavark", "nft"] {
             let mut behind = Vec::new();
             let mut compared = 0;
             for &(path, metric) in &self.rows() {
@@ -421,7 +471,72 @@ impl Results {
                 ));
             }
         }
+        self.control_targets(&mut out);
         out
+    }
+
+    /// The control plane's targets, for netctl's eBPF configuration against
+    /// the fastest peer that was measured.
+    fn control_targets(&self, out: &mut Vec<(String, String, Option<bool>)>) {
+        let of = |config: &str, pick: fn(&Control) -> &[f64]| {
+            self.control
+                .iter()
+                .find(|c| c.config == config)
+                .and_then(|c| Latencies::of(pick(c)))
+        };
+        fn setups(c: &Control) -> &[f64] {
+            &c.setup_ms
+        }
+        fn teardowns(c: &Control) -> &[f64] {
+            &c.teardown_ms
+        }
+        for (what, peer_what, pick) in [
+            (
+                "`container run -p`",
+                "setup",
+                setups as fn(&Control) -> &[f64],
+            ),
+            ("`container rm`", "teardown", teardowns),
+        ] {
+            let Some(ebpf) = of("ebpf", pick) else {
+                continue;
+            };
+            out.push((
+                format!("ebpf {what} median ≤ 15 ms"),
+                format!("{:.1} ms", ebpf.median),
+                Some(ebpf.median <= 15.0),
+            ));
+            let fastest = ["cni", "netavark"]
+                .into_iter()
+                .filter_map(|peer| Some((peer, of(peer, pick)?.median)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((peer, median)) = fastest {
+                let x = ebpf.median / median;
+                out.push((
+                    format!("ebpf {what} median ≤ 0.5× the fastest peer's {peer_what}"),
+                    format!("{x:.2}× ({peer}: {median:.1} ms)"),
+                    Some(x <= 0.5),
+                ));
+            }
+        }
+        if let Some(c) = self.control.iter().find(|c| c.config == "ebpf") {
+            if let Some(l) = Latencies::of(&c.setup_ms) {
+                let x = l.last / l.first;
+                out.push((
+                    format!(
+                        "ebpf: the last of {} `container run` on one network ≤ 1.5× the first{}",
+                        c.n,
+                        if c.n < 1000 {
+                            " (the target is for 1,000)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    format!("{x:.2}× ({:.1} vs {:.1} ms)", l.last, l.first),
+                    (c.n >= 1000).then_some(x <= 1.5),
+                ));
+            }
+        }
     }
 }
 
@@ -466,6 +581,18 @@ pub(super) fn example() -> Results {
         bulk_ms: 10.0,
         map_bytes: Some(1 << 20),
     });
+    r.control.push(Control {
+        config: "ebpf".into(),
+        n: 3,
+        setup_ms: vec![10.0, 30.0, 12.0],
+        teardown_ms: vec![8.0, 9.0, 10.0],
+    });
+    r.control.push(Control {
+        config: "cni".into(),
+        n: 3,
+        setup_ms: vec![200.0, 220.0, 240.0],
+        teardown_ms: vec![15.0, 16.0, 17.0],
+    });
     r
 }
 
@@ -478,6 +605,41 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn latencies_of_a_series() {
+        let l = Latencies::of(&[5.0, 1.0, 3.0, 100.0]).expect("not empty");
+        assert_eq!((l.median, l.p99, l.first, l.last), (4.0, 100.0, 5.0, 100.0));
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        let l = Latencies::of(&hundred).expect("not empty");
+        assert_eq!(l.p99, 99.0);
+        assert!(Latencies::of(&[]).is_none());
+    }
+
+    #[test]
+    fn control_plane_targets() {
+        let targets = example().targets();
+        let find = |what: &str| {
+            targets
+                .iter()
+                .find(|(t, _, _)| t.contains(what))
+                .unwrap_or_else(|| panic!("no target {what}: {targets:?}"))
+        };
+        let (_, measured, met) = find("`container run -p` median ≤ 15 ms");
+        assert_eq!((measured.as_str(), *met), ("12.0 ms", Some(true)));
+        let (_, measured, met) = find("`container run -p` median ≤ 0.5×");
+        assert_eq!(
+            (measured.as_str(), *met),
+            ("0.05× (cni: 220.0 ms)", Some(true))
+        );
+        let (_, measured, met) = find("`container rm` median ≤ 0.5×");
+        assert_eq!(
+            (measured.as_str(), *met),
+            ("0.56× (cni: 16.0 ms)", Some(false))
+        );
+        let (_, _, met) = find("the last of 3 `container run`");
+        assert_eq!(*met, None, "only judged at 1,000 containers");
     }
 
     #[test]
