@@ -18,6 +18,34 @@ netctl_tests::on_both_datapaths!(
 /// Bigger than one 1500-byte frame: three fragments each way.
 const BIG: &str = "4000";
 
+/// On the eBPF datapath: at least `translated` later fragments were
+/// translated (`fragment_translated`: the fragments really crossed the
+/// programs, not the kernel's reassembly) and none was dropped. Nothing to
+/// read on iptables (the kernel's conntrack reassembles).
+fn assert_fragments_translated(sb: &Sandbox, translated: u64) {
+    if sb.datapath != "ebpf" {
+        return;
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.netctl_ok(&["--format", "json", "stats"])).expect("stats json");
+    let packets = |name: &str| {
+        stats[name]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}: {stats}"))
+    };
+    assert!(
+        packets("fragment_translated") >= translated,
+        "fragment_translated {} < {translated}",
+        packets("fragment_translated")
+    );
+    assert_eq!(packets("drop_fragment"), 0, "drop_fragment");
+    assert_eq!(
+        packets("drop_fragment_out_of_order"),
+        0,
+        "drop_fragment_out_of_order"
+    );
+}
+
 /// `udpbig` against `udpecho` until it answers (the server may still be
 /// starting), 0.5 s per try.
 fn echo_big(run: impl Fn(&[&str]) -> std::process::Output, host: &str, port: &str) -> String {
@@ -40,6 +68,8 @@ fn big_udp_datagram_through_snat_and_back(datapath: &str) {
         HOST_UPLINK_IP,
         "the datagram left with the uplink address"
     );
+    // Two later fragments out, two back.
+    assert_fragments_translated(&sb, 4);
 }
 
 fn big_udp_datagram_to_a_published_port_and_back(datapath: &str) {
@@ -68,6 +98,7 @@ fn big_udp_datagram_to_a_published_port_and_back(datapath: &str) {
     // From another container through the host's address (hairpin).
     let reply = echo_big(|argv| sb.exec("a", argv), &host, "7001");
     assert!(reply.trim().ends_with("echoed=4000"), "hairpin: {reply:?}");
+    assert_fragments_translated(&sb, 8);
 }
 
 fn big_ping_from_a_container_to_the_outside(datapath: &str) {
@@ -84,4 +115,5 @@ fn big_ping_from_a_container_to_the_outside(datapath: &str) {
             .success()
     });
     assert!(answered, "ping -s 2000 from a container is answered");
+    assert_fragments_translated(&sb, 2);
 }
