@@ -29,8 +29,9 @@ use netctl_common::{
 };
 
 use crate::{
-    config, conntrack, fragment,
+    config, conntrack,
     forward::{self, fib_route, network, peer_target, Route},
+    fragment,
     maps::{ENDPOINTS, NETWORKS},
     nat::{self, NewFlow},
     parse::{classify_not_ipv4, parse, skb_ifindex, NotIpv4, Packet, L4},

@@ -83,12 +83,7 @@ pub fn lookup(pkt: &Packet) -> Option<FragEntry> {
 /// Rewrites a later fragment's addresses (no L4 header: `csum::set_addr`
 /// updates the IP header checksum only) and counts it.
 #[inline(always)]
-pub fn apply(
-    ctx: &TcContext,
-    pkt: &Packet,
-    frag: &FragEntry,
-    bytes: u32,
-) -> Result<(), StatIndex> {
+pub fn apply(ctx: &TcContext, pkt: &Packet, frag: &FragEntry, bytes: u32) -> Result<(), StatIndex> {
     csum::set_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, frag.saddr)?;
     csum::set_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, frag.daddr)?;
     count(StatIndex::FragmentTranslated, bytes);

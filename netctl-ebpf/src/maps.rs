@@ -61,4 +61,5 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUN
 /// Datagram identity → the translation of its first fragment, for the
 /// later fragments (see the `fragment` module).
 #[map]
-pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);

@@ -23,8 +23,9 @@ use netctl_common::{
 };
 
 use crate::{
-    config, conntrack, fragment,
+    config, conntrack,
     forward::{self, network, peer_target},
+    fragment,
     maps::ENDPOINTS,
     nat,
     parse::{parse, Packet, L4},

@@ -474,7 +474,12 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             let field = u16::from_be_bytes([ip[6], ip[7]]);
             let offset = usize::from(field & 0x1fff) * 8;
-            (offset, field & 0x2000 != 0, &f[..ETH_LEN + ihl], &ip[ihl..total])
+            (
+                offset,
+                field & 0x2000 != 0,
+                &f[..ETH_LEN + ihl],
+                &ip[ihl..total],
+            )
         })
         .collect();
     parts.sort_by_key(|p| p.0);

@@ -26,7 +26,9 @@ fn big(frame: Frame) -> Frame {
 
 /// The FRAGMENTS entry of a datagram, if any.
 fn frag_entry(env: &mut Env, key: FragKey) -> Option<FragEntry> {
-    env.hash::<FragKey, FragEntry>("FRAGMENTS").get(&key, 0).ok()
+    env.hash::<FragKey, FragEntry>("FRAGMENTS")
+        .get(&key, 0)
+        .ok()
 }
 
 fn frag_key(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, proto: u8, id: u16) -> FragKey {
@@ -58,13 +60,21 @@ fn assert_fragments_translated(
         assert_eq!(got, verdict, "verdict of fragment {i}");
         assert_ip_checksum(&out);
         assert_eq!(view(&out).src, view(want).src, "source of fragment {i}");
-        assert_eq!(view(&out).dst, view(want).dst, "destination of fragment {i}");
+        assert_eq!(
+            view(&out).dst,
+            view(want).dst,
+            "destination of fragment {i}"
+        );
         assert_eq!(out, *want, "fragment {i}, byte for byte");
         outs.push(out);
     }
     let whole = reassemble(&outs);
     assert_checksums(&whole);
-    assert_eq!(view(&whole), view(&expected.bytes()), "the reassembled datagram");
+    assert_eq!(
+        view(&whole),
+        view(&expected.bytes()),
+        "the reassembled datagram"
+    );
 }
 
 #[test]
@@ -112,13 +122,7 @@ fn snat_udp_fragments_out_and_back() {
             f.src_mac = NET_A.mac;
             f.ttl = 63;
         });
-        assert_fragments_translated(
-            |f| env.uplink_in(f),
-            &back,
-            TC_ACT_REDIRECT,
-            &to_a1,
-            0x0777,
-        );
+        assert_fragments_translated(|f| env.uplink_in(f), &back, TC_ACT_REDIRECT, &to_a1, 0x0777);
         env.assert_stats(&[
             (StatIndex::Snat, 4),
             (StatIndex::RedirectUplink, 4),
@@ -207,12 +211,7 @@ fn dnat_udp_fragments_to_a_published_port_and_back() {
             .expect("FRAGMENTS entry of the query");
         assert_eq!(
             (entry.saddr, entry.daddr, entry.ifindex, entry.stat),
-            (
-                be_ip(REMOTE),
-                be_ip(A2.ip),
-                a2_veth,
-                StatIndex::Dnat as u32
-            )
+            (be_ip(REMOTE), be_ip(A2.ip), a2_veth, StatIndex::Dnat as u32)
         );
         // A2's big answer leaves with the published address and port.
         let answer = big(Frame::from(A2, REMOTE, udp(53, 40000)));
@@ -361,7 +360,11 @@ fn fragments_out_of_order() {
         // host, needs no translation: passed without an entry.
         let local = big(Frame::from(A1, A2.ip, udp(33000, 53)));
         let local_frags = fragments(&local.bytes(), 0x6969, CHUNK);
-        assert_verdict(env.endpoint(A1, &local_frags[1]), TC_ACT_OK, &local_frags[1]);
+        assert_verdict(
+            env.endpoint(A1, &local_frags[1]),
+            TC_ACT_OK,
+            &local_frags[1],
+        );
         let to_host = big(Frame::from(A1, NET_A.gateway, udp(33000, 53)));
         let host_frags = fragments(&to_host.bytes(), 0x6a6a, CHUNK);
         assert_verdict(env.endpoint(A1, &host_frags[1]), TC_ACT_OK, &host_frags[1]);

@@ -49,9 +49,7 @@ fn assert_fragments_translated(sb: &Sandbox, translated: u64) {
 /// `udpbig` against `udpecho` until it answers (the server may still be
 /// starting), 0.5 s per try.
 fn echo_big(run: impl Fn(&[&str]) -> std::process::Output, host: &str, port: &str) -> String {
-    call_until_answer(|| {
-        run(&[&nettool(), "udpbig", host, port, BIG, "--timeout-ms", "500"])
-    })
+    call_until_answer(|| run(&[&nettool(), "udpbig", host, port, BIG, "--timeout-ms", "500"]))
 }
 
 fn big_udp_datagram_through_snat_and_back(datapath: &str) {

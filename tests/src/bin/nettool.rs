@@ -901,7 +901,11 @@ fn udp_big(host: &str, port: &str, bytes: &str, timeout: Duration) -> Result<(),
         return Err(format!(
             "udpbig {addr}: sent {len} bytes, {} came back, {}",
             echoed.len(),
-            if echoed.len() == len { "different" } else { "not all" }
+            if echoed.len() == len {
+                "different"
+            } else {
+                "not all"
+            }
         ));
     }
     println!("{peer} echoed={len}");
