@@ -70,7 +70,7 @@ pub fn record(pkt: &Packet, entry: &CtEntry) -> Result<(), StatIndex> {
         created_ns: now(),
     };
     FRAGMENTS
-        .insert(&key_of(pkt), &frag, 0)
+        .insert(key_of(pkt), frag, 0)
         .map_err(|_| StatIndex::DropFragment)
 }
 
@@ -79,7 +79,7 @@ pub fn record(pkt: &Packet, entry: &CtEntry) -> Result<(), StatIndex> {
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Option<FragEntry> {
     // SAFETY: plain-data value copied out at once.
-    let frag = unsafe { FRAGMENTS.get(&key_of(pkt)).copied() }?;
+    let frag = unsafe { FRAGMENTS.get(key_of(pkt)).copied() }?;
     if now().saturating_sub(frag.created_ns) > FRAG_TIMEOUT_NS {
         return None;
     }
