@@ -176,7 +176,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
 /// leaves unrecorded. Returns the counter of the packet.
 #[inline(always)]
 fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
-    if pkt.l4 != L4::Udp || pkt.fragment || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
+    // A first fragment has its ports (L4::Udp) and records the flow like a
+    // whole datagram; later fragments (L4::Fragment) have none.
+    if pkt.l4 != L4::Udp || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
         return StatIndex::Pass;
     }
     let entry = |src, dst, direction| {

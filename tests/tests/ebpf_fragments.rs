@@ -425,3 +425,28 @@ fn view_ip(frame: &[u8]) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
         std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
     )
 }
+
+#[test]
+fn the_hosts_fragmented_udp_from_a_published_port_stays_the_hosts() {
+    in_netns(Opts::default(), |env| {
+        // The host sends a big datagram from 5353 (published udp → A2:53):
+        // its first fragment records the host flow, as a whole datagram
+        // would, so that the fragmented answer is not DNATed into A2.
+        let query = big(Frame::new(
+            UPLINK_MAC,
+            WAN_GW_MAC,
+            UPLINK_IP,
+            REMOTE,
+            udp(5353, 53),
+        ));
+        for frag in fragments(&query.bytes(), 0x7171, CHUNK) {
+            assert_verdict(env.uplink_out(&frag), TC_ACT_OK, &frag);
+        }
+        assert_eq!(env.conntrack().len(), 2, "the host flow's two entries");
+        let answer = big(Frame::from_outside(REMOTE, UPLINK_IP, udp(53, 5353)));
+        for frag in fragments(&answer.bytes(), 0x7272, CHUNK) {
+            assert_verdict(env.uplink_in(&frag), TC_ACT_OK, &frag);
+        }
+        env.assert_stats(&[(StatIndex::HostFlow, 2), (StatIndex::Pass, 4)]);
+    });
+}
