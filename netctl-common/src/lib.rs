@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
+pub mod fragment;
 pub mod portmap;
 pub mod sock;
 pub mod stats;
@@ -31,10 +32,11 @@ pub mod maps {
     pub const CT_RECLAIM: &str = "CT_RECLAIM";
     pub const STATS: &str = "STATS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -43,6 +45,7 @@ pub mod maps {
         CT_RECLAIM,
         SOCK_REVNAT,
         STATS,
+        FRAGMENTS,
     ];
 }
 
@@ -64,6 +67,8 @@ pod!(
     conntrack::CtEntry,
     endpoint::EndpointInfo,
     endpoint::NetworkInfo,
+    fragment::FragKey,
+    fragment::FragEntry,
     portmap::PortKey,
     portmap::PortTarget,
     sock::SockRevKey,

@@ -54,7 +54,8 @@ stat_indexes! {
     DropIsolated => "drop_isolated",
     /// Drop: an internal network's traffic trying to leave it.
     DropInternal => "drop_internal",
-    /// Drop: an IP fragment of a flow that needs translation.
+    /// Drop: the first fragment of a datagram that needs translation, when
+    /// `FRAGMENTS` refuses the entry its later fragments need.
     DropFragment => "drop_fragment",
     /// Drop: no free SNAT port after the bounded retries.
     DropSnatExhausted => "drop_snat_exhausted",
@@ -79,6 +80,14 @@ stat_indexes! {
     /// Drop: a container's ARP whose Ethernet source, sender MAC or sender
     /// address is not the endpoint's own, or that is not Ethernet/IPv4 ARP.
     DropArpSpoofed => "drop_arp_spoofed",
+    /// Drop: a non-first fragment from a container that needs translation
+    /// (to the outside) but arrived before its first fragment, so that
+    /// `FRAGMENTS` has no translation for it: it would leave with the
+    /// container's address.
+    DropFragmentOutOfOrder => "drop_fragment_out_of_order",
+    /// A non-first fragment translated as its first fragment was
+    /// (`FRAGMENTS`); also counted under that fragment's counter.
+    FragmentTranslated => "fragment_translated",
 }
 
 /// One counter slot: packets and bytes.

@@ -23,6 +23,7 @@ use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CT_KIND_HAIRPIN},
     endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
+    fragment::FragEntry,
     portmap::PortTarget,
     stats::StatIndex,
 };
@@ -30,6 +31,7 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, fib_route, network, peer_target, Route},
+    fragment,
     maps::{ENDPOINTS, NETWORKS},
     nat::{self, NewFlow},
     parse::{classify_not_ipv4, parse, skb_ifindex, NotIpv4, Packet, L4},
@@ -56,6 +58,17 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return truncated(&pkt, &ep, bytes);
     }
     let cfg = config();
+
+    // A later fragment of a datagram whose first fragment was translated:
+    // the same translation (see the `fragment` module). One without an
+    // entry goes the way of any packet below: it may stay on the bridge or
+    // go to the host untranslated, and is dropped where it would need
+    // translation (nat::masquerade).
+    if pkt.l4 == L4::Fragment {
+        if let Some(frag) = fragment::lookup(&pkt) {
+            return known_fragment(ctx, &pkt, &frag, &cfg, bytes);
+        }
+    }
 
     // A known flow first: egress SNAT, the reply of a DNAT flow, hairpin in
     // either direction.
@@ -270,6 +283,37 @@ fn known_flow(
     }
 }
 
+/// A later fragment of a translated datagram: delivered as
+/// [`known_flow`] delivers its first fragment.
+#[inline(always)]
+fn known_fragment(
+    ctx: &TcContext,
+    pkt: &Packet,
+    frag: &FragEntry,
+    cfg: &Config,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    if pkt.ttl <= 1 {
+        return Ok(pass(StatIndex::Pass, bytes));
+    }
+    if frag.ifindex != 0 {
+        let target = peer_target(frag.daddr, frag.ifindex)?;
+        fragment::apply(ctx, pkt, frag, bytes)?;
+        return forward::redirect_peer(ctx, pkt, &target);
+    }
+    let route = fib_route(ctx, pkt);
+    match route {
+        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
+            if ifindex == cfg.uplink_ifindex =>
+        {
+            fragment::apply(ctx, pkt, frag, bytes)?;
+            forward::redirect_out(ctx, pkt, &route)
+        }
+        // Untranslated to the kernel: uplink_egress finds the same entry.
+        _ => Ok(pass(StatIndex::FibPass, bytes)),
+    }
+}
+
 /// To a host address: a published port there is reached by hairpin (a
 /// flow that starts with a packet that opens one), anything else is the
 /// host's (DNS on the gateway, say).
@@ -286,9 +330,6 @@ fn to_host(
     let mut reason = StatIndex::Pass;
     if pkt.has_ports() {
         if let Some(target) = nat::portmap(pkt.daddr, pkt.dport, pkt.proto) {
-            if pkt.fragment {
-                return Err(StatIndex::DropFragment);
-            }
             // No flow, and not the start of one: the answer of a connection
             // the host opened from this port (a SYN-ACK) is the host's.
             if pkt.opens_flow() {

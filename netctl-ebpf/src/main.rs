@@ -27,6 +27,7 @@ mod conntrack;
 mod csum;
 mod endpoint;
 mod forward;
+mod fragment;
 mod maps;
 mod nat;
 mod parse;

@@ -18,6 +18,7 @@ use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT},
     endpoint::{EndpointInfo, NetworkInfo},
+    fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
     stats::{Counter, STAT_COUNT},
@@ -56,3 +57,9 @@ pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Datagram identity → the translation of its first fragment, for the
+/// later fragments (see the `fragment` module).
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);

@@ -14,7 +14,7 @@ use netctl_common::{
 
 use crate::{
     conntrack::{self, key_of},
-    csum,
+    csum, fragment,
     maps::PORTMAP,
     parse::{Packet, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_ICMP},
     stats::{count, pass},
@@ -24,9 +24,14 @@ use crate::{
 /// below is a bounded loop for the verifier (and LLVM may unroll it).
 const SNAT_TRIES: u32 = 8;
 
-/// Rewrites the packet to the entry's addresses and ports.
+/// Rewrites the packet to the entry's addresses and ports. A first
+/// fragment's translation is recorded first, for the later fragments of
+/// its datagram (see the `fragment` module).
 #[inline(always)]
 pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry) -> Result<(), StatIndex> {
+    if pkt.first_fragment() {
+        fragment::record(pkt, entry)?;
+    }
     csum::set_addr(ctx, pkt, IP_SADDR_OFF, pkt.saddr, entry.saddr)?;
     csum::set_addr(ctx, pkt, IP_DADDR_OFF, pkt.daddr, entry.daddr)?;
     match pkt.l4 {
@@ -72,8 +77,12 @@ pub fn masquerade(
     if pkt.unsupported() {
         return Ok(Some(pass(StatIndex::UnsupportedProto, bytes)));
     }
-    if pkt.fragment {
-        return Err(StatIndex::DropFragment);
+    // A later fragment with no FRAGMENTS entry (the callers look it up
+    // first): its first fragment has not been seen, so there is no flow to
+    // take the translation from, and untranslated it would leave with the
+    // container's address.
+    if pkt.l4 == L4::Fragment {
+        return Err(StatIndex::DropFragmentOutOfOrder);
     }
     let entry = snat(pkt, cfg, client_ifindex, bytes)?;
     apply(ctx, pkt, &entry)?;

@@ -62,8 +62,13 @@ pub struct Packet {
     pub proto: u8,
     pub ttl: u8,
     pub tos: u8,
-    /// MF set or a fragment offset: part of a fragmented datagram.
+    /// MF set or a fragment offset: part of a fragmented datagram (the
+    /// first fragment, offset 0, is parsed as a whole packet; the others
+    /// are [`L4::Fragment`]).
     pub fragment: bool,
+    /// The IPv4 identification (network order): with the addresses and the
+    /// protocol, which datagram a fragment belongs to.
+    pub ip_id: u16,
     pub l4: L4,
     /// Offset of the L4 header: 14 + ihl * 4, so IP options are skipped.
     pub l4_off: usize,
@@ -78,12 +83,18 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// A translatable 5-tuple: TCP, UDP or ICMP echo, and not a fragment
-    /// (the ports of a first fragment are real, but translating it alone
-    /// would orphan the other fragments, so fragments never match a flow).
+    /// A translatable 5-tuple: TCP, UDP or ICMP echo. A first fragment has
+    /// one (its ports are real; its translation is recorded in `FRAGMENTS`
+    /// for the later fragments, which are [`L4::Fragment`] and have none).
     #[inline(always)]
     pub fn has_tuple(&self) -> bool {
-        !self.fragment && matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho)
+        matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho)
+    }
+
+    /// The first fragment of a fragmented datagram: offset 0, MF set.
+    #[inline(always)]
+    pub fn first_fragment(&self) -> bool {
+        self.fragment && self.l4 != L4::Fragment
     }
 
     /// Not something a new flow can be translated for: protocols other than
@@ -174,6 +185,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
         ttl: ip.ttl,
         tos: ip.tos,
         fragment: more_fragments || offset != 0,
+        ip_id: u16::from_ne_bytes(ip.id),
         l4: L4::Other,
         l4_off,
         sport: 0,

@@ -25,6 +25,7 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, network, peer_target},
+    fragment,
     maps::ENDPOINTS,
     nat,
     parse::{parse, Packet, L4},
@@ -52,6 +53,21 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return Ok(pass(StatIndex::Truncated, bytes));
     }
 
+    // A later fragment of a translated datagram: its first fragment's
+    // translation. Without an entry (none translated, or not seen yet) it
+    // is the host's: it may be part of the host's own datagram.
+    if pkt.l4 == L4::Fragment {
+        let Some(frag) = fragment::lookup(&pkt) else {
+            return Ok(pass(StatIndex::Pass, bytes));
+        };
+        if frag.ifindex == 0 || pkt.ttl <= 1 {
+            return Ok(pass(StatIndex::Pass, bytes));
+        }
+        let target = peer_target(frag.daddr, frag.ifindex)?;
+        fragment::apply(ctx, &pkt, &frag, bytes)?;
+        return forward::redirect_peer(ctx, &pkt, &target);
+    }
+
     // A known flow: the reply of an SNAT flow, or the next packet of a
     // connection to a published port.
     if pkt.has_tuple() {
@@ -77,9 +93,6 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // A new connection to a published port.
     if pkt.has_ports() {
         if let Some(target) = nat::portmap(pkt.daddr, pkt.dport, pkt.proto) {
-            if pkt.fragment {
-                return Err(StatIndex::DropFragment);
-            }
             // Not the start of a connection, and no flow: the answer of one
             // the host opened from this port (its SYN-ACK), or a stray.
             if !pkt.opens_flow() {
@@ -120,6 +133,20 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     };
     let cfg = config();
 
+    // A later fragment of a translated datagram (the first one was
+    // translated here or by the fast path). Without an entry: below,
+    // nat::masquerade drops it (drop_fragment_out_of_order).
+    if pkt.l4 == L4::Fragment {
+        if let Some(frag) = fragment::lookup(&pkt) {
+            // Delivered into a container (hairpin): never leaves here.
+            if frag.ifindex != 0 {
+                return Ok(pass(StatIndex::Pass, bytes));
+            }
+            fragment::apply(ctx, &pkt, &frag, bytes)?;
+            return Ok(TC_OK);
+        }
+    }
+
     if pkt.has_tuple() {
         if let Some(entry_ptr) = conntrack::lookup_packet(&pkt) {
             // SAFETY: a map value from conntrack::lookup, copied.
@@ -149,7 +176,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
 /// leaves unrecorded. Returns the counter of the packet.
 #[inline(always)]
 fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
-    if pkt.l4 != L4::Udp || pkt.fragment || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
+    // A first fragment has its ports (L4::Udp) and records the flow like a
+    // whole datagram; later fragments (L4::Fragment) have none.
+    if pkt.l4 != L4::Udp || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
         return StatIndex::Pass;
     }
     let entry = |src, dst, direction| {

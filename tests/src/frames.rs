@@ -416,3 +416,95 @@ pub fn assert_frame(out: &[u8], expected: &Frame) {
     assert_eq!(out, &want[..], "the whole frame");
     assert_checksums(out);
 }
+
+// ---------------------------------------------------------------------------
+// Fragments.
+
+/// The IPv4 datagram of `frame` cut into fragments carrying at most `chunk`
+/// bytes of it each (a multiple of 8, as RFC 791 wants every fragment but
+/// the last), all with identification `id`: offset and MF set, DF cleared,
+/// total length and header checksum to match, the Ethernet header and IP
+/// options copied into each (options are not, in reality, always copied;
+/// the programs do not read them).
+pub fn fragments(frame: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment data comes in 8-byte blocks");
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let data = &ip[ihl..total];
+    let pieces: Vec<&[u8]> = data.chunks(chunk).collect();
+    assert!(pieces.len() > 1, "the datagram fits in one fragment");
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut header = ip[..ihl].to_vec();
+            header[2..4].copy_from_slice(&((ihl + piece.len()) as u16).to_be_bytes());
+            header[4..6].copy_from_slice(&id.to_be_bytes());
+            let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+            let offset = (i * chunk / 8) as u16;
+            header[6..8].copy_from_slice(&(more | offset).to_be_bytes());
+            header[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&[&header]);
+            header[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut f = frame[..ETH_LEN].to_vec();
+            f.extend_from_slice(&header);
+            f.extend_from_slice(piece);
+            f
+        })
+        .collect()
+}
+
+/// What a receiver's reassembly makes of `frags` (in any order): the first
+/// fragment's headers with offset, MF and total length of the whole, and
+/// the data put back in place. Panics on a hole, a missing last fragment,
+/// or fragments of different datagrams (source, destination, protocol,
+/// identification).
+pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let ident = |f: &[u8]| {
+        let ip = &f[ETH_LEN..];
+        (ip[4..6].to_vec(), ip[9], ip[12..20].to_vec())
+    };
+    let mut parts: Vec<(usize, bool, &[u8], &[u8])> = frags
+        .iter()
+        .map(|f| {
+            assert_eq!(ident(f), ident(&frags[0]), "fragments of one datagram");
+            let ip = &f[ETH_LEN..];
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let field = u16::from_be_bytes([ip[6], ip[7]]);
+            let offset = usize::from(field & 0x1fff) * 8;
+            (
+                offset,
+                field & 0x2000 != 0,
+                &f[..ETH_LEN + ihl],
+                &ip[ihl..total],
+            )
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    assert_eq!(parts[0].0, 0, "the first fragment is there");
+    assert!(!parts.last().unwrap().1, "the last fragment is there");
+    let mut data = Vec::new();
+    for (offset, _, _, piece) in &parts {
+        assert_eq!(*offset, data.len(), "no hole, no overlap");
+        data.extend_from_slice(piece);
+    }
+    let mut frame = parts[0].2.to_vec();
+    let ihl = frame.len() - ETH_LEN;
+    let ip = &mut frame[ETH_LEN..];
+    ip[2..4].copy_from_slice(&((ihl + data.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&ip[..ihl]]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    frame.extend_from_slice(&data);
+    frame
+}
+
+/// A fragment's IPv4 header checksum is right.
+pub fn assert_ip_checksum(frame: &[u8]) {
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(checksum(&[&ip[..ihl]]), 0, "IPv4 header checksum");
+}

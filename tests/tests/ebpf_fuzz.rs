@@ -6,6 +6,11 @@
 //! valid frames first, so that mutations of those frames hit the
 //! translation paths.
 //!
+//! Seeds include fragmented datagrams of those flows (all their fragments,
+//! the first ones run beforehand so that `FRAGMENTS` holds their
+//! translation; the datagrams share the IP id of every other seed, so a
+//! seed mutated into a later fragment may meet an entry too).
+//!
 //! Mutations: flipped bytes, truncation, wrong total length, IP options,
 //! fragments, bad IHL, bad IPv4 and L4 checksums, other protocols and
 //! EtherTypes, other TCP flags and ports, trailing bytes; plus frames of
@@ -17,7 +22,11 @@
 //!   checksums are as right as they were: a valid checksum stays valid, and
 //!   a wrong one stays wrong by the same amount (an incremental update
 //!   cannot and must not launder it); a zero UDP checksum stays zero, a
-//!   non-zero one never becomes zero.
+//!   non-zero one never becomes zero;
+//! - a later fragment (offset > 0) the program rewrote changed nothing but
+//!   its addresses, TTL and IPv4 checksum (its data, L4 bytes included, is
+//!   untouched), and its new addresses are those `FRAGMENTS` holds for its
+//!   datagram (source, destination, protocol, id as it came in).
 //!
 //! Seeded, with a fixed default: `NETCTL_FUZZ_SEED=N` replays a run (the
 //! seed is printed, and named in any failure), `NETCTL_FUZZ_SEED=time` draws
@@ -25,6 +34,7 @@
 
 use std::net::Ipv4Addr;
 
+use netctl_common::fragment::{FragEntry, FragKey};
 use netctl_tests::{frames::*, tc::*};
 
 const DEFAULT_COUNT: u64 = 3000;
@@ -521,7 +531,103 @@ fn seeds(env: &Env) -> Vec<Seed> {
             f.src = Ipv4Addr::new(172, 18, 0, 99)
         }),
     );
+
+    // Fragmented datagrams of every translation (three fragments each, IP
+    // id 0x1234 as every Frame): the first fragment runs first, so that
+    // FRAGMENTS holds the translation the later ones get; every fragment
+    // is a seed.
+    let big = |f: Frame| {
+        with(&f, |f| {
+            f.payload = (0..3000u32).map(|i| i as u8).collect();
+            f.frag = 0;
+        })
+    };
+    let fragmented = [
+        ("fragments snat udp", a1, big(dns.clone())),
+        ("fragments snat icmp", a1, big(ping.clone())),
+        (
+            "fragments snat udp reply",
+            up,
+            big(Frame::from_outside(REMOTE, UPLINK_IP, udp(53, snat_udp))),
+        ),
+        ("fragments dnat udp", up, big(dns_in.clone())),
+        (
+            "fragments dnat reply udp",
+            a2,
+            big(Frame::from(A2, REMOTE, udp(53, 50001))),
+        ),
+        (
+            "fragments hairpin udp",
+            a1,
+            big(Frame::from(A1, UPLINK_IP, udp(34001, 5353))),
+        ),
+        (
+            "fragments slow path",
+            0,
+            big(with(&slow, |f| f.l4 = udp(5003, 53))),
+        ),
+    ];
+    for (what, ifindex, datagram) in fragmented {
+        let frags = fragments(&datagram.bytes(), 0x1234, 1480);
+        let first = if ifindex == 0 {
+            env.uplink_out(&frags[0])
+        } else if ifindex == up {
+            env.uplink_in(&frags[0])
+        } else {
+            env.run("endpoint_ingress", ifindex, &frags[0])
+        };
+        must(first, what);
+        let ifindex = if ifindex == 0 { up } else { ifindex };
+        for frame in frags {
+            seeds.push(Seed {
+                what,
+                ifindex,
+                frame,
+            });
+        }
+    }
     seeds
+}
+
+/// A fragment past the first (offset > 0): no L4 header.
+fn later_fragment(frame: &[u8]) -> bool {
+    is_ipv4(frame) && u16::from_be_bytes([frame[ETH + 6], frame[ETH + 7]]) & 0x1fff != 0
+}
+
+/// What is wrong with a rewritten later fragment, if anything: only the
+/// addresses (as FRAGMENTS says for its datagram), the TTL and the IPv4
+/// checksum may change.
+fn judge_fragment(env: &mut Env, input: &[u8], out: &[u8]) -> Option<String> {
+    let hl = ihl(input);
+    if out.get(ETH + hl..) != input.get(ETH + hl..) {
+        return Some("a later fragment's data changed".into());
+    }
+    let same = |range: std::ops::Range<usize>| out.get(range.clone()) == input.get(range);
+    if !same(ETH..ETH + 8) || !same(ETH + 9..ETH + 10) {
+        return Some("a later fragment's IPv4 header changed beyond addresses and TTL".into());
+    }
+    let key = FragKey {
+        saddr: u32::from_ne_bytes(input[ETH + 12..ETH + 16].try_into().unwrap()),
+        daddr: u32::from_ne_bytes(input[ETH + 16..ETH + 20].try_into().unwrap()),
+        id: u16::from_ne_bytes([input[ETH + 4], input[ETH + 5]]),
+        proto: input[ETH + 9],
+        _pad: 0,
+    };
+    let Ok(entry) = env.hash::<FragKey, FragEntry>("FRAGMENTS").get(&key, 0) else {
+        return Some("a later fragment rewritten without a FRAGMENTS entry".into());
+    };
+    let src = u32::from_ne_bytes(out[ETH + 12..ETH + 16].try_into().unwrap());
+    let dst = u32::from_ne_bytes(out[ETH + 16..ETH + 20].try_into().unwrap());
+    if (src, dst) != (entry.saddr, entry.daddr) {
+        return Some(format!(
+            "a later fragment rewritten to {}/{}, FRAGMENTS says {}/{}",
+            Ipv4Addr::from(src.to_ne_bytes()),
+            Ipv4Addr::from(dst.to_ne_bytes()),
+            Ipv4Addr::from(entry.saddr.to_ne_bytes()),
+            Ipv4Addr::from(entry.daddr.to_ne_bytes()),
+        ));
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -595,6 +701,7 @@ fn fuzz(program: &'static str, verdicts: &'static [u32], index: u64) {
         let mut rewritten = 0u64;
         let mut refused = 0u64;
         let mut l4_checked = 0u64;
+        let mut fragments_rewritten = 0u64;
         for case in 0..count {
             let (what, ifindex, frame, mutations) = if rng.chance(8) {
                 let ifindex = if rng.chance(2) {
@@ -644,7 +751,15 @@ fn fuzz(program: &'static str, verdicts: &'static [u32], index: u64) {
                     l4_checked += 1;
                 }
             }
-            if let Some(problem) = judge(program, verdicts, &frame, verdict, &out) {
+            let mut problem = judge(program, verdicts, &frame, verdict, &out);
+            if verdict != TC_ACT_SHOT
+                && later_fragment(&frame)
+                && out.get(ETH..) != frame.get(ETH..)
+            {
+                fragments_rewritten += 1;
+                problem = problem.or_else(|| judge_fragment(env, &frame, &out));
+            }
+            if let Some(problem) = problem {
                 failures.push(format!(
                     "case {case} ({what}, {mutations:?}): {problem}\n  in  {}\n  out {}",
                     hex(&frame),
@@ -654,7 +769,7 @@ fn fuzz(program: &'static str, verdicts: &'static [u32], index: u64) {
         }
         eprintln!(
             "ebpf_fuzz {program}: verdicts ok={} shot={} redirect={}, rewritten {rewritten} \
-             (L4 checksum checked on {l4_checked}), \
+             (L4 checksum checked on {l4_checked}, later fragments {fragments_rewritten}), \
              refused {refused}, conntrack entries {}",
             tally[TC_ACT_OK as usize],
             tally[TC_ACT_SHOT as usize],
@@ -672,6 +787,12 @@ fn fuzz(program: &'static str, verdicts: &'static [u32], index: u64) {
         assert!(
             l4_checked > count / 100,
             "only {l4_checked} L4 checksums checked"
+        );
+        // Later fragments were translated (on the fast path's programs
+        // and the slow path alike), and checked.
+        assert!(
+            fragments_rewritten > count / 200,
+            "only {fragments_rewritten} later fragments rewritten"
         );
     });
 }

@@ -49,6 +49,15 @@
 //!                                            connected one (connect/send/recv); prints
 //!                                            `from=SOURCE reply=PAYLOAD` (2 s timeout)
 //!
+//!   nettool udpecho [IP:]PORT [--count N]  answer each UDP datagram (up to 65,507 bytes)
+//!                                            with "peer=IP:PORT\n" and the datagram itself;
+//!                                            prints `listening on ...` once bound
+//!   nettool udpbig HOST PORT BYTES [--timeout-ms N]
+//!                                            send one datagram of BYTES to `udpecho` and
+//!                                            check that the same bytes come back (a big
+//!                                            one leaves in fragments); prints
+//!                                            `peer=IP:PORT echoed=BYTES` (3 s timeout)
+//!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
@@ -111,6 +120,12 @@ fn main() -> ExitCode {
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         ["udpask", how, addr] => udp_ask(how, addr),
         ["udptick", addr, sport, every_ms, count] => udp_tick(addr, sport, every_ms, count),
+        ["udpecho", port, rest @ ..] => udp_echo(port, rest),
+        ["udpbig", host, port, bytes] => udp_big(host, port, bytes, TIMEOUT),
+        ["udpbig", host, port, bytes, "--timeout-ms", ms] => match ms.parse() {
+            Ok(ms) => udp_big(host, port, bytes, Duration::from_millis(ms)),
+            Err(_) => Err(format!("bad timeout {ms}")),
+        },
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -828,6 +843,72 @@ fn udp_ask(how: &str, addr: &str) -> Result<(), String> {
         "from={from} reply={}",
         String::from_utf8_lossy(&buf[..n]).trim()
     );
+    Ok(())
+}
+
+/// The largest UDP payload over IPv4 (65,535 - 20 - 8).
+const UDP_MAX: usize = 65_507;
+
+/// `udpecho`: each datagram comes back whole, after a line naming its
+/// source (what the server saw: SNAT or not).
+fn udp_echo(port: &str, rest: &[&str]) -> Result<(), String> {
+    let count = parse_count(rest)?;
+    let addr = if port.contains(':') {
+        port.to_owned()
+    } else {
+        format!("0.0.0.0:{port}")
+    };
+    let socket = UdpSocket::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!("listening on {addr}");
+    let mut buf = vec![0u8; UDP_MAX];
+    for _ in 0..count {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let mut reply = format!("peer={peer}\n").into_bytes();
+        reply.extend_from_slice(&buf[..n]);
+        reply.truncate(UDP_MAX);
+        let _ = socket.send_to(&reply, peer);
+    }
+    Ok(())
+}
+
+/// `udpbig`: one datagram of `bytes` (a pattern that shows any byte moved)
+/// to `udpecho`, which must send it back unchanged.
+fn udp_big(host: &str, port: &str, bytes: &str, timeout: Duration) -> Result<(), String> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let len: usize = bytes.parse().map_err(|_| format!("bad size {bytes}"))?;
+    if len == 0 || len > UDP_MAX - 64 {
+        return Err(format!("size {len}: 1 to {}", UDP_MAX - 64));
+    }
+    let io = |e: std::io::Error| format!("udpbig {addr}: {e}");
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    socket.set_read_timeout(Some(timeout)).map_err(io)?;
+    socket.send_to(&data, addr).map_err(io)?;
+    let mut buf = vec![0u8; UDP_MAX];
+    let (n, _) = socket.recv_from(&mut buf).map_err(io)?;
+    let reply = &buf[..n];
+    let line_end = reply
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| format!("udpbig {addr}: no peer line in {n} bytes"))?;
+    let peer = String::from_utf8_lossy(&reply[..line_end]).into_owned();
+    let echoed = &reply[line_end + 1..];
+    if echoed != data.as_slice() {
+        return Err(format!(
+            "udpbig {addr}: sent {len} bytes, {} came back, {}",
+            echoed.len(),
+            if echoed.len() == len {
+                "different"
+            } else {
+                "not all"
+            }
+        ));
+    }
+    println!("{peer} echoed={len}");
     Ok(())
 }
 
