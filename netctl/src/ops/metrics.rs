@@ -13,6 +13,7 @@ use crate::{
     error::Result,
     metrics::{self, DatapathReadings, EbpfReadings, Readings},
     model::DatapathKind,
+    state,
 };
 
 /// Reads the host once and renders it in the exposition format. A host
@@ -24,6 +25,12 @@ pub async fn metrics_text(config: &HostConfig) -> Result<String> {
 
 async fn scrape(config: &HostConfig) -> Result<String> {
     let host = Host::open(config.clone()).await?;
+    if !host.had_state_file {
+        // Decided under the lock: a scrape that waited for `down` finds the
+        // dir gone, its own lock made it again, and it must not stay
+        // (`leaving_no_trace` judged by what existed before the wait).
+        state::remove_if_unused(&config.state_dir);
+    }
     let state = host.state.clone();
     let pins = host.config.pin_dir();
     drop(host);
