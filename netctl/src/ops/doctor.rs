@@ -71,14 +71,10 @@ impl Host {
             .into_iter()
             .map(|(d, _)| (d.object, d.problem))
             .collect();
-        let findings = before
-            .into_iter()
-            .map(|(d, _)| Finding {
-                fixed: !after.contains(&(d.object.clone(), d.problem.clone())),
-                object: d.object,
-                problem: d.problem,
-            })
-            .collect();
+        let findings = judge(
+            before.into_iter().map(|(d, _)| (d.object, d.problem)),
+            after,
+        );
         if !errors.is_empty() {
             for e in &errors {
                 eprintln!("netctl: doctor --fix: {e}");
@@ -318,6 +314,33 @@ impl Host {
     }
 }
 
+/// What `--fix` achieved: each difference found `before` is fixed unless
+/// the survey `after` the repairs still finds it; a difference only the
+/// survey after finds (one a repair made, or one that appeared meanwhile)
+/// is reported too, unfixed, so that `--fix` does not exit 0 over it.
+fn judge(
+    before: impl IntoIterator<Item = (String, String)>,
+    mut after: BTreeSet<(String, String)>,
+) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = before
+        .into_iter()
+        .map(|(object, problem)| {
+            let fixed = !after.remove(&(object.clone(), problem.clone()));
+            Finding {
+                object,
+                problem,
+                fixed,
+            }
+        })
+        .collect();
+    findings.extend(after.into_iter().map(|(object, problem)| Finding {
+        object,
+        problem,
+        fixed: false,
+    }));
+    findings
+}
+
 /// Names under /run/netns starting with `prefix`.
 fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
     names_with_prefix(netns::NETNS_DIR, prefix)
@@ -339,4 +362,32 @@ fn names_with_prefix(dir: &str, prefix: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(object: &str, problem: &str) -> (String, String) {
+        (object.to_owned(), problem.to_owned())
+    }
+
+    #[test]
+    fn fix_reports_what_stayed_and_what_appeared() {
+        let before = vec![pair("bridge nc0", "missing"), pair("veth a", "down")];
+        let after = BTreeSet::from([pair("veth a", "down"), pair("rule x", "extra")]);
+        let findings = judge(before, after);
+        let seen: Vec<(&str, &str, bool)> = findings
+            .iter()
+            .map(|f| (f.object.as_str(), f.problem.as_str(), f.fixed))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("bridge nc0", "missing", true),
+                ("veth a", "down", false),
+                ("rule x", "extra", false),
+            ]
+        );
+    }
 }
