@@ -79,6 +79,23 @@ stat_indexes! {
     /// Drop: a container's ARP whose Ethernet source, sender MAC or sender
     /// address is not the endpoint's own, or that is not Ethernet/IPv4 ARP.
     DropArpSpoofed => "drop_arp_spoofed",
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem) quoting a translated flow: its outer and quoted headers
+    /// translated back like the flow's own packets, checksums included.
+    IcmpError => "icmp_error",
+    /// Drop: a container's packet to the outside that has no translation
+    /// (an ICMP error or echo reply quoting no tracked flow, a protocol
+    /// whose checksum covers the addresses without a rewrite netctl knows
+    /// (DCCP, UDP-Lite)): it would leave with the private address.
+    DropUntranslatable => "drop_untranslatable",
+    /// Drop: a protocol without ports (GRE, ESP, SCTP...) to a server that
+    /// another container already talks to in that protocol: the uplink
+    /// address can carry one such flow per server and protocol.
+    DropGenericTaken => "drop_generic_taken",
+    /// Larger than the egress MTU (each GSO segment checked): handed to the
+    /// kernel untranslated, which sends the container "fragmentation
+    /// needed" (DF) or fragments it, as its forwarding does.
+    MtuPass => "mtu_pass",
 }
 
 /// One counter slot: packets and bytes.

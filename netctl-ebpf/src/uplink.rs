@@ -25,6 +25,7 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, network, peer_target},
+    icmp_error,
     maps::ENDPOINTS,
     nat,
     parse::{parse, Packet, L4},
@@ -50,6 +51,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     if pkt.l4 == L4::Truncated {
         return Ok(pass(StatIndex::Truncated, bytes));
+    }
+    // An ICMP error about one of our flows' packets (frag-needed for the
+    // SNAT flow of a container, say): into the container; else the host's.
+    if pkt.l4 == L4::IcmpError {
+        return icmp_error::from_outside(ctx, &pkt, bytes);
     }
 
     // A known flow: the reply of an SNAT flow, or the next packet of a
@@ -120,6 +126,10 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     };
     let cfg = config();
 
+    // A container's ICMP error about one of its flows, routed by the kernel.
+    if pkt.l4 == L4::IcmpError && icmp_error::routed_out(ctx, &pkt, bytes)? {
+        return Ok(TC_OK);
+    }
     if pkt.has_tuple() {
         if let Some(entry_ptr) = conntrack::lookup_packet(&pkt) {
             // SAFETY: a map value from conntrack::lookup, copied.
