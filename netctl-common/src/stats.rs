@@ -30,7 +30,9 @@ stat_indexes! {
     NotIpv4 => "not_ipv4",
     /// Shorter than the headers it announces: passed untouched.
     Truncated => "truncated",
-    /// Protocol netctl does not translate (not TCP, UDP or ICMP echo): passed.
+    /// No longer counted: protocols without ports are translated by
+    /// address (`snat`), and what cannot be translated is dropped
+    /// (`drop_untranslatable`). Kept so that later indexes stay.
     UnsupportedProto => "unsupported_proto",
     /// Source translated to the uplink address (new or known egress flow).
     Snat => "snat",
