@@ -6,6 +6,10 @@
 //!   server behind a router whose far link has MTU 1280 completes (the
 //!   router's frag-needed, sent to the host's address, must reach the
 //!   container translated, or the connection stalls).
+//! - The same when the host's own uplink has the smaller MTU: the
+//!   container's GSO packets (1448-byte segments) do not fit it, and the
+//!   host must send the container frag-needed itself (the kernel's
+//!   forwarding does; the eBPF fast path hands such packets to it).
 //! - A published UDP port without listener: the container's port
 //!   unreachable reaches the client from the host's address, quoting the
 //!   datagram as the client sent it, with every checksum right.
@@ -19,6 +23,7 @@ use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 
 netctl_tests::on_both_datapaths!(
     an_upload_through_a_smaller_mtu_completes,
+    an_upload_over_a_smaller_uplink_mtu_completes,
     a_published_udp_port_without_listener_answers_from_the_host,
     gre_from_a_container_leaves_with_the_hosts_address,
 );
@@ -41,7 +46,8 @@ struct Hops {
 }
 
 impl Hops {
-    fn new(sb: &Sandbox) -> Hops {
+    /// `far_mtu`: the router's side of its link to the server.
+    fn new(sb: &Sandbox, far_mtu: &str) -> Hops {
         let hops = Hops {
             router: format!("{}-rtr", sb.prefix),
             server: format!("{}-srv", sb.prefix),
@@ -87,11 +93,11 @@ impl Hops {
                 &OUTSIDE_TO_ROUTER.to_string(),
             ],
         );
-        // router <-> server: 1280 on the router's side.
+        // router <-> server: far_mtu on the router's side.
         ip(
             rtr,
             &[
-                "link", "add", "r-srv", "mtu", "1280", "type", "veth", "peer", "name", "s-rtr",
+                "link", "add", "r-srv", "mtu", far_mtu, "type", "veth", "peer", "name", "s-rtr",
                 "netns", srv,
             ],
         );
@@ -130,7 +136,7 @@ fn front_with_a(sb: &Sandbox) {
 fn an_upload_through_a_smaller_mtu_completes(datapath: &str) {
     let mut sb = Sandbox::new(datapath);
     front_with_a(&sb);
-    let hops = Hops::new(&sb);
+    let hops = Hops::new(&sb, "1280");
     let tool = nettool();
     let server = hops.server.clone();
     sb.spawn_in(&server, &[&tool, "sink", "9000", "--count", "1"]);
@@ -147,6 +153,45 @@ fn an_upload_through_a_smaller_mtu_completes(datapath: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     // The container learnt the path's MTU from the router's frag-needed.
+    let route = sb.run_in_ok(&a_netns, &["ip", "route", "get", &SERVER.to_string()]);
+    assert!(
+        route.contains("mtu 1280"),
+        "{datapath}: no path MTU learnt in the container: {route}"
+    );
+    drop(hops);
+}
+
+fn an_upload_over_a_smaller_uplink_mtu_completes(datapath: &str) {
+    let mut sb = Sandbox::new(datapath);
+    front_with_a(&sb);
+    // Both ends of the uplink's link at 1280; the server two hops away on
+    // 1500-byte links (so it announces an MSS of 1460).
+    sb.run_in_ok(
+        &sb.host_netns,
+        &["ip", "link", "set", "uplink0", "mtu", "1280"],
+    );
+    sb.run_in_ok(
+        &sb.outside_netns,
+        &["ip", "link", "set", "wan0", "mtu", "1280"],
+    );
+    let hops = Hops::new(&sb, "1500");
+    let tool = nettool();
+    let server = hops.server.clone();
+    sb.spawn_in(&server, &[&tool, "sink", "9000", "--count", "1"]);
+    let a_netns = sb.netns_of("a");
+    let out = sb.run_in(
+        &a_netns,
+        &[&tool, "bulk", &SERVER.to_string(), "9000", "300000"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("sent=300000 received=300000"),
+        "{datapath}: the upload stalls ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Told by the host (its gateway address), as the kernel's forwarding
+    // tells: segments of 1448 bytes never crossed a 1280-byte link.
     let route = sb.run_in_ok(&a_netns, &["ip", "route", "get", &SERVER.to_string()]);
     assert!(
         route.contains("mtu 1280"),
