@@ -224,7 +224,7 @@ fn a_containers_error_about_an_snat_flow_leaves_from_the_host() {
 }
 
 #[test]
-fn errors_of_a_hairpin_flow_go_back_to_the_client() {
+fn errors_of_a_hairpin_flow_are_translated_both_ways() {
     in_netns(Opts::default(), |env| {
         // A1:5000 → uplink:5353/udp → A2:53 from A2's gateway.
         let query = Frame::from(A1, UPLINK_IP, udp(5000, 5353));
@@ -249,10 +249,30 @@ fn errors_of_a_hairpin_flow_go_back_to_the_client() {
             &out,
             &delivered(&error, A1, UPLINK_IP, &with(&query, |f| f.ttl = 63)),
         );
+        // The other way: A2 answers (from its port 53 to the gateway), A1
+        // gets it from the published address and reports it; the error
+        // reaches A2 from A2's gateway, quoting the answer as A2 sent it.
+        let answer = Frame::from(A2, NET_A.gateway, udp(53, port));
+        let (verdict, _) = env.endpoint(A2, &answer.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "the answer into A1");
+        let got = with(&answer, |f| {
+            f.src = UPLINK_IP;
+            f.dst = A1.ip;
+            f.l4 = udp(5353, 5000);
+            f.ttl = 63;
+        });
+        let error = error_from(A1, UPLINK_IP, PORT_UNREACH, &got);
+        let (verdict, out) = env.endpoint(A1, &error.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "into A2");
+        assert_error(
+            &out,
+            &delivered(&error, A2, NET_A.gateway, &with(&answer, |f| f.ttl = 63)),
+        );
         env.assert_stats(&[
             (StatIndex::Hairpin, 1),
-            (StatIndex::RedirectPeer, 2),
-            (StatIndex::IcmpError, 1),
+            (StatIndex::ReverseNat, 1),
+            (StatIndex::RedirectPeer, 4),
+            (StatIndex::IcmpError, 2),
         ]);
     });
 }
