@@ -10,6 +10,8 @@
 //!   container's GSO packets (1448-byte segments) do not fit it, and the
 //!   host must send the container frag-needed itself (the kernel's
 //!   forwarding does; the eBPF fast path hands such packets to it).
+//! - A router's time exceeded about a container's ping (TTL 3: the host,
+//!   the outside, then the router) reaches the container (traceroute).
 //! - A published UDP port without listener: the container's port
 //!   unreachable reaches the client from the host's address, quoting the
 //!   datagram as the client sent it, with every checksum right.
@@ -24,6 +26,7 @@ use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
 netctl_tests::on_both_datapaths!(
     an_upload_through_a_smaller_mtu_completes,
     an_upload_over_a_smaller_uplink_mtu_completes,
+    a_router_reports_an_expired_ttl_to_the_container,
     a_published_udp_port_without_listener_answers_from_the_host,
     gre_from_a_container_leaves_with_the_hosts_address,
 );
@@ -197,6 +200,26 @@ fn an_upload_over_a_smaller_uplink_mtu_completes(datapath: &str) {
         route.contains("mtu 1280"),
         "{datapath}: no path MTU learnt in the container: {route}"
     );
+    drop(hops);
+}
+
+fn a_router_reports_an_expired_ttl_to_the_container(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    front_with_a(&sb);
+    let hops = Hops::new(&sb, "1500");
+    let a_netns = sb.netns_of("a");
+    let server = SERVER.to_string();
+    // The host and the outside forward it (TTL 3, 2), the router would
+    // have to send it on with TTL 0.
+    let out = sb.run_in(&a_netns, &["ping", "-n", "-c1", "-W2", "-t3", &server]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("From {ROUTER_NEAR}")) && stdout.contains("Time to live exceeded"),
+        "{datapath}: no time exceeded from the router: {stdout}"
+    );
+    // And with TTL enough, the server answers.
+    let out = sb.run_in(&a_netns, &["ping", "-n", "-c1", "-W2", &server]);
+    assert!(out.status.success(), "{datapath}: the server answers");
     drop(hops);
 }
 
