@@ -33,10 +33,11 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -46,7 +47,19 @@ pub mod maps {
         SOCK_REVNAT,
         STATS,
         FRAGMENTS,
+        TAIL_CALLS,
     ];
+
+    /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's
+    /// ICMP errors, tail-called from `endpoint_ingress` (whose stack has no
+    /// room for them).
+    pub const ICMP_ERROR_PROGRAM: &str = "endpoint_icmp_error";
+    /// `TAIL_CALLS` slots, filled by the controller when it loads the
+    /// object: [`ICMP_ERROR_PROGRAM`], and `endpoint_ingress` itself (where
+    /// an error quoting no flow goes back to).
+    pub const TAIL_ICMP_ERROR: u32 = 0;
+    pub const TAIL_ENDPOINT_INGRESS: u32 = 1;
+    pub const TAIL_SLOTS: u32 = 2;
 }
 
 /// Declares `aya::Pod` for types that are plain old data (repr(C), every

@@ -30,7 +30,9 @@ stat_indexes! {
     NotIpv4 => "not_ipv4",
     /// Shorter than the headers it announces: passed untouched.
     Truncated => "truncated",
-    /// Protocol netctl does not translate (not TCP, UDP or ICMP echo): passed.
+    /// No longer counted: protocols without ports are translated by
+    /// address (`snat`), and what cannot be translated is dropped
+    /// (`drop_untranslatable`). Kept so that later indexes stay.
     UnsupportedProto => "unsupported_proto",
     /// Source translated to the uplink address (new or known egress flow).
     Snat => "snat",
@@ -88,6 +90,23 @@ stat_indexes! {
     /// A non-first fragment translated as its first fragment was
     /// (`FRAGMENTS`); also counted under that fragment's counter.
     FragmentTranslated => "fragment_translated",
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem) quoting a translated flow: its outer and quoted headers
+    /// translated back like the flow's own packets, checksums included.
+    IcmpError => "icmp_error",
+    /// Drop: a container's packet to the outside that has no translation
+    /// (an ICMP error or echo reply quoting no tracked flow, a protocol
+    /// whose checksum covers the addresses without a rewrite netctl knows
+    /// (DCCP, UDP-Lite)): it would leave with the private address.
+    DropUntranslatable => "drop_untranslatable",
+    /// Drop: a protocol without ports (GRE, ESP, SCTP...) to a server that
+    /// another container already talks to in that protocol: the uplink
+    /// address can carry one such flow per server and protocol.
+    DropGenericTaken => "drop_generic_taken",
+    /// Larger than the egress MTU (each GSO segment checked): handed to the
+    /// kernel untranslated, which sends the container "fragmentation
+    /// needed" (DF) or fragments it, as its forwarding does.
+    MtuPass => "mtu_pass",
 }
 
 /// One counter slot: packets and bytes.

@@ -25,7 +25,9 @@ fn l4_csum(pkt: &Packet) -> Option<(usize, u64, bool)> {
         L4::Tcp => Some((pkt.l4_off + 16, 0, true)),
         L4::Udp => Some((pkt.l4_off + 6, u64::from(BPF_F_MARK_MANGLED_0), true)),
         L4::IcmpEcho => Some((pkt.l4_off + 2, 0, false)),
-        L4::Other | L4::Fragment | L4::Truncated => None,
+        // ICMP errors have no pseudo header: their outer addresses are
+        // covered by the IPv4 checksum only (icmp_error updates the rest).
+        L4::IcmpError | L4::Generic | L4::Other | L4::Fragment | L4::Truncated => None,
     }
 }
 

@@ -24,6 +24,7 @@ use netctl_common::{
     conntrack::{CtEntry, CT_KIND_HAIRPIN},
     endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
     fragment::FragEntry,
+    maps::{TAIL_ENDPOINT_INGRESS, TAIL_ICMP_ERROR},
     portmap::PortTarget,
     stats::StatIndex,
 };
@@ -31,13 +32,16 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, fib_route, network, peer_target, Route},
-    fragment,
-    maps::{ENDPOINTS, NETWORKS},
+    fragment, icmp_error,
+    maps::{ENDPOINTS, NETWORKS, TAIL_CALLS},
     nat::{self, NewFlow},
     parse::{classify_not_ipv4, parse, skb_ifindex, NotIpv4, Packet, L4},
     stats::{count, pass},
 };
 
+/// Inlined into its entry point: a tail call is allowed only in a
+/// function that returns `int`, which a `Result` subprogram does not.
+#[inline(always)]
 pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let bytes = ctx.len();
     let pkt = match parse(ctx) {
@@ -58,6 +62,19 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return truncated(&pkt, &ep, bytes);
     }
     let cfg = config();
+
+    // An ICMP error about a packet of a translated flow (the container's
+    // port unreachable for a published UDP port, say): translated like the
+    // flow. Quoting none, it goes on as any packet below: on its network
+    // or to the host as it is, never out with the private address.
+    // The translation is a program of its own (endpoint_icmp_error, by
+    // tail call: no room on this program's stack); an error that quotes no
+    // flow comes back here, marked, and goes on. An empty slot returns
+    // here too: then the error goes on untranslated.
+    if pkt.l4 == L4::IcmpError && !icmp_error::take_revisit_mark(ctx) {
+        // SAFETY: the program's own context; returns only on failure.
+        unsafe { TAIL_CALLS.tail_call(ctx, TAIL_ICMP_ERROR) };
+    }
 
     // A later fragment of a datagram whose first fragment was translated:
     // the same translation (see the `fragment` module). One without an
@@ -124,6 +141,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         {
             to_outside(ctx, &pkt, &ep, &cfg, &route, bytes)
         }
+        Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),
         // Everything else is the kernel's, untranslated: another host
         // address, no route, unreachable, forwarding disabled, fragmentation
         // needed, or a route through an interface other than the uplink
@@ -132,6 +150,31 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         // kernel does route out of the uplink, uplink_egress translates.
         _ => Ok(pass(StatIndex::FibPass, bytes)),
     }
+}
+
+/// `endpoint_icmp_error`: a container's ICMP error (endpoint_ingress
+/// checked its source already). Translated when it quotes a flow of the
+/// container's; otherwise back to endpoint_ingress, marked so that it goes
+/// on as any packet there.
+/// Inlined into its entry point: a tail call is allowed only in a
+/// function that returns `int`, which a `Result` subprogram does not.
+#[inline(always)]
+pub fn try_endpoint_icmp_error(ctx: &TcContext) -> Result<i32, StatIndex> {
+    let bytes = ctx.len();
+    let pkt = match parse(ctx) {
+        Ok(pkt) => pkt,
+        Err(reason) => return Ok(pass(reason, bytes)),
+    };
+    if pkt.l4 == L4::IcmpError {
+        if let Some(verdict) = icmp_error::from_container(ctx, &pkt, &config(), bytes)? {
+            return Ok(verdict);
+        }
+    }
+    icmp_error::mark_revisit(ctx);
+    // SAFETY: the program's own context; returns only on failure.
+    unsafe { TAIL_CALLS.tail_call(ctx, TAIL_ENDPOINT_INGRESS) };
+    // endpoint_ingress missing from its slot: nothing to decide with.
+    Err(StatIndex::DropUntranslatable)
 }
 
 /// A container's frame that is not IPv4. Networks have no IPv6, so none
@@ -277,6 +320,7 @@ fn known_flow(
             nat::translate(ctx, pkt, entry_ptr, &entry, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
+        Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),
         // Untranslated to the kernel: uplink_egress applies this same entry
         // if the kernel routes it out of the uplink.
         _ => Ok(pass(StatIndex::FibPass, bytes)),

@@ -5,12 +5,14 @@
 
 use core::mem;
 
+use aya_ebpf::bindings::bpf_check_mtu_flags::BPF_MTU_CHK_SEGS;
+
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use netctl_common::{
@@ -86,6 +88,11 @@ pub enum Route {
     },
     /// Out of `ifindex` to `nexthop`, whose MAC the kernel must resolve.
     Neigh { ifindex: u32, nexthop: u32 },
+    /// Out of an interface whose MTU the packet (or one of its GSO
+    /// segments) exceeds: the kernel's forwarding must send the sender
+    /// "fragmentation needed" (DF) or fragment it, on the untranslated
+    /// packet, as it does under iptables.
+    TooBig,
     /// No answer the fast path can use (a local address, no route,
     /// unreachable, forwarding disabled, fragmentation needed...): the
     /// kernel decides.
@@ -103,7 +110,7 @@ pub enum Route {
 pub fn fib_route(ctx: &TcContext, pkt: &Packet) -> Route {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers).
     let mut params: FibParams = unsafe { mem::zeroed() };
-    match fib_lookup(ctx, pkt, &mut params, 0) {
+    let route = match fib_lookup(ctx, pkt, &mut params, 0) {
         BPF_FIB_LKUP_RET_SUCCESS => Route::Direct {
             ifindex: params.ifindex,
             smac: params.smac,
@@ -115,6 +122,34 @@ pub fn fib_route(ctx: &TcContext, pkt: &Packet) -> Route {
             // destination itself on a connected route) into ipv4_dst.
             nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
         },
+        // Checked by the lookup itself (SUCCESS only, whole skb).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Route::TooBig,
+        _ => return Route::Kernel,
+    };
+    // The egress MTU: bpf_fib_lookup checks it (tot_len 0: the skb
+    // against the device) on SUCCESS only, and takes any GSO packet as
+    // fitting; bpf_check_mtu with BPF_MTU_CHK_SEGS checks each GSO segment
+    // too, whatever the neighbour state. Its in/out length is
+    // params.ifindex, read above: a u32 already on the stack (endpoint_ingress
+    // has ~16 bytes of its 512 left), zeroed as the SEGS flag requires.
+    params.ifindex = 0;
+    // SAFETY: ctx is the program's skb; the pointer is a u32 on our stack.
+    let rc = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            match route {
+                Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. } => ifindex,
+                _ => 0,
+            },
+            &mut params.ifindex,
+            0,
+            u64::from(BPF_MTU_CHK_SEGS),
+        )
+    };
+    // Negative: the device is gone (or bad arguments): the kernel decides.
+    match rc {
+        0 => route,
+        1.. => Route::TooBig,
         _ => Route::Kernel,
     }
 }
@@ -183,6 +218,6 @@ pub fn redirect_out(ctx: &TcContext, pkt: &Packet, route: &Route) -> Result<i32,
                 )
             } as i32)
         }
-        Route::Kernel => Err(StatIndex::DropRewriteFailed),
+        Route::Kernel | Route::TooBig => Err(StatIndex::DropRewriteFailed),
     }
 }

@@ -12,13 +12,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT},
     endpoint::{EndpointInfo, NetworkInfo},
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
+    maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
     stats::{Counter, STAT_COUNT},
@@ -54,6 +55,11 @@ pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(65_536, 0);
+
+/// Programs reached by tail call (`netctl_common::maps::TAIL_*` slots),
+/// filled by the controller at load.
+#[map]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

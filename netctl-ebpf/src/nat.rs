@@ -7,6 +7,7 @@ use netctl_common::{
     config::{Config, CONFIG_FLAG_LOG},
     conntrack::{
         CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
+        CT_STATE_NEW,
     },
     portmap::{PortKey, PortTarget},
     stats::StatIndex,
@@ -16,8 +17,11 @@ use crate::{
     conntrack::{self, key_of},
     csum, fragment,
     maps::PORTMAP,
-    parse::{Packet, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_ICMP},
-    stats::{count, pass},
+    parse::{
+        Packet, ICMP_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_DCCP, PROTO_ICMP,
+        PROTO_UDPLITE,
+    },
+    stats::count,
 };
 
 /// SNAT port candidates tried before giving up. A constant bound: the loop
@@ -42,7 +46,9 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry) -> Result<(), StatI
         // The identifier is both "ports": entries of echo flows carry the
         // same value in sport and dport.
         L4::IcmpEcho => csum::set_l4_u16(ctx, pkt, pkt.l4_off + 4, pkt.sport, entry.sport),
-        L4::Other | L4::Fragment | L4::Truncated => Ok(()),
+        // Addresses only (generic flows: no ports; ICMP errors are
+        // rewritten by icmp_error).
+        L4::IcmpError | L4::Generic | L4::Other | L4::Fragment | L4::Truncated => Ok(()),
     }
 }
 
@@ -63,7 +69,9 @@ pub fn translate(
 
 /// SNAT of a container's new flow to the outside, shared by the fast path
 /// (endpoint_ingress) and the slow path (uplink_egress). `Ok(None)`: the
-/// packet is translated; `Ok(Some(verdict))`: passed untranslated.
+/// packet is translated; `Ok(Some(verdict))`: passed untranslated. No
+/// packet leaves with the container's address: what cannot be translated
+/// is dropped with its reason.
 #[inline(always)]
 pub fn masquerade(
     ctx: &TcContext,
@@ -72,19 +80,31 @@ pub fn masquerade(
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
-    // Other protocols leave untranslated: netctl has no translation for
-    // them (no ports to multiplex on the uplink address).
-    if pkt.unsupported() {
-        return Ok(Some(pass(StatIndex::UnsupportedProto, bytes)));
-    }
-    // A later fragment with no FRAGMENTS entry (the callers look it up
-    // first): its first fragment has not been seen, so there is no flow to
-    // take the translation from, and untranslated it would leave with the
-    // container's address.
-    if pkt.l4 == L4::Fragment {
-        return Err(StatIndex::DropFragmentOutOfOrder);
-    }
-    let entry = snat(pkt, cfg, client_ifindex, bytes)?;
+    let entry = if pkt.l4 == L4::Generic {
+        // An address-only rewrite would break a checksum over the
+        // addresses.
+        if pkt.proto == PROTO_DCCP || pkt.proto == PROTO_UDPLITE {
+            return Err(StatIndex::DropUntranslatable);
+        }
+        generic_snat(pkt, cfg, client_ifindex, bytes)?
+    } else {
+        // A later fragment with no FRAGMENTS entry (the callers look it up
+        // first): its first fragment has not been seen, so there is no flow
+        // to take the translation from, and untranslated it would leave
+        // with the container's address.
+        if pkt.l4 == L4::Fragment {
+            return Err(StatIndex::DropFragmentOutOfOrder);
+        }
+        // An ICMP error quoting no flow, an echo reply nothing asked for, a
+        // header cut short: no translation (the kernel's conntrack finds
+        // them INVALID).
+        if matches!(pkt.l4, L4::IcmpError | L4::Other | L4::Truncated)
+            || (pkt.l4 == L4::IcmpEcho && pkt.icmp_type != ICMP_ECHO_REQUEST)
+        {
+            return Err(StatIndex::DropUntranslatable);
+        }
+        snat(pkt, cfg, client_ifindex, bytes)?
+    };
     apply(ctx, pkt, &entry)?;
     count(StatIndex::Snat, bytes);
     Ok(None)
@@ -281,6 +301,69 @@ fn snat(pkt: &Packet, cfg: &Config, client_ifindex: u32, bytes: u32) -> Result<C
         },
         bytes,
     )
+}
+
+/// SNAT of a new flow of a protocol without ports (GRE, ESP, SCTP, ICMP
+/// other than echo...): the source address becomes the uplink's, nothing
+/// else changes, and the flow is keyed by addresses and protocol (ports 0),
+/// as MASQUERADE does for protocols without a NAT module of their own.
+/// Replies from the server in that protocol go back to the container.
+///
+/// The limit: the uplink address has one such flow per server and
+/// protocol. The first container keeps it while it lives (the protocol's
+/// conntrack timeout after its last packet in either direction); another
+/// container talking the same protocol to the same server meanwhile is
+/// dropped, `drop_generic_taken` (the kernel would send it with a clashing
+/// tuple, whose replies all go to the first).
+#[inline(always)]
+fn generic_snat(
+    pkt: &Packet,
+    cfg: &Config,
+    client_ifindex: u32,
+    bytes: u32,
+) -> Result<CtEntry, StatIndex> {
+    if cfg.uplink_ip == 0 {
+        return Err(StatIndex::DropUntranslatable);
+    }
+    let key = key_of(pkt);
+    let reply_key = CtKey {
+        saddr: pkt.daddr,
+        daddr: cfg.uplink_ip,
+        sport: 0,
+        dport: 0,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let reply = conntrack::entry(
+        (pkt.daddr, 0),
+        (pkt.saddr, 0),
+        CT_KIND_SNAT,
+        CT_DIR_REPLY,
+        client_ifindex,
+        CT_STATE_NEW,
+        bytes,
+    );
+    if !conntrack::claim(&reply_key, &reply)? {
+        // Taken: by this container's own flow (whose original entry is
+        // gone) it is its own again, by another container's it is not.
+        let mine = conntrack::lookup(&reply_key)
+            // SAFETY: a map value pointer from a successful lookup, read at once.
+            .is_some_and(|e| unsafe { (*e).daddr } == pkt.saddr);
+        if !mine {
+            return Err(StatIndex::DropGenericTaken);
+        }
+    }
+    let original = conntrack::entry(
+        (cfg.uplink_ip, 0),
+        (pkt.daddr, 0),
+        CT_KIND_SNAT,
+        CT_DIR_ORIGINAL,
+        0,
+        CT_STATE_NEW,
+        bytes,
+    );
+    conntrack::insert_original(&key, &original, &reply_key)?;
+    Ok(original)
 }
 
 /// DNAT of a new connection to a published port: the client's address is

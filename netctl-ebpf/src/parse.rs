@@ -29,6 +29,15 @@ pub const PROTO_UDP: u8 = 17;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+/// The ICMP errors that quote the packet they are about (RFC 792).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
+
+/// Protocols whose checksum covers the IP addresses (a pseudo header) in a
+/// way address-only translation would break: DCCP, UDP-Lite.
+pub const PROTO_DCCP: u8 = 33;
+pub const PROTO_UDPLITE: u8 = 136;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -42,7 +51,18 @@ pub enum L4 {
     Udp,
     /// ICMP echo request or reply: the identifier plays the port.
     IcmpEcho,
-    /// Any other protocol, any other ICMP type: never translated.
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem), not a fragment: translated through the flow its quote
+    /// belongs to (`icmp_error`), never a flow of its own.
+    IcmpError,
+    /// A protocol without ports (anything but TCP, UDP and ICMP, fragments
+    /// included), or ICMP that is neither echo nor an error (not a
+    /// fragment): translated by address only, tracked by addresses and
+    /// protocol (ports 0), as MASQUERADE does for protocols it has no
+    /// module for.
+    Generic,
+    /// The first fragment of ICMP that is neither echo nor an error:
+    /// nothing to translate it by.
     Other,
     /// A non-first fragment: no L4 header to read.
     Fragment,
@@ -73,42 +93,32 @@ pub struct Packet {
     /// Offset of the L4 header: 14 + ihl * 4, so IP options are skipped.
     pub l4_off: usize,
     /// Ports (TCP/UDP) or the echo identifier (both fields), network order;
-    /// 0 for [`L4::Other`], [`L4::Fragment`] and [`L4::Truncated`].
+    /// 0 for the other kinds.
     pub sport: u16,
     pub dport: u16,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
-    /// ICMP type (echo request or reply), 0 otherwise.
+    /// ICMP type, 0 for other protocols.
     pub icmp_type: u8,
 }
 
 impl Packet {
-    /// A translatable 5-tuple: TCP, UDP or ICMP echo. A first fragment has
-    /// one (its ports are real; its translation is recorded in `FRAGMENTS`
-    /// for the later fragments, which are [`L4::Fragment`] and have none).
+    /// A translatable tuple: TCP, UDP or ICMP echo, a first fragment
+    /// included (its ports are real; its translation is recorded in
+    /// `FRAGMENTS` for the later fragments, which are [`L4::Fragment`] and
+    /// have none); and a generic (address-only) flow, which has no ports,
+    /// so every fragment of it carries its whole tuple.
     #[inline(always)]
     pub fn has_tuple(&self) -> bool {
-        matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho)
+        matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho | L4::Generic)
     }
 
-    /// The first fragment of a fragmented datagram: offset 0, MF set.
+    /// The first fragment of a fragmented datagram with ports or an echo
+    /// identifier: offset 0, MF set (generic flows need no fragment
+    /// tracking).
     #[inline(always)]
     pub fn first_fragment(&self) -> bool {
-        self.fragment && self.l4 != L4::Fragment
-    }
-
-    /// Not something a new flow can be translated for: protocols other than
-    /// TCP, UDP and ICMP, and ICMP other than echo requests (errors would
-    /// need their embedded header translated too; echo replies only exist
-    /// as replies).
-    #[inline(always)]
-    pub fn unsupported(&self) -> bool {
-        match self.l4 {
-            L4::Tcp | L4::Udp => false,
-            L4::IcmpEcho => self.icmp_type != ICMP_ECHO_REQUEST,
-            L4::Fragment => !matches!(self.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP),
-            L4::Other | L4::Truncated => true,
-        }
+        self.fragment && matches!(self.l4, L4::Tcp | L4::Udp | L4::IcmpEcho)
     }
 
     /// A packet that may open a flow to a published port: any UDP
@@ -193,6 +203,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
         tcp_flags: 0,
         icmp_type: 0,
     };
+    if !matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
+        pkt.l4 = L4::Generic;
+        return Ok(pkt);
+    }
     if offset != 0 {
         pkt.l4 = L4::Fragment;
         return Ok(pkt);
@@ -242,12 +256,21 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
             }
             // SAFETY: inside the packet (ptr_at).
             let (ty, data) = unsafe { ((*icmp).type_, (*icmp).data) };
+            pkt.icmp_type = ty;
             if ty == ICMP_ECHO_REQUEST || ty == ICMP_ECHO_REPLY {
                 let id = u16::from_ne_bytes([data[0], data[1]]);
                 pkt.sport = id;
                 pkt.dport = id;
-                pkt.icmp_type = ty;
                 pkt.l4 = L4::IcmpEcho;
+            } else if pkt.fragment {
+                pkt.l4 = L4::Other;
+            } else if matches!(
+                ty,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+            ) {
+                pkt.l4 = L4::IcmpError;
+            } else {
+                pkt.l4 = L4::Generic;
             }
         }
         _ => {}

@@ -25,7 +25,7 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, network, peer_target},
-    fragment,
+    fragment, icmp_error,
     maps::ENDPOINTS,
     nat,
     parse::{parse, Packet, L4},
@@ -33,6 +33,9 @@ use crate::{
     TC_OK,
 };
 
+/// Inlined into its entry point: a tail call is allowed only in a
+/// function that returns `int`, which a `Result` subprogram does not.
+#[inline(always)]
 pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let bytes = ctx.len();
     let pkt = match parse(ctx) {
@@ -51,6 +54,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     if pkt.l4 == L4::Truncated {
         return Ok(pass(StatIndex::Truncated, bytes));
+    }
+    // An ICMP error about one of our flows' packets (frag-needed for the
+    // SNAT flow of a container, say): into the container; else the host's.
+    if pkt.l4 == L4::IcmpError {
+        return icmp_error::from_outside(ctx, &pkt, bytes);
     }
 
     // A later fragment of a translated datagram: its first fragment's
@@ -115,6 +123,9 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     Ok(pass(StatIndex::Pass, bytes))
 }
 
+/// Inlined into its entry point: a tail call is allowed only in a
+/// function that returns `int`, which a `Result` subprogram does not.
+#[inline(always)]
 pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let bytes = ctx.len();
     let pkt = match parse(ctx) {
@@ -132,6 +143,11 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return Ok(pass(host_packet(&pkt, bytes), bytes));
     };
     let cfg = config();
+
+    // A container's ICMP error about one of its flows, routed by the kernel.
+    if pkt.l4 == L4::IcmpError && icmp_error::routed_out(ctx, &pkt, bytes)? {
+        return Ok(TC_OK);
+    }
 
     // A later fragment of a translated datagram (the first one was
     // translated here or by the fast path). Without an entry: below,

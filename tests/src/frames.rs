@@ -229,6 +229,82 @@ pub fn with<F: FnOnce(&mut Frame)>(frame: &Frame, change: F) -> Frame {
 }
 
 // ---------------------------------------------------------------------------
+// ICMP errors.
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
+/// Destination unreachable codes: port unreachable, fragmentation needed.
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// The L4 of an ICMP error: `ty`/`code`, the 4 bytes after the checksum
+/// (`rest`: the next-hop MTU of a frag-needed, the pointer of a parameter
+/// problem), and the first `quote` bytes (all of it when `None`) of the
+/// IPv4 packet `quoted` (its Ethernet header left out), with the ICMP
+/// checksum over it all. Use as `Frame { l4: L4::Raw { proto: ICMP },
+/// payload, .. }` (see [`icmp_error`]).
+pub fn icmp_error_payload(
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &Frame,
+    quote: Option<usize>,
+) -> Vec<u8> {
+    let packet = quoted.bytes();
+    let ip = &packet[ETH_LEN..];
+    let ip = &ip[..quote.unwrap_or(ip.len()).min(ip.len())];
+    let mut h = vec![ty, code, 0, 0];
+    h.extend_from_slice(&rest);
+    h.extend_from_slice(ip);
+    let c = checksum(&[&h]);
+    h[2..4].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// A frame carrying an ICMP error from `src` to `dst` that quotes `quoted`
+/// whole (as Linux does for packets shorter than 576 bytes).
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (ty, code): (u8, u8),
+    quoted: &Frame,
+) -> Frame {
+    let mut f = Frame::new(src_mac, dst_mac, src, dst, L4::Raw { proto: ICMP });
+    f.frag = 0;
+    let rest = if (ty, code) == (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) {
+        [0, 0, 0x05, 0x00] // next-hop MTU 1280
+    } else {
+        [0; 4]
+    };
+    f.payload = icmp_error_payload(ty, code, rest, quoted, None);
+    f
+}
+
+/// The checksums inside an ICMP error: the quoted IPv4 header's, and the
+/// quoted TCP, UDP or ICMP checksum when the quote holds the whole packet
+/// (what [`icmp_error`] builds). The outer ones: [`assert_checksums`].
+pub fn assert_quoted_checksums(frame: &[u8]) {
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    assert_eq!(ip[9], ICMP, "an ICMP error");
+    let quoted = &ip[ihl + 8..total];
+    let mut inner = vec![0u8; ETH_LEN];
+    inner[12..14].copy_from_slice(&[0x08, 0x00]);
+    inner.extend_from_slice(quoted);
+    let inner_total = usize::from(u16::from_be_bytes([quoted[2], quoted[3]]));
+    assert_eq!(
+        inner_total,
+        quoted.len(),
+        "the quote holds the whole packet"
+    );
+    assert_checksums(&inner);
+}
+
+// ---------------------------------------------------------------------------
 // Frames the programs must not take for whole IPv4 packets.
 
 /// The frame (20-byte IPv4 header) with another IPv4 total length, and the

@@ -201,6 +201,8 @@ impl Env {
                 panic!("the verifier rejects {name}: {e:?}");
             }
         }
+        // The programs reached by tail call, as the controller loads them.
+        netctl::datapath::ebpf::fill_tail_calls(&mut ebpf).expect("TAIL_CALLS");
         let mut env = Env {
             ebpf,
             uplink,

@@ -26,7 +26,13 @@
 //! - a later fragment (offset > 0) the program rewrote changed nothing but
 //!   its addresses, TTL and IPv4 checksum (its data, L4 bytes included, is
 //!   untouched), and its new addresses are those `FRAGMENTS` holds for its
-//!   datagram (source, destination, protocol, id as it came in).
+//!   datagram (source, destination, protocol, id as it came in);
+//! - in an ICMP error, the quoted IPv4 header's checksum and, when the
+//!   quote holds the whole packet, its TCP/UDP/ICMP checksum likewise.
+//!
+//! The seeds include ICMP errors quoting each kind of flow (SNAT, DNAT,
+//! hairpin, generic) from both sides, so that mutations of them reach the
+//! translation of errors.
 //!
 //! Seeded, with a fixed default: `NETCTL_FUZZ_SEED=N` replays a run (the
 //! seed is printed, and named in any failure), `NETCTL_FUZZ_SEED=time` draws
@@ -35,6 +41,7 @@
 use std::net::Ipv4Addr;
 
 use netctl_common::fragment::{FragEntry, FragKey};
+use netctl_common::stats::StatIndex;
 use netctl_tests::{frames::*, tc::*};
 
 const DEFAULT_COUNT: u64 = 3000;
@@ -160,6 +167,19 @@ fn l4_residual(frame: &[u8]) -> Option<u16> {
         pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     }
     Some(!checksum(&[&pseudo, l4]))
+}
+
+/// The packet an ICMP error quotes, as a frame of its own (a made-up
+/// Ethernet header before the quote), when the frame is one.
+fn quoted(frame: &[u8]) -> Option<Vec<u8>> {
+    let (start, end) = l4_region(frame)?;
+    if frame[ETH + 9] != ICMP || end - start < 8 + 20 || ![3, 11, 12].contains(&frame[start]) {
+        return None;
+    }
+    let mut inner = vec![0u8; ETH];
+    inner[12..14].copy_from_slice(&[0x08, 0x00]);
+    inner.extend_from_slice(&frame[start + 8..end]);
+    Some(inner)
 }
 
 fn ip_residual(frame: &[u8]) -> Option<u16> {
@@ -524,6 +544,96 @@ fn seeds(env: &Env) -> Vec<Seed> {
         up,
         &Frame::new(UPLINK_MAC, WAN_GW_MAC, UPLINK_IP, REMOTE, tcp(40, 443, SYN)),
     );
+    // ICMP errors quoting each kind of flow, from the outside (a router
+    // on the way) and from the containers (port unreachable).
+    let router = Ipv4Addr::new(192, 0, 2, 254);
+    let from_outside =
+        |kind, quoted: &Frame| icmp_error(REMOTE_MAC, UPLINK_MAC, router, UPLINK_IP, kind, quoted);
+    let frag_needed = (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
+    let unreachable = (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH);
+    let left = |f: &Frame| {
+        with(f, |f| {
+            f.src = UPLINK_IP;
+            f.ttl = 1;
+        })
+    };
+    add(
+        "error, snat tcp",
+        up,
+        &from_outside(
+            frag_needed,
+            &left(&with(&syn, |f| f.l4 = tcp(snat_tcp, 443, ACK))),
+        ),
+    );
+    add(
+        "error, snat udp",
+        up,
+        &from_outside(
+            (ICMP_TIME_EXCEEDED, 0),
+            &left(&with(&dns, |f| f.l4 = udp(snat_udp, 53))),
+        ),
+    );
+    add(
+        "error, snat udp without checksum",
+        up,
+        &from_outside(
+            frag_needed,
+            &left(&with(&bare, |f| f.l4 = udp_no_checksum(snat_bare, 53))),
+        ),
+    );
+    add(
+        "error, snat icmp echo",
+        up,
+        &from_outside(
+            (ICMP_PARAM_PROBLEM, 0),
+            &left(&with(&ping, |f| f.l4 = echo(8, snat_id))),
+        ),
+    );
+    add(
+        "error, dnat reply",
+        up,
+        &from_outside(
+            frag_needed,
+            &Frame::from_outside(UPLINK_IP, REMOTE, tcp(8080, 50000, SYN | ACK)),
+        ),
+    );
+    let dnat_udp_in = with(&dns_in, |f| {
+        f.dst = A2.ip;
+        f.l4 = udp(50001, 53);
+    });
+    add(
+        "error from a container, dnat udp",
+        a2,
+        &icmp_error(A2.mac, NET_A.mac, A2.ip, REMOTE, unreachable, &dnat_udp_in),
+    );
+    add(
+        "error from a container, hairpin",
+        a2,
+        &icmp_error(
+            A2.mac,
+            NET_A.mac,
+            A2.ip,
+            back.src,
+            unreachable,
+            &with(&Frame::from(A1, A2.ip, tcp(back.sport, 80, SYN)), |f| {
+                f.src = back.src
+            }),
+        ),
+    );
+    // A protocol without ports (GRE), its answer, an error about it.
+    let gre = Frame::from(A1, REMOTE, L4::Raw { proto: 47 });
+    must(env.endpoint(A1, &gre.bytes()), "generic");
+    add("generic", a1, &gre);
+    add(
+        "generic reply",
+        up,
+        &Frame::from_outside(REMOTE, UPLINK_IP, L4::Raw { proto: 47 }),
+    );
+    add(
+        "error, generic",
+        up,
+        &from_outside(frag_needed, &left(&gre)),
+    );
     add(
         "spoofed",
         a1,
@@ -589,9 +699,14 @@ fn seeds(env: &Env) -> Vec<Seed> {
     seeds
 }
 
-/// A fragment past the first (offset > 0): no L4 header.
+/// A fragment past the first (offset > 0) of TCP, UDP or ICMP: no L4
+/// header, so its translation comes from FRAGMENTS. (Fragments of
+/// protocols without ports carry the whole tuple of their address-only
+/// flow, and are judged like any rewritten frame.)
 fn later_fragment(frame: &[u8]) -> bool {
-    is_ipv4(frame) && u16::from_be_bytes([frame[ETH + 6], frame[ETH + 7]]) & 0x1fff != 0
+    is_ipv4(frame)
+        && u16::from_be_bytes([frame[ETH + 6], frame[ETH + 7]]) & 0x1fff != 0
+        && matches!(frame[ETH + 9], 1 | 6 | 17)
 }
 
 /// What is wrong with a rewritten later fragment, if anything: only the
@@ -674,9 +789,38 @@ fn judge(
         _ => {}
     }
     match (l4_residual(input), l4_residual(out)) {
+        (Some(a), Some(b)) if !same_sum(a, b) => {
+            return Some(format!(
+                "L4 (protocol {}) checksum: residual {a:#06x} in, {b:#06x} out",
+                input[ETH + 9]
+            ))
+        }
+        _ => {}
+    }
+    // The quote of an ICMP error: its own checksums, judged alike.
+    let (Some(q_in), Some(q_out)) = (quoted(input), quoted(out)) else {
+        return None;
+    };
+    match (ip_residual(&q_in), ip_residual(&q_out)) {
+        (Some(a), Some(b)) if !same_sum(a, b) => {
+            return Some(format!(
+                "quoted IPv4 checksum: residual {a:#06x} in, {b:#06x} out"
+            ))
+        }
+        _ => {}
+    }
+    match (udp_csum(&q_in), udp_csum(&q_out)) {
+        (Some(0), Some(c)) if c != 0 => {
+            return Some(format!("quoted UDP checksum 0 (none) became {c:#06x}"))
+        }
+        (Some(0), _) => return None,
+        (Some(_), Some(0)) => return Some("quoted UDP checksum became 0 (none)".into()),
+        _ => {}
+    }
+    match (l4_residual(&q_in), l4_residual(&q_out)) {
         (Some(a), Some(b)) if !same_sum(a, b) => Some(format!(
-            "L4 (protocol {}) checksum: residual {a:#06x} in, {b:#06x} out",
-            input[ETH + 9]
+            "quoted L4 (protocol {}) checksum: residual {a:#06x} in, {b:#06x} out",
+            q_in[ETH + 9]
         )),
         _ => None,
     }
@@ -794,6 +938,13 @@ fn fuzz(program: &'static str, verdicts: &'static [u32], index: u64) {
             fragments_rewritten > count / 200,
             "only {fragments_rewritten} later fragments rewritten"
         );
+        // And the translation of ICMP errors (judged with their quotes).
+        let icmp_errors = env.stats()[StatIndex::IcmpError as usize].packets;
+        eprintln!("ebpf_fuzz {program}: {icmp_errors} ICMP errors translated");
+        assert!(
+            icmp_errors > count / 200,
+            "only {icmp_errors} ICMP errors translated"
+        );
     });
 }
 
@@ -862,6 +1013,31 @@ fn the_judge_catches_bad_rewrites() {
     assert!(
         judge_redirect(&input, &out).is_some(),
         "zero UDP checksum made non-zero"
+    );
+    // An ICMP error whose quote was rewritten without its checksums.
+    let quoted_frame = Frame::from(A1, REMOTE, tcp(33000, 443, ACK));
+    let kind = (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
+    let error = icmp_error(
+        REMOTE_MAC,
+        UPLINK_MAC,
+        REMOTE,
+        UPLINK_IP,
+        kind,
+        &quoted_frame,
+    );
+    let input = error.bytes();
+    let translated = with(&error, |f| f.dst = A1.ip).bytes();
+    assert_eq!(judge_redirect(&input, &translated), None);
+    let mut stale = translated.clone();
+    let quote = ETH + 20 + 8;
+    stale[quote + 12..quote + 16].copy_from_slice(&UPLINK_IP.octets());
+    // The ICMP checksum made right again: only the quoted ones are stale.
+    stale[ETH + 22..ETH + 24].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&stale[ETH + 20..]]);
+    stale[ETH + 22..ETH + 24].copy_from_slice(&c.to_be_bytes());
+    assert!(
+        judge_redirect(&input, &stale).is_some(),
+        "quoted checksums not updated"
     );
     // A verdict the program may not return.
     let frame = Frame::from(A1, REMOTE, udp(1, 2)).bytes();

@@ -198,7 +198,7 @@ fn snat_udp_without_neighbour_keeps_a_zero_checksum_zero() {
 }
 
 #[test]
-fn snat_icmp_echo_by_identifier_and_other_protocols_pass() {
+fn snat_icmp_echo_by_identifier_and_other_protocols_by_address() {
     in_netns(Opts::default(), |env| {
         let request = Frame::from(A1, REMOTE, echo(8, 0x4242));
         let (verdict, out) = env.endpoint(A1, &request.bytes());
@@ -244,19 +244,29 @@ fn snat_icmp_echo_by_identifier_and_other_protocols_pass() {
             }),
         );
 
-        // Not translated, handed to the kernel as they are: an ICMP
-        // timestamp request, GRE.
-        let timestamp = Frame::from(A1, REMOTE, echo(13, 0x4343)).bytes();
-        assert_verdict(env.endpoint(A1, &timestamp), TC_ACT_OK, &timestamp);
-        let gre = Frame::from(A1, REMOTE, L4::Raw { proto: 47 }).bytes();
-        assert_verdict(env.endpoint(A1, &gre), TC_ACT_OK, &gre);
-        assert_eq!(env.conntrack().len(), 2);
+        // Without identifier or ports, translated by address only (a flow
+        // per server and protocol, ebpf_icmp.rs): an ICMP timestamp
+        // request, GRE.
+        for l4 in [echo(13, 0x4343), L4::Raw { proto: 47 }] {
+            let other = Frame::from(A1, REMOTE, l4);
+            let (verdict, out) = env.endpoint(A1, &other.bytes());
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert_frame(
+                &out,
+                &with(&other, |f| {
+                    f.src = UPLINK_IP;
+                    f.src_mac = UPLINK_MAC;
+                    f.dst_mac = WAN_GW_MAC;
+                    f.ttl = 63;
+                }),
+            );
+        }
+        assert_eq!(env.conntrack().len(), 6);
         env.assert_stats(&[
-            (StatIndex::Snat, 1),
-            (StatIndex::RedirectUplink, 1),
+            (StatIndex::Snat, 3),
+            (StatIndex::RedirectUplink, 3),
             (StatIndex::ReverseNat, 1),
             (StatIndex::RedirectPeer, 1),
-            (StatIndex::UnsupportedProto, 2),
         ]);
     });
 }
@@ -525,10 +535,12 @@ fn uplink_egress_leaves_host_traffic_alone_and_checks_container_traffic() {
         )
         .bytes();
         assert_verdict(env.uplink_out(&host), TC_ACT_OK, &host);
-        // Unsupported protocols leave as they are; a later fragment whose
-        // first was not translated is refused.
-        let gre = routed(A1, L4::Raw { proto: 47 }).bytes();
-        assert_verdict(env.uplink_out(&gre), TC_ACT_OK, &gre);
+        // Protocols without ports leave translated by address; a later
+        // fragment whose first was not translated is refused.
+        let gre = routed(A1, L4::Raw { proto: 47 });
+        let (verdict, out) = env.uplink_out(&gre.bytes());
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_frame(&out, &with(&gre, |f| f.src = UPLINK_IP));
         let fragment = with(&routed(A1, udp(5000, 53)), |f| f.frag = 0x00b9).bytes();
         assert_verdict(env.uplink_out(&fragment), TC_ACT_SHOT, &fragment);
         // ICMP echo through the slow path.
@@ -545,9 +557,8 @@ fn uplink_egress_leaves_host_traffic_alone_and_checks_container_traffic() {
         );
         env.assert_stats(&[
             (StatIndex::Pass, 1),
-            (StatIndex::UnsupportedProto, 1),
             (StatIndex::DropFragmentOutOfOrder, 1),
-            (StatIndex::Snat, 1),
+            (StatIndex::Snat, 2),
         ]);
     });
 }

@@ -42,6 +42,12 @@
 //!   nettool rasend IFACE SRC_MAC COUNT      send COUNT IPv6 router advertisements of a
 //!                                            default route and 2001:db8:1::/64 (l2.rs)
 //!
+//!   nettool icmpwatch MILLIS                print each ICMP error received, its quote and
+//!                                            whether its checksums verify (rawip.rs)
+//!   nettool rawecho PROTO MILLIS            answer packets of IP protocol PROTO (rawip.rs)
+//!   nettool rawask PROTO IP                 one packet of IP protocol PROTO to IP, wait
+//!                                            for its answer (rawip.rs)
+//!
 //! `count` and both `sniff`s print `listening on ...` once their socket is
 //! bound: a test starts sending after that line.
 //!   nettool udpask sendto|connect IP:PORT  one datagram "hello" to IP:PORT from an
@@ -75,6 +81,8 @@ mod checksums;
 mod l2;
 #[path = "nettool/probe.rs"]
 mod probe;
+#[path = "nettool/rawip.rs"]
+mod rawip;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// A server answers at most this many clients unless told otherwise.
@@ -126,6 +134,9 @@ fn main() -> ExitCode {
             Ok(ms) => udp_big(host, port, bytes, Duration::from_millis(ms)),
             Err(_) => Err(format!("bad timeout {ms}")),
         },
+        ["icmpwatch", millis] => rawip::icmp_watch(millis),
+        ["rawecho", proto, millis] => rawip::raw_echo(proto, millis),
+        ["rawask", proto, ip] => rawip::raw_ask(proto, ip),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -135,7 +146,8 @@ fn main() -> ExitCode {
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
-                  | udptick IP:PORT SPORT EVERY_MS COUNT"
+                  | udptick IP:PORT SPORT EVERY_MS COUNT | icmpwatch MILLIS \
+                  | rawecho PROTO MILLIS | rawask PROTO IP"
             .into()),
     };
     match result {

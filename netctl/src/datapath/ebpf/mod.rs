@@ -42,7 +42,7 @@ pub use self::{
         conntrack_capacity, conntrack_gc, conntrack_list, conntrack_max, conntrack_remove, Flow,
         CONNTRACK_MAX_DEFAULT, CONNTRACK_MAX_ENV,
     },
-    pins::{ensure_bpffs, netns_cookie, EBPF_OBJECT},
+    pins::{ensure_bpffs, fill_tail_calls, netns_cookie, EBPF_OBJECT},
     stats::stats,
     trace::{trace, TRACE_MAX_SECONDS},
 };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::Array,
+    maps::{Array, ProgramArray},
     programs::{
         links::{FdLink, PinnedLink},
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
@@ -27,6 +27,52 @@ use crate::{
     error::{Error, Result},
     failpoint,
 };
+
+/// Loads the programs reached by tail call and fills `TAIL_CALLS`
+/// (`maps::TAIL_*` slots): `endpoint_icmp_error`, and `endpoint_ingress`
+/// (loaded already), where an ICMP error quoting no flow goes back to. The
+/// map is pinned, which keeps its entries (the kernel empties a program
+/// array when its last file descriptor or pin goes). Tests that load the
+/// object call this too.
+pub fn fill_tail_calls(bpf: &mut aya::Ebpf) -> Result<()> {
+    let icmp: &mut SchedClassifier = bpf
+        .program_mut(maps::ICMP_ERROR_PROGRAM)
+        .ok_or_else(|| {
+            Error::system(
+                format!("program {}", maps::ICMP_ERROR_PROGRAM),
+                "missing from the object",
+            )
+        })?
+        .try_into()
+        .map_err(|e| bpf_error(format!("program {}", maps::ICMP_ERROR_PROGRAM), e))?;
+    icmp.load()
+        .map_err(|e| bpf_error(format!("program {}", maps::ICMP_ERROR_PROGRAM), e))?;
+    let mut fds = Vec::new();
+    for (slot, name) in [
+        (maps::TAIL_ICMP_ERROR, maps::ICMP_ERROR_PROGRAM),
+        (maps::TAIL_ENDPOINT_INGRESS, ENDPOINT_INGRESS),
+    ] {
+        let fd = bpf
+            .program(name)
+            .ok_or_else(|| Error::system(format!("program {name}"), "missing from the object"))?
+            .fd()
+            .map_err(|e| bpf_error(format!("program {name}"), e))?
+            .try_clone()
+            .map_err(|e| Error::io(format!("program {name}"), e))?;
+        fds.push((slot, fd));
+    }
+    let map = bpf
+        .map_mut(maps::TAIL_CALLS)
+        .ok_or_else(|| Error::system("map TAIL_CALLS", "missing from the object"))?;
+    let mut tails: ProgramArray<_> =
+        ProgramArray::try_from(map).map_err(|e| bpf_error("map TAIL_CALLS", e))?;
+    for (slot, fd) in &fds {
+        tails
+            .set(*slot, fd, 0)
+            .map_err(|e| bpf_error("map TAIL_CALLS", e))?;
+    }
+    Ok(())
+}
 
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
 pub static EBPF_OBJECT: &[u8] =
@@ -199,6 +245,7 @@ impl Ebpf {
                 )?;
             }
         }
+        fill_tail_calls(&mut bpf)?;
         let cgroup = fs::File::open(&self.host.config.cgroup)
             .map_err(|e| Error::io(format!("cgroup {}", self.host.config.cgroup.display()), e))?;
         for name in SOCK_PROGRAMS {
