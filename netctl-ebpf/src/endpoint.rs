@@ -341,7 +341,7 @@ fn hairpin(
         },
         bytes,
     )?;
-    nat::apply(ctx, pkt, &entry)?;
+    nat::apply(ctx, pkt, entry)?;
     count(StatIndex::Hairpin, bytes);
     forward::redirect_peer(ctx, pkt, &peer)
 }
