@@ -213,7 +213,13 @@ pub const CT_SEQ_SLACK: u32 = 66_000;
 /// directions' numbers. With nothing known (a flow picked up mid-stream),
 /// everything is in the window.
 #[inline(always)]
-pub fn in_window(sender: &CtEntry, receiver: Option<&CtEntry>, seq: u32, ack: u32, has_ack: bool) -> bool {
+pub fn in_window(
+    sender: &CtEntry,
+    receiver: Option<&CtEntry>,
+    seq: u32,
+    ack: u32,
+    has_ack: bool,
+) -> bool {
     let mut slack = CT_SEQ_SLACK;
     let mut low_known = false;
     let mut low = 0u32;

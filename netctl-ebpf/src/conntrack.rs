@@ -159,14 +159,23 @@ fn acknowledges(receiver: &CtEntry, ack: u32) -> bool {
 /// for a FIN or RST, within the flow's window; `fin_seen`: this direction
 /// sent a FIN before; `peer_fin`: the other one did.
 #[inline(always)]
-fn tcp_next(state: u8, direction: u8, flags: u8, valid: bool, in_window: bool, fin_seen: bool, peer_fin: bool) -> u8 {
+fn tcp_next(
+    state: u8,
+    direction: u8,
+    flags: u8,
+    valid: bool,
+    in_window: bool,
+    fin_seen: bool,
+    peer_fin: bool,
+) -> u8 {
     if flags & TCP_RST != 0 {
         return if in_window { CT_STATE_CLOSE } else { state };
     }
     if flags & TCP_SYN != 0 {
         // A SYN-ACK from the responder that acknowledges the SYN. (A bare
         // SYN on a closed flow started a new one in lookup_packet.)
-        if flags & TCP_ACK != 0 && direction == CT_DIR_REPLY && state == CT_STATE_SYN_SENT && valid {
+        if flags & TCP_ACK != 0 && direction == CT_DIR_REPLY && state == CT_STATE_SYN_SENT && valid
+        {
             return CT_STATE_SYN_RECV;
         }
         return state;
@@ -289,7 +298,8 @@ unsafe fn tcp_seen(entry: *mut CtEntry, pair_key: &CtKey, pkt: &Packet, bytes: u
     let own = (*entry).flags;
     let end = pkt.tcp_seq.wrapping_add(pkt.tcp_len);
     let known = own & CT_FLAG_SEQ != 0;
-    let need_pair = flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 || !known || state == CT_STATE_SYN_RECV;
+    let need_pair =
+        flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 || !known || state == CT_STATE_SYN_RECV;
     let pair = if need_pair {
         CONNTRACK.get_ptr(pair_key)
     } else {

@@ -407,7 +407,12 @@ pub fn new_flow<'a>(
     // SAFETY: a callback of bpf_loop's signature, no context (the state is
     // in SNAT_SEARCH).
     unsafe {
-        bpf_loop(tries, port_candidate as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(
+            tries,
+            port_candidate as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
     }
     if search.found == 0 {
         return Err(StatIndex::DropSnatExhausted);

@@ -220,7 +220,8 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
             // Payload: what the IPv4 total length leaves after the headers
             // (a GSO packet counts whole); SYN and FIN take one number each.
             let l4_len = (l4_end - l4_off) as u32;
-            let syn_fin = u32::from(pkt.tcp_flags & TCP_SYN != 0) + u32::from(pkt.tcp_flags & TCP_FIN != 0);
+            let syn_fin =
+                u32::from(pkt.tcp_flags & TCP_SYN != 0) + u32::from(pkt.tcp_flags & TCP_FIN != 0);
             pkt.tcp_len = l4_len.saturating_sub(doff) + syn_fin;
             pkt.l4 = L4::Tcp;
         }

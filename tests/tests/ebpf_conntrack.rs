@@ -439,7 +439,13 @@ fn tcp_flows_follow_the_kernels_states() {
         // A SYN-ACK acknowledging something else: forwarded, no change.
         let blind = numbered(&from_server(SYN | ACK), 0x5555_0000, 0x7777_0000);
         assert_eq!(env.uplink_in(&blind.bytes()).0, TC_ACT_REDIRECT);
-        assert_state(env, &orig, &back, CT_STATE_SYN_SENT, "after a blind SYN-ACK");
+        assert_state(
+            env,
+            &orig,
+            &back,
+            CT_STATE_SYN_SENT,
+            "after a blind SYN-ACK",
+        );
         let syn_ack = numbered(&from_server(SYN | ACK), n.server, n.client);
         assert_eq!(env.uplink_in(&syn_ack.bytes()).0, TC_ACT_REDIRECT);
         n.server += seq_len(&syn_ack);
@@ -482,7 +488,13 @@ fn tcp_flows_follow_the_kernels_states() {
         let (verdict, out) = env.endpoint(A1, &data_ack.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!((view(&out).src, view(&out).sport), (UPLINK_IP, port));
-        assert_state(env, &orig, &back, CT_STATE_CLOSE_WAIT, "data while half-closed");
+        assert_state(
+            env,
+            &orig,
+            &back,
+            CT_STATE_CLOSE_WAIT,
+            "data while half-closed",
+        );
 
         // The server closes too; the client acknowledges.
         let fin2 = numbered(&from_server(FIN | ACK), n.server, n.client);
@@ -521,14 +533,22 @@ fn rst_and_fin_outside_the_window_change_nothing() {
         let syn_ack = numbered(&from_server(SYN | ACK), server, client);
         env.uplink_in(&syn_ack.bytes());
         server += seq_len(&syn_ack);
-        let ack = numbered(&Frame::from(A1, REMOTE, tcp(33000, 443, ACK)), client, server);
+        let ack = numbered(
+            &Frame::from(A1, REMOTE, tcp(33000, 443, ACK)),
+            client,
+            server,
+        );
         env.endpoint(A1, &ack.bytes());
         let client = client + seq_len(&ack);
         assert_state(env, &orig, &back, CT_STATE_ESTABLISHED, "established");
 
         // Blind: far from the server's numbers, acknowledging nothing real.
         for flags in [RST, RST | ACK, FIN | ACK] {
-            let blind = numbered(&from_server(flags), server.wrapping_add(0x4000_0000), 0x7777_0000);
+            let blind = numbered(
+                &from_server(flags),
+                server.wrapping_add(0x4000_0000),
+                0x7777_0000,
+            );
             let (verdict, out) = env.uplink_in(&blind.bytes());
             assert_eq!(verdict, TC_ACT_REDIRECT, "forwarded all the same");
             assert_eq!(view(&out).dst, A1.ip);
@@ -581,8 +601,13 @@ fn early_drop_takes_the_oldest_unconfirmed_flow_never_an_established_one() {
         let client = Ipv4Addr::new(203, 0, 113, 50);
         let syn = Frame::from_outside(client, UPLINK_IP, tcp(40000, 8080, SYN)).bytes();
         assert_verdict(env.uplink_in(&syn), TC_ACT_SHOT, &syn);
-        assert!(env.ct_get(&flood0).is_none(), "the oldest unconfirmed flow went");
-        assert!(env.ct_get(&ct_key(A2.ip, spoofed(0), 80, 50000, TCP)).is_none());
+        assert!(
+            env.ct_get(&flood0).is_none(),
+            "the oldest unconfirmed flow went"
+        );
+        assert!(env
+            .ct_get(&ct_key(A2.ip, spoofed(0), 80, 50000, TCP))
+            .is_none());
         assert!(env.ct_get(&flood1).is_some(), "one at a time");
         assert!(env.ct_get(&est_key).is_some(), "the established flow stays");
         // ...and its retransmission gets in.
@@ -599,5 +624,95 @@ fn early_drop_takes_the_oldest_unconfirmed_flow_never_an_established_one() {
         assert!(env.ct_get(&flood1).is_none());
         assert!(env.ct_get(&est_key).is_some(), "the established flow stays");
         assert_eq!(env.stats()[StatIndex::CtEarlyDrop as usize].packets, 2);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// SNAT port allocation.
+
+/// MASQUERADE's allocation: the container's own source port when it is in
+/// the range and free; another container with the same source port to the
+/// same destination gets another port, and the same port towards another
+/// destination; with every port of the range but one taken towards a
+/// destination, the search finds that one, then gives up
+/// (`drop_snat_exhausted`). Today's code hashed 8 tries over the range:
+/// it kept a source port by chance only and gave up with one free port in
+/// 64.
+#[test]
+fn snat_keeps_a_free_source_port_and_searches_the_range() {
+    let opts = Opts {
+        snat_ports: (40_000, 40_063),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let (verdict, out) =
+            env.endpoint(A1, &Frame::from(A1, REMOTE, tcp(40_010, 443, SYN)).bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, 40_010, "the source port kept");
+        assert_checksums(&out);
+        let (verdict, out) =
+            env.endpoint(A2, &Frame::from(A2, REMOTE, tcp(40_010, 443, SYN)).bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let second = view(&out).sport;
+        assert!(
+            second != 40_010 && (40_000..=40_063).contains(&second),
+            "{second}"
+        );
+        let elsewhere = Ipv4Addr::new(203, 0, 113, 11);
+        let (verdict, out) = env.endpoint(
+            A2,
+            &Frame::from(A2, elsewhere, tcp(40_010, 443, SYN)).bytes(),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, 40_010, "free towards another destination");
+
+        // Every port towards REMOTE:80 taken by live flows but 40037.
+        let a2 = env.veth(A2);
+        for port in (40_000..=40_063).filter(|p| *p != 40_037) {
+            env.ct_insert(
+                ct_key(REMOTE, UPLINK_IP, 80, port, TCP),
+                CtEntryBuilder::snat((REMOTE, 80), (A2.ip, port))
+                    .reply()
+                    .deliver_to(a2)
+                    .state(CT_STATE_ESTABLISHED)
+                    .last_seen(monotonic_ns())
+                    .build(),
+            );
+        }
+        let (verdict, out) =
+            env.endpoint(A1, &Frame::from(A1, REMOTE, tcp(33_000, 80, SYN)).bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(view(&out).sport, 40_037, "the one free port, found");
+        let next = Frame::from(A1, REMOTE, tcp(33_001, 80, SYN)).bytes();
+        assert_verdict(env.endpoint(A1, &next), TC_ACT_SHOT, &next);
+        assert_eq!(
+            env.stats()[StatIndex::DropSnatExhausted as usize].packets,
+            1
+        );
+    });
+}
+
+/// The host's ephemeral range inside the SNAT range (CONFIG's skip) is
+/// never allocated, not even as a kept source port.
+#[test]
+fn snat_never_uses_the_hosts_ephemeral_range() {
+    in_netns(Opts::default(), |env| {
+        env.set_snat((40_000, 40_009), (40_001, 40_008));
+        let mut ports = Vec::new();
+        for sport in [33_000, 40_005] {
+            let (verdict, out) =
+                env.endpoint(A1, &Frame::from(A1, REMOTE, tcp(sport, 443, SYN)).bytes());
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            ports.push(view(&out).sport);
+        }
+        ports.sort_unstable();
+        assert_eq!(ports, vec![40_000, 40_009]);
+        let third = Frame::from(A1, REMOTE, tcp(33_002, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A1, &third), TC_ACT_SHOT, &third);
+        env.assert_stats(&[
+            (StatIndex::Snat, 2),
+            (StatIndex::RedirectUplink, 2),
+            (StatIndex::DropSnatExhausted, 1),
+        ]);
     });
 }

@@ -109,10 +109,7 @@ fn snat_tcp_flow_out_and_back_with_states() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_frame(&out, &snatted(&ack, ACK | PSH));
         assert_eq!(env.ct_get(&original_key).unwrap().packets, 2);
-        assert_eq!(
-            env.ct_get(&reply_key).unwrap().state,
-            CT_STATE_ESTABLISHED
-        );
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_ESTABLISHED);
 
         // FIN: half-closed, both entries.
         let fin = numbered(

@@ -25,7 +25,11 @@ fn front(sb: &Sandbox, conntrack_max: Option<&str>) {
         cmd.env("NETCTL_CONNTRACK_MAX", max);
     }
     let out = cmd.output().expect("run netctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A link's MAC in a namespace of the sandbox (`ip -o link`).
@@ -42,7 +46,9 @@ fn mac_of(sb: &Sandbox, netns: &str, link: &str) -> String {
 fn stat(sb: &Sandbox, name: &str) -> u64 {
     let json: serde_json::Value =
         serde_json::from_str(&sb.netctl_ok(&["--format", "json", "stats"])).expect("stats json");
-    json[name]["packets"].as_u64().unwrap_or_else(|| panic!("no {name} in {json}"))
+    json[name]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
 }
 
 /// One container, one server port, 20,000 flows (one per source port,
@@ -57,11 +63,17 @@ fn twenty_thousand_udp_flows_to_one_server_port_are_all_answered(datapath: &str)
     let tool = nettool();
     let outside = sb.outside_netns.clone();
     let server = format!("{OUTSIDE_IP}:7000");
-    sb.spawn_in(&outside, &[&tool, "serve", "udp", &server, "--count", "1000000"]);
+    sb.spawn_in(
+        &outside,
+        &[&tool, "serve", "udp", &server, "--count", "1000000"],
+    );
     let a = sb.netns_of("a");
     let ip = OUTSIDE_IP.to_string();
     call_until_answer(|| sb.run_in(&a, &[&tool, "call", "udp", &ip, "7000"]));
-    let out = sb.run_in(&a, &[&tool, "udpflows", &ip, "7000", "10000", "20000", "55"]);
+    let out = sb.run_in(
+        &a,
+        &[&tool, "udpflows", &ip, "7000", "10000", "20000", "55"],
+    );
     assert_eq!(
         text(&out).trim(),
         "sent=20000 answered=20000",
@@ -86,8 +98,18 @@ fn a_spoofed_syn_flood_does_not_keep_new_connections_out(datapath: &str) {
     front(&sb, Some("1024"));
     let tool = nettool();
     sb.netctl_ok(&[
-        "container", "run", "web", "--network", "front", "-p", "8080:80", "--", &tool, "serve",
-        "tcp", "80",
+        "container",
+        "run",
+        "web",
+        "--network",
+        "front",
+        "-p",
+        "8080:80",
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "80",
     ]);
     let uplink_mac = mac_of(&sb, &sb.host_netns, "uplink0");
     let wan_mac = mac_of(&sb, &sb.outside_netns, "wan0");
@@ -96,24 +118,47 @@ fn a_spoofed_syn_flood_does_not_keep_new_connections_out(datapath: &str) {
     call_until_answer(|| sb.run_in(&outside, &[&tool, "call", "tcp", &uplink_ip, "8080"]));
     let flood = sb.run_in_ok(
         &outside,
-        &[&tool, "synflood", "wan0", &wan_mac, &uplink_mac, &uplink_ip, "8080", "2000"],
+        &[
+            &tool,
+            "synflood",
+            "wan0",
+            &wan_mac,
+            &uplink_mac,
+            &uplink_ip,
+            "8080",
+            "2000",
+        ],
     );
     assert_eq!(flood.trim(), "sent=2000");
     for i in 0..10 {
         let out = sb.run_in(
             &outside,
-            &[&tool, "call", "tcp", &uplink_ip, "8080", "--timeout-ms", "8000"],
+            &[
+                &tool,
+                "call",
+                "tcp",
+                &uplink_ip,
+                "8080",
+                "--timeout-ms",
+                "8000",
+            ],
         );
         assert!(
             out.status.success(),
             "{datapath}: connection {i} after the flood: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(text(&out).trim().split(':').next(), Some(&*format!("peer={OUTSIDE_IP}")));
+        assert_eq!(
+            text(&out).trim().split(':').next(),
+            Some(&*format!("peer={OUTSIDE_IP}"))
+        );
     }
     if datapath == "ebpf" {
         let flows = sb.netctl_ok(&["--format", "json", "conntrack", "ls"]);
-        assert!(flows.contains("\"syn_recv\""), "unconfirmed flood flows: {flows}");
+        assert!(
+            flows.contains("\"syn_recv\""),
+            "unconfirmed flood flows: {flows}"
+        );
         assert!(stat(&sb, "ct_early_drop") > 0, "early drop made the room");
     }
 }
@@ -128,8 +173,19 @@ fn a_half_closed_connection_idle_for_55_seconds_still_delivers(datapath: &str) {
     front(&sb, None);
     let tool = nettool();
     sb.netctl_ok(&[
-        "container", "run", "late", "--network", "front", "-p", "8081:81", "--", &tool,
-        "halfclose", "serve", "81", "55000",
+        "container",
+        "run",
+        "late",
+        "--network",
+        "front",
+        "-p",
+        "8081:81",
+        "--",
+        &tool,
+        "halfclose",
+        "serve",
+        "81",
+        "55000",
     ]);
     let uplink_ip = HOST_UPLINK_IP.to_string();
     let outside = sb.outside_netns.clone();

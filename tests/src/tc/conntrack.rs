@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap};
 use netctl_common::conntrack::{
-    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_HOST,
-    CT_KIND_SNAT, CT_STATE_NEW, CT_FLAG_ACK, CT_FLAG_SEQ,
+    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_ACK, CT_FLAG_SEQ, CT_KIND_DNAT,
+    CT_KIND_HAIRPIN, CT_KIND_HOST, CT_KIND_SNAT, CT_STATE_NEW,
 };
 
 use super::{be_ip, be_port, Env};

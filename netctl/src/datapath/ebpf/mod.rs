@@ -107,7 +107,12 @@ pub fn kernel_ephemeral_ports() -> Result<(u16, u16)> {
     let text = crate::netns::read_sysctl(key)?;
     crate::ports::HostPorts::parse_range(&text)
         .map(|r| (*r.start(), *r.end()))
-        .ok_or_else(|| Error::system(format!("sysctl {key}"), format!("unreadable value {text:?}")))
+        .ok_or_else(|| {
+            Error::system(
+                format!("sysctl {key}"),
+                format!("unreadable value {text:?}"),
+            )
+        })
 }
 
 pub struct Ebpf {

@@ -23,7 +23,13 @@ fn number<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> {
 /// one datagram each (sent again every 100 ms while unanswered, 5 s at
 /// most), BATCH sockets at a time, SECONDS in all. Prints `sent=N
 /// answered=M` (flows, not datagrams).
-pub fn udp_flows(host: &str, port: &str, first: &str, flows: &str, seconds: &str) -> Result<(), String> {
+pub fn udp_flows(
+    host: &str,
+    port: &str,
+    first: &str,
+    flows: &str,
+    seconds: &str,
+) -> Result<(), String> {
     let server: SocketAddr = format!("{host}:{port}")
         .parse()
         .map_err(|e| format!("{host}:{port}: {e}"))?;
@@ -89,7 +95,13 @@ pub fn udp_flows(host: &str, port: &str, first: &str, flows: &str, seconds: &str
 }
 
 /// A TCP SYN frame from `src:sport` to `dst:dport`.
-fn syn_frame(macs: ([u8; 6], [u8; 6]), src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+fn syn_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(20);
     tcp.extend_from_slice(&sport.to_be_bytes());
     tcp.extend_from_slice(&dport.to_be_bytes());
@@ -174,7 +186,9 @@ pub fn half_close_call(host: &str, port: &str, timeout_ms: &str) -> Result<(), S
     let timeout = Duration::from_millis(number("timeout", timeout_ms)?);
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.write_all(b"hello\n").map_err(|e| format!("write: {e}"))?;
+    stream
+        .write_all(b"hello\n")
+        .map_err(|e| format!("write: {e}"))?;
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
