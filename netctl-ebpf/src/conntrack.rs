@@ -420,7 +420,8 @@ pub fn insert_original(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Resul
 }
 
 /// Deletes every dead entry of the table — past its timeout, and its pair
-/// too or gone (the rule of [`lookup`] and `netctl conntrack gc`) — at most
+/// too or gone (the rule of [`lookup`] and `netctl conntrack gc`) — and
+/// every entry of a closed TCP flow (TIME_WAIT, CLOSE), at most
 /// once per [`RECLAIM_INTERVAL_NS`] over all CPUs (the time of the last
 /// sweep is in `CT_RECLAIM`; two CPUs starting in the same instant both
 /// sweep, which is harmless). Called for every `drop_conntrack_full`: an
@@ -559,11 +560,16 @@ extern "C" fn reclaim_entry(
     unsafe {
         let proto = (*key).proto;
         let now = bpf_ktime_get_ns();
-        if !expired(&*entry, proto, now) {
+        // A closed TCP flow (TIME_WAIT, CLOSE) gives way under pressure:
+        // the table is full and holds no unconfirmed flow. Its pair is
+        // closed too (both share the state) and goes when the walk reaches
+        // it.
+        let over = proto == PROTO_TCP && closed((*entry).state);
+        if !over && !expired(&*entry, proto, now) {
             return 0;
         }
         if let Some(pair) = CONNTRACK.get_ptr(reverse_key(&*entry, proto)) {
-            if !expired(&*pair, proto, now) {
+            if !over && !expired(&*pair, proto, now) {
                 return 0;
             }
         }
