@@ -1,6 +1,12 @@
 //! Address and port translation: applying a conntrack entry to a packet,
 //! and creating the entries of new SNAT, DNAT and hairpin flows.
 
+// Keys that live in map values or already on the stack are passed to the
+// map helpers by reference, so that the helper gets that very pointer
+// rather than a copy in a new stack slot: the program and its callbacks
+// share 512 bytes of stack, and endpoint_ingress uses most of them.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_loop, programs::TcContext};
