@@ -716,3 +716,50 @@ fn snat_never_uses_the_hosts_ephemeral_range() {
         ]);
     });
 }
+
+/// A table full of confirmed flows, one of them closed (TIME_WAIT, well
+/// within its 120 s): early drop finds nothing, and the sweep deletes the
+/// closed flow, so that the refused flow's retransmission gets in; the
+/// established flow stays.
+#[test]
+fn under_pressure_a_closed_flow_gives_way() {
+    let opts = Opts {
+        conntrack_max: Some(4),
+        ..Opts::default()
+    };
+    in_netns(opts, |env| {
+        let a1 = env.veth(A1);
+        let now = monotonic_ns();
+        let plant = |env: &mut Env, sport: u16, nat: u16, state: u8| {
+            let key = ct_key(A1.ip, REMOTE, sport, 443, TCP);
+            env.ct_insert(
+                key,
+                CtEntryBuilder::snat((UPLINK_IP, nat), (REMOTE, 443))
+                    .state(state)
+                    .last_seen(now)
+                    .build(),
+            );
+            env.ct_insert(
+                ct_key(REMOTE, UPLINK_IP, 443, nat, TCP),
+                CtEntryBuilder::snat((REMOTE, 443), (A1.ip, sport))
+                    .reply()
+                    .deliver_to(a1)
+                    .state(state)
+                    .last_seen(now)
+                    .build(),
+            );
+            key
+        };
+        let closed = plant(env, 35_000, 40_100, CT_STATE_TIME_WAIT);
+        let live = plant(env, 35_001, 40_101, CT_STATE_ESTABLISHED);
+        let syn = Frame::from(A2, REMOTE, tcp(36_000, 443, SYN)).bytes();
+        assert_verdict(env.endpoint(A2, &syn), TC_ACT_SHOT, &syn);
+        assert!(env.ct_get(&closed).is_none(), "the closed flow gave way");
+        assert!(env.ct_get(&live).is_some(), "the established flow stays");
+        assert_eq!(env.conntrack().len(), 2);
+        let (verdict, out) = env.endpoint(A2, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_checksums(&out);
+        assert_eq!(env.stats()[StatIndex::CtEarlyDrop as usize].packets, 0);
+    });
+}
