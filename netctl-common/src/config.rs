@@ -16,7 +16,10 @@ pub struct Config {
     pub host_netns_cookie: u64,
     /// `CONFIG_FLAG_*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Ports of the SNAT range never used, host order, inclusive (the
+    /// host's own ephemeral range, `ip_local_port_range`); 0-0: none.
+    pub snat_skip_min: u16,
+    pub snat_skip_max: u16,
 }
 
 /// aya-log debug output on (off by default: it costs per packet).

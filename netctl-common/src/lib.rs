@@ -30,6 +30,9 @@ pub mod maps {
     pub const PORTMAP: &str = "PORTMAP";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const CT_RECLAIM: &str = "CT_RECLAIM";
+    pub const CT_UNCONFIRMED: &str = "CT_UNCONFIRMED";
+    /// Per-CPU scratch of the SNAT port search (no type of ours to read).
+    pub const SNAT_SEARCH: &str = "SNAT_SEARCH";
     pub const STATS: &str = "STATS";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FRAGMENTS";
@@ -37,13 +40,15 @@ pub mod maps {
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
         PORTMAP,
         CONNTRACK,
         CT_RECLAIM,
+        CT_UNCONFIRMED,
+        SNAT_SEARCH,
         SOCK_REVNAT,
         STATS,
         FRAGMENTS,

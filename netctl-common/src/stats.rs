@@ -107,6 +107,15 @@ stat_indexes! {
     /// kernel untranslated, which sends the container "fragmentation
     /// needed" (DF) or fragments it, as its forwarding does.
     MtuPass => "mtu_pass",
+    /// Not a packet verdict: an unconfirmed flow (a TCP handshake not
+    /// completed, or no reply yet) whose entries were deleted to make room
+    /// in a full conntrack table (early drop, as nf_conntrack does). The
+    /// bytes are 0.
+    CtEarlyDrop => "ct_early_drop",
+    /// A TCP FIN or RST outside its flow's window (a blind or stale one):
+    /// forwarded, but the flow's state is left as it was. Also counted
+    /// under the packet's verdict.
+    CtOutOfWindow => "ct_out_of_window",
 }
 
 /// One counter slot: packets and bytes.

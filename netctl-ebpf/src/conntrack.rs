@@ -3,22 +3,37 @@
 //! other direction is the rewritten tuple turned around ([`reverse_key`]),
 //! so either entry finds its pair without storing it.
 //!
+//! TCP flows follow the kernel's state machine (see [`tcp_next`]): a flow
+//! is ESTABLISHED only once the initiator acknowledges the responder's
+//! SYN-ACK, and each entry keeps what its direction sent and acknowledged,
+//! so that a FIN or RST outside the window changes nothing.
+//!
 //! The table is a plain hash of fixed size, not an LRU: when it is full an
-//! insert fails, and only the new flow that needed room is dropped
-//! (`drop_conntrack_full`); the flows already tracked never lose their
-//! entries. An LRU would instead evict the least recently used flow in
-//! silence, which may well be an idle established connection. Room is
-//! made by three means: expired entries are deleted when a lookup meets
-//! them; `netctl conntrack gc` does the same from userspace; and when an
-//! insert finds the table full, [`reclaim`] sweeps it for dead entries that
-//! nobody looks up any more (a closed flow whose tuple never comes back).
-//! The packet that found the table full is dropped all the same; its
-//! retransmission (a SYN is resent after a second) finds the room. The
-//! sweep runs in one place, where a program turns a drop into its verdict:
+//! insert fails, and the new flow that needed room is dropped
+//! (`drop_conntrack_full`); confirmed flows never lose their entries. An
+//! LRU would instead evict the least recently used flow in silence, which
+//! may well be an idle established connection. Room is made by four means:
+//! expired entries are deleted when a lookup meets them; `netctl conntrack
+//! gc` does the same from userspace; when an insert finds the table full,
+//! [`early_drop`] deletes the oldest *unconfirmed* flow (handshake not
+//! completed, or no reply yet) from a ring of the newest flows' keys, as
+//! nf_conntrack's early drop does, a bounded O(1) step per refused packet;
+//! and only when that finds none, [`reclaim`] sweeps the table for dead
+//! entries that nobody looks up any more (a closed flow whose tuple never
+//! comes back), at most once a second. The packet that found the table full
+//! is dropped all the same; its retransmission (a SYN is resent after a
+//! second) finds the room. Both run in one place, where a program turns a
+//! drop into its verdict:
 //! retrying the insert in place made the verifier walk the rest of the
 //! program again for every insert (endpoint_ingress went from 150k to
 //! 240k–330k processed instructions), where a sweep on the way out of the
 //! program costs it next to nothing.
+
+// Keys that live in map values or already on the stack are passed to the
+// map helpers by reference, so that the helper gets that very pointer
+// rather than a copy in a new stack slot: the program and its callbacks
+// share 512 bytes of stack, and endpoint_ingress uses most of them.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use core::{ffi::c_void, ptr};
 
@@ -28,7 +43,12 @@ use aya_ebpf::{
 };
 use netctl_common::{
     conntrack::{
-        expired, CtEntry, CtKey, CT_DIR_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+        closed, expired, in_window, unconfirmed, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY,
+        CT_FLAG_ACK, CT_FLAG_FIN, CT_FLAG_SEQ, CT_RECLAIM_LAST_SWEEP, CT_RECLAIM_RING_READ,
+        CT_RECLAIM_RING_SPAN, CT_RECLAIM_RING_WRITTEN, CT_SEQ_SLACK, CT_STATE_CLOSE,
+        CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_FIN_WAIT, CT_STATE_LAST_ACK,
+        CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_SYN_SENT, CT_STATE_TIME_WAIT,
+        CT_UNCONFIRMED_SLOTS,
     },
     stats::StatIndex,
 };
@@ -36,8 +56,9 @@ use netctl_common::{
 pub use netctl_common::conntrack::reverse_key;
 
 use crate::{
-    maps::{CONNTRACK, CT_RECLAIM},
+    maps::{CONNTRACK, CT_RECLAIM, CT_UNCONFIRMED},
     parse::{Packet, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::count,
 };
 
 const EEXIST: i32 = 17;
@@ -48,6 +69,17 @@ const RECLAIM_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// See [`seen`].
 const PAIR_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Ring slots early drop reads per refused packet: a bounded loop (16
+/// iterations of a few map operations, verified once per path into the
+/// verdict).
+const EARLY_DROP_SCAN: u32 = 16;
+
+/// How far a direction's sequence (or acknowledgment) number may move
+/// ahead in one packet and still be taken as its own: a GSO packet of the
+/// largest size (BIG TCP: 512 KiB) and more. A packet jumping further
+/// (a blind guess) is forwarded but teaches the tracker nothing.
+const SEQ_ADVANCE_MAX: u32 = 1 << 20;
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -94,8 +126,8 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     None
 }
 
-/// The known flow of a packet. A bare SYN that meets a closing TCP flow
-/// starts a new one instead, as the kernel's conntrack does in TIME_WAIT:
+/// The known flow of a packet. A bare SYN that meets a closed TCP flow
+/// (TIME_WAIT or CLOSE) starts a new one instead, as the kernel's conntrack does:
 /// the old entry goes, and its pair too unless a new flow has taken that
 /// tuple over already (see [`claim`]); the packet is then a miss.
 #[inline(always)]
@@ -104,7 +136,7 @@ pub fn lookup_packet(pkt: &Packet) -> Option<*mut CtEntry> {
     let entry = lookup(&key)?;
     // SAFETY: a map value pointer from a successful lookup, read at once.
     let old = unsafe { *entry };
-    if pkt.l4 != L4::Tcp || initial_state(pkt) != CT_STATE_NEW || old.state != CT_STATE_CLOSING {
+    if pkt.l4 != L4::Tcp || initial_state(pkt) != CT_STATE_SYN_SENT || !closed(old.state) {
         return Some(entry);
     }
     let pair_key = reverse_key(&old, pkt.proto);
@@ -118,23 +150,64 @@ pub fn lookup_packet(pkt: &Packet) -> Option<*mut CtEntry> {
     None
 }
 
-/// TCP state after a packet with `flags` in `direction`. UDP and ICMP pass
-/// flags 0: they become ESTABLISHED once a reply was seen.
+/// Whether `ack` acknowledges what `receiver`'s direction sent: no more
+/// than it sent, and not older than a window.
 #[inline(always)]
-fn next_state(state: u8, direction: u8, flags: u8) -> u8 {
-    if flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_STATE_CLOSING
-    } else if state == CT_STATE_CLOSING {
-        // A fresh SYN reuses the tuple of a closing connection.
-        if direction != CT_DIR_REPLY && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-            CT_STATE_NEW
-        } else {
-            CT_STATE_CLOSING
+fn acknowledges(receiver: &CtEntry, ack: u32) -> bool {
+    receiver.flags & CT_FLAG_SEQ != 0 && receiver.seq_end.wrapping_sub(ack) <= CT_SEQ_SLACK
+}
+
+/// The next state of a TCP flow in `state` after a segment with `flags`
+/// from `direction` — the kernel's table (nf_conntrack_proto_tcp.c,
+/// `tcp_conntracks`) without SYN_SENT2 (simultaneous open); what the table
+/// calls invalid or ignored leaves the state as it is. `valid`: the
+/// segment's numbers are its direction's own (see [`seen`]); `in_window`:
+/// for a FIN or RST, within the flow's window; `fin_seen`: this direction
+/// sent a FIN before; `peer_fin`: the other one did.
+#[inline(always)]
+fn tcp_next(
+    state: u8,
+    direction: u8,
+    flags: u8,
+    valid: bool,
+    in_window: bool,
+    fin_seen: bool,
+    peer_fin: bool,
+) -> u8 {
+    if flags & TCP_RST != 0 {
+        return if in_window { CT_STATE_CLOSE } else { state };
+    }
+    if flags & TCP_SYN != 0 {
+        // A SYN-ACK from the responder that acknowledges the SYN. (A bare
+        // SYN on a closed flow started a new one in lookup_packet.)
+        if flags & TCP_ACK != 0 && direction == CT_DIR_REPLY && state == CT_STATE_SYN_SENT && valid
+        {
+            return CT_STATE_SYN_RECV;
         }
-    } else if direction == CT_DIR_REPLY {
-        CT_STATE_ESTABLISHED
-    } else {
-        state
+        return state;
+    }
+    if flags & TCP_FIN != 0 {
+        if !in_window {
+            return state;
+        }
+        return match state {
+            CT_STATE_SYN_RECV | CT_STATE_ESTABLISHED => CT_STATE_FIN_WAIT,
+            // The other direction's FIN (a retransmitted first one changes
+            // nothing).
+            CT_STATE_FIN_WAIT | CT_STATE_CLOSE_WAIT if peer_fin && !fin_seen => CT_STATE_LAST_ACK,
+            _ => state,
+        };
+    }
+    if flags & TCP_ACK == 0 || !valid {
+        return state;
+    }
+    match state {
+        // The initiator's ACK of the SYN-ACK: the handshake is complete.
+        CT_STATE_SYN_RECV if direction == CT_DIR_ORIGINAL => CT_STATE_ESTABLISHED,
+        // The FIN acknowledged by the other side: half-closed.
+        CT_STATE_FIN_WAIT if !fin_seen => CT_STATE_CLOSE_WAIT,
+        CT_STATE_LAST_ACK => CT_STATE_TIME_WAIT,
+        _ => state,
     }
 }
 
@@ -145,41 +218,73 @@ pub fn initial_state(pkt: &Packet) -> u8 {
     if pkt.l4 != L4::Tcp {
         CT_STATE_NEW
     } else if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        CT_STATE_CLOSING
+        CT_STATE_CLOSE
     } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
-        CT_STATE_NEW
+        CT_STATE_SYN_SENT
     } else {
         CT_STATE_ESTABLISHED
     }
 }
 
-/// Records a packet on `entry`: last seen, counters, state. A state change
-/// is written to the pair too, so both directions share one timeout; and
-/// the pair's last-seen time follows this one's, at most a second behind
-/// (refreshed when this entry was idle for a second or more: one extra
-/// lookup per second per active direction, not per packet), so that a flow
-/// seen in one direction only (a UDP stream) keeps both entries alive, for
-/// `netctl conntrack gc` too.
+/// Sets the original entry's sequence tracking from the flow's first
+/// packet.
+#[inline(always)]
+pub fn track_first(entry: &mut CtEntry, pkt: &Packet) {
+    if pkt.l4 != L4::Tcp {
+        return;
+    }
+    entry.seq_end = pkt.tcp_seq.wrapping_add(pkt.tcp_len);
+    entry.flags = CT_FLAG_SEQ;
+    if pkt.tcp_flags & TCP_ACK != 0 {
+        entry.ack = pkt.tcp_ack;
+        entry.flags |= CT_FLAG_ACK;
+    }
+    entry.window = pkt.tcp_win;
+}
+
+/// Records a packet on `entry`: last seen, counters, TCP numbers, state.
+/// A state change is written to the pair too, so both directions share one
+/// timeout; and the pair's last-seen time follows this one's, at most a
+/// second behind (refreshed when this entry was idle for a second or more:
+/// one extra lookup per second per active direction, not per packet), so
+/// that a flow seen in one direction only (a UDP stream) keeps both entries
+/// alive, for `netctl conntrack gc` too.
+///
+/// TCP: a segment is *valid* when its numbers are its direction's own: its
+/// end at most [`SEQ_ADVANCE_MAX`] past what the direction sent so far, or,
+/// for the first segment of a direction, acknowledging what the other one
+/// sent. Only valid segments move the tracked numbers and the state; a FIN
+/// or RST must also be within the window ([`in_window`]), else it is
+/// forwarded, changes nothing and is counted `ct_out_of_window`. The pair
+/// entry is read for the segments that need it only: FIN, RST, the first
+/// of a direction, and the handshake's SYN-ACK and ACK.
 #[inline(always)]
 pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
     let now = now();
-    let flags = if pkt.l4 == L4::Tcp { pkt.tcp_flags } else { 0 };
     // SAFETY: a map value pointer from `lookup`. The counters are shared by
     // every CPU that sees the flow and are added to without atomics (Rust
     // has no fetch_add on the bpf target, which lacks compare-and-swap): two
     // CPUs racing on one flow may lose an increment. They are statistics;
-    // nothing decides on them.
+    // nothing decides on them. The same holds for the TCP numbers: a lost
+    // update leaves an older number, which the slack absorbs.
     unsafe {
         let idle = now.saturating_sub((*entry).last_seen_ns);
         (*entry).last_seen_ns = now;
         (*entry).packets += 1;
         (*entry).bytes += u64::from(bytes);
         let state = (*entry).state;
-        let next = next_state(state, (*entry).direction, flags);
+        let direction = (*entry).direction;
+        let pair_key = reverse_key(&*entry, pkt.proto);
+        let next = if pkt.l4 == L4::Tcp {
+            tcp_seen(entry, &pair_key, pkt, bytes)
+        } else if direction == CT_DIR_REPLY {
+            CT_STATE_ESTABLISHED
+        } else {
+            state
+        };
         if next != state || idle >= PAIR_REFRESH_NS {
             (*entry).state = next;
-            let pair_key = reverse_key(&*entry, pkt.proto);
-            if let Some(pair) = CONNTRACK.get_ptr_mut(pair_key) {
+            if let Some(pair) = CONNTRACK.get_ptr_mut(&pair_key) {
                 (*pair).state = next;
                 (*pair).last_seen_ns = now;
             }
@@ -187,24 +292,104 @@ pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
     }
 }
 
+/// TCP's part of [`seen`]: tracks the numbers, returns the next state.
+///
+/// # Safety
+/// `entry` is a map value pointer from `lookup`.
+#[inline(always)]
+unsafe fn tcp_seen(entry: *mut CtEntry, pair_key: &CtKey, pkt: &Packet, bytes: u32) -> u8 {
+    let flags = pkt.tcp_flags;
+    let state = (*entry).state;
+    let direction = (*entry).direction;
+    let own = (*entry).flags;
+    let end = pkt.tcp_seq.wrapping_add(pkt.tcp_len);
+    let known = own & CT_FLAG_SEQ != 0;
+    let need_pair =
+        flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 || !known || state == CT_STATE_SYN_RECV;
+    let pair = if need_pair {
+        CONNTRACK.get_ptr(pair_key)
+    } else {
+        None
+    };
+    let has_ack = flags & TCP_ACK != 0;
+    let valid = if known {
+        end.wrapping_sub((*entry).seq_end) as i32 <= SEQ_ADVANCE_MAX as i32
+    } else {
+        match pair {
+            // Nothing known on the other side either: picked up as it is.
+            Some(p) if (*p).flags & CT_FLAG_SEQ != 0 => has_ack && acknowledges(&*p, pkt.tcp_ack),
+            _ => true,
+        }
+    };
+    let window = if flags & (TCP_FIN | TCP_RST) != 0 {
+        let receiver = pair.map(|p| &*p);
+        valid && in_window(&*entry, receiver, pkt.tcp_seq, pkt.tcp_ack, has_ack)
+    } else {
+        true
+    };
+    if !window {
+        count(StatIndex::CtOutOfWindow, bytes);
+    }
+    // SYN_RECV → ESTABLISHED needs the initiator to acknowledge the
+    // responder's SYN-ACK itself, not just any number of its own.
+    let acked = match pair {
+        Some(p) => acknowledges(&*p, pkt.tcp_ack),
+        None => false,
+    };
+    let valid_for_state = valid && (state != CT_STATE_SYN_RECV || acked);
+    let peer_fin = match pair {
+        Some(p) => (*p).flags & CT_FLAG_FIN != 0,
+        None => false,
+    };
+    let next = tcp_next(
+        state,
+        direction,
+        flags,
+        valid_for_state,
+        window,
+        own & CT_FLAG_FIN != 0,
+        peer_fin,
+    );
+    if valid && window {
+        if !known || end.wrapping_sub((*entry).seq_end) as i32 > 0 {
+            (*entry).seq_end = end;
+        }
+        let mut flags_now = own | CT_FLAG_SEQ;
+        if has_ack {
+            let ack_known = own & CT_FLAG_ACK != 0;
+            let ahead = pkt.tcp_ack.wrapping_sub((*entry).ack);
+            if !ack_known || (ahead as i32 > 0 && ahead <= SEQ_ADVANCE_MAX) {
+                (*entry).ack = pkt.tcp_ack;
+            }
+            flags_now |= CT_FLAG_ACK;
+        }
+        if flags & TCP_FIN != 0 {
+            flags_now |= CT_FLAG_FIN;
+        }
+        (*entry).flags = flags_now;
+        (*entry).window = pkt.tcp_win;
+    }
+    next
+}
+
 /// Inserts the reply entry of a new flow, claiming its key: `Ok(false)`
 /// when the key is taken by a live flow (the caller tries another port),
 /// `Err(DropConntrackFull)` when the table is full. BPF_NOEXIST makes the
 /// claim atomic between CPUs.
 ///
-/// A TCP flow that is closing gives its tuple to a new connection (a SYN),
-/// as the kernel's conntrack does for a SYN that meets TIME_WAIT: otherwise
-/// every SNAT port stays held for the whole closing timeout and a client
-/// opening short connections to one server runs out of ports within
-/// seconds. That takeover overwrites; two CPUs taking over the same closing
-/// tuple in the same instant is the one race left (the kernel serialises it
-/// under a lock; a map has no compare-and-swap).
+/// A TCP flow that is closed (TIME_WAIT, CLOSE) gives its tuple to a new
+/// connection (a SYN), as the kernel's conntrack does for a SYN that meets
+/// TIME_WAIT: otherwise every SNAT port stays held for the whole TIME_WAIT
+/// timeout and a client opening short connections to one server runs out
+/// of ports. That takeover overwrites; two CPUs taking over the same
+/// closed tuple in the same instant is the one race left (the kernel
+/// serialises it under a lock; a map has no compare-and-swap).
 #[inline(always)]
 pub fn claim(key: &CtKey, entry: &CtEntry) -> Result<bool, StatIndex> {
     if let Some(existing) = lookup(key) {
         // SAFETY: a map value pointer, read at once.
-        let closing = unsafe { (*existing).state } == CT_STATE_CLOSING;
-        if key.proto == PROTO_TCP && entry.state == CT_STATE_NEW && closing {
+        let over = closed(unsafe { (*existing).state });
+        if key.proto == PROTO_TCP && entry.state == CT_STATE_SYN_SENT && over {
             return insert(key, entry).map(|()| true);
         }
         return Ok(false);
@@ -238,7 +423,8 @@ pub fn insert_original(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Resul
 }
 
 /// Deletes every dead entry of the table — past its timeout, and its pair
-/// too or gone (the rule of [`lookup`] and `netctl conntrack gc`) — at most
+/// too or gone (the rule of [`lookup`] and `netctl conntrack gc`) — and
+/// every entry of a closed TCP flow (TIME_WAIT, CLOSE), at most
 /// once per [`RECLAIM_INTERVAL_NS`] over all CPUs (the time of the last
 /// sweep is in `CT_RECLAIM`; two CPUs starting in the same instant both
 /// sweep, which is harmless). Called for every `drop_conntrack_full`: an
@@ -262,7 +448,7 @@ pub fn insert_original(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Resul
 /// full of live flows costs about 7% of one CPU.
 #[inline(always)]
 pub fn reclaim() {
-    let Some(last) = CT_RECLAIM.get_ptr_mut(0) else {
+    let Some(last) = CT_RECLAIM.get_ptr_mut(CT_RECLAIM_LAST_SWEEP) else {
         return;
     };
     let now = now();
@@ -283,6 +469,85 @@ pub fn reclaim() {
     }
 }
 
+/// Remembers the original key of a new, unconfirmed flow in the ring that
+/// [`early_drop`] reads (the oldest slot is overwritten).
+#[inline(always)]
+pub fn remember_new(key: &CtKey, state: u8) {
+    if !unconfirmed(state) {
+        return;
+    }
+    let Some(written) = CT_RECLAIM.get_ptr_mut(CT_RECLAIM_RING_WRITTEN) else {
+        return;
+    };
+    // SAFETY: array slots; a racing CPU may write the same slot (one of
+    // two new flows is then out of early drop's reach: it still expires).
+    unsafe {
+        let n = *written;
+        let slot = (n % u64::from(CT_UNCONFIRMED_SLOTS)) as u32;
+        if let Some(ring) = CT_UNCONFIRMED.get_ptr_mut(slot) {
+            *ring = *key;
+        }
+        *written = n + 1;
+    }
+}
+
+/// Early drop, as nf_conntrack's when its table is full: deletes the oldest
+/// unconfirmed flow (TCP handshake not completed, UDP/ICMP without a
+/// reply) among the newest flows' keys in `CT_UNCONFIRMED`, both entries,
+/// and says whether one went. It reads at most [`EARLY_DROP_SCAN`] slots
+/// from where the last call stopped (keys of flows confirmed or gone since
+/// are passed over for good), never further back than the span the
+/// controller wrote (half the table: older keys name flows that are gone
+/// or expire within their timeout) nor than the ring holds. O(1) per
+/// refused packet, where a sweep of the table frees nothing when it is full
+/// of live unconfirmed flows (a SYN flood).
+#[inline(always)]
+pub fn early_drop() -> bool {
+    let slots = u64::from(CT_UNCONFIRMED_SLOTS);
+    let span = CT_RECLAIM
+        .get(CT_RECLAIM_RING_SPAN)
+        .copied()
+        .filter(|s| *s != 0 && *s < slots)
+        .unwrap_or(slots);
+    let Some(written) = CT_RECLAIM.get(CT_RECLAIM_RING_WRITTEN).copied() else {
+        return false;
+    };
+    let Some(read) = CT_RECLAIM.get_ptr_mut(CT_RECLAIM_RING_READ) else {
+        return false;
+    };
+    // SAFETY: array slots and map value pointers, read at once; a racing
+    // CPU stores whole u64s.
+    unsafe {
+        let mut n = *read;
+        if n < written.saturating_sub(span) {
+            n = written - span;
+        }
+        let mut freed = false;
+        for _ in 0..EARLY_DROP_SCAN {
+            if n >= written {
+                break;
+            }
+            let slot = (n % slots) as u32;
+            n += 1;
+            let Some(key) = CT_UNCONFIRMED.get_ptr(slot) else {
+                continue;
+            };
+            let Some(entry) = CONNTRACK.get_ptr(&*key) else {
+                continue;
+            };
+            if unconfirmed((*entry).state) {
+                let _ = CONNTRACK.remove(&reverse_key(&*entry, (*key).proto));
+                let _ = CONNTRACK.remove(&*key);
+                count(StatIndex::CtEarlyDrop, 0);
+                freed = true;
+                break;
+            }
+        }
+        *read = n;
+        freed
+    }
+}
+
 /// Callback of [`reclaim`]: deletes the entry when it is dead. Deleting
 /// the element being visited is allowed (the kernel walks the buckets
 /// under RCU); its pair, dead as well, is deleted when the walk reaches
@@ -298,11 +563,16 @@ extern "C" fn reclaim_entry(
     unsafe {
         let proto = (*key).proto;
         let now = bpf_ktime_get_ns();
-        if !expired(&*entry, proto, now) {
+        // A closed TCP flow (TIME_WAIT, CLOSE) gives way under pressure:
+        // the table is full and holds no unconfirmed flow. Its pair is
+        // closed too (both share the state) and goes when the walk reaches
+        // it.
+        let over = proto == PROTO_TCP && closed((*entry).state);
+        if !over && !expired(&*entry, proto, now) {
             return 0;
         }
         if let Some(pair) = CONNTRACK.get_ptr(reverse_key(&*entry, proto)) {
-            if !expired(&*pair, proto, now) {
+            if !over && !expired(&*pair, proto, now) {
                 return 0;
             }
         }
@@ -337,10 +607,14 @@ pub fn entry(
         kind,
         state,
         direction,
-        _pad: 0,
+        flags: 0,
         ifindex,
+        seq_end: 0,
         last_seen_ns: now(),
         packets,
         bytes: if packets == 1 { u64::from(bytes) } else { 0 },
+        ack: 0,
+        window: 0,
+        _pad: 0,
     }
 }

@@ -63,28 +63,22 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     let cfg = config();
 
-    // An ICMP error about a packet of a translated flow (the container's
-    // port unreachable for a published UDP port, say): translated like the
-    // flow. Quoting none, it goes on as any packet below: on its network
-    // or to the host as it is, never out with the private address.
-    // The translation is a program of its own (endpoint_icmp_error, by
-    // tail call: no room on this program's stack); an error that quotes no
-    // flow comes back here, marked, and goes on. An empty slot returns
-    // here too: then the error goes on untranslated.
-    if pkt.l4 == L4::IcmpError && !icmp_error::take_revisit_mark(ctx) {
+    // Two kinds of packet are taken by a program of their own,
+    // endpoint_icmp_error, by tail call (no room for them on this
+    // program's stack):
+    // - an ICMP error about a packet of a translated flow (the container's
+    //   port unreachable for a published UDP port, say): translated like
+    //   the flow;
+    // - a later fragment of a datagram whose first fragment was
+    //   translated: the same translation (see the `fragment` module).
+    // One that program cannot translate comes back here, marked, and goes
+    // on as any packet below: on its network or to the host as it is,
+    // never out with the private address (a later fragment that would
+    // need translation is dropped by nat::masquerade). An empty slot
+    // returns here too: then the packet goes on untranslated.
+    if matches!(pkt.l4, L4::IcmpError | L4::Fragment) && !icmp_error::take_revisit_mark(ctx) {
         // SAFETY: the program's own context; returns only on failure.
         unsafe { TAIL_CALLS.tail_call(ctx, TAIL_ICMP_ERROR) };
-    }
-
-    // A later fragment of a datagram whose first fragment was translated:
-    // the same translation (see the `fragment` module). One without an
-    // entry goes the way of any packet below: it may stay on the bridge or
-    // go to the host untranslated, and is dropped where it would need
-    // translation (nat::masquerade).
-    if pkt.l4 == L4::Fragment {
-        if let Some(frag) = fragment::lookup(&pkt) {
-            return known_fragment(ctx, &pkt, &frag, &cfg, bytes);
-        }
     }
 
     // A known flow first: egress SNAT, the reply of a DNAT flow, hairpin in
@@ -152,10 +146,11 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
 }
 
-/// `endpoint_icmp_error`: a container's ICMP error (endpoint_ingress
-/// checked its source already). Translated when it quotes a flow of the
-/// container's; otherwise back to endpoint_ingress, marked so that it goes
-/// on as any packet there.
+/// `endpoint_icmp_error`: a container's ICMP error or later fragment
+/// (endpoint_ingress checked its source already). Translated when it
+/// quotes a flow of the container's, or belongs to a datagram whose first
+/// fragment was translated; otherwise back to endpoint_ingress, marked so
+/// that it goes on as any packet there.
 /// Inlined into its entry point: a tail call is allowed only in a
 /// function that returns `int`, which a `Result` subprogram does not.
 #[inline(always)]
@@ -168,6 +163,11 @@ pub fn try_endpoint_icmp_error(ctx: &TcContext) -> Result<i32, StatIndex> {
     if pkt.l4 == L4::IcmpError {
         if let Some(verdict) = icmp_error::from_container(ctx, &pkt, &config(), bytes)? {
             return Ok(verdict);
+        }
+    }
+    if pkt.l4 == L4::Fragment {
+        if let Some(frag) = fragment::lookup(&pkt) {
+            return known_fragment(ctx, &pkt, &frag, &config(), bytes);
         }
     }
     icmp_error::mark_revisit(ctx);
@@ -426,7 +426,7 @@ fn hairpin(
         },
         bytes,
     )?;
-    nat::apply(ctx, pkt, &entry)?;
+    nat::apply(ctx, pkt, entry)?;
     count(StatIndex::Hairpin, bytes);
     forward::redirect_peer(ctx, pkt, &peer)
 }

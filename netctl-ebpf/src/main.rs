@@ -95,8 +95,10 @@ fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex
         Ok(action) => action,
         Err(reason) => {
             stats::count(reason, ctx.len());
-            if reason == StatIndex::DropConntrackFull {
-                // Room for the next packets (this one is lost).
+            // Room for the next packets (this one is lost): an unconfirmed
+            // flow first, a sweep for dead entries (once a second at most)
+            // when there is none.
+            if reason == StatIndex::DropConntrackFull && !conntrack::early_drop() {
                 conntrack::reclaim();
             }
             if log_enabled() {

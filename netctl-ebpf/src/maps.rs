@@ -14,9 +14,11 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
+
+use crate::nat::PortSearch;
 use netctl_common::{
     config::Config,
-    conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT},
+    conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
     endpoint::{EndpointInfo, NetworkInfo},
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
     maps::TAIL_SLOTS,
@@ -47,9 +49,16 @@ pub static PORTMAP: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(65_
 #[map]
 pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CONNTRACK_MAX_DEFAULT, 0);
 
-/// Slot 0: bpf_ktime_get_ns() of the last reclaim sweep of CONNTRACK.
+/// `CT_RECLAIM_*` slots: bpf_ktime_get_ns() of the last reclaim sweep of
+/// CONNTRACK, and the cursors of the `CT_UNCONFIRMED` ring.
 #[map]
-pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(1, 0);
+pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(CT_RECLAIM_SLOTS, 0);
+
+/// A ring of the original keys of new flows, oldest first from the read
+/// cursor: early drop looks there for unconfirmed flows to delete when the
+/// table is full.
+#[map]
+pub static CT_UNCONFIRMED: Array<CtKey> = Array::with_max_entries(CT_UNCONFIRMED_SLOTS, 0);
 
 /// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
 #[map]
@@ -60,6 +69,10 @@ pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
 /// filled by the controller at load.
 #[map]
 pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+/// Slot 0: the SNAT port search under way on this CPU (its bpf_loop
+/// callback's state, off the stack).
+#[map]
+pub static SNAT_SEARCH: PerCpuArray<PortSearch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

@@ -1,13 +1,21 @@
 //! Address and port translation: applying a conntrack entry to a packet,
 //! and creating the entries of new SNAT, DNAT and hairpin flows.
 
-use aya_ebpf::programs::TcContext;
+// Keys that live in map values or already on the stack are passed to the
+// map helpers by reference, so that the helper gets that very pointer
+// rather than a copy in a new stack slot: the program and its callbacks
+// share 512 bytes of stack, and endpoint_ingress uses most of them.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_loop, programs::TcContext};
 use aya_log_ebpf::debug;
 use netctl_common::{
     config::{Config, CONFIG_FLAG_LOG},
     conntrack::{
-        CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_SNAT,
-        CT_STATE_NEW,
+        closed, expired, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT,
+        CT_KIND_HAIRPIN, CT_KIND_SNAT, CT_STATE_NEW, CT_STATE_SYN_SENT,
     },
     portmap::{PortKey, PortTarget},
     stats::StatIndex,
@@ -16,17 +24,19 @@ use netctl_common::{
 use crate::{
     conntrack::{self, key_of},
     csum, fragment,
-    maps::PORTMAP,
+    maps::{CONNTRACK, PORTMAP, SNAT_SEARCH},
     parse::{
         Packet, ICMP_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_DCCP, PROTO_ICMP,
-        PROTO_UDPLITE,
+        PROTO_TCP, PROTO_UDPLITE,
     },
     stats::count,
 };
 
-/// SNAT port candidates tried before giving up. A constant bound: the loop
-/// below is a bounded loop for the verifier (and LLVM may unroll it).
-const SNAT_TRIES: u32 = 8;
+/// SNAT port candidates tried before giving up: the whole range when it is
+/// smaller. bpf_loop runs the search (the verifier checks its callback
+/// once, whatever the count); at ~0.1 µs a candidate, an exhausted range
+/// costs a new flow at most ~1 ms.
+const SNAT_SEARCH_MAX: u32 = 8_192;
 
 /// Rewrites the packet to the entry's addresses and ports. A first
 /// fragment's translation is recorded first, for the later fragments of
@@ -80,13 +90,14 @@ pub fn masquerade(
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
-    let entry = if pkt.l4 == L4::Generic {
+    if pkt.l4 == L4::Generic {
         // An address-only rewrite would break a checksum over the
         // addresses.
         if pkt.proto == PROTO_DCCP || pkt.proto == PROTO_UDPLITE {
             return Err(StatIndex::DropUntranslatable);
         }
-        generic_snat(pkt, cfg, client_ifindex, bytes)?
+        let entry = generic_snat(pkt, cfg, client_ifindex, bytes)?;
+        apply(ctx, pkt, entry)?;
     } else {
         // A later fragment with no FRAGMENTS entry (the callers look it up
         // first): its first fragment has not been seen, so there is no flow
@@ -103,9 +114,9 @@ pub fn masquerade(
         {
             return Err(StatIndex::DropUntranslatable);
         }
-        snat(pkt, cfg, client_ifindex, bytes)?
-    };
-    apply(ctx, pkt, &entry)?;
+        let entry = snat(pkt, cfg, client_ifindex, bytes)?;
+        apply(ctx, pkt, entry)?;
+    }
     count(StatIndex::Snat, bytes);
     Ok(None)
 }
@@ -212,53 +223,209 @@ pub struct NewFlow {
     pub back_ifindex: u32,
 }
 
+/// The allowed SNAT ports: `[min, min + count)` with the ports of
+/// `[skip_min, skip_min + skip_len)` left out (the host's ephemeral range).
+#[derive(Clone, Copy)]
+pub struct PortRange {
+    min: u32,
+    count: u32,
+    skip_min: u32,
+    skip_len: u32,
+}
+
+impl PortRange {
+    /// From CONFIG: `None` when no port is allowed.
+    #[inline(always)]
+    fn of(cfg: &Config) -> Option<PortRange> {
+        let min = u32::from(cfg.snat_port_min);
+        let max = u32::from(cfg.snat_port_max);
+        if min == 0 || max < min {
+            return None;
+        }
+        // The part of the skipped range inside [min, max].
+        let lo = u32::from(cfg.snat_skip_min).max(min);
+        let hi = u32::from(cfg.snat_skip_max).min(max);
+        let (skip_min, skip_len) = if cfg.snat_skip_min != 0 && lo <= hi {
+            (lo, hi - lo + 1)
+        } else {
+            (0, 0)
+        };
+        let count = (max - min + 1) - skip_len;
+        if count == 0 {
+            return None;
+        }
+        Some(PortRange {
+            min,
+            count,
+            skip_min,
+            skip_len,
+        })
+    }
+
+    /// The `index`th allowed port (`index < count`).
+    #[inline(always)]
+    fn nth(&self, index: u32) -> u32 {
+        let port = self.min + index;
+        if self.skip_len != 0 && port >= self.skip_min {
+            port + self.skip_len
+        } else {
+            port
+        }
+    }
+
+    #[inline(always)]
+    fn contains(&self, port: u32) -> bool {
+        port >= self.min
+            && port < self.min + self.count + self.skip_len
+            && (self.skip_len == 0 || port < self.skip_min || port >= self.skip_min + self.skip_len)
+    }
+}
+
+/// State of the port search, shared by the program and its bpf_loop
+/// callback through slot 0 of the per-CPU `SNAT_SEARCH` map rather than the
+/// stack: the program and the callback share the 512-byte stack, and
+/// endpoint_ingress used all of it with this struct on it (LLVM refused to
+/// build it). The keys the callback looks up live here too, so that its own
+/// frame stays a few bytes.
+#[repr(C)]
+pub struct PortSearch {
+    /// The reply tuple; `dport` is the candidate, in network order.
+    pub reply_key: CtKey,
+    /// A published port's key on `nat_ip`, then on 0.0.0.0.
+    port_key: PortKey,
+    range: PortRange,
+    /// The packet's own source port (host order) when it is allowed:
+    /// tried first, as MASQUERADE keeps a free source port. 0: none.
+    keep: u32,
+    /// Where the hashed search starts, an index into the range.
+    start: u32,
+    /// ICMP echo: the identifier is both "ports" of the reply tuple.
+    icmp: u32,
+    /// A TCP SYN: a closed flow's tuple may be taken over (see `claim`).
+    syn: u32,
+    /// The port found (host order), 0 while none.
+    found: u32,
+    /// The new flow's entries, built here rather than on the stack (the
+    /// same 512 bytes).
+    pub reply: CtEntry,
+    pub original: CtEntry,
+}
+
+/// This CPU's `SNAT_SEARCH` slot, as scratch room for building a new
+/// flow's keys and entries off the stack (the port search, generic and
+/// host flows; one at a time, within one program run).
+#[inline(always)]
+pub fn scratch<'a>() -> Option<&'a mut PortSearch> {
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on
+    // this CPU during the program.
+    SNAT_SEARCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// One candidate of the port search: returns 1 (stop) once `found` is set.
+/// Candidate 0 is the kept source port, then consecutive ports of the
+/// range from a hashed start (every port of the range is reached within
+/// `count` candidates). A port is free when no published port owns it on
+/// the address (or on every address) and the reply tuple it makes is not
+/// a live flow's; a dead entry there (its pair dead too) is left to
+/// `claim`, which deletes it.
+#[inline(never)]
+extern "C" fn port_candidate(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(search) = SNAT_SEARCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, which the program filled before bpf_loop
+    // (nothing else runs on this CPU meanwhile).
+    unsafe {
+        let s = &mut *search;
+        let i = index as u32;
+        let count = s.range.count;
+        // Tested so that no division-by-zero panic path (an endless loop in
+        // the panic handler, which the verifier rejects: "last insn is not
+        // an exit or jmp") is left in the callback.
+        if count == 0 {
+            return 1;
+        }
+        let port = if i == 0 && s.keep != 0 {
+            s.keep
+        } else {
+            let step = if s.keep != 0 { i.wrapping_sub(1) } else { i };
+            s.range.nth(s.start.wrapping_add(step) % count)
+        };
+        let be = (port as u16).to_be();
+        s.port_key.host_port = be;
+        if PORTMAP.get_ptr(&s.port_key).is_some() {
+            return 0;
+        }
+        let host_ip = s.port_key.host_ip;
+        s.port_key.host_ip = 0;
+        let any = PORTMAP.get_ptr(&s.port_key).is_some();
+        s.port_key.host_ip = host_ip;
+        if any {
+            return 0;
+        }
+        s.reply_key.dport = be;
+        if s.icmp != 0 {
+            s.reply_key.sport = be;
+        }
+        if let Some(e) = CONNTRACK.get_ptr(&s.reply_key) {
+            let free = (s.syn != 0 && closed((*e).state))
+                || expired(&*e, s.reply_key.proto, conntrack::now());
+            if !free {
+                return 0;
+            }
+        }
+        s.found = port;
+    }
+    1
+}
+
 /// Allocates a source port on `flow.nat_ip` and inserts both entries:
 /// ORIGINAL (packet tuple → nat_ip:port, dst_ip:dst_port) and REPLY
 /// ((dst_ip, nat_ip, dst_port, port) → back to the packet's own tuple).
-/// Candidates come from the CONFIG range by hashing the tuple, for at most
-/// SNAT_TRIES tries: a port is free when the reply tuple is not tracked and
-/// no published port owns it. Returns the original entry, to be applied.
+/// As MASQUERADE (nf_nat_l4proto_unique_tuple): the packet's own source
+/// port when it is in the allowed range and free, else a search of the
+/// range from a hashed start, up to [`SNAT_SEARCH_MAX`] candidates. Returns
+/// the original entry, to be applied (in this CPU's `SNAT_SEARCH` slot,
+/// valid until the program ends).
 #[inline(always)]
-pub fn new_flow(
+pub fn new_flow<'a>(
     pkt: &Packet,
     cfg: &Config,
     flow: &NewFlow,
     bytes: u32,
-) -> Result<CtEntry, StatIndex> {
-    let min = u32::from(cfg.snat_port_min);
-    let max = u32::from(cfg.snat_port_max);
-    if min == 0 || max < min {
-        return Err(StatIndex::DropSnatExhausted);
-    }
-    // range >= 1: the explicit test keeps a "division by zero" panic path
-    // (an endless loop in the panic handler, which the verifier rejects)
-    // out of the code.
-    let range = max - min + 1;
-    if range == 0 {
-        return Err(StatIndex::DropSnatExhausted);
-    }
+) -> Result<&'a CtEntry, StatIndex> {
+    let range = PortRange::of(cfg).ok_or(StatIndex::DropSnatExhausted)?;
     let key = key_of(pkt);
     let state = conntrack::initial_state(pkt);
-    let hash = flow_hash(&key);
     let icmp = pkt.l4 == L4::IcmpEcho;
-
-    for i in 0..SNAT_TRIES {
-        let port = (min + hash.wrapping_add(i.wrapping_mul(0x9e37_79b9)) % range) as u16;
-        let port = port.to_be();
-        // An echo flow keeps its identifier in both "ports".
-        let dst_port = if icmp { port } else { flow.dst_port };
-        if published(flow.nat_ip, port, pkt.proto) {
-            continue;
-        }
-        let reply_key = CtKey {
+    let sport = u32::from(u16::from_be(pkt.sport));
+    let search = SNAT_SEARCH
+        .get_ptr_mut(0)
+        .ok_or(StatIndex::DropSnatExhausted)?;
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let search = unsafe { &mut *search };
+    *search = PortSearch {
+        reply_key: CtKey {
             saddr: flow.dst_ip,
             daddr: flow.nat_ip,
-            sport: dst_port,
-            dport: port,
+            sport: flow.dst_port,
+            dport: 0,
             proto: pkt.proto,
             _pad: [0; 3],
-        };
-        let reply = conntrack::entry(
+        },
+        port_key: PortKey {
+            host_ip: flow.nat_ip,
+            host_port: 0,
+            proto: pkt.proto,
+            _pad: 0,
+        },
+        range,
+        keep: if range.contains(sport) { sport } else { 0 },
+        start: flow_hash(&key) % range.count,
+        icmp: u32::from(icmp),
+        syn: u32::from(pkt.proto == PROTO_TCP && state == CT_STATE_SYN_SENT),
+        found: 0,
+        reply: conntrack::entry(
             (pkt.daddr, pkt.dport),
             (pkt.saddr, pkt.sport),
             flow.kind,
@@ -266,28 +433,60 @@ pub fn new_flow(
             flow.back_ifindex,
             state,
             bytes,
-        );
-        if !conntrack::claim(&reply_key, &reply)? {
-            continue;
-        }
-        let original = conntrack::entry(
-            (flow.nat_ip, port),
-            (flow.dst_ip, dst_port),
+        ),
+        original: conntrack::entry(
+            (flow.nat_ip, 0),
+            (flow.dst_ip, flow.dst_port),
             flow.kind,
             CT_DIR_ORIGINAL,
             flow.out_ifindex,
             state,
             bytes,
-        );
-        conntrack::insert_original(&key, &original, &reply_key)?;
-        return Ok(original);
+        ),
+    };
+    // Echo identifiers are never published ports (PORTMAP has no ICMP).
+    if icmp {
+        search.port_key.proto = 0;
     }
-    Err(StatIndex::DropSnatExhausted)
+    let tries = range.count.min(SNAT_SEARCH_MAX) + u32::from(search.keep != 0);
+    // SAFETY: a callback of bpf_loop's signature, no context (the state is
+    // in SNAT_SEARCH).
+    unsafe {
+        bpf_loop(
+            tries,
+            port_candidate as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    if search.found == 0 {
+        return Err(StatIndex::DropSnatExhausted);
+    }
+    let port = (search.found as u16).to_be();
+    // Another CPU may have claimed the port since: the flow's next packet
+    // searches again.
+    if !conntrack::claim(&search.reply_key, &search.reply)? {
+        return Err(StatIndex::DropSnatExhausted);
+    }
+    search.original.sport = port;
+    // An echo flow keeps its identifier in both "ports".
+    if icmp {
+        search.original.dport = port;
+    }
+    conntrack::track_first(&mut search.original, pkt);
+    conntrack::insert_original(&key, &search.original, &search.reply_key)?;
+    conntrack::remember_new(&key, state);
+    Ok(&search.original)
 }
 
 /// SNAT of a container's new flow to the uplink address.
 #[inline(always)]
-fn snat(pkt: &Packet, cfg: &Config, client_ifindex: u32, bytes: u32) -> Result<CtEntry, StatIndex> {
+fn snat<'a>(
+    pkt: &Packet,
+    cfg: &Config,
+    client_ifindex: u32,
+    bytes: u32,
+) -> Result<&'a CtEntry, StatIndex> {
     new_flow(
         pkt,
         cfg,
@@ -316,17 +515,24 @@ fn snat(pkt: &Packet, cfg: &Config, client_ifindex: u32, bytes: u32) -> Result<C
 /// dropped, `drop_generic_taken` (the kernel would send it with a clashing
 /// tuple, whose replies all go to the first).
 #[inline(always)]
-fn generic_snat(
+fn generic_snat<'a>(
     pkt: &Packet,
     cfg: &Config,
     client_ifindex: u32,
     bytes: u32,
-) -> Result<CtEntry, StatIndex> {
+) -> Result<&'a CtEntry, StatIndex> {
     if cfg.uplink_ip == 0 {
         return Err(StatIndex::DropUntranslatable);
     }
-    let key = key_of(pkt);
-    let reply_key = CtKey {
+    // The keys and entries are built in this CPU's SNAT_SEARCH slot, as
+    // new_flow's are: endpoint_ingress has no stack left for two more
+    // entries.
+    let search = SNAT_SEARCH
+        .get_ptr_mut(0)
+        .ok_or(StatIndex::DropUntranslatable)?;
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let s = unsafe { &mut *search };
+    s.reply_key = CtKey {
         saddr: pkt.daddr,
         daddr: cfg.uplink_ip,
         sport: 0,
@@ -334,7 +540,7 @@ fn generic_snat(
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let reply = conntrack::entry(
+    s.reply = conntrack::entry(
         (pkt.daddr, 0),
         (pkt.saddr, 0),
         CT_KIND_SNAT,
@@ -343,17 +549,17 @@ fn generic_snat(
         CT_STATE_NEW,
         bytes,
     );
-    if !conntrack::claim(&reply_key, &reply)? {
+    if !conntrack::claim(&s.reply_key, &s.reply)? {
         // Taken: by this container's own flow (whose original entry is
         // gone) it is its own again, by another container's it is not.
-        let mine = conntrack::lookup(&reply_key)
+        let mine = conntrack::lookup(&s.reply_key)
             // SAFETY: a map value pointer from a successful lookup, read at once.
             .is_some_and(|e| unsafe { (*e).daddr } == pkt.saddr);
         if !mine {
             return Err(StatIndex::DropGenericTaken);
         }
     }
-    let original = conntrack::entry(
+    s.original = conntrack::entry(
         (cfg.uplink_ip, 0),
         (pkt.daddr, 0),
         CT_KIND_SNAT,
@@ -362,8 +568,10 @@ fn generic_snat(
         CT_STATE_NEW,
         bytes,
     );
-    conntrack::insert_original(&key, &original, &reply_key)?;
-    Ok(original)
+    let key = key_of(pkt);
+    conntrack::insert_original(&key, &s.original, &s.reply_key)?;
+    conntrack::remember_new(&key, CT_STATE_NEW);
+    Ok(&s.original)
 }
 
 /// DNAT of a new connection to a published port: the client's address is
@@ -393,7 +601,7 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
     // The same client port reconnecting after its old flow died overwrites
     // the old entries (BPF_ANY): they describe the same tuple.
     conntrack::insert(&reply_key, &reply)?;
-    let original = conntrack::entry(
+    let mut original = conntrack::entry(
         (pkt.saddr, pkt.sport),
         (target.ip, target.port),
         CT_KIND_DNAT,
@@ -402,6 +610,8 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         state,
         bytes,
     );
+    conntrack::track_first(&mut original, pkt);
     conntrack::insert_original(&key, &original, &reply_key)?;
+    conntrack::remember_new(&key, state);
     Ok(original)
 }

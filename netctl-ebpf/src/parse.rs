@@ -98,6 +98,13 @@ pub struct Packet {
     pub dport: u16,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
+    /// TCP (0 otherwise), host order: sequence and acknowledgment numbers,
+    /// the sequence space the segment takes (payload, plus one each for
+    /// SYN and FIN), the raw window. For conntrack's window.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_len: u32,
+    pub tcp_win: u16,
     /// ICMP type, 0 for other protocols.
     pub icmp_type: u8,
 }
@@ -201,6 +208,10 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_len: 0,
+        tcp_win: 0,
         icmp_type: 0,
     };
     if !matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP) {
@@ -221,12 +232,23 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, StatIndex> {
                 pkt.l4 = L4::Truncated;
                 return Ok(pkt);
             }
-            // SAFETY: inside the packet (ptr_at); flags are byte 13 of the header.
-            unsafe {
+            // SAFETY: inside the packet (ptr_at); the data offset is the
+            // high nibble of byte 12, flags are byte 13 of the header.
+            let doff = unsafe {
                 pkt.sport = u16::from_ne_bytes((*tcp).source);
                 pkt.dport = u16::from_ne_bytes((*tcp).dest);
+                pkt.tcp_seq = u32::from_be_bytes((*tcp).seq);
+                pkt.tcp_ack = u32::from_be_bytes((*tcp).ack_seq);
+                pkt.tcp_win = u16::from_be_bytes((*tcp).window);
                 pkt.tcp_flags = *tcp.cast::<u8>().add(13);
-            }
+                u32::from(*tcp.cast::<u8>().add(12) >> 4) * 4
+            };
+            // Payload: what the IPv4 total length leaves after the headers
+            // (a GSO packet counts whole); SYN and FIN take one number each.
+            let l4_len = (l4_end - l4_off) as u32;
+            let syn_fin =
+                u32::from(pkt.tcp_flags & TCP_SYN != 0) + u32::from(pkt.tcp_flags & TCP_FIN != 0);
+            pkt.tcp_len = l4_len.saturating_sub(doff) + syn_fin;
             pkt.l4 = L4::Tcp;
         }
         PROTO_UDP => {

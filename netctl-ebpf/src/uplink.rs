@@ -197,17 +197,23 @@ fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
     if pkt.l4 != L4::Udp || !nat::published(pkt.saddr, pkt.sport, pkt.proto) {
         return StatIndex::Pass;
     }
-    let entry = |src, dst, direction| {
-        conntrack::entry(src, dst, CT_KIND_HOST, direction, 0, CT_STATE_NEW, bytes)
+    // The entries are built in this CPU's SNAT_SEARCH slot (nat::scratch):
+    // two of them on the stack take uplink_egress past its 512 bytes.
+    let Some(s) = nat::scratch() else {
+        return StatIndex::Pass;
     };
-    let key = conntrack::key_of(pkt);
-    let original = entry(
+    s.original = conntrack::entry(
         (pkt.saddr, pkt.sport),
         (pkt.daddr, pkt.dport),
+        CT_KIND_HOST,
         CT_DIR_ORIGINAL,
+        0,
+        CT_STATE_NEW,
+        bytes,
     );
-    let reply_key = conntrack::reverse_key(&original, pkt.proto);
-    if let Some(reply) = conntrack::lookup(&reply_key) {
+    let key = conntrack::key_of(pkt);
+    s.reply_key = conntrack::reverse_key(&s.original, pkt.proto);
+    if let Some(reply) = conntrack::lookup(&s.reply_key) {
         // SAFETY: a map value pointer from a successful lookup, read at once.
         if unsafe { (*reply).kind } != CT_KIND_HOST {
             // The reply of a connection to the published port, which the
@@ -219,11 +225,19 @@ fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
         }
         return StatIndex::HostFlow;
     }
-    let reply = entry((pkt.daddr, pkt.dport), (pkt.saddr, pkt.sport), CT_DIR_REPLY);
-    if !matches!(conntrack::claim(&reply_key, &reply), Ok(true)) {
+    s.reply = conntrack::entry(
+        (pkt.daddr, pkt.dport),
+        (pkt.saddr, pkt.sport),
+        CT_KIND_HOST,
+        CT_DIR_REPLY,
+        0,
+        CT_STATE_NEW,
+        bytes,
+    );
+    if !matches!(conntrack::claim(&s.reply_key, &s.reply), Ok(true)) {
         return StatIndex::Pass;
     }
-    if conntrack::insert_original(&key, &original, &reply_key).is_err() {
+    if conntrack::insert_original(&key, &s.original, &s.reply_key).is_err() {
         return StatIndex::Pass;
     }
     StatIndex::HostFlow

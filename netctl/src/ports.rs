@@ -18,9 +18,11 @@ use crate::{
 /// `net.ipv4.ip_local_port_range`, [`HostPorts::kernel_ephemeral`]), so
 /// that a host socket's ephemeral source port is never a published port
 /// (whose answers would be taken for connections to the container). With
-/// Linux's default range (32768–60999) that is 20000–32767. The window ends
-/// below the eBPF datapath's SNAT ports (61000–65535) and starts above the
-/// ports services commonly listen on.
+/// Linux's default range (32768–60999) that is 20000–32767. The window
+/// starts above the ports services commonly listen on. The eBPF datapath's
+/// SNAT ports (1024–65535 less the kernel's range) include it: SNAT never
+/// allocates a published port, and a port published while a flow holds it
+/// diverts only that flow's one tuple (docs/architecture.md).
 pub const EPHEMERAL_WINDOW: RangeInclusive<u16> = 20000..=60999;
 
 /// Linux's default `ip_local_port_range`.

@@ -107,6 +107,9 @@ pub struct Frame {
     pub options: Vec<u8>,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// TCP sequence and acknowledgment numbers (other protocols: unused).
+    pub seq: u32,
+    pub ack: u32,
 }
 
 impl Frame {
@@ -121,6 +124,8 @@ impl Frame {
             options: Vec::new(),
             l4,
             payload: b"netctl datapath test payload".to_vec(),
+            seq: 0x1000_0001,
+            ack: 0x2000_0002,
         }
     }
 
@@ -151,8 +156,8 @@ impl Frame {
                 let mut h = Vec::new();
                 h.extend_from_slice(&sport.to_be_bytes());
                 h.extend_from_slice(&dport.to_be_bytes());
-                h.extend_from_slice(&0x1000_0001u32.to_be_bytes()); // seq
-                h.extend_from_slice(&0x2000_0002u32.to_be_bytes()); // ack
+                h.extend_from_slice(&self.seq.to_be_bytes());
+                h.extend_from_slice(&self.ack.to_be_bytes());
                 h.extend_from_slice(&[0x50, flags]); // data offset 5, flags
                 h.extend_from_slice(&64240u16.to_be_bytes()); // window
                 h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
@@ -583,4 +588,22 @@ pub fn assert_ip_checksum(frame: &[u8]) {
     let ip = &frame[ETH_LEN..];
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     assert_eq!(checksum(&[&ip[..ihl]]), 0, "IPv4 header checksum");
+}
+
+/// The sequence space a TCP frame takes: its payload, plus one each for
+/// SYN and FIN (what its sender's next sequence number moves by).
+pub fn seq_len(frame: &Frame) -> u32 {
+    let flags = match frame.l4 {
+        L4::Tcp { flags, .. } => flags,
+        _ => 0,
+    };
+    frame.payload.len() as u32 + u32::from(flags & SYN != 0) + u32::from(flags & FIN != 0)
+}
+
+/// `frame` with these TCP sequence and acknowledgment numbers.
+pub fn numbered(frame: &Frame, seq: u32, ack: u32) -> Frame {
+    with(frame, |f| {
+        f.seq = seq;
+        f.ack = ack;
+    })
 }

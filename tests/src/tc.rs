@@ -209,6 +209,13 @@ impl Env {
             veths,
         };
         env.populate(opts);
+        if let Some(size) = opts.conntrack_max {
+            // As the controller: early drop looks back over the table's flows.
+            env.set_reclaim_slot(
+                netctl_common::conntrack::CT_RECLAIM_RING_SPAN,
+                u64::from((size / 2).max(1)),
+            );
+        }
         env
     }
 
@@ -225,6 +232,12 @@ impl Env {
     }
 
     pub fn set_config(&mut self, ports: (u16, u16)) {
+        self.set_snat(ports, (0, 0));
+    }
+
+    /// CONFIG with the SNAT ports `ports` less `skip` (the host's
+    /// ephemeral range, as the controller writes it; (0, 0): none).
+    pub fn set_snat(&mut self, ports: (u16, u16), skip: (u16, u16)) {
         let config = Config {
             uplink_ifindex: self.uplink,
             uplink_ip: be_ip(UPLINK_IP),
@@ -232,7 +245,8 @@ impl Env {
             snat_port_max: ports.1,
             host_netns_cookie: 0,
             flags: 0,
-            _pad: 0,
+            snat_skip_min: skip.0,
+            snat_skip_max: skip.1,
         };
         let mut map: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").expect("CONFIG")).expect("CONFIG");

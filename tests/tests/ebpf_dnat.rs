@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use netctl_common::{
-    conntrack::{CT_STATE_ESTABLISHED, CT_STATE_NEW},
+    conntrack::{CT_STATE_NEW, CT_STATE_SYN_RECV},
     stats::StatIndex,
 };
 use netctl_tests::{frames::*, tc::*};
@@ -53,7 +53,11 @@ fn dnat_from_outside_keeps_the_client_address_and_replies_go_back() {
         assert_entry(env.ct_get(&reply_key), reply(CT_STATE_NEW), "reply");
 
         // A2 answers through its veth: reverse DNAT, straight out.
-        let syn_ack = Frame::from(A2, REMOTE, tcp(80, 50000, SYN | ACK));
+        let syn_ack = numbered(
+            &Frame::from(A2, REMOTE, tcp(80, 50000, SYN | ACK)),
+            0x3000_0001,
+            syn.seq + seq_len(&syn),
+        );
         let (verdict, out) = env.endpoint(A2, &syn_ack.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect to the uplink");
         assert_frame(
@@ -68,12 +72,12 @@ fn dnat_from_outside_keeps_the_client_address_and_replies_go_back() {
         );
         assert_entry(
             env.ct_get(&original_key),
-            original(CT_STATE_ESTABLISHED),
+            original(CT_STATE_SYN_RECV),
             "original after the reply",
         );
         assert_entry(
             env.ct_get(&reply_key),
-            reply(CT_STATE_ESTABLISHED),
+            reply(CT_STATE_SYN_RECV),
             "reply after the reply",
         );
 

@@ -4,7 +4,7 @@
 //! directions, from the target's network, from another one, and from the
 //! target itself.
 
-use netctl_common::{conntrack::CT_STATE_ESTABLISHED, stats::StatIndex};
+use netctl_common::{conntrack::CT_STATE_SYN_RECV, stats::StatIndex};
 use netctl_tests::{frames::*, tc::*};
 
 #[test]
@@ -48,7 +48,11 @@ fn hairpin_to_a_published_port_both_directions() {
         );
 
         // A2 answers its gateway: back to A1, from the published address.
-        let syn_ack = Frame::from(A2, NET_A.gateway, tcp(80, port, SYN | ACK));
+        let syn_ack = numbered(
+            &Frame::from(A2, NET_A.gateway, tcp(80, port, SYN | ACK)),
+            0x3000_0001,
+            syn.seq + seq_len(&syn),
+        );
         let (verdict, out) = env.endpoint(A2, &syn_ack.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect_peer into A1");
         assert_frame(
@@ -62,11 +66,8 @@ fn hairpin_to_a_published_port_both_directions() {
                 f.ttl = 63;
             }),
         );
-        assert_eq!(
-            env.ct_get(&original_key).unwrap().state,
-            CT_STATE_ESTABLISHED
-        );
-        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_ESTABLISHED);
+        assert_eq!(env.ct_get(&original_key).unwrap().state, CT_STATE_SYN_RECV);
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_SYN_RECV);
 
         // From another network, through its own gateway address and through
         // A's: the target's gateway is the source either way.

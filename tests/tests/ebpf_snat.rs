@@ -8,7 +8,9 @@
 use std::net::Ipv4Addr;
 
 use netctl_common::{
-    conntrack::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW},
+    conntrack::{
+        CT_STATE_CLOSE, CT_STATE_ESTABLISHED, CT_STATE_FIN_WAIT, CT_STATE_NEW, CT_STATE_SYN_RECV,
+    },
     stats::StatIndex,
 };
 use netctl_tests::{frames::*, tc::*};
@@ -62,8 +64,16 @@ fn snat_tcp_flow_out_and_back_with_states() {
         assert_eq!((o.packets, o.bytes), (1, syn.bytes().len() as u64));
         env.assert_stats(&[(StatIndex::Snat, 1), (StatIndex::RedirectUplink, 1)]);
 
-        // The SYN-ACK comes back to the uplink address and port.
-        let syn_ack = Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, port, SYN | ACK));
+        // The SYN-ACK comes back to the uplink address and port,
+        // acknowledging the SYN: the handshake is half done.
+        let client_next = syn.seq + seq_len(&syn);
+        let server_isn = 0x3000_0001;
+        let syn_ack = numbered(
+            &Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, port, SYN | ACK)),
+            server_isn,
+            client_next,
+        );
+        let server_next = server_isn + seq_len(&syn_ack);
         let (verdict, out) = env.uplink_in(&syn_ack.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect_peer into A1");
         assert_frame(
@@ -78,36 +88,46 @@ fn snat_tcp_flow_out_and_back_with_states() {
         );
         assert_entry(
             env.ct_get(&original_key),
-            original(CT_STATE_ESTABLISHED),
+            original(CT_STATE_SYN_RECV),
             "original after the reply",
         );
         assert_entry(
             env.ct_get(&reply_key),
-            reply(CT_STATE_ESTABLISHED),
+            reply(CT_STATE_SYN_RECV),
             "reply after the reply",
         );
         assert_eq!(env.ct_get(&reply_key).unwrap().packets, 1);
 
-        // The next packet of the flow keeps its port (conntrack hit).
-        let ack = Frame::from(A1, REMOTE, tcp(33000, 443, ACK | PSH));
+        // The next packet of the flow keeps its port (conntrack hit), and
+        // acknowledges the SYN-ACK: established.
+        let ack = numbered(
+            &Frame::from(A1, REMOTE, tcp(33000, 443, ACK | PSH)),
+            client_next,
+            server_next,
+        );
         let (verdict, out) = env.endpoint(A1, &ack.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_frame(&out, &snatted(&ack, ACK | PSH));
         assert_eq!(env.ct_get(&original_key).unwrap().packets, 2);
+        assert_eq!(env.ct_get(&reply_key).unwrap().state, CT_STATE_ESTABLISHED);
 
-        // FIN: both directions close.
-        let fin = Frame::from(A1, REMOTE, tcp(33000, 443, FIN | ACK));
+        // FIN: half-closed, both entries.
+        let fin = numbered(
+            &Frame::from(A1, REMOTE, tcp(33000, 443, FIN | ACK)),
+            client_next + seq_len(&ack),
+            server_next,
+        );
         let (verdict, out) = env.endpoint(A1, &fin.bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_frame(&out, &snatted(&fin, FIN | ACK));
         assert_entry(
             env.ct_get(&original_key),
-            original(CT_STATE_CLOSING),
+            original(CT_STATE_FIN_WAIT),
             "original after FIN",
         );
         assert_entry(
             env.ct_get(&reply_key),
-            reply(CT_STATE_CLOSING),
+            reply(CT_STATE_FIN_WAIT),
             "reply after FIN",
         );
         assert_eq!(env.conntrack().len(), 2);
@@ -324,7 +344,7 @@ fn snat_exhaustion_and_expired_ports_are_reused() {
         env.assert_stats(&[(StatIndex::DropSnatExhausted, 1)]);
 
         // Once that flow expired, its port is free again.
-        let expired = a2_flow.state(CT_STATE_CLOSING).last_seen(long_ago());
+        let expired = a2_flow.state(CT_STATE_CLOSE).last_seen(long_ago());
         env.ct_insert(taken, expired.build());
         let (verdict, out) = env.endpoint(A1, &syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -360,7 +380,7 @@ fn a_new_syn_takes_over_the_port_of_a_closing_flow() {
         let other = CtEntryBuilder::snat((REMOTE, 443), (A2.ip, 35000))
             .reply()
             .deliver_to(env.veth(A2))
-            .state(CT_STATE_CLOSING)
+            .state(CT_STATE_CLOSE)
             .last_seen(monotonic_ns())
             .build();
         env.ct_insert(taken, other);

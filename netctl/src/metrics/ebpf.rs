@@ -35,7 +35,7 @@ pub struct EbpfReadings {
 /// is the reason).
 const DROP_PREFIX: &str = "drop_";
 const KINDS: [&str; 3] = ["snat", "dnat", "hairpin"];
-const STATES: [&str; 3] = ["new", "established", "closing"];
+const STATES: [&str; 9] = netctl_common::conntrack::STATE_NAMES;
 /// From the container's side: packets it received, packets it sent.
 const INGRESS: &str = "ingress";
 const EGRESS: &str = "egress";

@@ -13,6 +13,16 @@
 //!                                            1-byte request, 1-byte response, close
 //!   nettool rr HOST PORT SECONDS             request/response rate on one connection
 //!   nettool udpsink PORT                     count UDP datagrams; answer "END" with "received=N"
+//!   nettool udpflows HOST PORT FIRST_SPORT FLOWS SECONDS
+//!                                            FLOWS UDP flows, one per source port from
+//!                                            FIRST_SPORT, one datagram each to `serve udp`;
+//!                                            prints `sent=N answered=M` (flows.rs)
+//!   nettool synflood IFACE SRC_MAC DST_MAC DST_IP DST_PORT COUNT
+//!                                            COUNT bare SYNs from spoofed 192.0.2.0/24
+//!                                            sources out of IFACE (flows.rs)
+//!   nettool halfclose serve PORT DELAY_MS | halfclose call HOST PORT TIMEOUT_MS
+//!                                            one connection, half-closed by the client,
+//!                                            answered DELAY_MS later (flows.rs)
 //!   nettool udpflood HOST PORT SECONDS       send 64-byte datagrams to `udpsink` for SECONDS
 //!
 //!   nettool count [IP:]PORT MILLIS           count UDP datagrams for MILLIS ms, print
@@ -77,6 +87,8 @@ use std::{
 // Kept beside this file, not as binaries of their own.
 #[path = "nettool/checksums.rs"]
 mod checksums;
+#[path = "nettool/flows.rs"]
+mod flows;
 #[path = "nettool/l2.rs"]
 mod l2;
 #[path = "nettool/probe.rs"]
@@ -125,6 +137,16 @@ fn main() -> ExitCode {
         ["crr", host, port, seconds] => load(Load::Crr, host, port, seconds),
         ["rr", host, port, seconds] => load(Load::Rr, host, port, seconds),
         ["udpsink", port] => udp_sink(port),
+        ["udpflows", host, port, first, flows, seconds] => {
+            flows::udp_flows(host, port, first, flows, seconds)
+        }
+        ["synflood", iface, src_mac, dst_mac, dst_ip, dst_port, count] => {
+            flows::syn_flood([iface, src_mac, dst_mac, dst_ip, dst_port, count])
+        }
+        ["halfclose", "serve", port, delay_ms] => flows::half_close_serve(port, delay_ms),
+        ["halfclose", "call", host, port, timeout_ms] => {
+            flows::half_close_call(host, port, timeout_ms)
+        }
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         ["udpask", how, addr] => udp_ask(how, addr),
         ["udptick", addr, sport, every_ms, count] => udp_tick(addr, sport, every_ms, count),

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap};
 use netctl_common::conntrack::{
-    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT, CT_KIND_HAIRPIN, CT_KIND_HOST,
-    CT_KIND_SNAT, CT_STATE_NEW,
+    CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_FLAG_ACK, CT_FLAG_SEQ, CT_KIND_DNAT,
+    CT_KIND_HAIRPIN, CT_KIND_HOST, CT_KIND_SNAT, CT_STATE_NEW,
 };
 
 use super::{be_ip, be_port, Env};
@@ -81,11 +81,15 @@ impl CtEntryBuilder {
                 kind,
                 state: CT_STATE_NEW,
                 direction: CT_DIR_ORIGINAL,
-                _pad: 0,
+                flags: 0,
                 ifindex: 0,
+                seq_end: 0,
                 last_seen_ns: 0,
                 packets: 0,
                 bytes: 0,
+                ack: 0,
+                window: 0,
+                _pad: 0,
             },
         }
     }
@@ -114,13 +118,29 @@ impl CtEntryBuilder {
         self
     }
 
+    /// What this direction sent (`seq_end`) and acknowledged (`ack`), as
+    /// the TCP tracking records them (host order).
+    pub fn sent(mut self, seq_end: u32, ack: u32) -> CtEntryBuilder {
+        self.entry.seq_end = seq_end;
+        self.entry.ack = ack;
+        self.entry.flags |= CT_FLAG_SEQ | CT_FLAG_ACK;
+        self
+    }
+
+    /// The last window this direction advertised.
+    pub fn window(mut self, window: u16) -> CtEntryBuilder {
+        self.entry.window = window;
+        self
+    }
+
     pub fn build(self) -> CtEntry {
         self.entry
     }
 }
 
-/// Compares an entry with the expected one, clock and counters apart; the
-/// clock must be a recent bpf_ktime_get_ns().
+/// Compares an entry with the expected one, clock, counters and TCP
+/// numbers apart (see [`assert_tcp_numbers`]); the clock must be a recent
+/// bpf_ktime_get_ns().
 pub fn assert_entry(actual: Option<CtEntry>, expected: CtEntry, what: &str) {
     let actual = actual.unwrap_or_else(|| panic!("{what}: no conntrack entry"));
     let now = monotonic_ns();
@@ -134,11 +154,30 @@ pub fn assert_entry(actual: Option<CtEntry>, expected: CtEntry, what: &str) {
             last_seen_ns: 0,
             packets: 0,
             bytes: 0,
+            flags: 0,
+            seq_end: 0,
+            ack: 0,
+            window: 0,
             ..actual
         },
-        expected,
+        CtEntry {
+            flags: 0,
+            seq_end: 0,
+            ack: 0,
+            window: 0,
+            ..expected
+        },
         "{what}"
     );
+}
+
+/// The TCP numbers an entry tracks: `(seq_end, ack)`, each `None` while
+/// unknown.
+pub fn tcp_numbers(entry: &CtEntry) -> (Option<u32>, Option<u32>) {
+    (
+        (entry.flags & CT_FLAG_SEQ != 0).then_some(entry.seq_end),
+        (entry.flags & CT_FLAG_ACK != 0).then_some(entry.ack),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -205,9 +244,21 @@ impl Env {
 
     /// Sets the time of the last reclaim sweep (bpf_ktime_get_ns clock).
     pub fn set_last_reclaim(&mut self, ns: u64) {
+        self.set_reclaim_slot(0, ns);
+    }
+
+    /// Sets a `CT_RECLAIM_*` slot.
+    pub fn set_reclaim_slot(&mut self, slot: u32, value: u64) {
         let mut map: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut("CT_RECLAIM").expect("CT_RECLAIM"))
                 .expect("CT_RECLAIM");
-        map.set(0, ns, 0).expect("CT_RECLAIM[0]");
+        map.set(slot, value, 0).expect("CT_RECLAIM slot");
+    }
+
+    /// Reads a `CT_RECLAIM_*` slot.
+    pub fn reclaim_slot(&self, slot: u32) -> u64 {
+        let map: Array<_, u64> =
+            Array::try_from(self.ebpf.map("CT_RECLAIM").expect("CT_RECLAIM")).expect("CT_RECLAIM");
+        map.get(&slot, 0).expect("CT_RECLAIM slot")
     }
 }

@@ -100,12 +100,7 @@ fn decode(k: &CtKey, e: &CtEntry, now: u64) -> Flow {
         } else {
             "original"
         },
-        state: match e.state {
-            CT_STATE_NEW => "new",
-            CT_STATE_ESTABLISHED => "established",
-            CT_STATE_CLOSING => "closing",
-            _ => "unknown",
-        },
+        state: state_name(k.proto, e.state),
         idle_seconds: now.saturating_sub(e.last_seen_ns) / 1_000_000_000,
         packets: e.packets,
         bytes: e.bytes,

@@ -54,10 +54,66 @@ use crate::{
     state::State,
 };
 
-/// SNAT source ports: above the kernel's default ephemeral range
-/// (32768–60999), so translated flows never take a port the host's own
-/// sockets on the uplink address could use.
-pub const SNAT_PORTS: (u16, u16) = (61_000, 65_535);
+/// Places the SNAT source ports when the datapath is loaded (the host's
+/// first network): `MIN-MAX`, inclusive.
+pub const SNAT_PORTS_ENV: &str = "NETCTL_SNAT_PORTS";
+/// SNAT source ports by default: MASQUERADE's range for ports from 1024
+/// (1024–65535). The host's ephemeral range (`ip_local_port_range`, read at
+/// load) is always left out of it, so that a flow never takes the tuple of
+/// a host socket's connection (the kernel remaps such a clash; a map cannot),
+/// and so is every published port on the address (checked per port). With
+/// Linux's default range, 1024–32767 and 61000–65535: 36,280 ports per
+/// destination address and port.
+pub const SNAT_PORTS_DEFAULT: (u16, u16) = (1024, 65_535);
+
+/// The SNAT ports asked by [`SNAT_PORTS_ENV`], or the default, checked
+/// against the host's ephemeral range `skip` (some port must remain).
+pub fn snat_ports(skip: (u16, u16)) -> Result<(u16, u16)> {
+    let bad = |raw: &str, why: String| Error::invalid(SNAT_PORTS_ENV, format!("{raw:?} {why}"));
+    let (min, max) = match std::env::var_os(SNAT_PORTS_ENV) {
+        None => SNAT_PORTS_DEFAULT,
+        Some(raw) => {
+            let raw = raw.to_string_lossy().into_owned();
+            let parsed = raw.trim().split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+            });
+            match parsed {
+                Some((min, max)) if min >= 1 && min <= max => (min, max),
+                _ => {
+                    return Err(bad(
+                        &raw,
+                        "is not a port range MIN-MAX (1 <= MIN <= MAX <= 65535)".into(),
+                    ))
+                }
+            }
+        }
+    };
+    if skip.0 <= min && max <= skip.1 {
+        let raw = format!("{min}-{max}");
+        return Err(bad(
+            &raw,
+            format!(
+                "lies inside the host's ephemeral range {}-{} (net.ipv4.ip_local_port_range), which SNAT leaves to the host",
+                skip.0, skip.1
+            ),
+        ));
+    }
+    Ok((min, max))
+}
+
+/// The host namespace's ephemeral port range (`ip_local_port_range`).
+pub fn kernel_ephemeral_ports() -> Result<(u16, u16)> {
+    let key = "net.ipv4.ip_local_port_range";
+    let text = crate::netns::read_sysctl(key)?;
+    crate::ports::HostPorts::parse_range(&text)
+        .map(|r| (*r.start(), *r.end()))
+        .ok_or_else(|| {
+            Error::system(
+                format!("sysctl {key}"),
+                format!("unreadable value {text:?}"),
+            )
+        })
+}
 
 pub struct Ebpf {
     pin_dir: PathBuf,
@@ -109,13 +165,15 @@ impl Datapath for Ebpf {
     fn host_up(&self) -> Result<()> {
         // Bad input is refused before anything changes.
         let conntrack_max = conntrack_max()?;
+        let skip = kernel_ephemeral_ports()?;
+        let snat = snat_ports(skip)?;
         // The kernel forwards what the fast path hands back (FibPass).
         crate::netns::write_sysctl("net.ipv4.ip_forward", "1")?;
         ensure_bpffs()?;
         if self.is_loaded() {
             return Ok(());
         }
-        let result = self.load_and_attach(conntrack_max);
+        let result = self.load_and_attach(conntrack_max, snat, skip);
         if result.is_err() {
             let _ = self.host_down();
         }

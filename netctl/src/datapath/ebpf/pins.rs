@@ -16,12 +16,16 @@ use aya::{
     },
     EbpfLoader,
 };
-use netctl_common::{config::Config, maps};
+use netctl_common::{
+    config::Config,
+    conntrack::{CT_RECLAIM_RING_SPAN, CT_UNCONFIRMED_SLOTS},
+    maps,
+};
 
 use super::{
     bpf_error,
     maps::{be_ip, map_pin_path},
-    Ebpf, SNAT_PORTS,
+    Ebpf,
 };
 use crate::{
     error::{Error, Result},
@@ -168,7 +172,9 @@ impl Ebpf {
         self.map_path(maps::CONFIG).exists()
     }
 
-    fn config(&self) -> Result<Config> {
+    /// CONFIG: the uplink, the SNAT ports `snat` (inclusive) with the host's
+    /// ephemeral range `skip` left out, the netns cookie.
+    fn config(&self, snat: (u16, u16), skip: (u16, u16)) -> Result<Config> {
         let uplink = self.host.uplink.as_ref().ok_or_else(|| {
             Error::invalid(
                 "datapath ebpf",
@@ -178,19 +184,25 @@ impl Ebpf {
         Ok(Config {
             uplink_ifindex: uplink.index,
             uplink_ip: be_ip(uplink.address),
-            snat_port_min: SNAT_PORTS.0,
-            snat_port_max: SNAT_PORTS.1,
+            snat_port_min: snat.0,
+            snat_port_max: snat.1,
             host_netns_cookie: netns_cookie()?,
             flags: 0,
-            _pad: 0,
+            snat_skip_min: skip.0,
+            snat_skip_max: skip.1,
         })
     }
 
     /// Loads the object with every map pinned under our directory (reusing
     /// maps pinned by an earlier load), pins the programs and attaches the
     /// uplink and cgroup ones with pinned links.
-    pub(super) fn load_and_attach(&self, conntrack_max: u32) -> Result<()> {
-        let config = self.config()?;
+    pub(super) fn load_and_attach(
+        &self,
+        conntrack_max: u32,
+        snat: (u16, u16),
+        skip: (u16, u16),
+    ) -> Result<()> {
+        let config = self.config(snat, skip)?;
         for sub in ["maps", "progs", "links"] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -219,6 +231,16 @@ impl Ebpf {
         config_map
             .set(0, config, 0)
             .map_err(|e| bpf_error("map CONFIG", e))?;
+        // Early drop looks back over as many new flows as the table holds.
+        let mut reclaim: Array<_, u64> = Array::try_from(
+            bpf.map_mut(maps::CT_RECLAIM)
+                .ok_or_else(|| Error::system("map CT_RECLAIM", "missing from the object"))?,
+        )
+        .map_err(|e| bpf_error("map CT_RECLAIM", e))?;
+        let span = (conntrack_max / 2).clamp(1, CT_UNCONFIRMED_SLOTS);
+        reclaim
+            .set(CT_RECLAIM_RING_SPAN, u64::from(span), 0)
+            .map_err(|e| bpf_error("map CT_RECLAIM", e))?;
 
         let uplink = self.host.uplink.as_ref().expect("checked by config()");
         for (name, hook) in [(ENDPOINT_INGRESS, None)]
