@@ -26,6 +26,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const NETWORKS: &str = "NETWORKS";
+    pub const NETWORK_PREFIXES: &str = "NETWORK_PREFIXES";
     pub const PORTMAP: &str = "PORTMAP";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const CT_RECLAIM: &str = "CT_RECLAIM";
@@ -34,10 +35,11 @@ pub mod maps {
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
+        NETWORK_PREFIXES,
         PORTMAP,
         CONNTRACK,
         CT_RECLAIM,
@@ -64,6 +66,7 @@ pod!(
     conntrack::CtEntry,
     endpoint::EndpointInfo,
     endpoint::NetworkInfo,
+    endpoint::NetworkPrefix,
     portmap::PortKey,
     portmap::PortTarget,
     sock::SockRevKey,

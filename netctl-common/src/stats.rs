@@ -79,6 +79,9 @@ stat_indexes! {
     /// Drop: a container's ARP whose Ethernet source, sender MAC or sender
     /// address is not the endpoint's own, or that is not Ethernet/IPv4 ARP.
     DropArpSpoofed => "drop_arp_spoofed",
+    /// Container → a container of the same network, handed straight to
+    /// the peer's namespace with bpf_redirect_peer (the bridge skipped).
+    SameNetwork => "same_network",
 }
 
 /// One counter slot: packets and bytes.
