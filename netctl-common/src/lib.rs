@@ -27,6 +27,7 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const NETWORKS: &str = "NETWORKS";
+    pub const NETWORK_PREFIXES: &str = "NETWORK_PREFIXES";
     pub const PORTMAP: &str = "PORTMAP";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const CT_RECLAIM: &str = "CT_RECLAIM";
@@ -40,10 +41,11 @@ pub mod maps {
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
+        NETWORK_PREFIXES,
         PORTMAP,
         CONNTRACK,
         CT_RECLAIM,
@@ -87,6 +89,7 @@ pod!(
     endpoint::NetworkInfo,
     fragment::FragKey,
     fragment::FragEntry,
+    endpoint::NetworkPrefix,
     portmap::PortKey,
     portmap::PortTarget,
     sock::SockRevKey,

@@ -116,6 +116,9 @@ stat_indexes! {
     /// forwarded, but the flow's state is left as it was. Also counted
     /// under the packet's verdict.
     CtOutOfWindow => "ct_out_of_window",
+    /// Container → a container of the same network, handed straight to
+    /// the peer's namespace with bpf_redirect_peer (the bridge skipped).
+    SameNetwork => "same_network",
 }
 
 /// One counter slot: packets and bytes.

@@ -3,10 +3,14 @@
 //!
 //! Order: anti-spoofing (IPv6 dropped, ARP and IPv4 only from the
 //! endpoint's own address and MAC), then known flows (conntrack), then the destination
-//! decides: own subnet → the bridge; another network → dropped; the uplink
-//! address or a gateway → published port (hairpin) or the host; routed
-//! through the uplink → SNAT to the uplink address and straight out of the
-//! uplink; anything else → the kernel.
+//! decides: a container of the own network → straight into its namespace
+//! (bpf_redirect_peer), the rest of the own subnet → the bridge; another
+//! network → dropped; the uplink address or a gateway → published port
+//! (hairpin) or the host; routed through the uplink → SNAT to the uplink
+//! address and straight out of the uplink; anything else → the kernel.
+//! What a destination outside the own subnet is (another network's
+//! subnet, a gateway, neither) is one lookup in the LPM trie
+//! `NETWORK_PREFIXES`, whatever the number of networks.
 //!
 //! The FIB is asked before anything is translated: when it has no answer
 //! the fast path can use, the packet goes to the kernel *untranslated*, the
@@ -16,13 +20,11 @@
 //! the kernel would instead be dropped as a martian (its source would be a
 //! local address arriving on a veth).
 
-use core::ffi::c_void;
-
-use aya_ebpf::{helpers::bpf_for_each_map_elem, programs::TcContext};
+use aya_ebpf::{helpers::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext};
 use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CT_KIND_HAIRPIN},
-    endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
+    endpoint::{EndpointInfo, NETWORK_FLAG_INTERNAL, PREFIX_GATEWAY},
     fragment::FragEntry,
     maps::{TAIL_ENDPOINT_INGRESS, TAIL_ICMP_ERROR},
     portmap::PortTarget,
@@ -33,9 +35,9 @@ use crate::{
     config, conntrack,
     forward::{self, fib_route, network, peer_target, Route},
     fragment, icmp_error,
-    maps::{ENDPOINTS, NETWORKS, TAIL_CALLS},
+    maps::{ENDPOINTS, NETWORK_PREFIXES, TAIL_CALLS},
     nat::{self, NewFlow},
-    parse::{classify_not_ipv4, parse, skb_ifindex, NotIpv4, Packet, L4},
+    parse::{classify_not_ipv4, parse, ptr_at, skb_ifindex, NotIpv4, Packet, L4},
     stats::{count, pass},
 };
 
@@ -61,7 +63,9 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     if pkt.l4 == L4::Truncated {
         return truncated(&pkt, &ep, bytes);
     }
-    let cfg = config();
+    // Read in place (a 32-byte copy takes this program past its 512 bytes
+    // of stack); slot 0 of an array always exists.
+    let cfg = crate::config_ref().ok_or(StatIndex::DropRewriteFailed)?;
 
     // Two kinds of packet are taken by a program of their own,
     // endpoint_icmp_error, by tail call (no room for them on this
@@ -85,7 +89,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // either direction.
     if pkt.has_tuple() {
         if let Some(entry) = conntrack::lookup_packet(&pkt) {
-            return known_flow(ctx, &pkt, entry, &cfg, bytes);
+            return known_flow(ctx, &pkt, entry, cfg, bytes);
         }
     }
 
@@ -97,11 +101,12 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     if pkt.daddr.to_ne_bytes()[0] >= 224 {
         return Ok(pass(StatIndex::Pass, bytes));
     }
-    // The own subnet: the bridge delivers. The gateway is in the subnet but
-    // is a host address, with maybe a published port: below.
+    // The own subnet: a peer container straight, the rest by the bridge.
+    // The gateway is in the subnet but is a host address, with maybe a
+    // published port: below.
     let own_gateway = pkt.daddr == net.gateway;
     if !own_gateway && pkt.daddr & net.mask == net.subnet & net.mask {
-        return Ok(pass(StatIndex::Pass, bytes));
+        return same_network(ctx, &pkt, &ep, bytes);
     }
     // Another network's container.
     // SAFETY: plain-data value copied out at once.
@@ -117,13 +122,13 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // isolated.
     let host = own_gateway
         || pkt.daddr == cfg.uplink_ip
-        || match probe_networks(pkt.daddr) {
-            Probe::Gateway => true,
-            Probe::Subnet => return Err(StatIndex::DropIsolated),
-            Probe::None => false,
+        || match network_prefix(pkt.daddr) {
+            Prefix::Gateway => true,
+            Prefix::Subnet => return Err(StatIndex::DropIsolated),
+            Prefix::None => false,
         };
     if host {
-        return to_host(ctx, &pkt, &ep, internal, own_gateway, &cfg, bytes);
+        return to_host(ctx, &pkt, &ep, internal, own_gateway, cfg, bytes);
     }
     if internal {
         return Err(StatIndex::DropInternal);
@@ -133,7 +138,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
             if ifindex == cfg.uplink_ifindex =>
         {
-            to_outside(ctx, &pkt, &ep, &cfg, &route, bytes)
+            to_outside(ctx, &pkt, &ep, cfg, &route, bytes)
         }
         Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),
         // Everything else is the kernel's, untranslated: another host
@@ -219,75 +224,66 @@ fn truncated(pkt: &Packet, ep: &EndpointInfo, bytes: u32) -> Result<i32, StatInd
     Err(StatIndex::DropIsolated)
 }
 
-/// What `probe_networks` found.
+/// A container's packet to its own subnet, not its gateway. To a container
+/// of the same network, addressed to that container's MAC (as the sender's
+/// neighbour resolution gets it for an on-link address): straight into the
+/// peer's namespace with bpf_redirect_peer on the peer's host-side veth,
+/// the frame as the bridge would have delivered it (a switch: MACs and TTL
+/// untouched, so nothing to rewrite). The bridge never sees it, so neither
+/// its forwarding table nor a tcpdump on it. Everything else stays on the
+/// bridge: an address nobody has, the subnet's broadcast, a frame to
+/// another MAC (the gateway's, say: the host routes it), and ARP, which
+/// keeps the bridge's and the containers' neighbour state as before.
+/// Isolation is unchanged: the own subnet belongs to the own network, and
+/// the peer's entry must say so.
+#[inline(always)]
+fn same_network(
+    ctx: &TcContext,
+    pkt: &Packet,
+    ep: &EndpointInfo,
+    bytes: u32,
+) -> Result<i32, StatIndex> {
+    // The peer and the frame's destination MAC are read in place, through
+    // pointers: copies of them take endpoint_ingress past its 512 bytes
+    // of stack.
+    if let (Some(peer), Ok(dst_mac)) = (ENDPOINTS.get_ptr(pkt.daddr), ptr_at::<[u8; 6]>(ctx, 0)) {
+        // SAFETY: a map value and a bounds-checked packet pointer, read at
+        // once (nothing has rewritten the packet yet).
+        let (network_id, ifindex, same_mac) =
+            unsafe { ((*peer).network_id, (*peer).ifindex, *dst_mac == (*peer).mac) };
+        if network_id == ep.network_id && ifindex != ep.ifindex && same_mac {
+            count(StatIndex::SameNetwork, bytes);
+            // SAFETY: a helper taking plain integers. Valid on this
+            // ingress hook; the kernel drops the packet if the peer's
+            // veth is gone or down.
+            return Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32);
+        }
+    }
+    Ok(pass(StatIndex::Pass, bytes))
+}
+
+/// What an address outside the own subnet is, from `NETWORK_PREFIXES`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Probe {
+enum Prefix {
     None,
-    /// The address is a network's gateway (a host address).
+    /// A network's gateway (a host address).
     Gateway,
-    /// The address lies in a network's subnet (not its gateway).
+    /// In a network's subnet (not its gateway).
     Subnet,
 }
 
-/// Callback context of `probe_networks`: on the stack of the program,
-/// which the verifier lets the callback write (PTR_TO_STACK).
-#[repr(C)]
-struct NetworkProbe {
-    addr: u32,
-    found: u32,
-}
-
-const PROBE_GATEWAY: u32 = 1;
-const PROBE_SUBNET: u32 = 2;
-
-/// Which network, if any, `addr` belongs to. BPF cannot loop over a hash
-/// map's keys, so this walks NETWORKS with bpf_for_each_map_elem (kernel
-/// 5.13+), whose callback is a BPF subprogram of its own (hence
-/// `inline(never)` and the C ABI: the verifier checks it as a callback
-/// taking map, key, value and context, returning 0 (go on) or 1 (stop)).
-/// The walk is bounded by the map's size; it runs only for destinations
-/// outside the own subnet that are not containers, the uplink address or
-/// the own gateway.
+/// One longest-prefix lookup: the gateways are /32 entries inside their
+/// subnets' entries, so the longest match tells a gateway from the rest of
+/// its subnet. (It replaced a bpf_for_each_map_elem walk of every bucket
+/// of NETWORKS, whose callback also shared the 512-byte stack.)
 #[inline(always)]
-fn probe_networks(addr: u32) -> Probe {
-    let mut probe = NetworkProbe { addr, found: 0 };
-    // SAFETY: a map definition, a callback of the expected signature, a
-    // context on our stack that outlives the call.
-    unsafe {
-        bpf_for_each_map_elem(
-            (&raw const NETWORKS).cast_mut().cast(),
-            probe_network as *mut c_void,
-            (&raw mut probe).cast(),
-            0,
-        );
+fn network_prefix(addr: u32) -> Prefix {
+    let key = Key::new(32, addr);
+    match NETWORK_PREFIXES.get(&key) {
+        Some(prefix) if prefix.kind == PREFIX_GATEWAY => Prefix::Gateway,
+        Some(_) => Prefix::Subnet,
+        None => Prefix::None,
     }
-    match probe.found {
-        PROBE_GATEWAY => Probe::Gateway,
-        PROBE_SUBNET => Probe::Subnet,
-        _ => Probe::None,
-    }
-}
-
-#[inline(never)]
-extern "C" fn probe_network(
-    _map: *mut c_void,
-    _id: *const u32,
-    net: *const NetworkInfo,
-    probe: *mut NetworkProbe,
-) -> i64 {
-    // SAFETY: the kernel passes a valid value and our context.
-    unsafe {
-        let addr = (*probe).addr;
-        if addr == (*net).gateway {
-            (*probe).found = PROBE_GATEWAY;
-            return 1;
-        }
-        if addr & (*net).mask == (*net).subnet & (*net).mask {
-            (*probe).found = PROBE_SUBNET;
-            return 1;
-        }
-    }
-    0
 }
 
 /// A packet of a tracked flow: rewrite with the entry, deliver into the
@@ -300,8 +296,11 @@ fn known_flow(
     cfg: &Config,
     bytes: u32,
 ) -> Result<i32, StatIndex> {
-    // SAFETY: a map value from conntrack::lookup, copied.
-    let entry = unsafe { *entry_ptr };
+    // SAFETY: a map value from conntrack::lookup, read in place: a 56-byte
+    // copy takes endpoint_ingress past its 512 bytes of stack. The fields
+    // read (addresses, ports, delivery) are never rewritten by another
+    // CPU; `seen` updates only counters and TCP state.
+    let entry = unsafe { &*entry_ptr };
     // TTL expiring here: the kernel's forwarding sends the ICMP time
     // exceeded (traceroute's first hop); untranslated, as it is.
     if pkt.ttl <= 1 {
@@ -309,7 +308,7 @@ fn known_flow(
     }
     if entry.ifindex != 0 {
         let target = peer_target(entry.daddr, entry.ifindex)?;
-        nat::translate(ctx, pkt, entry_ptr, &entry, bytes)?;
+        nat::translate(ctx, pkt, entry_ptr, entry, bytes)?;
         return forward::redirect_peer(ctx, pkt, &target);
     }
     let route = fib_route(ctx, pkt);
@@ -317,7 +316,7 @@ fn known_flow(
         Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
             if ifindex == cfg.uplink_ifindex =>
         {
-            nat::translate(ctx, pkt, entry_ptr, &entry, bytes)?;
+            nat::translate(ctx, pkt, entry_ptr, entry, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
         Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),

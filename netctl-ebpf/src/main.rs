@@ -12,9 +12,8 @@
 //! so that packet pointers and map value pointers never cross a BPF-to-BPF
 //! call (the verifier restricts what a subprogram may receive), and the
 //! stack (512 bytes in all) is shared by LLVM's slot colouring rather than
-//! added up frame by frame. The exceptions are the callbacks of
-//! `bpf_for_each_map_elem` in [`endpoint`] and [`conntrack`], which must be
-//! subprograms.
+//! added up frame by frame. The exception is the callback of
+//! `bpf_for_each_map_elem` in [`conntrack`], which must be a subprogram.
 //!
 //! Packet data is read once, through bounds-checked pointers, into plain
 //! values ([`parse::Packet`]); every write goes through helpers by offset
@@ -129,6 +128,13 @@ fn log_enabled() -> bool {
     maps::CONFIG
         .get(0)
         .is_some_and(|c| c.flags & CONFIG_FLAG_LOG != 0)
+}
+
+/// CONFIG slot 0, in place (an array slot always exists, so `None` does
+/// not happen; all zero until the controller writes it).
+#[inline(always)]
+fn config_ref() -> Option<&'static Config> {
+    maps::CONFIG.get(0)
 }
 
 /// CONFIG slot 0 (an array slot always exists; all zero until the

@@ -12,14 +12,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 
 use crate::nat::PortSearch;
 use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
-    endpoint::{EndpointInfo, NetworkInfo},
+    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
     maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
@@ -37,6 +37,12 @@ pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(65_
 /// Network id → subnet, gateway, bridge, flags.
 #[map]
 pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(4_096, 0);
+
+/// Each network's subnet and its gateway (a /32) → network id and kind:
+/// what a destination is, in one longest-prefix lookup (two entries per
+/// network of NETWORKS, kept in step by the controller).
+#[map]
+pub static NETWORK_PREFIXES: LpmTrie<u32, NetworkPrefix> = LpmTrie::with_max_entries(8_192, 0);
 
 /// Published ports.
 #[map]

@@ -143,7 +143,13 @@ pub fn snapshot(sb: &Sandbox) -> Vec<String> {
     );
     lines.extend(nft_lines(sb));
     lines.extend(sb.pins().into_iter().map(|p| format!("pin: {p}")));
-    for map in ["ENDPOINTS", "NETWORKS", "PORTMAP", "CONFIG"] {
+    for map in [
+        "ENDPOINTS",
+        "NETWORKS",
+        "NETWORK_PREFIXES",
+        "PORTMAP",
+        "CONFIG",
+    ] {
         for (key, value) in map_entries(sb, map) {
             lines.push(format!("map {map}: {key} value {value}"));
         }

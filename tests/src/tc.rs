@@ -34,14 +34,17 @@ pub use self::{conntrack::*, topology::*};
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray,
+    },
     programs::SchedClassifier,
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
 };
 use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
-    endpoint::{EndpointInfo, NetworkInfo, NETWORK_FLAG_INTERNAL},
+    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL},
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
 };
@@ -255,7 +258,6 @@ impl Env {
 
     pub fn populate(&mut self, opts: Opts) {
         self.set_config(opts.snat_ports);
-        let mut networks = self.hash::<u32, NetworkInfo>("NETWORKS");
         for net in NETS {
             let info = NetworkInfo {
                 subnet: be_ip(net.subnet),
@@ -270,7 +272,7 @@ impl Env {
                     0
                 },
             };
-            networks.insert(net.id, info, 0).expect("NETWORKS");
+            self.add_network(net.id, info);
         }
         let endpoints: Vec<(u32, EndpointInfo)> = CTRS
             .iter()
@@ -312,6 +314,25 @@ impl Env {
         let mut map = self.hash::<PortKey, PortTarget>("PORTMAP");
         for (k, v) in ports {
             map.insert(k, v, 0).expect("PORTMAP");
+        }
+    }
+
+    /// Network `id` as the controller writes it: its NETWORKS entry and
+    /// the NETWORK_PREFIXES entries derived from it.
+    pub fn add_network(&mut self, id: u32, info: NetworkInfo) {
+        self.hash::<u32, NetworkInfo>("NETWORKS")
+            .insert(id, info, 0)
+            .expect("NETWORKS");
+        let mut prefixes: LpmTrie<&mut MapData, u32, NetworkPrefix> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut("NETWORK_PREFIXES")
+                .expect("NETWORK_PREFIXES"),
+        )
+        .expect("NETWORK_PREFIXES");
+        for (len, addr, value) in info.prefixes(id) {
+            prefixes
+                .insert(&Key::new(len, addr), value, 0)
+                .expect("NETWORK_PREFIXES");
         }
     }
 
@@ -368,6 +389,36 @@ impl Env {
             .map_err(|e| format!("{e:?}"))?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
+    }
+
+    /// The kernel's mean run time of `program` on `frame`, over `repeat`
+    /// runs (BPF_PROG_TEST_RUN's `duration`). For reports only: never
+    /// asserted (a busy machine would fail it).
+    pub fn mean_run_time(
+        &self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> std::time::Duration {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e:?}"))
+        .duration
     }
 
     pub fn endpoint(&self, ctr: Ctr, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -656,6 +656,25 @@ fn doctor_reports_drift_and_fix_repairs_it(datapath: &str) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // front's gateway (172.18.0.1/32) gone from NETWORK_PREFIXES, and a
+        // prefix no network owns (10.9.9.0/24 → id 999).
+        let prefixes = sb.pin_path("maps/NETWORK_PREFIXES");
+        for edit in [
+            &[
+                "delete", "key", "hex", "20", "00", "00", "00", "ac", "12", "00", "01",
+            ][..],
+            &[
+                "update", "key", "hex", "18", "00", "00", "00", "0a", "09", "09", "00", "value",
+                "hex", "e7", "03", "00", "00", "01", "00", "00", "00",
+            ],
+        ] {
+            let argv = [&["map", edit[0], "pinned", &prefixes], &edit[1..]].concat();
+            let out = std::process::Command::new("bpftool")
+                .args(&argv)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
     }
 
     let out = sb.netctl(&["doctor"]);
@@ -708,6 +727,15 @@ fn doctor_reports_drift_and_fix_repairs_it(datapath: &str) {
             report.contains("ebpf port 0.0.0.0:8080->80/tcp: missing from map PORTMAP"),
             "{report}"
         );
+        for line in [
+            "ebpf network front: gateway missing from map NETWORK_PREFIXES",
+            "ebpf prefix 10.9.9.0/24: in map NETWORK_PREFIXES (network id 999), not in the state",
+        ] {
+            assert!(
+                report.lines().any(|l| l == line),
+                "missing {line:?} in:\n{report}"
+            );
+        }
     }
 
     let out = sb.netctl(&["doctor", "--fix"]);

@@ -8,14 +8,15 @@ use std::{
 };
 
 use netctl_common::{
-    endpoint::{EndpointInfo, NetworkInfo},
+    endpoint::{EndpointInfo, NetworkInfo, PrefixEntry},
     maps,
     portmap::{PortKey, PortTarget},
 };
 
 use super::{
     bpf_error, endpoint_info, ifindex,
-    maps::{be_ip, ip_from_be, port_key},
+    maps::{be_ip, ip_from_be, port_key, prefix_key},
+    network_info,
     pins::{ENDPOINT_INGRESS, UPLINK_PROGRAMS},
     Ebpf,
 };
@@ -83,11 +84,23 @@ fn endpoint_drift(dp: &Ebpf, net: &Network, ep: &Endpoint, links: &BTreeSet<Stri
     drift
 }
 
+/// The NETWORK_PREFIXES entries the state implies: each network's subnet
+/// and gateway.
+fn wanted_prefixes(state: &State) -> impl Iterator<Item = PrefixEntry> + '_ {
+    state
+        .networks
+        .values()
+        .flat_map(|net| network_info(net, 0).prefixes(net.id))
+}
+
 /// What the links and maps hold that no object of the state owns: what
 /// `audit` reports and `reconcile` removes.
 struct Orphans {
     links: Vec<String>,
     network_ids: Vec<u32>,
+    /// NETWORK_PREFIXES entries no network of the state implies, or that
+    /// say something else than it does.
+    prefixes: Vec<PrefixEntry>,
     endpoint_ips: Vec<u32>,
     ports: Vec<PortKey>,
 }
@@ -96,6 +109,7 @@ fn orphans(dp: &Ebpf, state: &State, links: &BTreeSet<String>) -> Result<Orphans
     let wanted = wanted_links(dp, state);
     let known_ids: BTreeSet<u32> = state.networks.values().map(|n| n.id).collect();
     let known_ips: BTreeSet<u32> = endpoints(state).map(|(_, ep)| be_ip(ep.ip)).collect();
+    let known_prefixes: Vec<PrefixEntry> = wanted_prefixes(state).collect();
     let known_ports: HashSet<PortKey> = state.ports().map(port_key).collect();
     Ok(Orphans {
         // The cgroup links belong to the host, not to any object.
@@ -109,6 +123,13 @@ fn orphans(dp: &Ebpf, state: &State, links: &BTreeSet<String>) -> Result<Orphans
             .keys()
             .flatten()
             .filter(|id| !known_ids.contains(id))
+            .collect(),
+        prefixes: dp
+            .prefixes()?
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.prefix_len(), key.data(), value))
+            .filter(|entry| !known_prefixes.contains(entry))
             .collect(),
         endpoint_ips: dp
             .hash::<u32, EndpointInfo>(maps::ENDPOINTS)?
@@ -166,6 +187,19 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
             Ok(_) => {}
         }
     }
+    let prefixes = dp.prefixes()?;
+    for net in state.networks.values() {
+        let object = format!("ebpf network {}", net.name);
+        for entry in network_info(net, 0).prefixes(net.id) {
+            if prefixes.get(&prefix_key(&entry), 0).ok() != Some(entry.2) {
+                let what = if entry.0 == 32 { "gateway" } else { "subnet" };
+                drift.push(Drift::new(
+                    &object,
+                    format!("{what} missing from map NETWORK_PREFIXES"),
+                ));
+            }
+        }
+    }
     for (net, ep) in endpoints(state) {
         drift.extend(endpoint_drift(dp, net, ep, &links));
     }
@@ -191,6 +225,15 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
         drift.push(Drift::new(
             format!("ebpf network id {id}"),
             "in map NETWORKS, not in the state",
+        ));
+    }
+    for (len, addr, value) in &orphans.prefixes {
+        drift.push(Drift::new(
+            format!("ebpf prefix {}/{len}", ip_from_be(*addr)),
+            format!(
+                "in map NETWORK_PREFIXES (network id {}), not in the state",
+                value.network_id
+            ),
         ));
     }
     for ip in &orphans.endpoint_ips {
@@ -262,6 +305,15 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
             networks
                 .remove(id)
                 .map_err(|e| bpf_error("map NETWORKS", e))
+                .err(),
+        );
+    }
+    let mut prefixes = dp.prefixes()?;
+    for entry in &orphans.prefixes {
+        errors.extend(
+            prefixes
+                .remove(&prefix_key(entry))
+                .map_err(|e| bpf_error("map NETWORK_PREFIXES", e))
                 .err(),
         );
     }

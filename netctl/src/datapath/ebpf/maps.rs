@@ -7,8 +7,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use netctl_common::{maps, portmap::PortKey};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap, Map, MapData,
+};
+use netctl_common::{
+    endpoint::{NetworkPrefix, PrefixEntry},
+    maps,
+    portmap::PortKey,
+};
 
 use super::{bpf_error, Ebpf};
 use crate::{
@@ -63,12 +70,31 @@ pub(super) fn pinned_hash<K: aya::Pod, V: aya::Pod>(
         .map_err(|e| bpf_error(format!("map {}", map_pin_path(dir, name).display()), e))
 }
 
+/// The pinned `NETWORK_PREFIXES` trie: (prefix length, address) → network.
+pub(super) type Prefixes = LpmTrie<MapData, u32, NetworkPrefix>;
+
+/// The trie key of a `NETWORK_PREFIXES` entry.
+pub(super) fn prefix_key(entry: &PrefixEntry) -> Key<u32> {
+    Key::new(entry.0, entry.1)
+}
+
 impl Ebpf {
     pub(super) fn hash<K: aya::Pod, V: aya::Pod>(
         &self,
         name: &str,
     ) -> Result<HashMap<MapData, K, V>> {
         pinned_hash(&self.pin_dir, name)
+    }
+
+    pub(super) fn prefixes(&self) -> Result<Prefixes> {
+        let name = maps::NETWORK_PREFIXES;
+        let data = open_pinned_map(&self.pin_dir, name)?;
+        LpmTrie::try_from(Map::LpmTrie(data)).map_err(|e| {
+            bpf_error(
+                format!("map {}", map_pin_path(&self.pin_dir, name).display()),
+                e,
+            )
+        })
     }
 }
 

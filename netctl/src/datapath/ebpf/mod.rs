@@ -9,7 +9,8 @@
 //!
 //! Layout of the pin directory:
 //! ```text
-//! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, PORTMAP, CONNTRACK, CT_RECLAIM, SOCK_REVNAT, STATS
+//! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
+//!                             CT_RECLAIM, SOCK_REVNAT, STATS
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (uplink, and each endpoint's host-side veth)
 //! links/cgroup@<program>      cgroup sock_addr links (on --cgroup)
@@ -36,7 +37,7 @@ use netctl_common::{
     portmap::{PortKey, PortTarget},
 };
 
-use self::maps::{be_ip, is_absent, port_key};
+use self::maps::{be_ip, is_absent, port_key, prefix_key};
 pub use self::{
     conntrack::{
         conntrack_capacity, conntrack_gc, conntrack_list, conntrack_max, conntrack_remove, Flow,
@@ -148,6 +149,25 @@ fn endpoint_info(net: &Network, ep: &Endpoint, veth_ifindex: u32) -> EndpointInf
     }
 }
 
+/// What the NETWORKS entry of `net` holds (its NETWORK_PREFIXES entries
+/// derive from it: `NetworkInfo::prefixes`).
+fn network_info(net: &Network, bridge_ifindex: u32) -> NetworkInfo {
+    NetworkInfo {
+        subnet: be_ip(net.subnet.network()),
+        mask: be_ip(net.subnet.netmask()),
+        gateway: be_ip(net.gateway),
+        bridge_ifindex,
+        // The MAC topology gave the bridge, not one read back from it.
+        bridge_mac: net.bridge_mac().octets(),
+        _pad: [0; 2],
+        flags: if net.internal {
+            NETWORK_FLAG_INTERNAL
+        } else {
+            0
+        },
+    }
+}
+
 impl Ebpf {
     pub fn new(host: &HostInfo) -> Self {
         Ebpf {
@@ -185,34 +205,52 @@ impl Datapath for Ebpf {
     }
 
     fn network_up(&self, net: &Network, bridge_ifindex: u32) -> Result<()> {
-        let info = NetworkInfo {
-            subnet: be_ip(net.subnet.network()),
-            mask: be_ip(net.subnet.netmask()),
-            gateway: be_ip(net.gateway),
-            bridge_ifindex,
-            // The MAC topology gave the bridge, not one read back from it.
-            bridge_mac: net.bridge_mac().octets(),
-            _pad: [0; 2],
-            flags: if net.internal {
-                NETWORK_FLAG_INTERNAL
-            } else {
-                0
-            },
-        };
+        let info = network_info(net, bridge_ifindex);
         self.hash::<u32, NetworkInfo>(map_names::NETWORKS)?
             .insert(net.id, info, 0)
-            .map_err(|e| bpf_error(format!("network {}: map NETWORKS", net.name), e))
+            .map_err(|e| bpf_error(format!("network {}: map NETWORKS", net.name), e))?;
+        // Its subnet and gateway, for the programs' one-lookup
+        // classification of a destination.
+        let mut prefixes = self.prefixes()?;
+        for entry in info.prefixes(net.id) {
+            prefixes
+                .insert(&prefix_key(&entry), entry.2, 0)
+                .map_err(|e| bpf_error(format!("network {}: map NETWORK_PREFIXES", net.name), e))?;
+        }
+        Ok(())
     }
 
     fn network_down(&self, net: &Network) -> Result<()> {
+        let mut errors = Vec::new();
+        match self.prefixes() {
+            Ok(mut prefixes) => {
+                for entry in network_info(net, 0).prefixes(net.id) {
+                    let key = prefix_key(&entry);
+                    // Only its own entries (an absent one is no error).
+                    if prefixes.get(&key, 0).ok() != Some(entry.2) {
+                        continue;
+                    }
+                    match prefixes.remove(&key) {
+                        Ok(()) => {}
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => errors.push(bpf_error(
+                            format!("network {}: map NETWORK_PREFIXES", net.name),
+                            e,
+                        )),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
         match self
             .hash::<u32, NetworkInfo>(map_names::NETWORKS)?
             .remove(&net.id)
         {
-            Ok(()) => Ok(()),
-            Err(e) if is_absent(&e) => Ok(()),
-            Err(e) => Err(bpf_error(format!("network {}: map NETWORKS", net.name), e)),
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => {}
+            Err(e) => errors.push(bpf_error(format!("network {}: map NETWORKS", net.name), e)),
         }
+        Error::collect(errors)
     }
 
     fn endpoint_added(&self, net: &Network, ep: &Endpoint, veth_ifindex: u32) -> Result<()> {
