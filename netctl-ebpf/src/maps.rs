@@ -49,7 +49,8 @@ pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CONNTR
 #[map]
 pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
+/// Host sockets whose peer the cgroup programs rewrote (for recvmsg and
+/// getpeername).
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(65_536, 0);
