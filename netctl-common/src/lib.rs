@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
+pub mod layout;
 pub mod portmap;
 pub mod sock;
 pub mod stats;
@@ -64,6 +65,7 @@ pod!(
     conntrack::CtEntry,
     endpoint::EndpointInfo,
     endpoint::NetworkInfo,
+    layout::Layout,
     portmap::PortKey,
     portmap::PortTarget,
     sock::SockRevKey,
