@@ -257,6 +257,9 @@ fn an_older_datapath_is_taken_over_in_place_without_losing_a_byte() {
     assert!(!String::from_utf8_lossy(&again.stderr).contains("upgraded"));
 }
 
+/// An edit of the layout record.
+type Change = dyn Fn(&mut Layout);
+
 #[test]
 fn a_datapath_that_cannot_be_taken_over_is_refused_with_nothing_changed() {
     if !netctl_tests::privileged("sandboxes") {
@@ -264,7 +267,7 @@ fn a_datapath_that_cannot_be_taken_over_is_refused_with_nothing_changed() {
     }
     let sb = host_with_streams(None);
     let ct = netctl_common::layout::layout_version(maps::CONNTRACK).expect("CONNTRACK layout");
-    let cases: [(&str, Box<dyn Fn(&mut Layout)>, &[&str]); 3] = [
+    let cases: [(&str, Box<Change>, &[&str]); 3] = [
         (
             "an older conntrack layout without a migration",
             Box::new(move |l: &mut Layout| assert!(l.set_version(maps::CONNTRACK, ct - 1))),

@@ -47,6 +47,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// One map entry as bytes: key, value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// One map's layout step: `from` to `from + 1`.
 pub struct Migration {
     pub map: &'static str,
@@ -54,7 +57,7 @@ pub struct Migration {
     /// Key and value sizes of layout `from`.
     pub old_sizes: (u32, u32),
     /// One entry of layout `from` as one of `from + 1` (`None`: dropped).
-    pub convert: fn(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)>,
+    pub convert: fn(key: &[u8], value: &[u8]) -> Option<Entry>,
 }
 
 /// Every migration this build knows. A map's layout change (a version bump
