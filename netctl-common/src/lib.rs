@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod endpoint;
 pub mod fragment;
+pub mod layout;
 pub mod portmap;
 pub mod sock;
 pub mod stats;
@@ -90,6 +91,7 @@ pod!(
     fragment::FragKey,
     fragment::FragEntry,
     endpoint::NetworkPrefix,
+    layout::Layout,
     portmap::PortKey,
     portmap::PortTarget,
     sock::SockRevKey,

@@ -66,7 +66,8 @@ pub static CT_RECLAIM: Array<u64> = Array::with_max_entries(CT_RECLAIM_SLOTS, 0)
 #[map]
 pub static CT_UNCONFIRMED: Array<CtKey> = Array::with_max_entries(CT_UNCONFIRMED_SLOTS, 0);
 
-/// Host sockets whose peer the cgroup programs rewrote (for recvmsg4).
+/// Host sockets whose peer the cgroup programs rewrote (for recvmsg and
+/// getpeername).
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(65_536, 0);

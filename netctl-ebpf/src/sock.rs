@@ -22,6 +22,16 @@
 //! host and the container, replies included. No packet ever carries 127.0.0.1
 //! on the bridge, and there is no conntrack entry to keep.
 //!
+//! IPv6 sockets: a dual-stack socket aimed at an IPv4-mapped address
+//! (`::ffff:127.0.0.1`, Java's default) goes through the `*6` hooks with
+//! the mapped address; those programs translate it like the IPv4 one and
+//! write back a mapped address. Any other IPv6 address is left alone (the
+//! networks have no IPv6).
+//!
+//! getpeername() reports the address the application dialled, not the
+//! container's: connect4/6 record every translated socket (TCP and UDP) in
+//! `SOCK_REVNAT`, which getpeername4/6 and recvmsg4/6 read back.
+//!
 //! Not covered:
 //! - a socket bound to a loopback address before connect()/sendto() (e.g.
 //!   `bind(127.0.0.1:0)`): after the rewrite its source is 127.0.0.1 on a route
@@ -32,12 +42,11 @@
 //!   network's gateway, a second uplink address) for ports published on every
 //!   address: BPF cannot iterate `NETWORKS`, and there is no map of local
 //!   addresses; publishing on such an address explicitly works (rule 1);
-//! - IPv6 (`::1`, connect6/sendmsg6), including IPv4-mapped addresses on
-//!   dual-stack sockets, which go through the connect6 hook;
-//! - getpeername() on a translated socket reports the container's address
-//!   (no getpeername4 program), and a UDP socket's recvmsg() reports the
-//!   original address only for the last published address it sent to per
-//!   container address and port;
+//! - `::1` and other IPv6 addresses (published ports are IPv4);
+//! - `SOCK_REVNAT` is an LRU: a socket whose entry was pushed out by 65,536
+//!   newer ones gets the container's address from getpeername(), and an
+//!   unconnected UDP socket's recvmsg() reports the original address only for
+//!   the last published address it sent to per container address and port;
 //! - host processes outside the cgroup the programs are attached to.
 
 use aya_ebpf::{
@@ -64,7 +73,7 @@ const IPPROTO_UDP: u32 = 17;
 /// connect() of a TCP or UDP socket.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx);
+    translate(&ctx, Family::V4);
     ALLOW
 }
 
@@ -72,7 +81,7 @@ pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
 /// kernel runs this hook only then: a connected socket went through connect4).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx);
+    translate(&ctx, Family::V4);
     ALLOW
 }
 
@@ -80,8 +89,93 @@ pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
 /// address the application sent to, not the container's.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    restore(&ctx);
+    restore(&ctx, Family::V4);
     ALLOW
+}
+
+/// getpeername() of a translated socket: the address the application
+/// dialled.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx, Family::V4);
+    ALLOW
+}
+
+/// connect() of a dual-stack socket to an IPv4-mapped address (the kernel
+/// runs this hook before it hands the mapped address to IPv4).
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6Mapped);
+    ALLOW
+}
+
+/// sendto() with an IPv4-mapped address on an unconnected dual-stack UDP
+/// socket, where the kernel runs the IPv6 hook (recent kernels hand mapped
+/// destinations to udp_sendmsg, whose sendmsg4 hook sees them as IPv4).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6Mapped);
+    ALLOW
+}
+
+/// recvfrom() on a dual-stack UDP socket: the source of an IPv4 datagram
+/// arrives mapped.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore(&ctx, Family::V6Mapped);
+    ALLOW
+}
+
+/// getpeername() of a dual-stack socket connected to a mapped address.
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore(&ctx, Family::V6Mapped);
+    ALLOW
+}
+
+/// Where a hook finds the IPv4 address: `user_ip4`, or the last word of an
+/// IPv4-mapped `user_ip6` (`::ffff:a.b.c.d`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6Mapped,
+}
+
+/// The `::ffff:` prefix's third word as it lies in memory.
+const MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address (network order) the hook's address holds, if any.
+#[inline(always)]
+fn read_ip(ctx: &SockAddrContext, family: Family) -> Option<u32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's context, readable for the whole program; user_ip6
+    // is read a 4-byte word at a time, as the verifier demands.
+    unsafe {
+        match family {
+            Family::V4 => Some((*sa).user_ip4),
+            Family::V6Mapped => {
+                let words = [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2]];
+                (words == [0, 0, MAPPED_WORD]).then(|| (*sa).user_ip6[3])
+            }
+        }
+    }
+}
+
+/// Writes the IPv4 address and port (network order) back where
+/// [`read_ip`] found them.
+#[inline(always)]
+fn write_addr(ctx: &SockAddrContext, family: Family, ip: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4/user_ip6 and user_port are writable in every hook
+    // these programs attach to (connect, sendmsg, recvmsg, getpeername of
+    // their family); the mapped prefix stays as it is.
+    unsafe {
+        match family {
+            Family::V4 => (*sa).user_ip4 = ip,
+            Family::V6Mapped => (*sa).user_ip6[3] = ip,
+        }
+        (*sa).user_port = u32::from(port);
+    }
 }
 
 /// The host settings, if this socket belongs to the host namespace and the
@@ -127,16 +221,20 @@ fn published(ip: u32, port: u16, proto: u8, uplink_ip: u32) -> Option<PortTarget
     PORTMAP.get_ptr(key).map(|target| unsafe { *target })
 }
 
-/// connect4/sendmsg4: send a host socket aimed at a published port straight
-/// to the container.
+/// connect/sendmsg: send a host socket aimed at a published port straight
+/// to the container, and remember where it was aimed (getpeername,
+/// recvmsg).
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) {
+fn translate(ctx: &SockAddrContext, family: Family) {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context, readable for the whole program.
-    let (proto, dst_ip, dst_port) = unsafe { ((*sa).protocol, (*sa).user_ip4, (*sa).user_port) };
+    let (proto, dst_port) = unsafe { ((*sa).protocol, (*sa).user_port) };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }
+    let Some(dst_ip) = read_ip(ctx, family) else {
+        return;
+    };
     let Some(config) = host_config(ctx) else {
         return;
     };
@@ -146,44 +244,38 @@ fn translate(ctx: &SockAddrContext) {
     let Some(target) = published(dst_ip, dst_port, proto as u8, config.uplink_ip) else {
         return;
     };
-    if proto == IPPROTO_UDP {
-        // Only UDP sockets reach recvmsg4; a TCP entry would only push live
-        // UDP entries out of the LRU.
-        let key = SockRevKey {
-            // SAFETY: a helper valid for cgroup sock_addr programs.
-            cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-            ip: target.ip,
-            port: target.port,
-            _pad: 0,
-        };
-        let original = SockRevValue {
-            ip: dst_ip,
-            port: dst_port,
-            _pad: 0,
-        };
-        // LRU: insertion evicts rather than fails. Should it fail anyway, the
-        // datagram is still translated: a connected socket does not need the
-        // entry, an unconnected one sees the container's address as source.
-        let _ = SOCK_REVNAT.insert(key, original, 0);
-    }
-    // SAFETY: user_ip4 and user_port are writable in connect4 and sendmsg4.
-    unsafe {
-        (*sa).user_ip4 = target.ip;
-        (*sa).user_port = u32::from(target.port);
-    }
+    let key = SockRevKey {
+        // SAFETY: a helper valid for cgroup sock_addr programs.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        ip: target.ip,
+        port: target.port,
+        _pad: 0,
+    };
+    let original = SockRevValue {
+        ip: dst_ip,
+        port: dst_port,
+        _pad: 0,
+    };
+    // LRU: insertion evicts rather than fails. Should it fail anyway, the
+    // socket is still translated: only getpeername() and an unconnected
+    // socket's recvmsg() then see the container's address.
+    let _ = SOCK_REVNAT.insert(key, original, 0);
+    write_addr(ctx, family, target.ip, target.port);
     crate::stats::count(StatIndex::SockTranslated, 0);
 }
 
-/// recvmsg4: the source of a datagram from a container this socket reached
+/// recvmsg/getpeername: the address of a container this socket reached
 /// through a published port becomes that published address again.
 #[inline(always)]
-fn restore(ctx: &SockAddrContext) {
+fn restore(ctx: &SockAddrContext, family: Family) {
+    let Some(src_ip) = read_ip(ctx, family) else {
+        return;
+    };
     if host_config(ctx).is_none() {
         return;
     }
-    let sa = ctx.sock_addr;
     // SAFETY: the kernel's context, readable for the whole program.
-    let (src_ip, src_port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    let src_port = unsafe { (*ctx.sock_addr).user_port };
     let key = SockRevKey {
         // SAFETY: a helper valid for cgroup sock_addr programs.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -194,11 +286,7 @@ fn restore(ctx: &SockAddrContext) {
     let Some(original) = SOCK_REVNAT.get_ptr(key) else {
         return;
     };
-    // SAFETY: a value pointer from a successful lookup; user_ip4 and
-    // user_port are writable in recvmsg4.
-    unsafe {
-        let original = *original;
-        (*sa).user_ip4 = original.ip;
-        (*sa).user_port = u32::from(original.port);
-    }
+    // SAFETY: a value pointer from a successful lookup, copied at once.
+    let original = unsafe { *original };
+    write_addr(ctx, family, original.ip, original.port);
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     config::HostConfig,
+    datapath::ebpf,
     error::{Error, Result},
     ipam,
     model::{DatapathKind, DEFAULT_NETWORK},
@@ -90,6 +91,10 @@ pub enum Command {
     },
     /// Remove everything netctl made on this host.
     Down,
+    /// This netctl's version and its datapath's (datapath version, object
+    /// fingerprint, each map's layout version), and those of the eBPF
+    /// datapath loaded on this host.
+    Version,
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +273,7 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         }
         Command::Doctor { fix } => doctor(Host::open(config).await?, fix, format).await,
         Command::Down => Host::open(config).await?.down().await,
+        Command::Version => version(&Host::open(config).await?, format),
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
         Command::Stats => stats(&Host::open(config).await?, format),
         Command::Metrics { listen: None } => {
@@ -285,6 +291,39 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             .await?
             .trace(seconds, &mut std::io::stdout().lock()),
     }
+}
+
+/// `netctl version`: the binary's versions, then the loaded datapath's.
+fn version(host: &Host, format: Format) -> Result<()> {
+    let (binary, loaded) = host.versions()?;
+    let datapath = host.state.datapath.map(|d| d.to_string());
+    if format == Format::Json {
+        return print_json(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "binary": binary,
+            "host_datapath": datapath,
+            "loaded": loaded,
+        }));
+    }
+    let describe = |v: &ebpf::Versions| {
+        let maps: Vec<String> = v.maps.iter().map(|(n, l)| format!("{n} {l}")).collect();
+        format!(
+            "datapath {}, object {}, map layouts: {}",
+            v.datapath,
+            v.object
+                .as_deref()
+                .unwrap_or("unknown (loaded before layout records)"),
+            maps.join(", ")
+        )
+    };
+    println!("netctl {}", env!("CARGO_PKG_VERSION"));
+    println!("binary: {}", describe(&binary));
+    match (&loaded, datapath) {
+        (Some(v), _) => println!("loaded: {}", describe(v)),
+        (None, Some(kind)) if kind != "ebpf" => println!("loaded: the {kind} datapath"),
+        (None, _) => println!("loaded: none"),
+    }
+    Ok(())
 }
 
 /// Prints every difference; fails (exit 1) when some remain, so that a

@@ -63,9 +63,10 @@ pub const POINTS: &[&str] = &[
     "connect.endpoint",
     // the save that ends a successful command
     "commit",
-    // container rm: steps of a teardown, then after each container
-    "rm.datapath",
+    // container rm: steps of a teardown (links before the datapath, so an
+    // endpoint is held until its link is gone), then after each container
     "rm.links",
+    "rm.datapath",
     "rm.netns",
     "rm.container",
     // network rm
@@ -73,8 +74,8 @@ pub const POINTS: &[&str] = &[
     // network prune: after each network
     "prune.network",
     // network disconnect: steps of taking an endpoint apart
-    "disconnect.datapath",
     "disconnect.links",
+    "disconnect.datapath",
     // down: after the containers, after the networks, inside the datapath's
     // host teardown, and after it (before the state dir goes)
     "down.containers",

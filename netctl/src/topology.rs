@@ -65,10 +65,14 @@ pub fn peer_name(ep: &Endpoint) -> String {
 /// Connects a container namespace to a network: a veth pair whose host end
 /// joins the bridge and whose other end becomes `ifname` inside, with the
 /// endpoint's MAC and address, and a default route via the gateway unless
-/// the network is internal. On failure the pair is deleted again, which
-/// leaves the system as before. `point` names the failpoint between the
-/// pair's making and the move of its peer (the caller's command's). Returns
-/// the host end's ifindex (for the datapath).
+/// the network is internal. The host end stays down, so the pair carries
+/// nothing yet (no carrier on either end): the caller attaches the
+/// datapath to it, then calls [`activate`]. A link up before its
+/// anti-spoofing would let the container's first packets out with any
+/// source. On failure the pair is deleted again, which leaves the system as
+/// before. `point` names the failpoint between the pair's making and the
+/// move of its peer (the caller's command's). Returns the host end's
+/// ifindex (for the datapath).
 pub async fn attach(
     host: &Netlink,
     netns_name: &str,
@@ -89,7 +93,6 @@ pub async fn attach(
             host.set_mtu(host_end, mtu).await?;
             host.set_mtu(peer_index, mtu).await?;
         }
-        host.set_up(host_end).await?;
         failpoint::check(point)?;
         let ns = netns::open(netns_name)?;
         host.move_to_netns(peer_index, &ns, netns_name).await?;
@@ -123,7 +126,16 @@ async fn configure_inside(
     Ok(())
 }
 
+/// Brings an attached endpoint's host end up: from here on the pair carries
+/// traffic, so the datapath must already hold the endpoint.
+pub async fn activate(host: &Netlink, ep: &Endpoint) -> Result<()> {
+    let host_end = host.index(&ep.host_veth).await?;
+    host.set_up(host_end).await
+}
+
 /// Removes an endpoint's veth pair (from the host side; absent is fine).
+/// Done before the datapath forgets the endpoint: the link is gone before
+/// its anti-spoofing is.
 pub async fn detach(host: &Netlink, ep: &Endpoint) -> Result<()> {
     host.delete_link(&ep.host_veth).await
 }

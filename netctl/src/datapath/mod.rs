@@ -54,6 +54,14 @@ pub trait Datapath {
 
     /// Host-wide setup before the first network (chains, jumps, programs).
     fn host_up(&self) -> Result<()>;
+    /// Takes over what another build of netctl loaded on this host, in
+    /// place (eBPF: programs replaced on their links, maps kept or
+    /// migrated), or refuses with nothing changed. `Some(what it did)`, or
+    /// `None` when there was nothing to do. Every command that opens the
+    /// datapath calls it first, except `down`.
+    fn take_over(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Removes everything the datapath made on the host; keeps going past
     /// errors and reports all of them.
     fn host_down(&self) -> Result<()>;

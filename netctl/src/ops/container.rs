@@ -289,6 +289,9 @@ impl Host {
             self.host_ports().await?
         };
         let plan = plan_container(&self.state, &self.config, &host, &req)?;
+        // A datapath this build cannot take over refuses the command
+        // before its first step.
+        self.open_datapath_if_up().await?;
         let result = self.apply(plan).await;
         self.commit(result, &[]).await?;
         Ok(self.state.containers[&req.name].clone())
@@ -396,8 +399,10 @@ impl Host {
         Ok(())
     }
 
-    /// Attaches an endpoint to a container in the state: the veth pair,
-    /// then the datapath. `command` names the failpoints (`run.link`,
+    /// Attaches an endpoint to a container in the state: the veth pair (its
+    /// host end down), then the datapath, and only then the host end up, so
+    /// that no packet crosses the link before the datapath's anti-spoofing
+    /// and isolation hold it. `command` names the failpoints (`run.link`,
     /// `connect.link`, ...).
     pub(super) async fn apply_attach(
         &mut self,
@@ -433,6 +438,7 @@ impl Host {
             &endpoint,
         )?;
         dp.endpoint_added(net, ep, veth_ifindex)?;
+        topology::activate(&self.netlink, ep).await?;
         failpoint::check(&endpoint)?;
         let entry = self
             .state
@@ -489,8 +495,8 @@ impl Host {
         Error::collect(errors)
     }
 
-    /// Takes a container apart, going on past errors: process, ports,
-    /// endpoints, namespace, hosts file, state.
+    /// Takes a container apart, going on past errors: process, links, then
+    /// ports and endpoints in the datapath, namespace, hosts file, state.
     pub(super) async fn remove_container(&mut self, name: &str) -> Result<()> {
         let ctr = self.state.container(name)?.clone();
         self.record_removal(|j| j.removing_containers.push(ctr.name.clone()))?;
@@ -498,6 +504,12 @@ impl Host {
         if let Some(p) = &ctr.process {
             errors.extend(process::remove(p).err());
         }
+        // The links go first: an endpoint's anti-spoofing and isolation
+        // stay until its link can carry nothing more.
+        for ep in &ctr.endpoints {
+            errors.extend(topology::detach(&self.netlink, ep).await.err());
+        }
+        errors.extend(failpoint::check("rm.links").err());
         match self.datapath().await {
             Ok(dp) => {
                 for ep in &ctr.endpoints {
@@ -507,10 +519,6 @@ impl Host {
             Err(e) => errors.push(e),
         }
         errors.extend(failpoint::check("rm.datapath").err());
-        for ep in &ctr.endpoints {
-            errors.extend(topology::detach(&self.netlink, ep).await.err());
-        }
-        errors.extend(failpoint::check("rm.links").err());
         let mut removed_netns = Vec::new();
         if let (true, Some(netns_name)) = (ctr.owns_netns(), &ctr.netns) {
             errors.extend(netns::delete(netns_name).err());

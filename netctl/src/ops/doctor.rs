@@ -141,6 +141,12 @@ impl Host {
                         ),
                         Repair::Reenslave(ctr.name.clone(), ep.network.clone()),
                     )),
+                    // Left down by a command killed between the datapath
+                    // and bringing it up: it carries nothing.
+                    Some(veth) if !veth.up => found.push((
+                        Drift::new(object, format!("veth {} is down", ep.host_veth)),
+                        Repair::Reenslave(ctr.name.clone(), ep.network.clone()),
+                    )),
                     _ => {}
                 }
             }
@@ -217,6 +223,8 @@ impl Host {
     async fn repair(&mut self, repairs: &[Repair]) -> Result<()> {
         let mut errors = Vec::new();
         let mut topology_changed = false;
+        // Re-made veths stay down until the datapath holds them again.
+        let mut reattached = Vec::new();
         for repair in repairs {
             let result = match repair {
                 Repair::ForgetContainer(name) => {
@@ -231,9 +239,16 @@ impl Host {
                 }
                 Repair::Reattach(container, network) => {
                     topology_changed = true;
-                    self.reattach(container, network).await
+                    let result = self.reattach(container, network).await;
+                    if result.is_ok() {
+                        reattached.push((container.clone(), network.clone()));
+                    }
+                    result
                 }
                 Repair::Reenslave(container, network) => {
+                    // Up once the datapath is reconciled, as a new veth.
+                    topology_changed = true;
+                    reattached.push((container.clone(), network.clone()));
                     let (net, ep) = self.endpoint_of(container, network)?;
                     self.enslave(&net, &ep).await
                 }
@@ -245,8 +260,20 @@ impl Host {
         // New links have new ifindexes: the datapath is reconciled after
         // any topology repair, not only when it reported drift itself.
         if topology_changed || repairs.contains(&Repair::Datapath) {
-            match self.datapath().await {
-                Ok(dp) => errors.extend(dp.reconcile(&self.state).err()),
+            let reconciled = match self.datapath().await {
+                Ok(dp) => dp.reconcile(&self.state),
+                Err(e) => Err(e),
+            };
+            match reconciled {
+                Ok(()) => {
+                    for (container, network) in &reattached {
+                        let activated = match self.endpoint_of(container, network) {
+                            Ok((_, ep)) => topology::activate(&self.netlink, &ep).await,
+                            Err(e) => Err(e),
+                        };
+                        errors.extend(activated.err());
+                    }
+                }
                 Err(e) => errors.push(e),
             }
             errors.extend(failpoint::check("doctor.datapath").err());
@@ -284,17 +311,19 @@ impl Host {
         Error::collect(errors)
     }
 
+    /// Puts an endpoint's veth back on its bridge (its state up or down
+    /// unchanged: the caller brings it up once the datapath holds it).
     async fn enslave(&self, net: &Network, ep: &Endpoint) -> Result<()> {
         let bridge = self.netlink.index(&net.bridge).await?;
         let veth = self.netlink.index(&ep.host_veth).await?;
         self.netlink.set_master(veth, bridge).await?;
-        self.netlink.set_hairpin(veth).await?;
-        self.netlink.set_up(veth).await
+        self.netlink.set_hairpin(veth).await
     }
 
     /// A new veth pair into the container's namespace, same name, address
     /// and MAC as recorded, in place of what is left of the old one; the
-    /// datapath picks it up when reconciled.
+    /// datapath picks it up when reconciled, and its host end comes up
+    /// only then.
     async fn reattach(&mut self, container: &str, network: &str) -> Result<()> {
         let (net, ep) = self.endpoint_of(container, network)?;
         let netns_name = self

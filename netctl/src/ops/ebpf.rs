@@ -19,7 +19,12 @@ impl Host {
     /// none; `what` names the command in the error.
     fn ebpf_pins(&self, what: &str) -> Result<PathBuf> {
         match self.state.datapath {
-            Some(DatapathKind::Ebpf) => Ok(self.config.pin_dir()),
+            Some(DatapathKind::Ebpf) => {
+                let pins = self.config.pin_dir();
+                // Maps of another layout would be misread.
+                ebpf::check_layouts(&pins)?;
+                Ok(pins)
+            }
             Some(DatapathKind::Iptables) => Err(Error::invalid(
                 what,
                 "this host uses the iptables datapath (its flows: `conntrack -L` in the host namespace)",
@@ -29,6 +34,16 @@ impl Host {
                 "no datapath on this host yet (create a network first)",
             )),
         }
+    }
+
+    /// This build's versions, and those of the eBPF datapath loaded on this
+    /// host (`None`: none is, or the host uses iptables).
+    pub fn versions(&self) -> Result<(ebpf::Versions, Option<ebpf::Versions>)> {
+        let loaded = match self.state.datapath {
+            Some(DatapathKind::Ebpf) => ebpf::loaded_versions(&self.config.pin_dir())?,
+            _ => None,
+        };
+        Ok((ebpf::binary_versions(), loaded))
     }
 
     /// The tracked flows, one entry per direction.

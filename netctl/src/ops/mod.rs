@@ -68,6 +68,9 @@ pub struct Host {
     removal: Journal,
     /// The datapath once opened (opening looks the uplink up through netlink).
     datapath: Option<Rc<dyn Datapath>>,
+    /// Whether opening the datapath takes over one another build loaded
+    /// (`Datapath::take_over`); `down` does not: it takes anything down.
+    take_over: bool,
 }
 
 pub fn now() -> u64 {
@@ -109,6 +112,7 @@ impl Host {
             undo: Vec::new(),
             removal: Journal::default(),
             datapath: None,
+            take_over: true,
         };
         if let Some(journal) = host.state.journal.take() {
             host.committed.journal = None;
@@ -285,6 +289,16 @@ impl Host {
         })
     }
 
+    /// Opens (and so takes over, see [`Datapath::take_over`]) the host's
+    /// datapath if it has one: what a command that adds to the host does
+    /// before its first step.
+    async fn open_datapath_if_up(&mut self) -> Result<()> {
+        if self.state.datapath.is_some() {
+            self.datapath().await?;
+        }
+        Ok(())
+    }
+
     /// The host's datapath, opened once per command.
     async fn datapath(&mut self) -> Result<Rc<dyn Datapath>> {
         let kind = self.state.datapath.unwrap_or(DEFAULT_DATAPATH);
@@ -292,6 +306,13 @@ impl Host {
             Some(dp) if dp.kind() == kind => Ok(dp.clone()),
             _ => {
                 let dp: Rc<dyn Datapath> = datapath::open(kind, &self.host_info().await?)?.into();
+                // Only a host whose datapath is up has anything to take
+                // over; a refusal leaves the command undone, nothing changed.
+                if self.take_over && self.state.datapath.is_some() {
+                    if let Some(done) = dp.take_over()? {
+                        eprintln!("netctl: {done}");
+                    }
+                }
                 self.datapath = Some(dp.clone());
                 Ok(dp)
             }
@@ -343,8 +364,14 @@ impl Host {
                     Ok(dp) => match step {
                         Undo::HostDown => dp.host_down(),
                         Undo::NetworkDown { network } => dp.network_down(&network),
+                        // The link first (its own undo, recorded before,
+                        // would come next): the endpoint's anti-spoofing
+                        // stays until the link can carry nothing.
                         Undo::EndpointRemoved { network, endpoint } => {
-                            dp.endpoint_removed(&network, &endpoint)
+                            match self.netlink.delete_link(&endpoint.host_veth).await {
+                                Ok(()) => dp.endpoint_removed(&network, &endpoint),
+                                Err(e) => Err(e),
+                            }
                         }
                         Undo::PortsUnpublished { network, ports } => {
                             dp.ports_unpublished(&network, &ports)
@@ -366,6 +393,7 @@ impl Host {
     /// before the first goes, so that a crash anywhere is finished by the
     /// next command.
     pub async fn down(&mut self) -> Result<()> {
+        self.take_over = false;
         self.begin("down");
         let mut errors = Vec::new();
         let mut names: Vec<String> = self.state.containers.keys().cloned().collect();

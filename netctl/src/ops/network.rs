@@ -183,6 +183,9 @@ impl Host {
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
         self.begin(format!("network create {}", req.name));
         let net = plan_network(&self.state, &req)?;
+        // A datapath this build cannot take over refuses the command
+        // before its first step.
+        self.open_datapath_if_up().await?;
         let result = self.apply_network_create(&net, req.datapath).await;
         self.commit(result, &[]).await?;
         Ok(net)
@@ -344,6 +347,7 @@ impl Host {
         let ifname = next_ifname(&ctr);
         let ep = plan_endpoint(&self.state, &net, &ctr.name, &ifname, ip)?;
         let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
+        self.open_datapath_if_up().await?;
         let result = self
             .apply_attach("connect", container, &netns_name, &net, &ep)
             .await;
@@ -366,8 +370,8 @@ impl Host {
         self.remove_endpoint(container, network).await
     }
 
-    /// Takes a container off a network, going on past errors: its ports
-    /// there and the endpoint in the datapath, the veth pair, the state;
+    /// Takes a container off a network, going on past errors: the veth
+    /// pair, then its ports there and the endpoint in the datapath, the state;
     /// then a default route through a network it is still on, and the
     /// hosts files.
     pub(super) async fn remove_endpoint(&mut self, container: &str, network: &str) -> Result<()> {
@@ -382,13 +386,19 @@ impl Host {
             .endpoint(network)
             .cloned()
             .ok_or_else(|| Error::not_found("endpoint", format!("{container} on {network}")))?;
-        let mut errors = match self.datapath().await {
-            Ok(dp) => forget_in_datapath(&*dp, &self.state, &ctr, &ep),
-            Err(e) => vec![e],
-        };
-        errors.extend(failpoint::check("disconnect.datapath").err());
-        errors.extend(topology::detach(&self.netlink, &ep).await.err());
+        // The link goes first: the endpoint's anti-spoofing and isolation
+        // stay until it can carry nothing more.
+        let mut errors: Vec<Error> = topology::detach(&self.netlink, &ep)
+            .await
+            .err()
+            .into_iter()
+            .collect();
         errors.extend(failpoint::check("disconnect.links").err());
+        match self.datapath().await {
+            Ok(dp) => errors.extend(forget_in_datapath(&*dp, &self.state, &ctr, &ep)),
+            Err(e) => errors.push(e),
+        }
+        errors.extend(failpoint::check("disconnect.datapath").err());
         let entry = self
             .state
             .containers

@@ -64,6 +64,14 @@
 //!                                            unconnected socket (sendto/recvfrom) or a
 //!                                            connected one (connect/send/recv); prints
 //!                                            `from=SOURCE reply=PAYLOAD` (2 s timeout)
+//!   nettool dial v4|v6 tcp|udp|udpconnect IP PORT
+//!                                            one request to a `serve`r (TCP connect, UDP
+//!                                            sendto or connect); v6 is a Java-style
+//!                                            dual-stack client: an AF_INET6 socket aimed
+//!                                            at the IPv4-mapped ::ffff:IP. Prints
+//!                                            `peer=ADDR reply=ANSWER`, ADDR being
+//!                                            getpeername() (TCP, connected UDP) or
+//!                                            recvfrom()'s source (3 s timeout)
 //!
 //!   nettool udpecho [IP:]PORT [--count N]  answer each UDP datagram (up to 65,507 bytes)
 //!                                            with "peer=IP:PORT\n" and the datagram itself;
@@ -149,6 +157,7 @@ fn main() -> ExitCode {
         }
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         ["udpask", how, addr] => udp_ask(how, addr),
+        ["dial", family, how, ip, port] => dial(family, how, ip, port),
         ["udptick", addr, sport, every_ms, count] => udp_tick(addr, sport, every_ms, count),
         ["udpecho", port, rest @ ..] => udp_echo(port, rest),
         ["udpbig", host, port, bytes] => udp_big(host, port, bytes, TIMEOUT),
@@ -168,6 +177,7 @@ fn main() -> ExitCode {
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
+                  | dial v4|v6 tcp|udp|udpconnect IP PORT \
                   | udptick IP:PORT SPORT EVERY_MS COUNT | icmpwatch MILLIS \
                   | rawecho PROTO MILLIS | rawask PROTO IP"
             .into()),
@@ -943,6 +953,52 @@ fn udp_big(host: &str, port: &str, bytes: &str, timeout: Duration) -> Result<(),
         ));
     }
     println!("{peer} echoed={len}");
+    Ok(())
+}
+
+/// `dial`: one request, and the peer address the socket reports. `v6` does
+/// what a JVM does with an IPv4 address by default: an AF_INET6 socket
+/// (dual stack, IPV6_V6ONLY off as Linux defaults) and the address mapped
+/// into IPv6.
+fn dial(family: &str, how: &str, ip: &str, port: &str) -> Result<(), String> {
+    let ip: std::net::Ipv4Addr = ip.parse().map_err(|e| format!("{ip}: {e}"))?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
+    let (addr, any) = match family {
+        "v4" => (SocketAddr::from((ip, port)), "0.0.0.0:0"),
+        "v6" => (
+            SocketAddr::V6(std::net::SocketAddrV6::new(ip.to_ipv6_mapped(), port, 0, 0)),
+            "[::]:0",
+        ),
+        other => return Err(format!("dial: {other}: expected v4 or v6")),
+    };
+    let io = |e: std::io::Error| format!("dial {family} {how} {addr}: {e}");
+    let mut buf = [0u8; 512];
+    let (peer, reply) = match how {
+        "tcp" => {
+            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(io)?;
+            stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+            let peer = stream.peer_addr().map_err(io)?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).map_err(io)?;
+            (peer, reply)
+        }
+        "udp" | "udpconnect" => {
+            let socket = UdpSocket::bind(any).map_err(io)?;
+            socket.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+            let (n, peer) = if how == "udp" {
+                socket.send_to(b"hello\n", addr).map_err(io)?;
+                socket.recv_from(&mut buf).map_err(io)?
+            } else {
+                socket.connect(addr).map_err(io)?;
+                socket.send(b"hello\n").map_err(io)?;
+                let n = socket.recv(&mut buf).map_err(io)?;
+                (n, socket.peer_addr().map_err(io)?)
+            };
+            (peer, String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+        other => return Err(format!("dial: {other}: expected tcp, udp or udpconnect")),
+    };
+    println!("peer={peer} reply={}", reply.trim());
     Ok(())
 }
 

@@ -9,8 +9,11 @@
 //!
 //! Layout of the pin directory:
 //! ```text
+//! LAYOUT                      the layout record: datapath version, object fingerprint, each map's layout version
 //! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
-//!                             CT_RECLAIM, SOCK_REVNAT, STATS
+//!                             CT_RECLAIM, CT_UNCONFIRMED, SNAT_SEARCH, SOCK_REVNAT, STATS,
+//!                             FRAGMENTS, TAIL_CALLS
+//! next/<NAME>                 (during an upgrade) a migrated map being filled
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (uplink, and each endpoint's host-side veth)
 //! links/cgroup@<program>      cgroup sock_addr links (on --cgroup)
@@ -19,7 +22,10 @@
 //! One concern a module: [`pins`] (bpffs, loading, attaching, pinning and
 //! opening what is pinned), [`maps`] (typed map access, the batch dump and
 //! the byte order of keys), [`conntrack`] (the table's size and its flows),
-//! [`stats`], [`trace`], and [`audit`] (`netctl doctor`). This module holds
+//! [`stats`], [`trace`], [`audit`] (`netctl doctor`), [`upgrade`] (taking
+//! over a datapath loaded by another build: plan, migrations, the layout
+//! record) and [`sys`] (the bpf(2) commands aya lacks: link update, object
+//! info, byte-level map access). This module holds
 //! the [`Datapath`] impl that ties them together.
 
 mod audit;
@@ -27,7 +33,9 @@ mod conntrack;
 mod maps;
 mod pins;
 mod stats;
+mod sys;
 mod trace;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -46,6 +54,7 @@ pub use self::{
     pins::{ensure_bpffs, fill_tail_calls, netns_cookie, EBPF_OBJECT},
     stats::stats,
     trace::{trace, TRACE_MAX_SECONDS},
+    upgrade::{binary_versions, check_layouts, loaded_versions, Versions},
 };
 use super::{Datapath, Drift, HostInfo};
 use crate::{
@@ -182,6 +191,13 @@ impl Datapath for Ebpf {
         DatapathKind::Ebpf
     }
 
+    fn take_over(&self) -> Result<Option<String>> {
+        match self.upgrade_plan()? {
+            Some(plan) => self.upgrade(&plan).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn host_up(&self) -> Result<()> {
         // Bad input is refused before anything changes.
         let conntrack_max = conntrack_max()?;
@@ -191,7 +207,7 @@ impl Datapath for Ebpf {
         crate::netns::write_sysctl("net.ipv4.ip_forward", "1")?;
         ensure_bpffs()?;
         if self.is_loaded() {
-            return Ok(());
+            return self.take_over().map(drop);
         }
         let result = self.load_and_attach(conntrack_max, snat, skip);
         if result.is_err() {

@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    os::unix::fs::DirBuilderExt as _,
+    os::{fd::AsFd as _, unix::fs::DirBuilderExt as _},
     path::{Path, PathBuf},
 };
 
@@ -19,12 +19,15 @@ use aya::{
 use netctl_common::{
     config::Config,
     conntrack::{CT_RECLAIM_RING_SPAN, CT_UNCONFIRMED_SLOTS},
+    layout::{self, Layout, DATAPATH_VERSION},
     maps,
 };
 
 use super::{
     bpf_error,
     maps::{be_ip, map_pin_path},
+    sys,
+    upgrade::{self, MapAction, Plan},
     Ebpf,
 };
 use crate::{
@@ -92,8 +95,19 @@ pub(super) const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("uplink_ingress", TcAttachType::Ingress),
     ("uplink_egress", TcAttachType::Egress),
 ];
-/// cgroup programs: host processes reaching published ports.
-const SOCK_PROGRAMS: [&str; 3] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4"];
+/// cgroup programs: host processes reaching published ports (IPv4 sockets
+/// and dual-stack ones aimed at IPv4-mapped addresses), and seeing the
+/// address they dialled in getpeername() and recvmsg().
+pub(super) const SOCK_PROGRAMS: [&str; 8] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
+];
 
 /// Mounts bpffs at /sys/fs/bpf when it is not there yet.
 pub fn ensure_bpffs() -> Result<()> {
@@ -195,7 +209,8 @@ impl Ebpf {
 
     /// Loads the object with every map pinned under our directory (reusing
     /// maps pinned by an earlier load), pins the programs and attaches the
-    /// uplink and cgroup ones with pinned links.
+    /// uplink and cgroup ones with pinned links, then writes the layout
+    /// record (`LAYOUT`: what a later netctl reads to know what it finds).
     pub(super) fn load_and_attach(
         &self,
         conntrack_max: u32,
@@ -210,19 +225,42 @@ impl Ebpf {
                 .create(self.pin_dir.join(sub))
                 .map_err(|e| Error::io(format!("pin dir {}", self.pin_dir.display()), e))?;
         }
+        let mut bpf = self.load_object(conntrack_max, &[])?;
+        self.write_config(&mut bpf, config)?;
+        self.write_reclaim_span(&mut bpf, conntrack_max)?;
+        self.attach_programs(&mut bpf, false)?;
+        upgrade::write_layout(
+            &self.pin_dir,
+            &Layout::current(layout::fingerprint(EBPF_OBJECT)),
+        )
+    }
+
+    /// The object loaded against the pinned maps (each reused, or made and
+    /// pinned at its path), except that the maps named in `staged` are made
+    /// afresh at their staging path (an upgrade fills them).
+    fn load_object(&self, conntrack_max: u32, staged: &[String]) -> Result<aya::Ebpf> {
         let map_paths: Vec<(&str, PathBuf)> = maps::ALL
             .iter()
-            .map(|name| (*name, self.map_path(name)))
+            .map(|name| {
+                let path = if staged.iter().any(|s| s == name) {
+                    upgrade::staging_path(&self.pin_dir, name)
+                } else {
+                    self.map_path(name)
+                };
+                (*name, path)
+            })
             .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(maps::CONNTRACK, conntrack_max);
-        let mut bpf = loader
+        loader
             .load(EBPF_OBJECT)
-            .map_err(|e| bpf_error("ebpf object", e))?;
+            .map_err(|e| bpf_error("ebpf object", e))
+    }
 
+    fn write_config(&self, bpf: &mut aya::Ebpf, config: Config) -> Result<()> {
         let mut config_map: Array<_, Config> = Array::try_from(
             bpf.map_mut(maps::CONFIG)
                 .ok_or_else(|| Error::system("map CONFIG", "missing from the object"))?,
@@ -230,8 +268,11 @@ impl Ebpf {
         .map_err(|e| bpf_error("map CONFIG", e))?;
         config_map
             .set(0, config, 0)
-            .map_err(|e| bpf_error("map CONFIG", e))?;
-        // Early drop looks back over as many new flows as the table holds.
+            .map_err(|e| bpf_error("map CONFIG", e))
+    }
+
+    /// Early drop looks back over as many new flows as the table holds.
+    fn write_reclaim_span(&self, bpf: &mut aya::Ebpf, conntrack_max: u32) -> Result<()> {
         let mut reclaim: Array<_, u64> = Array::try_from(
             bpf.map_mut(maps::CT_RECLAIM)
                 .ok_or_else(|| Error::system("map CT_RECLAIM", "missing from the object"))?,
@@ -240,9 +281,17 @@ impl Ebpf {
         let span = (conntrack_max / 2).clamp(1, CT_UNCONFIRMED_SLOTS);
         reclaim
             .set(CT_RECLAIM_RING_SPAN, u64::from(span), 0)
-            .map_err(|e| bpf_error("map CT_RECLAIM", e))?;
+            .map_err(|e| bpf_error("map CT_RECLAIM", e))
+    }
 
+    /// Loads and pins every program, and puts each on its hooks. Fresh
+    /// (`take_over` false): new pinned links on the uplink and the cgroup.
+    /// Taking over: every pinned link of a program is pointed at the new
+    /// one (`BPF_LINK_UPDATE`, atomic), endpoints' veths included; a hook
+    /// without a link (a program the older datapath lacked) gets one.
+    fn attach_programs(&self, bpf: &mut aya::Ebpf, take_over: bool) -> Result<()> {
         let uplink = self.host.uplink.as_ref().expect("checked by config()");
+        let links = self.pinned_links();
         for (name, hook) in [(ENDPOINT_INGRESS, None)]
             .into_iter()
             .chain(UPLINK_PROGRAMS.iter().map(|(n, h)| (*n, Some(*h))))
@@ -254,11 +303,30 @@ impl Ebpf {
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
             prog.load()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let mut on_uplink = false;
+            if take_over {
+                let fd = prog
+                    .fd()
+                    .map_err(|e| bpf_error(format!("program {name}"), e))?;
+                for (target, link) in links
+                    .iter()
+                    .filter(|(_, p)| p == name)
+                    .map(|(t, _)| (t, self.link_path(t, name)))
+                {
+                    let link_fd = sys::obj_get(&link)?;
+                    sys::link_update(
+                        link_fd.as_fd(),
+                        fd.as_fd(),
+                        &format!("link {}", link.display()),
+                    )?;
+                    on_uplink |= *target == uplink.name;
+                }
+            }
             let path = self.prog_path(name);
             let _ = fs::remove_file(&path);
             prog.pin(&path)
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
-            if let Some(hook) = hook {
+            if let (Some(hook), false) = (hook, on_uplink) {
                 attach_tc(
                     prog,
                     &uplink.name,
@@ -267,7 +335,7 @@ impl Ebpf {
                 )?;
             }
         }
-        fill_tail_calls(&mut bpf)?;
+        fill_tail_calls(bpf)?;
         let cgroup = fs::File::open(&self.host.config.cgroup)
             .map_err(|e| Error::io(format!("cgroup {}", self.host.config.cgroup.display()), e))?;
         for name in SOCK_PROGRAMS {
@@ -284,6 +352,19 @@ impl Ebpf {
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
             prog.load()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
+            let path = self.link_path("cgroup", name);
+            if take_over && path.exists() {
+                let fd = prog
+                    .fd()
+                    .map_err(|e| bpf_error(format!("program {name}"), e))?;
+                let link_fd = sys::obj_get(&path)?;
+                sys::link_update(
+                    link_fd.as_fd(),
+                    fd.as_fd(),
+                    &format!("link {}", path.display()),
+                )?;
+                continue;
+            }
             // A bpf_link (what aya creates on 5.7+) coexists with other
             // programs on the cgroup by itself; the kernel refuses the
             // ALLOW_MULTI flag on link_create with EINVAL, hence Single.
@@ -295,12 +376,111 @@ impl Ebpf {
                 .map_err(|e| bpf_error(format!("program {name}"), e))?
                 .try_into()
                 .map_err(|e| bpf_error(format!("program {name}"), e))?;
-            let path = self.link_path("cgroup", name);
             let _ = fs::remove_file(&path);
             link.pin(&path)
                 .map_err(|e| bpf_error(format!("link {}", path.display()), e))?;
         }
         Ok(())
+    }
+
+    /// The pinned links, as (target, program) from `links/<target>@<program>`.
+    fn pinned_links(&self) -> Vec<(String, String)> {
+        let Ok(dir) = fs::read_dir(self.pin_dir.join("links")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.split_once('@')
+                    .map(|(t, p)| (t.to_owned(), p.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Takes over the loaded datapath as `plan` says (see [`upgrade`]):
+    /// the object loaded against the kept maps, migrated and resized maps
+    /// filled, every link pointed at its new program, then the maps' pins
+    /// and the record. Returns a line saying what it did.
+    pub(super) fn upgrade(&self, plan: &Plan) -> Result<String> {
+        let staged: Vec<String> = plan
+            .maps
+            .iter()
+            .filter(|(_, a)| matches!(a, MapAction::Migrate { .. } | MapAction::Resize { .. }))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let next = self.pin_dir.join("next");
+        // What an interrupted upgrade left half-filled.
+        let _ = fs::remove_dir_all(&next);
+        if !staged.is_empty() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&next)
+                .map_err(|e| Error::io(format!("pin dir {}", next.display()), e))?;
+        }
+        // The table keeps its size (NETCTL_CONNTRACK_MAX at the first load).
+        let ct = sys::obj_get(&self.map_path(maps::CONNTRACK))?;
+        let conntrack_max = sys::map_shape(ct.as_fd(), "map CONNTRACK")?.max_entries;
+        let mut bpf = self.load_object(conntrack_max, &staged)?;
+        if plan.maps.get(maps::CONFIG) != Some(&MapAction::Keep) {
+            // The SNAT ports as a first load would place them (the older
+            // CONFIG's layout is not this one's to read).
+            let skip = super::kernel_ephemeral_ports()?;
+            let snat = super::snat_ports(skip)?;
+            self.write_config(&mut bpf, self.config(snat, skip)?)?;
+        }
+        self.write_reclaim_span(&mut bpf, conntrack_max)?;
+        let mut pairs = Vec::new();
+        for name in &staged {
+            let old = sys::obj_get(&self.map_path(name))?;
+            let new = sys::obj_get(&upgrade::staging_path(&self.pin_dir, name))?;
+            upgrade::copy_entries(name, &old, &new, &plan.maps[name], false)?;
+            pairs.push((name, old, new));
+        }
+        self.attach_programs(&mut bpf, true)?;
+        // Links of programs this build no longer has.
+        for (target, program) in self.pinned_links() {
+            if bpf.program(&program).is_none() {
+                Self::unpin_link(&self.link_path(&target, &program))?;
+                let _ = fs::remove_file(self.prog_path(&program));
+            }
+        }
+        // No old program runs any more: what they added meanwhile, then the
+        // new maps take the old pins' places (programs hold maps by fd, so
+        // the path matters to the next netctl only).
+        for (name, old, new) in &pairs {
+            upgrade::copy_entries(name, old, new, &plan.maps[*name], true)?;
+            fs::rename(
+                upgrade::staging_path(&self.pin_dir, name),
+                self.map_path(name),
+            )
+            .map_err(|e| Error::io(format!("map {name}"), e))?;
+        }
+        let _ = fs::remove_dir(&next);
+        for name in &plan.dropped {
+            let _ = fs::remove_file(self.map_path(name));
+        }
+        upgrade::write_layout(
+            &self.pin_dir,
+            &Layout::current(layout::fingerprint(EBPF_OBJECT)),
+        )?;
+        let from = plan.loaded.map_or("1 (no layout record)".to_owned(), |l| {
+            l.datapath.to_string()
+        });
+        let changed: Vec<String> = plan
+            .maps
+            .iter()
+            .filter(|(_, a)| **a != MapAction::Keep)
+            .map(|(n, a)| format!("{n} {a:?}").to_lowercase())
+            .collect();
+        Ok(format!(
+            "upgraded the eBPF datapath in place: datapath {from} -> {DATAPATH_VERSION}, programs \
+             replaced on their links, maps kept{}",
+            if changed.is_empty() {
+                String::new()
+            } else {
+                format!(" except {}", changed.join(", "))
+            }
+        ))
     }
 
     /// Attaches the pinned `endpoint_ingress` to an endpoint's host-side
