@@ -49,6 +49,9 @@
 //!                                            connected one (connect/send/recv); prints
 //!                                            `from=SOURCE reply=PAYLOAD` (2 s timeout)
 //!
+//!   nettool dnsserve IP:PORT NAME=IP...  a tiny upstream resolver (dns.rs)
+//!   nettool dnsask udp|tcp SERVER NAME     one A query to SERVER:53 (dns.rs)
+//!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
@@ -62,6 +65,8 @@ use std::{
 // Kept beside this file, not as binaries of their own.
 #[path = "nettool/checksums.rs"]
 mod checksums;
+#[path = "nettool/dns.rs"]
+mod dns;
 #[path = "nettool/l2.rs"]
 mod l2;
 #[path = "nettool/probe.rs"]
@@ -111,6 +116,8 @@ fn main() -> ExitCode {
         ["udpflood", host, port, seconds] => udp_flood(host, port, seconds),
         ["udpask", how, addr] => udp_ask(how, addr),
         ["udptick", addr, sport, every_ms, count] => udp_tick(addr, sport, every_ms, count),
+        ["dnsserve", addr, entries @ ..] => dns::serve(addr, entries),
+        ["dnsask", transport, server, name] => dns::ask(transport, server, name),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -120,7 +127,8 @@ fn main() -> ExitCode {
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
-                  | udptick IP:PORT SPORT EVERY_MS COUNT"
+                  | udptick IP:PORT SPORT EVERY_MS COUNT \
+                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME"
             .into()),
     };
     match result {
