@@ -346,12 +346,15 @@ async fn answer(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, query: &[u8], t
         }
         Decision::ServFail => reply.metadata.response_code = ResponseCode::ServFail,
         Decision::Forward(servers) => {
+            // UDP first, whatever the client used (a stub resolver such as
+            // systemd-resolved's may not take TCP); TCP when the answer
+            // was truncated for a TCP client, or UDP got none.
             for server in servers {
-                let relayed = if tcp {
-                    forward_tcp(server, query).await
-                } else {
-                    forward_udp(server, query, request.metadata.id).await
-                };
+                let mut relayed = forward_udp(server, query, request.metadata.id).await;
+                let truncated = relayed.as_ref().is_some_and(|r| r[2] & 0x02 != 0);
+                if tcp && (truncated || relayed.is_none()) {
+                    relayed = forward_tcp(server, query).await.or(relayed);
+                }
                 if let Some(bytes) = relayed {
                     return Some(bytes);
                 }
@@ -372,7 +375,7 @@ async fn forward_udp(server: Ipv4Addr, query: &[u8], id: u16) -> Option<Vec<u8>>
     tokio::time::timeout(FORWARD_TIMEOUT, async {
         loop {
             let n = socket.recv(&mut buf).await.ok()?;
-            if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+            if n >= 12 && u16::from_be_bytes([buf[0], buf[1]]) == id {
                 return Some(buf[..n].to_vec());
             }
         }
