@@ -143,6 +143,9 @@ pub struct Names {
     pub names: Vec<String>,
 }
 
+// `run` carries every flag of Docker's it knows; parsed once per process,
+// boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Make a container namespace and attach it; `-- CMD` starts CMD inside, detached.

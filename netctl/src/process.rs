@@ -72,8 +72,14 @@ fn enter(target: &Target<'_>) -> Result<()> {
             (hosts::resolv_conf(name), "/etc/resolv.conf"),
         ] {
             if own.exists() {
-                mount(Some(&own), over, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(|e| Error::system(format!("file {}", own.display()), e))?;
+                mount(
+                    Some(&own),
+                    over,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::system(format!("file {}", own.display()), e))?;
             }
         }
         // --hostname: a UTS namespace of its own with that name.

@@ -59,7 +59,12 @@ fn host_resolver_on_loopback(sb: &Sandbox) -> netctl_tests::sandbox::Ready {
     let tool = nettool_bin().display().to_string();
     let mut ready = sb.start_all_ready(&[(
         &sb.host_netns,
-        vec![&tool, "dnsserve", "127.0.0.53:53", "outside.example=203.0.113.7"],
+        vec![
+            &tool,
+            "dnsserve",
+            "127.0.0.53:53",
+            "outside.example=203.0.113.7",
+        ],
     )]);
     ready.pop().expect("one")
 }
@@ -84,10 +89,21 @@ fn outside_names_resolve_through_the_hosts_loopback_resolver(datapath: &str) {
         Some(Ipv4Addr::new(203, 0, 113, 7))
     );
     let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "getent", "ahostsv4", "outside.example"])
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "getent",
+            "ahostsv4",
+            "outside.example",
+        ])
         .output()
         .unwrap();
-    assert!(text(&out.stdout).starts_with("203.0.113.7"), "ip netns exec: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("203.0.113.7"),
+        "ip netns exec: {}",
+        text(&out.stdout)
+    );
     // Over TCP as well (glibc retries over TCP when an answer is truncated).
     assert_eq!(
         ask(&sb, "a", "tcp", "172.18.0.1", "outside.example"),
@@ -102,7 +118,9 @@ fn outside_names_resolve_through_the_hosts_loopback_resolver(datapath: &str) {
         problem.contains("loopback") && problem.contains("127.0.0.53"),
         "inspect: {plain}"
     );
-    let plain_conf = Path::new("/etc/netns").join(sb.netns_of("plain")).join("resolv.conf");
+    let plain_conf = Path::new("/etc/netns")
+        .join(sb.netns_of("plain"))
+        .join("resolv.conf");
     assert!(!plain_conf.exists(), "no resolv.conf for plain");
     let seen = upstream.finish_now();
     assert!(
@@ -119,12 +137,26 @@ fn dns_flags_override_the_host(datapath: &str) {
     let outside_ns = sb.outside_netns.clone();
     sb.spawn_in(
         &outside_ns,
-        &[&tool, "dnsserve", "198.51.100.2:53", "outside.example=203.0.113.9"],
+        &[
+            &tool,
+            "dnsserve",
+            "198.51.100.2:53",
+            "outside.example=203.0.113.9",
+        ],
     );
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     sb.netctl_ok(&[
-        "container", "run", "d", "--network", "front", "--dns", "198.51.100.2",
-        "--dns-search", "corp.example", "--dns-option", "ndots:2",
+        "container",
+        "run",
+        "d",
+        "--network",
+        "front",
+        "--dns",
+        "198.51.100.2",
+        "--dns-search",
+        "corp.example",
+        "--dns-option",
+        "ndots:2",
     ]);
     sb.netctl_ok(&["container", "run", "plain", "--dns", "198.51.100.2"]);
     // On a user network the resolver forwards to --dns; on the default
@@ -145,9 +177,20 @@ fn dns_flags_override_the_host(datapath: &str) {
     assert_eq!(d["resolv_conf"]["search"][0], "corp.example", "{d}");
     assert_eq!(d["resolv_conf"]["options"][0], "ndots:2", "{d}");
     let plain = sb.inspect("plain");
-    assert_eq!(plain["resolv_conf"]["nameservers"][0], "198.51.100.2", "{plain}");
+    assert_eq!(
+        plain["resolv_conf"]["nameservers"][0], "198.51.100.2",
+        "{plain}"
+    );
     // --hostname: the name its processes see, and its own hosts file's.
-    sb.netctl_ok(&["container", "run", "h", "--network", "front", "--hostname", "box1"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "h",
+        "--network",
+        "front",
+        "--hostname",
+        "box1",
+    ]);
     let out = sb.exec("h", &["hostname"]);
     assert_eq!(text(&out.stdout).trim(), "box1");
     assert_eq!(resolve(&sb, "h", "box1"), Some(sb.ip_of("h", "front")));
@@ -158,19 +201,42 @@ fn names_and_aliases_resolve_on_their_network_only(datapath: &str) {
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     sb.network("back", &["--subnet", "172.19.0.0/16"]);
     sb.netctl_ok(&[
-        "container", "run", "web", "--network", "front", "--network-alias", "www",
-        "--network-alias", "Site",
+        "container",
+        "run",
+        "web",
+        "--network",
+        "front",
+        "--network-alias",
+        "www",
+        "--network-alias",
+        "Site",
     ]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
-    sb.netctl_ok(&["container", "run", "db", "--network", "back", "--network-alias", "store"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "db",
+        "--network",
+        "back",
+        "--network-alias",
+        "store",
+    ]);
     let web = sb.ip_of("web", "front");
     for name in ["web", "www", "site", "WWW"] {
         assert_eq!(resolve(&sb, "a", name), Some(web), "a resolves {name}");
     }
     for name in ["db", "store"] {
-        assert_eq!(resolve(&sb, "a", name), None, "a must not resolve back's {name}");
+        assert_eq!(
+            resolve(&sb, "a", name),
+            None,
+            "a must not resolve back's {name}"
+        );
     }
-    assert_eq!(resolve(&sb, "db", "web"), None, "db must not resolve front's web");
+    assert_eq!(
+        resolve(&sb, "db", "web"),
+        None,
+        "db must not resolve front's web"
+    );
     assert_eq!(resolve(&sb, "db", "store"), Some(sb.ip_of("db", "back")));
     // Asking back's resolver directly from front: refused, not answered.
     assert_eq!(
@@ -183,13 +249,20 @@ fn names_and_aliases_resolve_on_their_network_only(datapath: &str) {
     );
     // Network-scoped aliases in inspect.
     let inspected = sb.inspect("web");
-    assert_eq!(inspected["aliases"]["front"], serde_json::json!(["www", "Site"]));
+    assert_eq!(
+        inspected["aliases"]["front"],
+        serde_json::json!(["www", "Site"])
+    );
     // Connected to back with an alias there: a container on both resolves
     // both networks' names; the alias goes with a disconnect.
     sb.netctl_ok(&["network", "connect", "back", "a", "--alias", "client"]);
     assert_eq!(resolve(&sb, "a", "store"), Some(sb.ip_of("db", "back")));
     assert_eq!(resolve(&sb, "db", "client"), Some(sb.ip_of("a", "back")));
-    assert_eq!(resolve(&sb, "web", "client"), None, "client is a name of back only");
+    assert_eq!(
+        resolve(&sb, "web", "client"),
+        None,
+        "client is a name of back only"
+    );
     sb.netctl_ok(&["network", "disconnect", "back", "a"]);
     assert_eq!(resolve(&sb, "db", "client"), None);
     assert_eq!(resolve(&sb, "a", "store"), None);
@@ -203,7 +276,15 @@ fn containers_resolve_or_are_gone_within_one_command(datapath: &str) {
     let hosts_before =
         std::fs::read_to_string(Path::new("/etc/netns").join(sb.netns_of("a")).join("hosts"))
             .unwrap();
-    sb.netctl_ok(&["container", "run", "b", "--network", "front", "--network-alias", "bee"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "b",
+        "--network",
+        "front",
+        "--network-alias",
+        "bee",
+    ]);
     assert_eq!(resolve(&sb, "a", "b"), Some(sb.ip_of("b", "front")));
     assert_eq!(resolve(&sb, "a", "bee"), Some(sb.ip_of("b", "front")));
     // Adding b wrote nothing of a's.
@@ -220,7 +301,15 @@ fn containers_resolve_or_are_gone_within_one_command(datapath: &str) {
         "a removed name fails at once, not after a resolver's timeout"
     );
     // Its alias is free again.
-    sb.netctl_ok(&["container", "run", "c", "--network", "front", "--network-alias", "bee"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "c",
+        "--network",
+        "front",
+        "--network-alias",
+        "bee",
+    ]);
     assert_eq!(resolve(&sb, "a", "bee"), Some(sb.ip_of("c", "front")));
 }
 
@@ -247,7 +336,10 @@ fn the_resolver_killed_is_restored_by_the_next_command(datapath: &str) {
     let (code, _) = sb.netctl_err(&["doctor"]);
     assert_eq!(code, 1);
     let report = text(&sb.netctl(&["doctor"]).stdout);
-    assert!(report.contains("resolver: no answer on 172.18.0.1:53"), "{report}");
+    assert!(
+        report.contains("resolver: no answer on 172.18.0.1:53"),
+        "{report}"
+    );
     let fixed = sb.netctl_ok(&["doctor", "--fix"]);
     assert!(fixed.contains("(fixed)"), "{fixed}");
     assert_eq!(resolve(&sb, "a", "b"), Some(sb.ip_of("b", "front")));
@@ -268,7 +360,15 @@ fn bad_naming_input_is_refused_and_changes_nothing(datapath: &str) {
     let sb = Sandbox::new(datapath);
     sb.network("front", &["--subnet", "172.18.0.0/16"]);
     sb.network("back", &["--subnet", "172.19.0.0/16"]);
-    sb.netctl_ok(&["container", "run", "web", "--network", "front", "--network-alias", "www"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "web",
+        "--network",
+        "front",
+        "--network-alias",
+        "www",
+    ]);
     sb.netctl_ok(&["container", "run", "a", "--network", "back"]);
     let snapshot = || {
         (
@@ -316,7 +416,15 @@ fn bad_naming_input_is_refused_and_changes_nothing(datapath: &str) {
         assert_eq!(snapshot(), before, "{args:?} changed something");
     }
     // The same alias on another network is fine.
-    sb.netctl_ok(&["container", "run", "y", "--network", "back", "--network-alias", "www"]);
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "y",
+        "--network",
+        "back",
+        "--network-alias",
+        "www",
+    ]);
     assert_eq!(resolve(&sb, "a", "www"), Some(sb.ip_of("y", "back")));
     assert_eq!(resolve(&sb, "web", "www"), Some(sb.ip_of("web", "front")));
 }

@@ -14,7 +14,10 @@ use super::{
 use crate::{
     config::HostConfig,
     failpoint, ipam,
-    model::{CniAttachment, Container, DatapathKind, DnsConfig, Mac, Naming, Network, PortMapping, Protocol},
+    model::{
+        CniAttachment, Container, DatapathKind, DnsConfig, Mac, Naming, Network, PortMapping,
+        Protocol,
+    },
     netlink::Netlink,
     netns,
     ops::{self, ContainerRun, Host, NetworkCreate, Networking, DEFAULT_DATAPATH},

@@ -262,7 +262,10 @@ pub fn plan_container(
         cni: req.cni.clone(),
         naming: Naming {
             // Aliases are the network's it joins, whatever key they came with.
-            aliases: match (&req.network, req.naming.aliases.values().any(|a| !a.is_empty())) {
+            aliases: match (
+                &req.network,
+                req.naming.aliases.values().any(|a| !a.is_empty()),
+            ) {
                 (Networking::Network(net), true) => [(
                     net.clone(),
                     req.naming.aliases.values().flatten().cloned().collect(),

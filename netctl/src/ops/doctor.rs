@@ -24,7 +24,10 @@ use crate::{
 /// The resolver against the state: it runs when some user-defined network
 /// needs it (and only then), and answers a query on each gateway's port 53
 /// (REFUSED, since the host is no container of the network, is an answer).
-fn resolver_problems(config: &crate::config::HostConfig, state: &crate::state::State) -> Vec<Drift> {
+fn resolver_problems(
+    config: &crate::config::HostConfig,
+    state: &crate::state::State,
+) -> Vec<Drift> {
     let object = "resolver";
     let wanted = resolver::listening_set(state);
     let running = resolver::running(config);
@@ -40,7 +43,9 @@ fn resolver_problems(config: &crate::config::HostConfig, state: &crate::state::S
         )],
         (false, Some(_)) => wanted
             .iter()
-            .filter(|(_, gateway)| !resolver::answers(*gateway))
+            .filter(|(_, gateway)| {
+                resolver::gateway_is_local(*gateway) && !resolver::answers(*gateway)
+            })
             .map(|(network, gateway)| {
                 Drift::new(
                     object,

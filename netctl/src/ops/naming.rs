@@ -85,7 +85,12 @@ pub fn check_naming(container: &str, mode: &NetworkMode, naming: &Naming) -> Res
 /// Aliases for `container` on `net`: valid names, on a user-defined
 /// network, none taken there already (by a container's name or alias),
 /// none given twice.
-pub fn check_aliases(state: &State, net: &Network, container: &str, aliases: &[String]) -> Result<()> {
+pub fn check_aliases(
+    state: &State,
+    net: &Network,
+    container: &str,
+    aliases: &[String],
+) -> Result<()> {
     let object = || format!("container {container}");
     if aliases.is_empty() {
         return Ok(());
@@ -102,7 +107,12 @@ pub fn check_aliases(state: &State, net: &Network, container: &str, aliases: &[S
     let mut taken: Vec<String> = Vec::new();
     for member in state.members(&net.name).filter(|c| c.name != container) {
         taken.push(member.name.to_ascii_lowercase());
-        taken.extend(member.aliases(&net.name).iter().map(|a| a.to_ascii_lowercase()));
+        taken.extend(
+            member
+                .aliases(&net.name)
+                .iter()
+                .map(|a| a.to_ascii_lowercase()),
+        );
     }
     let mut given: Vec<String> = Vec::new();
     for alias in aliases {
@@ -142,7 +152,10 @@ pub fn check_name_free(state: &State, net: &Network, container: &str) -> Result<
     match holder {
         Some(c) => Err(Error::invalid(
             format!("container {container}"),
-            format!("name is an alias of container {} on network {}", c.name, net.name),
+            format!(
+                "name is an alias of container {} on network {}",
+                c.name, net.name
+            ),
         )),
         None => Ok(()),
     }

@@ -83,7 +83,10 @@ pub fn render(conf: &ResolvConf) -> String {
 
 /// The first user-defined network of a container (the one whose resolver
 /// its resolv.conf names), with its gateway.
-pub fn resolver_network<'a>(state: &'a State, ctr: &Container) -> Option<&'a crate::model::Network> {
+pub fn resolver_network<'a>(
+    state: &'a State,
+    ctr: &Container,
+) -> Option<&'a crate::model::Network> {
     ctr.endpoints
         .iter()
         .filter_map(|ep| state.networks.get(&ep.network))
@@ -157,7 +160,9 @@ mod tests {
             name: name.into(),
             id: 1,
             bridge: format!("nc-{name}"),
-            subnet: format!("{}.{}.0.0/16", gateway[0], gateway[1]).parse().unwrap(),
+            subnet: format!("{}.{}.0.0/16", gateway[0], gateway[1])
+                .parse()
+                .unwrap(),
             gateway: gateway.into(),
             internal: false,
             dns,
@@ -194,7 +199,10 @@ mod tests {
 
     fn state() -> State {
         let mut state = State::default();
-        for n in [net("bridge", false, [172, 17, 0, 1]), net("front", true, [172, 18, 0, 1])] {
+        for n in [
+            net("bridge", false, [172, 17, 0, 1]),
+            net("front", true, [172, 18, 0, 1]),
+        ] {
             state.networks.insert(n.name.clone(), n);
         }
         state
@@ -216,7 +224,12 @@ mod tests {
     #[test]
     fn the_default_network_gets_the_host_resolvers_minus_loopback() {
         let host = parse(HOST);
-        let got = for_container(&state(), &ctr(&["bridge"], DnsConfig::default()), &host, "/h".as_ref());
+        let got = for_container(
+            &state(),
+            &ctr(&["bridge"], DnsConfig::default()),
+            &host,
+            "/h".as_ref(),
+        );
         assert_eq!(
             render(&got.unwrap()),
             "# written by netctl\nnameserver 192.0.2.53\nsearch a.example b.example\noptions edns0 trust-ad\n"
@@ -231,7 +244,12 @@ mod tests {
             search: vec!["corp.example".into()],
             options: vec!["ndots:2".into()],
         };
-        let got = for_container(&state(), &ctr(&["bridge", "front"], dns.clone()), &host, "/h".as_ref());
+        let got = for_container(
+            &state(),
+            &ctr(&["bridge", "front"], dns.clone()),
+            &host,
+            "/h".as_ref(),
+        );
         assert_eq!(
             got.unwrap(),
             ResolvConf {
@@ -241,20 +259,36 @@ mod tests {
             }
         );
         // --dns on the default network goes into the file itself.
-        let got = for_container(&state(), &ctr(&["bridge"], dns.clone()), &host, "/h".as_ref());
+        let got = for_container(
+            &state(),
+            &ctr(&["bridge"], dns.clone()),
+            &host,
+            "/h".as_ref(),
+        );
         assert_eq!(got.unwrap().nameservers, dns.servers);
     }
 
     #[test]
     fn only_loopback_resolvers_is_said_not_written() {
         let host = parse("nameserver 127.0.0.53\n");
-        let err = for_container(&state(), &ctr(&["bridge"], DnsConfig::default()), &host, "/etc/resolv.conf".as_ref())
-            .unwrap_err();
+        let err = for_container(
+            &state(),
+            &ctr(&["bridge"], DnsConfig::default()),
+            &host,
+            "/etc/resolv.conf".as_ref(),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             "no usable resolver: the host's nameservers (127.0.0.53, from /etc/resolv.conf) are loopback addresses a container cannot reach; use --dns or a user-defined network"
         );
         // A user network's resolver reaches them from the host namespace.
-        assert!(for_container(&state(), &ctr(&["front"], DnsConfig::default()), &host, "/h".as_ref()).is_ok());
+        assert!(for_container(
+            &state(),
+            &ctr(&["front"], DnsConfig::default()),
+            &host,
+            "/h".as_ref()
+        )
+        .is_ok());
     }
 }

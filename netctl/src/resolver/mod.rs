@@ -126,8 +126,12 @@ pub fn start(config: &HostConfig) -> Result<Process> {
         log,
     };
     let text = serde_json::to_string(&process).map_err(|e| Error::system(object, e))?;
-    std::fs::write(pid_file(config), text)
-        .map_err(|e| Error::io(format!("resolver pid file {}", pid_file(config).display()), e))?;
+    std::fs::write(pid_file(config), text).map_err(|e| {
+        Error::io(
+            format!("resolver pid file {}", pid_file(config).display()),
+            e,
+        )
+    })?;
     // Not waited for: it outlives netctl and is reparented to init.
     std::mem::forget(child);
     Ok(process)
@@ -196,6 +200,12 @@ pub fn follow(config: &HostConfig, old: &State, new: &State) -> Result<()> {
     start(config).map(|_| ())
 }
 
+/// Whether the host holds `gateway` (a bridge gone or without its address
+/// is a finding of its own, and then nothing can be asked there).
+pub fn gateway_is_local(gateway: Ipv4Addr) -> bool {
+    std::net::UdpSocket::bind((gateway, 0)).is_ok()
+}
+
 /// Whether something answers a DNS query on `gateway`:53/udp within a
 /// second (`doctor`'s check; any answer counts, REFUSED included).
 pub fn answers(gateway: Ipv4Addr) -> bool {
@@ -208,7 +218,8 @@ pub fn answers(gateway: Ipv4Addr) -> bool {
     let Ok(bytes) = query.to_vec() else {
         return false;
     };
-    let Ok(socket) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
+    // From the gateway itself (the resolver answers it REFUSED).
+    let Ok(socket) = std::net::UdpSocket::bind((gateway, 0)) else {
         return false;
     };
     let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));

@@ -83,9 +83,10 @@ impl Tables {
                 networks.push(ep.network.clone());
                 t.clients
                     .insert((ep.network.clone(), ep.ip), ctr.name.clone());
-                let sharers = state.containers.values().filter(|c| {
-                    c.mode == crate::model::NetworkMode::Container(ctr.name.clone())
-                });
+                let sharers = state
+                    .containers
+                    .values()
+                    .filter(|c| c.mode == crate::model::NetworkMode::Container(ctr.name.clone()));
                 let own = [ctr.name.clone()].into_iter();
                 let aliases = ctr.aliases(&ep.network).iter().cloned();
                 for name in own.chain(aliases).chain(sharers.map(|c| c.name.clone())) {
@@ -122,7 +123,13 @@ pub enum Decision {
 
 /// The decision for `name` (any case, with or without the final dot)
 /// asked by `client` at `gateway`.
-pub fn decide(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, name: &str, qtype: RecordType) -> Decision {
+pub fn decide(
+    t: &Tables,
+    gateway: Ipv4Addr,
+    client: Ipv4Addr,
+    name: &str,
+    qtype: RecordType,
+) -> Decision {
     let Some(network) = t.networks.get(&gateway) else {
         return Decision::Refused;
     };
@@ -140,7 +147,11 @@ pub fn decide(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, name: &str, qtype
         Some(_) => Decision::NoData,
         None if !name.contains('.') => Decision::NxDomain,
         None => {
-            let to = if servers.is_empty() { &t.upstream } else { servers };
+            let to = if servers.is_empty() {
+                &t.upstream
+            } else {
+                servers
+            };
             match to.is_empty() {
                 true => Decision::ServFail,
                 false => Decision::Forward(to.clone()),
@@ -149,8 +160,11 @@ pub fn decide(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, name: &str, qtype
     }
 }
 
+/// Inode, size and mtime: the identity that says a file changed.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
 /// The file identity that says the state (or the host's resolv.conf) changed.
-fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
+fn stamp(path: &std::path::Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
@@ -160,7 +174,7 @@ fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
 struct Source {
     config: HostConfig,
     state_file: PathBuf,
-    stamps: Option<[Option<(u64, u64, i64, i64)>; 2]>,
+    stamps: Option<[Stamp; 2]>,
     tables: Rc<Tables>,
 }
 
@@ -198,7 +212,16 @@ fn load(config: &HostConfig, state_file: &std::path::Path) -> Result<Tables> {
 /// bridge rebuilt by `doctor --fix` gets its address back later, and the
 /// sockets stay valid.
 fn bound(gateway: Ipv4Addr, kind: SockType) -> Result<OwnedFd> {
-    let object = || format!("resolver {gateway}:53/{}", if kind == SockType::Stream { "tcp" } else { "udp" });
+    let object = || {
+        format!(
+            "resolver {gateway}:53/{}",
+            if kind == SockType::Stream {
+                "tcp"
+            } else {
+                "udp"
+            }
+        )
+    };
     let fd = socket::socket(
         AddressFamily::Inet,
         kind,
@@ -233,10 +256,16 @@ pub async fn run(config: &HostConfig) -> Result<()> {
     let gateways: Vec<Ipv4Addr> = source.borrow_mut().current().gateways().collect();
     let local = tokio::task::LocalSet::new();
     for gateway in gateways {
-        let udp = UdpSocket::from_std(std::net::UdpSocket::from(bound(gateway, SockType::Datagram)?))
-            .map_err(|e| Error::system("resolver", e))?;
-        let tcp = TcpListener::from_std(std::net::TcpListener::from(bound(gateway, SockType::Stream)?))
-            .map_err(|e| Error::system("resolver", e))?;
+        let udp = UdpSocket::from_std(std::net::UdpSocket::from(bound(
+            gateway,
+            SockType::Datagram,
+        )?))
+        .map_err(|e| Error::system("resolver", e))?;
+        let tcp = TcpListener::from_std(std::net::TcpListener::from(bound(
+            gateway,
+            SockType::Stream,
+        )?))
+        .map_err(|e| Error::system("resolver", e))?;
         local.spawn_local(serve_udp(gateway, Rc::new(udp), source.clone()));
         local.spawn_local(serve_tcp(gateway, tcp, source.clone()));
     }
@@ -288,7 +317,9 @@ async fn serve_tcp(gateway: Ipv4Addr, listener: TcpListener, source: Rc<RefCell<
         let source = source.clone();
         tokio::task::spawn_local(async move {
             // Several queries may come on one connection.
-            while let Ok(Ok(query)) = tokio::time::timeout(TCP_TIMEOUT, read_framed(&mut stream)).await {
+            while let Ok(Ok(query)) =
+                tokio::time::timeout(TCP_TIMEOUT, read_framed(&mut stream)).await
+            {
                 let tables = source.borrow_mut().current();
                 let Some(reply) = answer(&tables, gateway, *from.ip(), &query, true).await else {
                     return;
@@ -316,7 +347,13 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()>
 }
 
 /// The reply to one query (`None`: not a DNS query, dropped).
-async fn answer(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+async fn answer(
+    t: &Tables,
+    gateway: Ipv4Addr,
+    client: Ipv4Addr,
+    query: &[u8],
+    tcp: bool,
+) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     if request.metadata.message_type != MessageType::Query {
         return None;
@@ -337,7 +374,11 @@ async fn answer(t: &Tables, gateway: Ipv4Addr, client: Ipv4Addr, query: &[u8], t
         Decision::Refused => reply.metadata.response_code = ResponseCode::Refused,
         Decision::Address(ip) => {
             reply.metadata.authoritative = true;
-            reply.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(ip))));
+            reply.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL,
+                RData::A(A(ip)),
+            ));
         }
         Decision::NoData => reply.metadata.authoritative = true,
         Decision::NxDomain => {
@@ -442,13 +483,23 @@ mod tests {
 
     fn tables() -> Tables {
         let mut state = State::default();
-        for n in [net("bridge", 17, false), net("front", 18, true), net("back", 19, true)] {
+        for n in [
+            net("bridge", 17, false),
+            net("front", 18, true),
+            net("back", 19, true),
+        ] {
             state.networks.insert(n.name.clone(), n);
         }
         let mut web = ctr("web", &[("front", ip(18, 2))], NetworkMode::Bridge);
-        web.naming.aliases.insert("front".into(), vec!["WWW".into()]);
+        web.naming
+            .aliases
+            .insert("front".into(), vec!["WWW".into()]);
         web.naming.dns.servers = vec![Ipv4Addr::new(192, 0, 2, 53)];
-        let both = ctr("both", &[("front", ip(18, 3)), ("back", ip(19, 3))], NetworkMode::Bridge);
+        let both = ctr(
+            "both",
+            &[("front", ip(18, 3)), ("back", ip(19, 3))],
+            NetworkMode::Bridge,
+        );
         let db = ctr("db", &[("back", ip(19, 2))], NetworkMode::Bridge);
         let side = ctr("side", &[], NetworkMode::Container("db".into()));
         let plain = ctr("plain", &[("bridge", ip(17, 2))], NetworkMode::Bridge);
@@ -461,21 +512,43 @@ mod tests {
     #[test]
     fn names_of_the_askers_networks_only() {
         let t = tables();
-        let ask = |gw: Ipv4Addr, from: Ipv4Addr, name: &str| decide(&t, gw, from, name, RecordType::A);
+        let ask =
+            |gw: Ipv4Addr, from: Ipv4Addr, name: &str| decide(&t, gw, from, name, RecordType::A);
         // web on front: front's names and aliases, any case, with the dot.
-        assert_eq!(ask(ip(18, 1), ip(18, 2), "both."), Decision::Address(ip(18, 3)));
-        assert_eq!(ask(ip(18, 1), ip(18, 2), "www"), Decision::Address(ip(18, 2)));
+        assert_eq!(
+            ask(ip(18, 1), ip(18, 2), "both."),
+            Decision::Address(ip(18, 3))
+        );
+        assert_eq!(
+            ask(ip(18, 1), ip(18, 2), "www"),
+            Decision::Address(ip(18, 2))
+        );
         assert_eq!(ask(ip(18, 1), ip(18, 2), "db"), Decision::NxDomain);
         // both is on both: the asked network's address first.
-        assert_eq!(ask(ip(18, 1), ip(18, 3), "both"), Decision::Address(ip(18, 3)));
-        assert_eq!(ask(ip(19, 1), ip(19, 3), "both"), Decision::Address(ip(19, 3)));
-        assert_eq!(ask(ip(18, 1), ip(18, 3), "side"), Decision::Address(ip(19, 2)));
+        assert_eq!(
+            ask(ip(18, 1), ip(18, 3), "both"),
+            Decision::Address(ip(18, 3))
+        );
+        assert_eq!(
+            ask(ip(19, 1), ip(19, 3), "both"),
+            Decision::Address(ip(19, 3))
+        );
+        assert_eq!(
+            ask(ip(18, 1), ip(18, 3), "side"),
+            Decision::Address(ip(19, 2))
+        );
         // web asking back's gateway, or a stranger: refused.
         assert_eq!(ask(ip(19, 1), ip(18, 2), "db"), Decision::Refused);
         assert_eq!(ask(ip(17, 1), ip(17, 2), "web"), Decision::Refused);
-        assert_eq!(ask(ip(18, 1), Ipv4Addr::new(198, 51, 100, 2), "web"), Decision::Refused);
+        assert_eq!(
+            ask(ip(18, 1), Ipv4Addr::new(198, 51, 100, 2), "web"),
+            Decision::Refused
+        );
         // AAAA of a known name: no data (not forwarded).
-        assert_eq!(decide(&t, ip(18, 1), ip(18, 3), "web", RecordType::AAAA), Decision::NoData);
+        assert_eq!(
+            decide(&t, ip(18, 1), ip(18, 3), "web", RecordType::AAAA),
+            Decision::NoData
+        );
     }
 
     #[test]

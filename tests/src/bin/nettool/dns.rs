@@ -61,7 +61,11 @@ pub fn serve(addr: &str, entries: &[&str]) -> Result<(), String> {
         reply.add_query(query.clone());
         match names.iter().find(|(n, _)| *n == name) {
             Some((_, ip)) if query.query_type() == RecordType::A => {
-                reply.add_answer(Record::from_rdata(query.name().clone(), 60, RData::A(A(*ip))));
+                reply.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    60,
+                    RData::A(A(*ip)),
+                ));
             }
             Some(_) => {}
             None => reply.metadata.response_code = ResponseCode::NXDomain,
@@ -85,8 +89,12 @@ pub fn ask(transport: &str, server: &str, name: &str) -> Result<(), String> {
     let reply = match transport {
         "udp" => {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
-            socket.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-            socket.send_to(&bytes, (server, 53)).map_err(|e| e.to_string())?;
+            socket
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            socket
+                .send_to(&bytes, (server, 53))
+                .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 4096];
             match socket.recv_from(&mut buf) {
                 Ok((n, _)) => buf[..n].to_vec(),
@@ -102,7 +110,9 @@ pub fn ask(transport: &str, server: &str, name: &str) -> Result<(), String> {
                 println!("timeout");
                 return Ok(());
             };
-            stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
             let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
             framed.extend_from_slice(&bytes);
             stream.write_all(&framed).map_err(|e| e.to_string())?;
@@ -118,7 +128,9 @@ pub fn ask(transport: &str, server: &str, name: &str) -> Result<(), String> {
         other => return Err(format!("transport {other}: udp or tcp")),
     };
     let reply = Message::from_vec(&reply).map_err(|e| format!("reply: {e}"))?;
-    if reply.metadata.message_type != MessageType::Response || reply.metadata.id != query.metadata.id {
+    if reply.metadata.message_type != MessageType::Response
+        || reply.metadata.id != query.metadata.id
+    {
         return Err("not an answer to the query".into());
     }
     let answers: Vec<String> = reply
