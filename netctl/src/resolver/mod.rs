@@ -87,6 +87,12 @@ pub fn start(config: &HostConfig) -> Result<Process> {
         .open(&log)
         .map_err(|e| Error::io(format!("resolver log {}", log.display()), e))?;
     let mut command = Command::new(&exe);
+    // Started by the CNI plugin, it must not be a plugin itself.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CNI_") {
+            command.env_remove(key);
+        }
+    }
     if let Some(name) = &config.host_netns {
         command.args(["--host-netns", name]);
     }
