@@ -28,7 +28,10 @@ use std::{
     collections::BTreeSet,
     io::Read as _,
     net::Ipv4Addr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    },
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -84,6 +87,7 @@ pub fn start(config: &HostConfig) -> Result<Process> {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(|e| Error::io(format!("resolver log {}", log.display()), e))?;
     let mut command = Command::new(&exe);
@@ -132,12 +136,20 @@ pub fn start(config: &HostConfig) -> Result<Process> {
         log,
     };
     let text = serde_json::to_string(&process).map_err(|e| Error::system(object, e))?;
-    std::fs::write(pid_file(config), text).map_err(|e| {
-        Error::io(
-            format!("resolver pid file {}", pid_file(config).display()),
-            e,
-        )
-    })?;
+    // 0600, as every file of the state dir.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(pid_file(config))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| {
+            Error::io(
+                format!("resolver pid file {}", pid_file(config).display()),
+                e,
+            )
+        })?;
     // Not waited for: it outlives netctl and is reparented to init.
     std::mem::forget(child);
     Ok(process)
