@@ -11,11 +11,11 @@ use crate::{
     datapath::ebpf,
     error::{Error, Result},
     ipam,
-    model::{DatapathKind, DEFAULT_NETWORK},
+    model::{DatapathKind, DnsConfig, Naming, DEFAULT_NETWORK},
     netns,
     ops::{self, ContainerRun, Host, NetworkCreate, Networking},
     ports::{self, PortSpec},
-    process,
+    process, resolver,
 };
 
 #[derive(Parser, Debug)]
@@ -95,6 +95,9 @@ pub enum Command {
     /// fingerprint, each map's layout version), and those of the eBPF
     /// datapath loaded on this host.
     Version,
+    /// The networks' resolver (started and stopped by netctl itself).
+    #[command(hide = true)]
+    Resolver,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +133,9 @@ pub enum NetworkCommand {
         container: String,
         #[arg(long, value_parser = ip_arg)]
         ip: Option<Ipv4Addr>,
+        /// Another name for the container on this network (repeatable).
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
@@ -142,6 +148,9 @@ pub struct Names {
     pub names: Vec<String>,
 }
 
+// `run` carries every flag of Docker's it knows; parsed once per process,
+// boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Make a container namespace and attach it; `-- CMD` starts CMD inside, detached.
@@ -162,6 +171,22 @@ pub enum ContainerCommand {
         /// A container port (PORT[/PROTO]) for -P.
         #[arg(long, value_name = "PORT", value_parser = ports::parse)]
         expose: Vec<PortSpec>,
+        /// Hostname its processes see (and its own hosts file lists).
+        #[arg(long, value_name = "NAME")]
+        hostname: Option<String>,
+        /// Another name for it on its network (repeatable; user-defined networks).
+        #[arg(long = "network-alias", value_name = "NAME")]
+        network_alias: Vec<String>,
+        /// A nameserver instead of the host's (repeatable). On a
+        /// user-defined network the network's resolver forwards to it.
+        #[arg(long = "dns", value_name = "IP", value_parser = dns_arg)]
+        dns: Vec<Ipv4Addr>,
+        /// A search domain instead of the host's (repeatable).
+        #[arg(long = "dns-search", value_name = "DOMAIN")]
+        dns_search: Vec<String>,
+        /// A resolv.conf option instead of the host's (repeatable).
+        #[arg(long = "dns-option", value_name = "OPT")]
+        dns_option: Vec<String>,
         /// Command to start inside, detached (output in the state dir).
         #[arg(last = true)]
         command: Vec<String>,
@@ -213,6 +238,11 @@ impl Cli {
 /// `--ip`: an address whose refusal names the option.
 fn ip_arg(text: &str) -> Result<Ipv4Addr> {
     ipam::parse_ip("ip", text)
+}
+
+/// `--dns`: an address whose refusal names the option.
+fn dns_arg(text: &str) -> Result<Ipv4Addr> {
+    ipam::parse_ip("dns", text)
 }
 
 /// `--gateway`: an address whose refusal names the option.
@@ -274,6 +304,7 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
         Command::Doctor { fix } => doctor(Host::open(config).await?, fix, format).await,
         Command::Down => Host::open(config).await?.down().await,
         Command::Version => version(&Host::open(config).await?, format),
+        Command::Resolver => resolver::server::run(&config).await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),
         Command::Stats => stats(&Host::open(config).await?, format),
         Command::Metrics { listen: None } => {
@@ -439,7 +470,11 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             network,
             container,
             ip,
-        } => host.network_connect(&network, &container, ip).await,
+            aliases,
+        } => {
+            host.network_connect(&network, &container, ip, &aliases)
+                .await
+        }
         NetworkCommand::Disconnect { network, container } => {
             host.network_disconnect(&network, &container).await
         }
@@ -456,6 +491,11 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             publish_all,
             expose,
             command,
+            hostname,
+            network_alias,
+            dns,
+            dns_search,
+            dns_option,
         } => {
             if !expose.is_empty() && !publish_all {
                 return Err(Error::invalid(
@@ -472,6 +512,19 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                     ip,
                     ports: publish,
                     command,
+                    naming: Naming {
+                        hostname,
+                        aliases: match network_alias.is_empty() {
+                            true => Default::default(),
+                            // Keyed by the network the plan puts it on.
+                            false => [(String::new(), network_alias)].into(),
+                        },
+                        dns: DnsConfig {
+                            servers: dns,
+                            search: dns_search,
+                            options: dns_option,
+                        },
+                    },
                     ..ContainerRun::default()
                 })
                 .await?;

@@ -1,21 +1,24 @@
-//! Reach by name: each container namespace gets a hosts file listing its
-//! peers on user-defined networks.
+//! A container's own name files: `/etc/netns/NETNS/hosts` (localhost and
+//! its own names) and `/etc/netns/NETNS/resolv.conf` (see
+//! `resolver::conf`), the places `ip netns exec` bind-mounts over
+//! /etc/hosts and /etc/resolv.conf; `netctl exec` and a container's command
+//! get them the same way.
 //!
-//! The file lives at /etc/netns/NETNS/hosts, the place `ip netns exec`
-//! bind-mounts over /etc/hosts; `netctl exec` mounts it the same way, so
-//! names resolve for processes started either way. Files are derived from
-//! the state and rewritten whole after every change.
+//! Peers' names are not in these files: the network's resolver answers them
+//! from the state (resolver/), so adding or removing a container writes its
+//! own two files and nobody else's. A command writes the files of the
+//! containers it made or changed, compared with the state it started from.
 
 use std::{
-    collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use crate::{
+    config::HostConfig,
     error::{Error, Result},
-    model::NetworkMode,
+    model::Container,
+    resolver::conf,
     state::State,
 };
 
@@ -29,70 +32,105 @@ pub fn file(netns: &str) -> PathBuf {
     dir(netns).join("hosts")
 }
 
-/// The hosts file of every container namespace, by namespace name.
-pub fn render_all(state: &State) -> BTreeMap<String, String> {
-    let mut files = BTreeMap::new();
-    for container in state.containers.values() {
-        let Some(netns) = &container.netns else {
-            continue;
-        };
-        // container:OTHER shares OTHER's namespace and so its file.
-        if let NetworkMode::Container(_) = container.mode {
-            continue;
-        }
-        // A CNI runtime owns its containers' /etc/hosts.
-        if container.cni.is_some() {
-            continue;
-        }
-        let mut entries: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
-        for ep in &container.endpoints {
-            let Some(net) = state.networks.get(&ep.network) else {
-                continue;
-            };
-            entries.entry(container.name.clone()).or_insert(ep.ip);
-            if !net.dns {
-                continue;
-            }
-            for peer in state.members(&net.name) {
-                if let Some(peer_ep) = peer.endpoint(&net.name) {
-                    entries.entry(peer.name.clone()).or_insert(peer_ep.ip);
-                    // Containers sharing the peer's namespace answer on it too.
-                    for sharer in state.containers.values() {
-                        if sharer.mode == NetworkMode::Container(peer.name.clone()) {
-                            entries.entry(sharer.name.clone()).or_insert(peer_ep.ip);
-                        }
-                    }
-                }
-            }
-        }
-        let mut text =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        for (name, ip) in &entries {
-            text.push_str(&format!("{ip}\t{name}\n"));
-        }
-        files.insert(netns.clone(), text);
-    }
-    files
+pub fn resolv_conf(netns: &str) -> PathBuf {
+    dir(netns).join("resolv.conf")
 }
 
-/// Writes the hosts file of every container namespace of the state, and
-/// removes those of namespaces in `removed`.
-pub fn refresh(state: &State, removed: &[String]) -> Result<()> {
-    let mut errors = Vec::new();
-    for (netns, text) in render_all(state) {
-        let path = file(&netns);
-        let written = fs::create_dir_all(dir(&netns))
-            .and_then(|()| fs::write(path.with_extension("tmp"), text))
-            .and_then(|()| fs::rename(path.with_extension("tmp"), &path));
-        if let Err(e) = written {
-            errors.push(Error::io(format!("hosts file {}", path.display()), e));
+/// `--hostname`, for the processes netctl starts in the container (`ip
+/// netns` has no such convention).
+pub fn hostname_file(netns: &str) -> PathBuf {
+    dir(netns).join("hostname")
+}
+
+/// The namespace whose files are this container's to write: its own
+/// (container:OTHER shares OTHER's; a CNI runtime owns its containers'
+/// /etc files; host mode has none).
+fn own_netns(ctr: &Container) -> Option<&str> {
+    ctr.netns.as_deref().filter(|_| ctr.owns_netns())
+}
+
+/// localhost, then each of its addresses with its hostname and name.
+pub fn render_hosts(ctr: &Container) -> String {
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut names = Vec::new();
+    if let Some(hostname) = &ctr.naming.hostname {
+        names.push(hostname.as_str());
+    }
+    if !names.contains(&ctr.name.as_str()) {
+        names.push(&ctr.name);
+    }
+    let mut seen = Vec::new();
+    for ep in &ctr.endpoints {
+        if !seen.contains(&ep.ip) {
+            seen.push(ep.ip);
+            text.push_str(&format!("{}\t{}\n", ep.ip, names.join(" ")));
         }
     }
-    for netns in removed {
-        if let Err(e) = remove(netns) {
-            errors.push(e);
-        }
+    text
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| Error::io(format!("file {}", path.display()), e))
+}
+
+/// Writes a container's hosts file and resolv.conf. Without a usable
+/// resolver no resolv.conf is written (an old one is removed): `container
+/// inspect` says why instead.
+pub fn write(state: &State, ctr: &Container, host: &(PathBuf, conf::ResolvConf)) -> Result<()> {
+    let Some(netns) = own_netns(ctr) else {
+        return Ok(());
+    };
+    fs::create_dir_all(dir(netns))
+        .map_err(|e| Error::io(format!("dir {}", dir(netns).display()), e))?;
+    write_atomic(&file(netns), &render_hosts(ctr))?;
+    if let Some(hostname) = &ctr.naming.hostname {
+        write_atomic(&hostname_file(netns), &format!("{hostname}\n"))?;
     }
+    match conf::for_container(state, ctr, &host.1, &host.0) {
+        Ok(resolv) => write_atomic(&resolv_conf(netns), &conf::render(&resolv)),
+        Err(_) => match fs::remove_file(resolv_conf(netns)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(
+                format!("file {}", resolv_conf(netns).display()),
+                e,
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Writes the files of every container of `new` that `old` does not hold
+/// as it is (made, connected, disconnected): O(1) files per container a
+/// command changes, whatever the number of containers.
+pub fn sync(config: &HostConfig, old: &State, new: &State) -> Result<()> {
+    let changed: Vec<&Container> = new
+        .containers
+        .values()
+        .filter(|c| own_netns(c).is_some())
+        .filter(|c| old.containers.get(&c.name) != Some(*c))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let host = conf::read_host(config);
+    let errors: Vec<Error> = changed
+        .into_iter()
+        .filter_map(|c| write(new, c, &host).err())
+        .collect();
+    Error::collect(errors)
+}
+
+/// Writes the files of every container (`doctor --fix`).
+pub fn write_all(config: &HostConfig, state: &State) -> Result<()> {
+    let host = conf::read_host(config);
+    let errors: Vec<Error> = state
+        .containers
+        .values()
+        .filter_map(|c| write(state, c, &host).err())
+        .collect();
     Error::collect(errors)
 }
 

@@ -22,5 +22,6 @@ pub mod netns;
 pub mod ops;
 pub mod ports;
 pub mod process;
+pub mod resolver;
 pub mod state;
 pub mod topology;

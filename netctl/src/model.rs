@@ -262,6 +262,44 @@ pub struct Container {
     /// plugin: the runtime owns its namespace, netctl never deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniAttachment>,
+    /// Its names and resolver settings (`--hostname`, `--network-alias`,
+    /// `--dns*`), shown flat in the state and in `container inspect`.
+    #[serde(flatten)]
+    pub naming: Naming,
+}
+
+/// What a container is called besides its name, and how it resolves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Naming {
+    /// `--hostname`: the name its processes see (their UTS namespace under
+    /// `netctl exec`) and the one its own hosts file gives its addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `--network-alias`: more names on one network, by network (Docker's
+    /// network-scoped aliases; user-defined networks only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
+    /// `--dns`, `--dns-search`, `--dns-option`.
+    #[serde(default, skip_serializing_if = "DnsConfig::is_empty")]
+    pub dns: DnsConfig,
+}
+
+/// A container's own resolver settings, Docker's `--dns*` flags: each list
+/// given replaces the host's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.search.is_empty() && self.options.is_empty()
+    }
 }
 
 /// What identifies a CNI attachment to the runtime.
@@ -280,6 +318,15 @@ pub struct CniAttachment {
 impl Container {
     pub fn endpoint(&self, network: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.network == network)
+    }
+
+    /// Its aliases on `network` (none when it has none there).
+    pub fn aliases(&self, network: &str) -> &[String] {
+        self.naming
+            .aliases
+            .get(network)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Whether the container's namespace is netctl's to make and delete:

@@ -3,8 +3,9 @@
 //! before `exec` until its undo is journaled.
 //!
 //! A process enters a container the way `ip netns exec` does: a private
-//! mount namespace in which the container's hosts file is bound over
-//! /etc/hosts, `setns(CLONE_NEWNET)`, and a sysfs mounted afresh on /sys,
+//! mount namespace in which the container's hosts file and resolv.conf are
+//! bound over /etc/hosts and /etc/resolv.conf (and, with `--hostname`, a
+//! UTS namespace of its own), `setns(CLONE_NEWNET)`, and a sysfs mounted afresh on /sys,
 //! which then shows the container's interfaces (`/sys/class/net/eth0` is
 //! its own) and no longer the host's mounts below it (bpffs, cgroups).
 //! `exec --host` touches no mount: it keeps the host's /sys, bpffs included.
@@ -64,16 +65,29 @@ fn enter(target: &Target<'_>) -> Result<()> {
             None::<&str>,
         )
         .map_err(|e| Error::system("mount namespace", format!("make / slave: {e}")))?;
-        let hosts_file = hosts::file(name);
-        if hosts_file.exists() {
-            mount(
-                Some(&hosts_file),
-                "/etc/hosts",
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| Error::system(format!("hosts file {}", hosts_file.display()), e))?;
+        // The container's own files over the host's, as `ip netns exec`
+        // binds /etc/netns/NAME/*.
+        for (own, over) in [
+            (hosts::file(name), "/etc/hosts"),
+            (hosts::resolv_conf(name), "/etc/resolv.conf"),
+        ] {
+            if own.exists() {
+                mount(
+                    Some(&own),
+                    over,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::system(format!("file {}", own.display()), e))?;
+            }
+        }
+        // --hostname: a UTS namespace of its own with that name.
+        if let Ok(hostname) = std::fs::read_to_string(hosts::hostname_file(name)) {
+            unshare(CloneFlags::CLONE_NEWUTS)
+                .map_err(|e| Error::system("uts namespace", format!("unshare: {e}")))?;
+            nix::unistd::sethostname(hostname.trim())
+                .map_err(|e| Error::system(format!("hostname {}", hostname.trim()), e))?;
         }
         netns::enter_for_good(name)?;
         mount_container_sysfs(name)?;

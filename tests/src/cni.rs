@@ -134,7 +134,7 @@ impl<'a> Runtime<'a> {
             "stateDir": self.sb.state_dir,
             "cgroup": self.sb.cgroup,
             "uplink": "uplink0",
-            "capabilities": {"portMappings": true, "ips": true, "mac": true},
+            "capabilities": {"portMappings": true, "ips": true, "mac": true, "dns": true},
         })
     }
 

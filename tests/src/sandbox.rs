@@ -199,6 +199,15 @@ impl Sandbox {
         )
     }
 
+    /// Gives the sandbox's host a resolver configuration of its own,
+    /// `/etc/netns/HOST/resolv.conf` (the `ip netns` convention netctl
+    /// reads with `--host-netns`); removed on drop, before the leak check.
+    pub fn host_resolv_conf(&self, text: &str) {
+        let dir = Path::new(netctl::hosts::ETC_NETNS).join(&self.host_netns);
+        fs::create_dir_all(&dir).expect("/etc/netns/HOST");
+        fs::write(dir.join("resolv.conf"), text).expect("host resolv.conf");
+    }
+
     /// Creates a network on this sandbox's datapath.
     pub fn network(&self, name: &str, extra: &[&str]) {
         let mut args = vec!["network", "create", name, "--datapath", &self.datapath];
@@ -529,6 +538,12 @@ impl Ready {
         }
     }
 
+    /// Kills it (a server that would run on) and returns what it printed
+    /// after its ready line.
+    pub fn finish_now(mut self) -> String {
+        self.collect().0
+    }
+
     /// Kills it if still running; its stdout after the ready line, and its stderr.
     fn collect(&mut self) -> (String, String) {
         self.stdin = None;
@@ -563,6 +578,12 @@ impl Drop for Sandbox {
         // netctl's own teardown first (rules, links, processes), then anything left.
         let down = (netns::exists(&self.host_netns) && netctl_bin().exists())
             .then(|| self.command(&["down"]).output());
+        // The host's own resolv.conf (host_resolv_conf) is the sandbox's,
+        // not netctl's: gone before the leak check looks at /etc/netns.
+        let own = Path::new(netctl::hosts::ETC_NETNS).join(&self.host_netns);
+        if fs::remove_dir_all(&own).is_ok() {
+            let _ = fs::remove_dir(netctl::hosts::ETC_NETNS);
+        }
         let mut left = Vec::new();
         if judged {
             match down {

@@ -265,8 +265,16 @@ fn egress_published_port_and_peers_on_cni_containers(datapath: &str) {
         "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
         "mac": "02:00:00:aa:bb:cc",
         "ips": ["10.77.0.50/24"],
+        "dns": {"servers": ["198.51.100.2"], "searches": ["corp.example"], "options": ["ndots:2"]},
     });
     let web = rt.add(&id(1), &web_ns, &web_conf);
+    // The dns capability: the network's resolver as the nameserver, the
+    // runtime's search domains and options.
+    assert_eq!(
+        web["dns"],
+        json!({"nameservers": ["10.77.0.1"], "search": ["corp.example"], "options": ["ndots:2"]}),
+        "dns capability"
+    );
     assert_eq!(
         result_ip(&web),
         Ipv4Addr::new(10, 77, 0, 50),
@@ -285,6 +293,35 @@ fn egress_published_port_and_peers_on_cni_containers(datapath: &str) {
     sb.spawn_in(&web_name, &[&tool, "serve", "tcp", "80"]);
     let outside = sb.outside_netns.clone();
     sb.spawn_in(&outside, &[&tool, "serve", "tcp", "9000"]);
+    sb.spawn_in(
+        &outside,
+        &[
+            &tool,
+            "dnsserve",
+            "198.51.100.2:53",
+            "cni.example=203.0.113.5",
+        ],
+    );
+    // The network's resolver forwards web's outside names to the servers
+    // the runtime gave.
+    // (dnsserve may still be starting: a few tries.)
+    let ask = || {
+        text(&sb.run_in(
+            &web_name,
+            &[&tool, "dnsask", "udp", "10.77.0.1", "cni.example"],
+        ))
+        .trim()
+        .to_owned()
+    };
+    let mut answer = ask();
+    for _ in 0..5 {
+        if answer.contains("NoError") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answer = ask();
+    }
+    assert_eq!(answer, "rcode=NoError answers=203.0.113.5");
 
     // Published port from outside: the container sees the client's address.
     let host = HOST_UPLINK_IP.to_string();

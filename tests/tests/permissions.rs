@@ -4,7 +4,8 @@
 //! pins and their directories are closed to group and others; and nothing
 //! in the host namespace listens on a TCP or UDP port that was not
 //! published (netctl has no userland proxy: published ports do not listen
-//! either).
+//! either), but the networks' resolver on port 53 of each user-defined
+//! network's gateway, and there only.
 
 use std::{
     collections::BTreeSet,
@@ -31,6 +32,31 @@ fn modes(dir: &Path) -> Vec<(PathBuf, u32, bool)> {
         }
     }
     all
+}
+
+/// Local addresses of the host namespace's sockets listening (TCP) or
+/// bound (UDP) on port 53.
+fn dns_listeners(sb: &Sandbox) -> BTreeSet<(String, std::net::Ipv4Addr)> {
+    let mut found = BTreeSet::new();
+    for proto in ["tcp", "udp"] {
+        let out = sb.in_host(&["cat", &format!("/proc/net/{proto}")]);
+        for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let Some((addr, port)) = local.split_once(':') else {
+                continue;
+            };
+            if port != "0035" || (proto == "tcp" && *state != "0A") {
+                continue;
+            }
+            // The address as the kernel prints a __be32: native-endian hex.
+            let addr = u32::from_str_radix(addr, 16).expect("hex address");
+            found.insert((proto.to_owned(), addr.to_ne_bytes().into()));
+        }
+    }
+    found
 }
 
 /// Local ports of the sockets listening (TCP) or bound (UDP) in the host
@@ -135,10 +161,17 @@ fn files_and_pins_are_root_only_and_nothing_unpublished_listens(datapath: &str) 
 
     // Listening sockets of the host namespace: only published ports may be
     // there (and with no proxy, none is).
-    let published: BTreeSet<(String, u16)> = [("tcp", 8080), ("udp", 5353), ("tcp", 20000)]
-        .into_iter()
-        .map(|(p, n)| (p.to_owned(), n))
-        .collect();
+    // The resolver's port 53 is checked below, address by address.
+    let published: BTreeSet<(String, u16)> = [
+        ("tcp", 8080),
+        ("udp", 5353),
+        ("tcp", 20000),
+        ("tcp", 53),
+        ("udp", 53),
+    ]
+    .into_iter()
+    .map(|(p, n)| (p.to_owned(), n))
+    .collect();
     assert_eq!(
         sb.netctl_ok(&["port", "idle"]).trim(),
         "90/tcp -> 0.0.0.0:20000"
@@ -149,6 +182,12 @@ fn files_and_pins_are_root_only_and_nothing_unpublished_listens(datapath: &str) 
         unpublished.is_empty(),
         "the host listens on unpublished ports: {unpublished:?}"
     );
+    // Port 53: the resolver, on the two gateways only (no wildcard).
+    let gateways: BTreeSet<(String, std::net::Ipv4Addr)> = ["tcp", "udp"]
+        .into_iter()
+        .flat_map(|p| [[172, 18, 0, 1], [172, 22, 0, 1]].map(|a| (p.to_owned(), a.into())))
+        .collect();
+    assert_eq!(dns_listeners(&sb), gateways);
     // The check does see listeners: web's server, read the same way in
     // its own namespace (it may still be starting).
     let web_netns = sb.inspect("web")["netns"].as_str().unwrap().to_owned();

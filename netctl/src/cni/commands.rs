@@ -14,7 +14,10 @@ use super::{
 use crate::{
     config::HostConfig,
     failpoint, ipam,
-    model::{CniAttachment, Container, DatapathKind, Mac, PortMapping, Protocol},
+    model::{
+        CniAttachment, Container, DatapathKind, DnsConfig, Mac, Naming, Network, PortMapping,
+        Protocol,
+    },
     netlink::Netlink,
     netns,
     ops::{self, ContainerRun, Host, NetworkCreate, Networking, DEFAULT_DATAPATH},
@@ -199,6 +202,10 @@ impl Invocation<'_> {
                 network: self.conf.name.clone(),
             }),
             create_network,
+            naming: Naming {
+                dns: self.runtime_dns()?,
+                ..Naming::default()
+            },
             ..ContainerRun::default()
         };
         let ctr = host.container_run(run).await?;
@@ -307,6 +314,58 @@ impl Invocation<'_> {
 
     /// The ADD result: the bridge, the host-side veth and the interface in
     /// the container, its address and the default route.
+    /// The `dns` capability's settings for the container (IPv6 servers are
+    /// left out: the networks have no IPv6).
+    fn runtime_dns(&self) -> Result<DnsConfig, CniError> {
+        let Some(dns) = &self.conf.runtime_config.dns else {
+            return Ok(DnsConfig::default());
+        };
+        let mut servers = Vec::new();
+        for text in &dns.servers {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => servers.push(ip),
+                Ok(std::net::IpAddr::V6(_)) => {}
+                Err(_) => {
+                    return Err(crate::error::Error::invalid(
+                        "runtimeConfig.dns",
+                        format!("server {text:?} is not an address"),
+                    )
+                    .into())
+                }
+            }
+        }
+        Ok(DnsConfig {
+            servers,
+            search: dns.searches.clone(),
+            options: dns.options.clone(),
+        })
+    }
+
+    /// The result's `dns`: the network's resolver (its gateway) as the
+    /// nameserver of a user-defined network, else the runtime's servers;
+    /// search domains and options from the runtime, else from the
+    /// configuration's `dns`, whose other keys are kept.
+    fn result_dns(&self, net: &Network, runtime: &DnsConfig) -> Value {
+        let mut dns = match self.conf.dns.clone() {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let nameservers: Vec<String> = match net.dns {
+            true => vec![net.gateway.to_string()],
+            false => runtime.servers.iter().map(ToString::to_string).collect(),
+        };
+        if !nameservers.is_empty() {
+            dns.insert("nameservers".into(), json!(nameservers));
+        }
+        if !runtime.search.is_empty() {
+            dns.insert("search".into(), json!(runtime.search));
+        }
+        if !runtime.options.is_empty() {
+            dns.insert("options".into(), json!(runtime.options));
+        }
+        Value::Object(dns)
+    }
+
     async fn add_result(&self, host: &Host, ctr: &Container) -> Result<Value, CniError> {
         let ep = ctr.endpoints.first().ok_or_else(|| {
             CniError::new(Code::System, format!("container {}: no endpoint", ctr.name))
@@ -346,7 +405,7 @@ impl Invocation<'_> {
             } else {
                 vec![(ipnet::Ipv4Net::default(), net.gateway)]
             },
-            dns: self.conf.dns.clone().unwrap_or_else(|| json!({})),
+            dns: self.result_dns(net, &ctr.naming.dns),
         };
         Ok(result.render(&self.conf.cni_version))
     }

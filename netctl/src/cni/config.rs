@@ -182,7 +182,7 @@ pub struct IpamConf {
     pub plugin_type: Option<String>,
 }
 
-/// The capabilities netctl declares: `portMappings`, `ips`, `mac`.
+/// The capabilities netctl declares: `portMappings`, `ips`, `mac`, `dns`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
@@ -192,6 +192,22 @@ pub struct RuntimeConfig {
     pub ips: Vec<String>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// The runtime's resolver settings for the container (the `dns`
+    /// capability): its servers are what the network's resolver forwards
+    /// to, its search domains and options go into the result's `dns`.
+    #[serde(default)]
+    pub dns: Option<RuntimeDns>,
+}
+
+/// `runtimeConfig.dns`, as podman and containerd pass it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RuntimeDns {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub searches: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -7,7 +7,7 @@ use netctl_common::stats::Counter;
 use super::*;
 use crate::{
     datapath::{ebpf::Flow, iptables::fixtures},
-    model::{Container, DatapathKind, NetworkMode, Protocol},
+    model::{Container, DatapathKind, Naming, NetworkMode, Protocol},
 };
 
 /// A host with network `front`, container `web` (172.18.0.2, publishing
@@ -45,6 +45,7 @@ fn state(datapath: DatapathKind) -> State {
                 process: None,
                 created: 0,
                 cni: None,
+                naming: Naming::default(),
             },
         );
     }

@@ -20,12 +20,13 @@ use crate::{
     failpoint, hosts, ipam,
     journal::Undo,
     model::{
-        CniAttachment, Container, DatapathKind, Endpoint, Mac, Network, NetworkMode, PortMapping,
-        DEFAULT_NETWORK,
+        CniAttachment, Container, DatapathKind, Endpoint, Mac, Naming, Network, NetworkMode,
+        PortMapping, DEFAULT_NETWORK,
     },
     netns,
     ports::{self, HostPorts, PortSpec},
     process,
+    resolver::conf,
     state::{State, StateDir},
     topology,
 };
@@ -98,6 +99,31 @@ pub struct ContainerRun {
     /// network on its first ADD). The default network needs none: it is
     /// created on first use as it is.
     pub create_network: Option<NetworkCreate>,
+    /// `--hostname`, `--dns*`; `--network-alias` as `aliases` keyed by the
+    /// network it joins.
+    pub naming: Naming,
+}
+
+/// A container as `container inspect` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ContainerView<'a> {
+    #[serde(flatten)]
+    pub container: &'a Container,
+    /// Its own namespace's resolv.conf (none for host mode, container:NAME
+    /// and CNI attachments, whose files are someone else's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<ResolvView>,
+}
+
+/// A container's resolv.conf as written, or why none is (no usable resolver).
+#[derive(Debug, serde::Serialize)]
+pub struct ResolvView {
+    pub path: Option<String>,
+    pub nameservers: Vec<Ipv4Addr>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One step of a run, in the order they are taken.
@@ -169,6 +195,7 @@ pub fn plan_container(
             ));
         }
     }
+    super::naming::check_naming(&req.name, &mode, &req.naming)?;
     let mut steps = Vec::new();
     let (netns_name, attach) = match &req.network {
         Networking::Host => (None, None),
@@ -209,6 +236,9 @@ pub fn plan_container(
                     format!("cannot publish ports on internal network {network}"),
                 ));
             }
+            super::naming::check_name_free(state, &net, &req.name)?;
+            let aliases: Vec<String> = req.naming.aliases.values().flatten().cloned().collect();
+            super::naming::check_aliases(state, &net, &req.name, &aliases)?;
             let ifname = req.cni.as_ref().map_or("eth0", |c| c.ifname.as_str());
             let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip)?;
             if let Some(mac) = req.mac {
@@ -230,6 +260,21 @@ pub fn plan_container(
         process: None,
         created: now(),
         cni: req.cni.clone(),
+        naming: Naming {
+            // Aliases are the network's it joins, whatever key they came with.
+            aliases: match (
+                &req.network,
+                req.naming.aliases.values().any(|a| !a.is_empty()),
+            ) {
+                (Networking::Network(net), true) => [(
+                    net.clone(),
+                    req.naming.aliases.values().flatten().cloned().collect(),
+                )]
+                .into(),
+                _ => Default::default(),
+            },
+            ..req.naming.clone()
+        },
     };
     if let (true, Some(name)) = (container.owns_netns(), &netns_name) {
         steps.push(Step::CreateNetns(name.clone()));
@@ -376,6 +421,11 @@ impl Host {
                     command,
                     log,
                 } => {
+                    // The command finds its hosts file and resolv.conf in
+                    // place (bound when it enters): written now rather than
+                    // at commit. A rollback removes them with the namespace.
+                    let ctr = &self.state.containers[&name];
+                    hosts::write(&self.state, ctr, &conf::read_host(&self.config))?;
                     // Held before exec until its undo (which needs its pid)
                     // is journaled: a crash before the release ends it
                     // without running the command.
@@ -454,9 +504,41 @@ impl Host {
         self.state.containers.values().collect()
     }
 
-    /// `container inspect`: the named containers, or the first name not found.
-    pub fn container_inspect(&self, names: &[String]) -> Result<Vec<&Container>> {
-        names.iter().map(|n| self.state.container(n)).collect()
+    /// `container inspect`: the named containers, or the first name not
+    /// found, each with what its processes resolve with.
+    pub fn container_inspect(&self, names: &[String]) -> Result<Vec<ContainerView<'_>>> {
+        let host = conf::read_host(&self.config);
+        names
+            .iter()
+            .map(|n| {
+                let container = self.state.container(n)?;
+                let resolv_conf = container.owns_netns().then(|| {
+                    match conf::for_container(&self.state, container, &host.1, &host.0) {
+                        Ok(c) => ResolvView {
+                            path: container
+                                .netns
+                                .as_deref()
+                                .map(|ns| hosts::resolv_conf(ns).display().to_string()),
+                            nameservers: c.nameservers,
+                            search: c.search,
+                            options: c.options,
+                            problem: None,
+                        },
+                        Err(problem) => ResolvView {
+                            path: None,
+                            nameservers: Vec::new(),
+                            search: Vec::new(),
+                            options: Vec::new(),
+                            problem: Some(problem),
+                        },
+                    }
+                });
+                Ok(ContainerView {
+                    container,
+                    resolv_conf,
+                })
+            })
+            .collect()
     }
 
     pub async fn container_rm(&mut self, names: &[String]) -> Result<()> {
@@ -526,7 +608,9 @@ impl Host {
         }
         errors.extend(failpoint::check("rm.netns").err());
         self.state.containers.remove(name);
-        errors.extend(hosts::refresh(&self.state, &removed_netns).err());
+        for netns_name in &removed_netns {
+            errors.extend(hosts::remove(netns_name).err());
+        }
         errors.extend(
             self.removal_done(|j| j.removing_containers.retain(|n| n != name))
                 .err(),

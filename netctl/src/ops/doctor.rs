@@ -18,8 +18,43 @@ use crate::{
     failpoint, hosts, ipam,
     model::{Endpoint, Network, NetworkMode},
     netlink::LinkInfo,
-    netns, topology,
+    netns, resolver, topology,
 };
+
+/// The resolver against the state: it runs when some user-defined network
+/// needs it (and only then), and answers a query on each gateway's port 53
+/// (REFUSED, since the host is no container of the network, is an answer).
+fn resolver_problems(
+    config: &crate::config::HostConfig,
+    state: &crate::state::State,
+) -> Vec<Drift> {
+    let object = "resolver";
+    let wanted = resolver::listening_set(state);
+    let running = resolver::running(config);
+    match (wanted.is_empty(), running) {
+        (true, Some(p)) => vec![Drift::new(
+            object,
+            format!("pid {} runs with no user-defined network", p.pid),
+        )],
+        (true, None) => Vec::new(),
+        (false, None) => vec![Drift::new(
+            object,
+            "not running: names of user-defined networks do not resolve",
+        )],
+        (false, Some(_)) => wanted
+            .iter()
+            .filter(|(_, gateway)| {
+                resolver::gateway_is_local(*gateway) && !resolver::answers(*gateway)
+            })
+            .map(|(network, gateway)| {
+                Drift::new(
+                    object,
+                    format!("no answer on {gateway}:53 (network {network})"),
+                )
+            })
+            .collect(),
+    }
+}
 
 /// One difference, and whether `--fix` made it go away.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -46,6 +81,8 @@ enum Repair {
     Reenslave(String, String),
     /// Rules or map entries: the datapath reconciles as a whole.
     Datapath,
+    /// The resolver gone, not answering, or running with nothing to serve.
+    Resolver,
 }
 
 impl Host {
@@ -195,6 +232,12 @@ impl Host {
                 found.push((drift, Repair::Datapath));
             }
         }
+        // Last: a rebuilt bridge has its gateway address back by then.
+        found.extend(
+            resolver_problems(&self.config, &self.state)
+                .into_iter()
+                .map(|d| (d, Repair::Resolver)),
+        );
         Ok(found)
     }
 
@@ -253,6 +296,12 @@ impl Host {
                     self.enslave(&net, &ep).await
                 }
                 Repair::Datapath => Ok(()),
+                Repair::Resolver => resolver::stop(&self.config).and_then(|()| {
+                    match resolver::listening_set(&self.state).is_empty() {
+                        true => Ok(()),
+                        false => resolver::start(&self.config).map(|_| ()),
+                    }
+                }),
             };
             errors.extend(result.err());
             errors.extend(failpoint::check("doctor.repair").err());
@@ -278,7 +327,7 @@ impl Host {
             }
             errors.extend(failpoint::check("doctor.datapath").err());
         }
-        errors.extend(hosts::refresh(&self.state, &[]).err());
+        errors.extend(hosts::write_all(&self.config, &self.state).err());
         errors.extend(self.save_committed().err());
         Error::collect(errors)
     }

@@ -26,7 +26,7 @@ use crate::{
     journal::{EndpointRef, Journal, Undo},
     model::{DatapathKind, Network, NetworkMode},
     netlink::Netlink,
-    netns, process,
+    netns, process, resolver,
     state::{self, State, StateDir},
 };
 
@@ -34,6 +34,7 @@ mod container;
 mod doctor;
 mod ebpf;
 mod metrics;
+mod naming;
 mod network;
 
 pub use container::{
@@ -118,6 +119,11 @@ impl Host {
             host.committed.journal = None;
             host.recover(journal).await?;
         }
+        // Any command restarts a resolver found gone. Not fatal: the
+        // command goes on, names do not resolve, `doctor` says why.
+        if let Err(e) = resolver::keep(&host.config, &host.state) {
+            eprintln!("netctl: {e}");
+        }
         Ok(host)
     }
 
@@ -182,8 +188,7 @@ impl Host {
         self.removal = Journal::default();
         self.state.journal = None;
         errors.extend(self.dir.save(&self.state).err());
-        self.committed = self.state.clone();
-        self.had_state_file = true;
+        self.saved();
         Error::collect(errors).map_err(|e| {
             Error::system(
                 format!("recovery of `{}`", journal.command),
@@ -240,8 +245,7 @@ impl Host {
             on_disk.journal = Some(self.removal.clone());
         }
         self.dir.save(&on_disk)?;
-        self.committed = self.state.clone();
-        self.had_state_file = true;
+        self.saved();
         Ok(())
     }
 
@@ -249,9 +253,22 @@ impl Host {
     fn save_committed(&mut self) -> Result<()> {
         self.state.journal = None;
         self.dir.save(&self.state)?;
+        self.saved();
+        Ok(())
+    }
+
+    /// The state as it is now was saved: it is the committed one, and the
+    /// resolver follows its user-defined networks (a failure there is said,
+    /// not fatal: the change is made).
+    fn saved(&mut self) {
+        // `down` stops it once, at the end, rather than once per network.
+        if !self.removal.host_down {
+            if let Err(e) = resolver::follow(&self.config, &self.committed, &self.state) {
+                eprintln!("netctl: {e}");
+            }
+        }
         self.committed = self.state.clone();
         self.had_state_file = true;
-        Ok(())
     }
 
     /// Host facts for the datapath: the uplink and its address, when found.
@@ -326,7 +343,10 @@ impl Host {
         let result = result.and_then(|()| failpoint::check("commit"));
         match result {
             Ok(()) => {
-                let hosts = hosts::refresh(&self.state, removed_netns);
+                let mut hosts = hosts::sync(&self.config, &self.committed, &self.state);
+                for netns in removed_netns {
+                    hosts = hosts.and(hosts::remove(netns));
+                }
                 self.save_committed()?;
                 self.undo.clear();
                 hosts
@@ -358,7 +378,7 @@ impl Host {
             // No `?` in here: a failing step must not stop the others.
             let result = match step {
                 Undo::DeleteLink { name } => self.netlink.delete_link(&name).await,
-                Undo::DeleteNetns { name } => netns::delete(&name),
+                Undo::DeleteNetns { name } => hosts::remove(&name).and(netns::delete(&name)),
                 Undo::StopProcess { process } => process::remove(&process),
                 step => match &datapath {
                     Ok(dp) => match step {
@@ -414,6 +434,7 @@ impl Host {
         errors.extend(failpoint::check("down.networks").err());
         errors.extend(self.take_datapath_down().await.err());
         errors.extend(failpoint::check("down.host").err());
+        errors.extend(resolver::stop(&self.config).err());
         if errors.is_empty() {
             // Nothing left to remember: the state dir goes too (we hold its
             // lock until exit; a waiting netctl then starts from nothing).

@@ -328,6 +328,7 @@ impl Host {
         network: &str,
         container: &str,
         ip: Option<Ipv4Addr>,
+        aliases: &[String],
     ) -> Result<()> {
         let net = self.state.network(network)?.clone();
         let ctr = self.state.container(container)?.clone();
@@ -343,6 +344,7 @@ impl Host {
                 format!("is already connected to network {network}"),
             ));
         }
+        super::naming::check_aliases(&self.state, &net, container, aliases)?;
         self.begin(format!("network connect {network} {container}"));
         let ifname = next_ifname(&ctr);
         let ep = plan_endpoint(&self.state, &net, &ctr.name, &ifname, ip)?;
@@ -351,6 +353,14 @@ impl Host {
         let result = self
             .apply_attach("connect", container, &netns_name, &net, &ep)
             .await;
+        if result.is_ok() && !aliases.is_empty() {
+            if let Some(entry) = self.state.containers.get_mut(container) {
+                entry
+                    .naming
+                    .aliases
+                    .insert(network.to_owned(), aliases.to_vec());
+            }
+        }
         self.commit(result, &[]).await
     }
 
@@ -406,6 +416,7 @@ impl Host {
             .expect("checked above");
         entry.endpoints.retain(|e| e.network != network);
         entry.ports.retain(|p| p.network != network);
+        entry.naming.aliases.remove(network);
         let remaining = entry.clone();
         let gateways = default_gateways(&self.state, &remaining);
         if let Some(netns_name) = &remaining.netns {
@@ -415,7 +426,7 @@ impl Host {
                     .err(),
             );
         }
-        errors.extend(hosts::refresh(&self.state, &[]).err());
+        errors.extend(hosts::sync(&self.config, &self.committed, &self.state).err());
         errors.extend(
             self.removal_done(|j| {
                 j.removing_endpoints

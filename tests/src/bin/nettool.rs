@@ -82,6 +82,9 @@
 //!                                            one leaves in fragments); prints
 //!                                            `peer=IP:PORT echoed=BYTES` (3 s timeout)
 //!
+//!   nettool dnsserve IP:PORT NAME=IP...  a tiny upstream resolver (dns.rs)
+//!   nettool dnsask udp|tcp SERVER NAME     one A query to SERVER:53 (dns.rs)
+//!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
 
@@ -95,6 +98,8 @@ use std::{
 // Kept beside this file, not as binaries of their own.
 #[path = "nettool/checksums.rs"]
 mod checksums;
+#[path = "nettool/dns.rs"]
+mod dns;
 #[path = "nettool/flows.rs"]
 mod flows;
 #[path = "nettool/l2.rs"]
@@ -168,6 +173,8 @@ fn main() -> ExitCode {
         ["icmpwatch", millis] => rawip::icmp_watch(millis),
         ["rawecho", proto, millis] => rawip::raw_echo(proto, millis),
         ["rawask", proto, ip] => rawip::raw_ask(proto, ip),
+        ["dnsserve", addr, entries @ ..] => dns::serve(addr, entries),
+        ["dnsask", transport, server, name] => dns::ask(transport, server, name),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -179,7 +186,8 @@ fn main() -> ExitCode {
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
                   | dial v4|v6 tcp|udp|udpconnect IP PORT \
                   | udptick IP:PORT SPORT EVERY_MS COUNT | icmpwatch MILLIS \
-                  | rawecho PROTO MILLIS | rawask PROTO IP"
+                  | rawecho PROTO MILLIS | rawask PROTO IP \
+                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME"
             .into()),
     };
     match result {

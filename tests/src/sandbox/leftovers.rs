@@ -3,8 +3,8 @@
 //! left: no container namespace (`<host netns>-*`; the host and outside
 //! namespaces, and namespaces a test made as a CNI runtime would, are the
 //! sandbox's own), no /etc/netns entry, no state dir, no process netctl
-//! started (in the sandbox cgroup, recorded in its state, or living in one
-//! of its namespaces), no pin, no BPF program on the sandbox cgroup or the
+//! started (in the sandbox cgroup, recorded in its state or as its
+//! resolver, or living in one of its namespaces), no pin, no BPF program on the sandbox cgroup or the
 //! host's links, no link, iptables rule or nftables table of netctl's
 //! (`table bridge netctl`) in the host namespace. Then the
 //! forced cleanup removes whatever is there, and says what it had to remove.
@@ -52,6 +52,9 @@ impl Watch {
             .into_iter()
             .map(|(pid, start)| (pid, start, "a container's command in the state".into()))
             .collect();
+        if let Some((pid, start)) = resolver_process(&sb.state_dir) {
+            processes.push((pid, start, "the networks' resolver".into()));
+        }
         if !namespaces.is_empty() {
             for pid in all_pids() {
                 let (Some(inode), Some(start)) = (netns_inode(pid), running_since(pid)) else {
@@ -225,6 +228,16 @@ fn state_processes(state_dir: &Path) -> Vec<(u32, u64)> {
             ))
         })
         .collect()
+}
+
+/// Pid and start time of the resolver netctl records in a state dir.
+fn resolver_process(state_dir: &Path) -> Option<(u32, u64)> {
+    let text = fs::read_to_string(state_dir.join("resolver.pid")).ok()?;
+    let process: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        u32::try_from(process["pid"].as_u64()?).ok()?,
+        process["start_time"].as_u64()?,
+    ))
 }
 
 fn cgroup_pids(cgroup: &Path) -> Vec<u32> {

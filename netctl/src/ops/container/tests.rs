@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use super::*;
 use crate::{
-    model::{DatapathKind, Protocol},
+    model::{DatapathKind, Naming, Protocol},
     state::STATE_VERSION,
 };
 
@@ -66,6 +66,7 @@ fn state() -> State {
         process: None,
         created: 1,
         cni: None,
+        naming: Naming::default(),
     };
     let hostly = Container {
         name: "hostly".into(),
