@@ -18,18 +18,15 @@
 //!
 //! Everything lives in the sandbox's namespaces and goes with them.
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 
-use super::{peers::PortMapping, plan::BULK_CONTAINER_FIRST};
-use crate::{
-    cmd::{display, run},
-    sandbox::Sandbox,
+use super::{
+    peers::{run_with_stdin, PortMapping},
+    plan::BULK_CONTAINER_FIRST,
 };
+use crate::{cmd::run, sandbox::Sandbox};
 
 const BRIDGE: &str = "nftbr0";
 const TABLE: &str = "ncbench";
@@ -41,30 +38,11 @@ const CLIENT_IP: &str = "10.90.0.3";
 
 /// `nft -f -` in namespace `ns` with `script` on stdin.
 fn nft_script(ns: &str, script: &str) -> Result<()> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "nft", "-f", "-"]);
-    let line = display(&cmd);
-    println!("$ {line} <<< ({} lines)", script.lines().count());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    run_with_stdin(
+        Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]),
+        script,
+    )
+    .map(drop)
 }
 
 /// Map elements `proto . host port : address . container port`.

@@ -25,7 +25,7 @@ const NET_NAME: &str = "ncbnet";
 
 /// Runs a command with `stdin`, returns stdout; stderr (and stdout, where
 /// CNI plugins write their errors) in the error.
-fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Result<String> {
+pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Result<String> {
     let line = display(cmd);
     println!("$ {line} <<< (config)");
     let mut child = cmd
