@@ -146,9 +146,13 @@ impl Config {
         }
     }
 
-    /// One letter in the sandbox prefix.
+    /// One letter in the sandbox prefix, distinct per configuration
+    /// (`nft` and `netavark` share their first letter).
     pub fn tag(self) -> char {
-        self.name().chars().next().expect("non-empty")
+        match self {
+            Config::Nft => 'f',
+            other => other.name().chars().next().expect("non-empty"),
+        }
     }
 
     pub fn is_netctl(self) -> bool {
@@ -160,5 +164,18 @@ impl Config {
     /// number of ports).
     pub fn scales(self) -> bool {
         self.is_netctl() || self == Config::Nft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn every_configuration_has_its_own_sandbox_letter() {
+        let mut tags: Vec<char> = Config::ALL.iter().map(|c| c.tag()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), Config::ALL.len(), "{tags:?}");
     }
 }
