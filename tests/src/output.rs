@@ -24,3 +24,23 @@ pub fn peer_ip(reply: &str) -> Ipv4Addr {
         .and_then(|(ip, _)| ip.parse().ok())
         .unwrap_or_else(|| panic!("not a peer=IP:PORT reply: {reply:?}"))
 }
+
+/// `nettool stream`'s `sent=N received=M`, both > 0 and equal.
+pub fn assert_no_byte_lost(what: &str, out: &Output) {
+    let report = text(out);
+    assert!(
+        out.status.success(),
+        "{what}: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<u64> = report
+        .split_whitespace()
+        .filter_map(|f| f.split_once('=').and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    assert_eq!(fields.len(), 2, "{what}: {report}");
+    assert!(fields[0] > 0, "{what}: nothing sent");
+    assert_eq!(
+        fields[0], fields[1],
+        "{what}: every byte arrived ({report})"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
-use netctl_tests::output::{nettool, peer_ip, text};
+use netctl_tests::output::{assert_no_byte_lost, nettool, peer_ip, text};
 use netctl_tests::sandbox::{
     call_until_answer,
     probe::{Outcome, Proto, Reason},
@@ -556,22 +556,6 @@ fn streams_survive_netctl_killed_mid_command(datapath: &str) {
         ("outside → published port", inbound),
         ("container → outside (SNAT)", outbound),
     ] {
-        let report = text(&out);
-        assert!(
-            out.status.success(),
-            "{what}: {}{}",
-            report,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let fields: Vec<u64> = report
-            .split_whitespace()
-            .filter_map(|f| f.split_once('=').and_then(|(_, v)| v.parse().ok()))
-            .collect();
-        assert_eq!(fields.len(), 2, "{what}: {report}");
-        assert!(fields[0] > 0, "{what}: nothing sent");
-        assert_eq!(
-            fields[0], fields[1],
-            "{what}: every byte arrived ({report})"
-        );
+        assert_no_byte_lost(what, &out);
     }
 }

@@ -136,10 +136,11 @@ fn front_with_a(sb: &Sandbox) {
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
 }
 
-fn an_upload_through_a_smaller_mtu_completes(datapath: &str) {
-    let mut sb = Sandbox::new(datapath);
-    front_with_a(&sb);
-    let hops = Hops::new(&sb, "1280");
+/// Container `a` uploads 300 KB to the server behind `hops`: all of it
+/// arrives, and the container has learnt a path MTU of 1280 (from a
+/// router's frag-needed, or from its gateway, as the kernel's forwarding
+/// tells it).
+fn upload_learning_mtu_1280(sb: &mut Sandbox, hops: &Hops, datapath: &str) {
     let tool = nettool();
     let server = hops.server.clone();
     sb.spawn_in(&server, &[&tool, "sink", "9000", "--count", "1"]);
@@ -155,12 +156,18 @@ fn an_upload_through_a_smaller_mtu_completes(datapath: &str) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    // The container learnt the path's MTU from the router's frag-needed.
     let route = sb.run_in_ok(&a_netns, &["ip", "route", "get", &SERVER.to_string()]);
     assert!(
         route.contains("mtu 1280"),
         "{datapath}: no path MTU learnt in the container: {route}"
     );
+}
+
+fn an_upload_through_a_smaller_mtu_completes(datapath: &str) {
+    let mut sb = Sandbox::new(datapath);
+    front_with_a(&sb);
+    let hops = Hops::new(&sb, "1280");
+    upload_learning_mtu_1280(&mut sb, &hops, datapath);
     drop(hops);
 }
 
@@ -178,28 +185,7 @@ fn an_upload_over_a_smaller_uplink_mtu_completes(datapath: &str) {
         &["ip", "link", "set", "wan0", "mtu", "1280"],
     );
     let hops = Hops::new(&sb, "1500");
-    let tool = nettool();
-    let server = hops.server.clone();
-    sb.spawn_in(&server, &[&tool, "sink", "9000", "--count", "1"]);
-    let a_netns = sb.netns_of("a");
-    let out = sb.run_in(
-        &a_netns,
-        &[&tool, "bulk", &SERVER.to_string(), "9000", "300000"],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("sent=300000 received=300000"),
-        "{datapath}: the upload stalls ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Told by the host (its gateway address), as the kernel's forwarding
-    // tells: segments of 1448 bytes never crossed a 1280-byte link.
-    let route = sb.run_in_ok(&a_netns, &["ip", "route", "get", &SERVER.to_string()]);
-    assert!(
-        route.contains("mtu 1280"),
-        "{datapath}: no path MTU learnt in the container: {route}"
-    );
+    upload_learning_mtu_1280(&mut sb, &hops, datapath);
     drop(hops);
 }
 

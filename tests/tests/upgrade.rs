@@ -28,7 +28,7 @@ use netctl_common::{
     maps,
 };
 use netctl_tests::{
-    output::text,
+    output::{assert_no_byte_lost, text},
     sandbox::{call_until_answer, nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP},
 };
 
@@ -74,26 +74,6 @@ fn links(sb: &Sandbox) -> Vec<String> {
 
 fn version_json(sb: &Sandbox) -> serde_json::Value {
     serde_json::from_str(&sb.netctl_ok(&["--format", "json", "version"])).expect("version json")
-}
-
-/// `nettool stream`'s `sent=N received=M`, both > 0 and equal.
-fn assert_no_byte_lost(what: &str, out: &std::process::Output) {
-    let report = text(out);
-    assert!(
-        out.status.success(),
-        "{what}: {report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fields: Vec<u64> = report
-        .split_whitespace()
-        .filter_map(|f| f.split_once('=').and_then(|(_, v)| v.parse().ok()))
-        .collect();
-    assert_eq!(fields.len(), 2, "{what}: {report}");
-    assert!(fields[0] > 0, "{what}: nothing sent");
-    assert_eq!(
-        fields[0], fields[1],
-        "{what}: every byte arrived ({report})"
-    );
 }
 
 /// An older netctl binary to load the datapath with, if the run names one.
