@@ -24,10 +24,14 @@ use crate::maps;
 /// contract with the controller. 1 was every datapath loaded before layouts
 /// were recorded (no `LAYOUT` pinned): a netctl that finds one treats each
 /// of its maps as layout version 1.
-pub const DATAPATH_VERSION: u32 = 2;
+///
+/// 3: the host's interfaces (`HOST_IFACES`, `HOST_ADDRS`): SNAT to the
+/// address of the interface a packet leaves by, published ports on every
+/// host address, the uplink programs on every host interface.
+pub const DATAPATH_VERSION: u32 = 3;
 
 /// The layout version of each map of [`maps::ALL`].
-pub const MAP_LAYOUTS: [(&str, u32); 13] = [
+pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     // A zero `_pad` of a version-1 CONFIG reads as "no skipped SNAT
     // range" in version 1's place: same layout.
     (maps::CONFIG, 1),
@@ -46,6 +50,10 @@ pub const MAP_LAYOUTS: [(&str, u32); 13] = [
     (maps::STATS, 1),
     (maps::FRAGMENTS, 1),
     (maps::TAIL_CALLS, 1),
+    // New in datapath 3 (created empty by an upgrade, then filled by the
+    // command's host sync).
+    (maps::HOST_IFACES, 1),
+    (maps::HOST_ADDRS, 1),
 ];
 
 /// The layout version of map `name`, if it is one of ours.

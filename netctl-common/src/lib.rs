@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod endpoint;
 pub mod fragment;
+pub mod host;
 pub mod layout;
 pub mod portmap;
 pub mod sock;
@@ -39,10 +40,15 @@ pub mod maps {
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The host's interfaces that are not netctl's: ifindex → primary IPv4
+    /// address (see [`crate::host`]).
+    pub const HOST_IFACES: &str = "HOST_IFACES";
+    /// Every IPv4 address of those interfaces → its interface's ifindex.
+    pub const HOST_ADDRS: &str = "HOST_ADDRS";
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -56,6 +62,8 @@ pub mod maps {
         STATS,
         FRAGMENTS,
         TAIL_CALLS,
+        HOST_IFACES,
+        HOST_ADDRS,
     ];
 
     /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's

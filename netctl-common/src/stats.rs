@@ -119,6 +119,9 @@ stat_indexes! {
     /// Container → a container of the same network, handed straight to
     /// the peer's namespace with bpf_redirect_peer (the bridge skipped).
     SameNetwork => "same_network",
+    /// Drop: a container's new flow leaving by a host interface that has
+    /// no IPv4 address to translate it to (MASQUERADE drops it too).
+    DropNoHostAddress => "drop_no_host_address",
 }
 
 /// One counter slot: packets and bytes.

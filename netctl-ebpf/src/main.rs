@@ -27,6 +27,7 @@ mod csum;
 mod endpoint;
 mod forward;
 mod fragment;
+mod host;
 mod icmp_error;
 mod maps;
 mod nat;

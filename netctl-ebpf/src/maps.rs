@@ -21,6 +21,7 @@ use netctl_common::{
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
+    host::{HOST_ADDRS_MAX, HOST_IFACES_MAX},
     maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -89,3 +90,14 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUN
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);
+
+/// The host's interfaces that are not netctl's: ifindex → primary IPv4
+/// address (network order; see `netctl_common::host`). The address a new
+/// flow leaving by that interface is translated to.
+#[map]
+pub static HOST_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(HOST_IFACES_MAX, 0);
+
+/// Every IPv4 address of those interfaces → its interface: the host
+/// addresses a published port without a host address answers on.
+#[map]
+pub static HOST_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(HOST_ADDRS_MAX, 0);

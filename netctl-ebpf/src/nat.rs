@@ -87,6 +87,7 @@ pub fn masquerade(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &Config,
+    nat_ip: u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
@@ -96,7 +97,7 @@ pub fn masquerade(
         if pkt.proto == PROTO_DCCP || pkt.proto == PROTO_UDPLITE {
             return Err(StatIndex::DropUntranslatable);
         }
-        let entry = generic_snat(pkt, cfg, client_ifindex, bytes)?;
+        let entry = generic_snat(pkt, nat_ip, client_ifindex, bytes)?;
         apply(ctx, pkt, entry)?;
     } else {
         // A later fragment with no FRAGMENTS entry (the callers look it up
@@ -114,7 +115,7 @@ pub fn masquerade(
         {
             return Err(StatIndex::DropUntranslatable);
         }
-        let entry = snat(pkt, cfg, client_ifindex, bytes)?;
+        let entry = snat(pkt, cfg, nat_ip, client_ifindex, bytes)?;
         apply(ctx, pkt, entry)?;
     }
     count(StatIndex::Snat, bytes);
@@ -479,11 +480,13 @@ pub fn new_flow<'a>(
     Ok(&search.original)
 }
 
-/// SNAT of a container's new flow to the uplink address.
+/// SNAT of a container's new flow to `nat_ip`, the address of the host
+/// interface it leaves by.
 #[inline(always)]
 fn snat<'a>(
     pkt: &Packet,
     cfg: &Config,
+    nat_ip: u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
@@ -492,7 +495,7 @@ fn snat<'a>(
         cfg,
         &NewFlow {
             kind: CT_KIND_SNAT,
-            nat_ip: cfg.uplink_ip,
+            nat_ip,
             dst_ip: pkt.daddr,
             dst_port: pkt.dport,
             out_ifindex: 0,
@@ -503,7 +506,7 @@ fn snat<'a>(
 }
 
 /// SNAT of a new flow of a protocol without ports (GRE, ESP, SCTP, ICMP
-/// other than echo...): the source address becomes the uplink's, nothing
+/// other than echo...): the source address becomes `nat_ip`, nothing
 /// else changes, and the flow is keyed by addresses and protocol (ports 0),
 /// as MASQUERADE does for protocols without a NAT module of their own.
 /// Replies from the server in that protocol go back to the container.
@@ -517,11 +520,11 @@ fn snat<'a>(
 #[inline(always)]
 fn generic_snat<'a>(
     pkt: &Packet,
-    cfg: &Config,
+    nat_ip: u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
-    if cfg.uplink_ip == 0 {
+    if nat_ip == 0 {
         return Err(StatIndex::DropUntranslatable);
     }
     // The keys and entries are built in this CPU's SNAT_SEARCH slot, as
@@ -534,7 +537,7 @@ fn generic_snat<'a>(
     let s = unsafe { &mut *search };
     s.reply_key = CtKey {
         saddr: pkt.daddr,
-        daddr: cfg.uplink_ip,
+        daddr: nat_ip,
         sport: 0,
         dport: 0,
         proto: pkt.proto,
@@ -560,7 +563,7 @@ fn generic_snat<'a>(
         }
     }
     s.original = conntrack::entry(
-        (cfg.uplink_ip, 0),
+        (nat_ip, 0),
         (pkt.daddr, 0),
         CT_KIND_SNAT,
         CT_DIR_ORIGINAL,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod datapath;
 pub mod error;
 pub mod failpoint;
+pub mod host_ifaces;
 pub mod hosts;
 pub mod ipam;
 pub mod journal;

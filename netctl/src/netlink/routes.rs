@@ -22,6 +22,24 @@ impl Netlink {
         }
     }
 
+    /// `DESTINATION/PREFIX via GATEWAY`; present already is not an error.
+    pub async fn add_route(
+        &self,
+        destination: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, prefix)
+            .gateway(gateway)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.error(format!("route {destination}/{prefix} via {gateway}"), e)),
+        }
+    }
+
     /// Output interface of the main table's IPv4 default route, if any.
     pub async fn default_route_interface(&self) -> Result<Option<u32>> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();

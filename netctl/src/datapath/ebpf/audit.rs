@@ -14,10 +14,10 @@ use netctl_common::{
 };
 
 use super::{
-    bpf_error, endpoint_info, ifindex,
+    bpf_error, endpoint_info, host, ifindex,
     maps::{be_ip, ip_from_be, port_key, prefix_key},
     network_info,
-    pins::{ENDPOINT_INGRESS, UPLINK_PROGRAMS},
+    pins::ENDPOINT_INGRESS,
     Ebpf,
 };
 use crate::{
@@ -47,18 +47,13 @@ fn pinned_links(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Links the state implies: the uplink's programs, one per endpoint.
+/// Links the state and the host imply: the uplink programs on each host
+/// interface, one per endpoint.
 fn wanted_links(dp: &Ebpf, state: &State) -> BTreeSet<String> {
     let mut wanted: BTreeSet<String> = endpoints(state)
         .map(|(_, ep)| format!("{}@{ENDPOINT_INGRESS}", ep.host_veth))
         .collect();
-    if let Some(uplink) = &dp.host.uplink {
-        wanted.extend(
-            UPLINK_PROGRAMS
-                .iter()
-                .map(|(prog, _)| format!("{}@{prog}", uplink.name)),
-        );
-    }
+    wanted.extend(host::wanted_links(&dp.host.interfaces));
     wanted
 }
 
@@ -176,6 +171,10 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
         }
     }
 
+    // The host's addresses as the datapath has them (stale after a
+    // renumbering that no command or `netctl watch` followed).
+    drift.extend(dp.host_drift()?);
+
     let networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
     for net in state.networks.values() {
         let object = format!("ebpf network {}", net.name);
@@ -266,6 +265,7 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
         errors.extend(dp.host_down().err());
     }
     errors.extend(dp.host_up().err());
+    errors.extend(dp.sync_host_ifaces().err());
     let links = pinned_links(&dp.pin_dir);
     for net in state.networks.values() {
         // Doctor reads the kernel: the indexes of the links as they are now.
