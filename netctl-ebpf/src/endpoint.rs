@@ -416,7 +416,7 @@ fn to_outside(
     pkt: &Packet,
     ep: &EndpointInfo,
     cfg: &Config,
-    nat_ip: u32,
+    nat_ip: &u32,
     route: &Route,
     bytes: u32,
 ) -> Result<i32, StatIndex> {

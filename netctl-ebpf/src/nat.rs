@@ -87,7 +87,7 @@ pub fn masquerade(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &Config,
-    nat_ip: u32,
+    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
@@ -486,7 +486,7 @@ pub fn new_flow<'a>(
 fn snat<'a>(
     pkt: &Packet,
     cfg: &Config,
-    nat_ip: u32,
+    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
@@ -495,7 +495,7 @@ fn snat<'a>(
         cfg,
         &NewFlow {
             kind: CT_KIND_SNAT,
-            nat_ip,
+            nat_ip: *nat_ip,
             dst_ip: pkt.daddr,
             dst_port: pkt.dport,
             out_ifindex: 0,
@@ -520,10 +520,11 @@ fn snat<'a>(
 #[inline(always)]
 fn generic_snat<'a>(
     pkt: &Packet,
-    nat_ip: u32,
+    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
+    let nat_ip = *nat_ip;
     if nat_ip == 0 {
         return Err(StatIndex::DropUntranslatable);
     }

@@ -45,6 +45,7 @@ use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL},
+    maps,
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
 };
@@ -254,6 +255,15 @@ impl Env {
         let mut map: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").expect("CONFIG")).expect("CONFIG");
         map.set(0, config, 0).expect("CONFIG[0]");
+        // The uplink as the controller's host sync writes it: the host
+        // interface SNAT leaves by, with its address.
+        let uplink = self.uplink;
+        self.hash::<u32, u32>(maps::HOST_IFACES)
+            .insert(uplink, be_ip(UPLINK_IP), 0)
+            .expect("HOST_IFACES");
+        self.hash::<u32, u32>(maps::HOST_ADDRS)
+            .insert(be_ip(UPLINK_IP), uplink, 0)
+            .expect("HOST_ADDRS");
     }
 
     pub fn populate(&mut self, opts: Opts) {

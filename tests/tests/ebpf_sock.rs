@@ -304,11 +304,14 @@ fn configure(ebpf: &mut Ebpf, host_netns_cookie: u64) {
     let mut config: Array<_, Config> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).expect("CONFIG")).expect("an array");
     let value = Config {
-        uplink_ip: net_ip(HOST_IP),
         host_netns_cookie,
         ..Config::default()
     };
     config.set(0, value, 0).expect("set CONFIG");
+    // The host's address, as the controller's host sync writes it.
+    let mut addrs: HashMap<_, u32, u32> =
+        HashMap::try_from(ebpf.map_mut(maps::HOST_ADDRS).expect("HOST_ADDRS")).expect("a hash");
+    addrs.insert(net_ip(HOST_IP), 1, 0).expect("set HOST_ADDRS");
 }
 
 /// STATS[sock_translated], summed over CPUs.
