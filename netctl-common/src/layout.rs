@@ -25,9 +25,10 @@ use crate::maps;
 /// were recorded (no `LAYOUT` pinned): a netctl that finds one treats each
 /// of its maps as layout version 1.
 ///
-/// 3: the host's interfaces (`HOST_IFACES`, `HOST_ADDRS`): SNAT to the
-/// address of the interface a packet leaves by, published ports on every
-/// host address, the uplink programs on every host interface.
+/// 3: the host's interfaces (`HOST_IFACES`, and host addresses as
+/// `PREFIX_HOST` entries of `NETWORK_PREFIXES`): SNAT to the address of the
+/// interface a packet leaves by, published ports on every host address, the
+/// uplink programs on every host interface.
 pub const DATAPATH_VERSION: u32 = 3;
 
 /// The layout version of each map of [`maps::ALL`].
@@ -37,6 +38,10 @@ pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     (maps::CONFIG, 1),
     (maps::ENDPOINTS, 1),
     (maps::NETWORKS, 1),
+    // Datapath 3 added the entry kind PREFIX_HOST; its layout is that of
+    // version 1, and only a controller of datapath 3, after taking the
+    // datapath over, writes such entries (an older one refuses a newer
+    // datapath), so no program that misreads them ever sees one.
     (maps::NETWORK_PREFIXES, 1),
     (maps::PORTMAP, 1),
     // 2: CtEntry grew from 48 to 56 bytes (sequence tracking) and the
@@ -53,7 +58,7 @@ pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     // New in datapath 3 (created empty by an upgrade, then filled by the
     // command's host sync).
     (maps::HOST_IFACES, 1),
-    (maps::HOST_ADDRS, 1),
+    (maps::SNAT_SOURCE, 1),
 ];
 
 /// The layout version of map `name`, if it is one of ours.

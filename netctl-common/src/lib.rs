@@ -43,8 +43,9 @@ pub mod maps {
     /// The host's interfaces that are not netctl's: ifindex → primary IPv4
     /// address (see [`crate::host`]).
     pub const HOST_IFACES: &str = "HOST_IFACES";
-    /// Every IPv4 address of those interfaces → its interface's ifindex.
-    pub const HOST_ADDRS: &str = "HOST_ADDRS";
+    /// Per-CPU scratch: the address the packet under way is SNATed to (the
+    /// address of the host interface it leaves by), off the stack.
+    pub const SNAT_SOURCE: &str = "SNAT_SOURCE";
 
     /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
     /// by the controller.
@@ -63,7 +64,7 @@ pub mod maps {
         FRAGMENTS,
         TAIL_CALLS,
         HOST_IFACES,
-        HOST_ADDRS,
+        SNAT_SOURCE,
     ];
 
     /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's

@@ -35,7 +35,7 @@ use crate::{
     conntrack,
     forward::{self, fib_route, network, peer_target, Route},
     fragment,
-    host::{self, network_prefix, Prefix},
+    host::{network_prefix, Prefix},
     icmp_error,
     maps::{ENDPOINTS, TAIL_CALLS},
     nat::{self, NewFlow},
@@ -123,9 +123,8 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // interfaces and the networks' gateways; any other address of another
     // network's subnet is isolated.
     let host = own_gateway
-        || host::is_host_address(&pkt.daddr)
         || match network_prefix(pkt.daddr) {
-            Prefix::Gateway => true,
+            Prefix::Gateway | Prefix::Host => true,
             Prefix::Subnet => return Err(StatIndex::DropIsolated),
             Prefix::None => false,
         };
@@ -137,21 +136,19 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     let route = fib_route(ctx, &pkt);
     match route {
-        // Out of a host interface: SNAT to that interface's address, as
-        // MASQUERADE does.
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. } => {
-            match host::iface_address(&ifindex) {
-                Some(nat_ip) => to_outside(ctx, &pkt, &ep, cfg, nat_ip, &route, bytes),
-                None => Ok(pass(StatIndex::FibPass, bytes)),
-            }
+        // Out of a host interface (fib_route checked it and noted its
+        // address in SNAT_SOURCE): SNAT to that address, as MASQUERADE does.
+        Route::Direct { .. } | Route::Neigh { .. } => {
+            to_outside(ctx, &pkt, &ep, cfg, &route, bytes)
         }
         Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),
         // Everything else is the kernel's, untranslated: another host
         // address, no route, unreachable, forwarding disabled, fragmentation
-        // needed, or an interface without an address of its own (above).
-        // What the kernel routes out of a host interface, uplink_egress
-        // there translates (or drops, drop_no_host_address).
-        _ => Ok(pass(StatIndex::FibPass, bytes)),
+        // needed, or an interface that is not a host interface with an
+        // address (fib_route). What the kernel routes out of a host
+        // interface, uplink_egress there translates (or drops,
+        // drop_no_host_address).
+        Route::Kernel => Ok(pass(StatIndex::FibPass, bytes)),
     }
 }
 
@@ -292,9 +289,8 @@ fn known_flow(
     }
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if host::iface_address(&ifindex).is_some() =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             nat::translate(ctx, pkt, entry_ptr, entry, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
@@ -324,9 +320,8 @@ fn known_fragment(
     }
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if host::iface_address(&ifindex).is_some() =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             fragment::apply(ctx, pkt, frag, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
@@ -409,14 +404,13 @@ fn hairpin(
 }
 
 /// A new flow to the outside, routed through a host interface: SNAT to
-/// `nat_ip` (that interface's address), then out.
+/// that interface's address (SNAT_SOURCE, noted by fib_route), then out.
 #[inline(always)]
 fn to_outside(
     ctx: &TcContext,
     pkt: &Packet,
     ep: &EndpointInfo,
     cfg: &Config,
-    nat_ip: &u32,
     route: &Route,
     bytes: u32,
 ) -> Result<i32, StatIndex> {
@@ -424,7 +418,7 @@ fn to_outside(
     if pkt.ttl <= 1 {
         return Ok(pass(StatIndex::Pass, bytes));
     }
-    match nat::masquerade(ctx, pkt, cfg, nat_ip, ep.ifindex, bytes)? {
+    match nat::masquerade(ctx, pkt, cfg, ep.ifindex, bytes)? {
         Some(verdict) => Ok(verdict),
         None => forward::redirect_out(ctx, pkt, route),
     }

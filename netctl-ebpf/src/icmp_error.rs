@@ -335,9 +335,8 @@ pub fn from_container(ctx: &TcContext, pkt: &Packet, bytes: u32) -> Result<Optio
     // flow's own packets (known_flow).
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if crate::host::iface_address(&ifindex).is_some() =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             translate(ctx, pkt, &q, &e, bytes)?;
             forward::redirect_out(ctx, pkt, &route).map(Some)
         }

@@ -21,7 +21,7 @@ use netctl_common::{
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
-    host::{HOST_ADDRS_MAX, HOST_IFACES_MAX},
+    host::HOST_IFACES_MAX,
     maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -41,7 +41,8 @@ pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(4_096
 
 /// Each network's subnet and its gateway (a /32) → network id and kind:
 /// what a destination is, in one longest-prefix lookup (two entries per
-/// network of NETWORKS, kept in step by the controller).
+/// network of NETWORKS, kept in step by the controller); and each address
+/// of the host's interfaces (a /32 of kind `PREFIX_HOST`).
 #[map]
 pub static NETWORK_PREFIXES: LpmTrie<u32, NetworkPrefix> = LpmTrie::with_max_entries(8_192, 0);
 
@@ -97,7 +98,10 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
 #[map]
 pub static HOST_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(HOST_IFACES_MAX, 0);
 
-/// Every IPv4 address of those interfaces → its interface: the host
-/// addresses a published port without a host address answers on.
+/// Slot 0: the address the packet under way on this CPU is SNATed to, the
+/// primary address of the host interface it leaves by (written where the
+/// interface is known: `forward::fib_route`, `uplink_egress`; read by
+/// `nat::masquerade`). Off the stack: carried as an argument, it took
+/// endpoint_ingress past its 512 bytes.
 #[map]
-pub static HOST_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(HOST_ADDRS_MAX, 0);
+pub static SNAT_SOURCE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

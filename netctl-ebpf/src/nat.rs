@@ -24,7 +24,7 @@ use netctl_common::{
 use crate::{
     conntrack::{self, key_of},
     csum, fragment,
-    maps::{CONNTRACK, PORTMAP, SNAT_SEARCH},
+    maps::{CONNTRACK, PORTMAP, SNAT_SEARCH, SNAT_SOURCE},
     parse::{
         Packet, ICMP_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_DCCP, PROTO_ICMP,
         PROTO_TCP, PROTO_UDPLITE,
@@ -77,6 +77,26 @@ pub fn translate(
     Ok(())
 }
 
+/// Notes the address the packet under way is SNATed to (this CPU's
+/// `SNAT_SOURCE` slot), for [`masquerade`].
+#[inline(always)]
+pub fn set_snat_source(ip: u32) {
+    if let Some(slot) = SNAT_SOURCE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *slot = ip };
+    }
+}
+
+/// The address [`set_snat_source`] noted; `None` when there is none (0).
+#[inline(always)]
+fn snat_source() -> Option<&'static u32> {
+    // SAFETY: this CPU's slot of a per-CPU array, read in place.
+    SNAT_SOURCE
+        .get_ptr(0)
+        .map(|ip| unsafe { &*ip })
+        .filter(|ip| **ip != 0)
+}
+
 /// SNAT of a container's new flow to the outside, shared by the fast path
 /// (endpoint_ingress) and the slow path (uplink_egress). `Ok(None)`: the
 /// packet is translated; `Ok(Some(verdict))`: passed untranslated. No
@@ -87,10 +107,11 @@ pub fn masquerade(
     ctx: &TcContext,
     pkt: &Packet,
     cfg: &Config,
-    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
+    // The address of the host interface it leaves by, noted by the caller.
+    let nat_ip = snat_source().ok_or(StatIndex::DropNoHostAddress)?;
     if pkt.l4 == L4::Generic {
         // An address-only rewrite would break a checksum over the
         // addresses.

@@ -13,8 +13,9 @@
 //!    address (`-p 127.0.0.1:8080:80`, `-p 198.51.100.1:8080:80`);
 //! 2. `PORTMAP[(0, dst port, proto)]` (`-p 8080:80`), only when the
 //!    destination is an address of the host: 127.0.0.0/8, 0.0.0.0 (Linux
-//!    connects that to the host itself) or an address of a host interface
-//!    (`HOST_ADDRS`: the uplink's, a LAN interface's...).
+//!    connects that to the host itself) or an address of the host in
+//!    `NETWORK_PREFIXES` (an interface's: the uplink's, a LAN's...; or a
+//!    network's gateway), as `--dst-type LOCAL` takes them.
 //!
 //! Why 127.0.0.1 works without `route_localnet` or a proxy: nothing is
 //! translated per packet. connect() itself is redirected, so the kernel
@@ -198,7 +199,7 @@ fn host_config(ctx: &SockAddrContext) -> Option<Config> {
 fn is_host_local(ip: u32) -> bool {
     // The first octet is the first byte in memory.
     let first_octet = ip.to_ne_bytes()[0];
-    ip == 0 || first_octet == 127 || crate::host::is_host_address(&ip)
+    ip == 0 || first_octet == 127 || crate::host::network_prefix(ip).is_host()
 }
 
 /// The published port behind `ip:port` (network order), if any.

@@ -47,10 +47,8 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let cfg = config();
 
     // Addressed to the host (any address of its interfaces, or a network's
-    // gateway) or not ours at all.
-    let to_host = host::is_host_address(&pkt.daddr)
-        || host::network_prefix(pkt.daddr) == host::Prefix::Gateway;
-    if !to_host {
+    // gateway), or not ours at all.
+    if !host::network_prefix(pkt.daddr).is_host() {
         // The outside, on any host interface, must not reach containers
         // directly, only through published ports (truncated or not).
         if ENDPOINTS.get_ptr(pkt.daddr).is_some() {
@@ -190,8 +188,9 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // The kernel already routed it (MACs, TTL): translate to this
     // interface's address and let it go. An interface without one has no
     // address to give: dropped rather than sent with the container's.
-    let nat_ip = host::iface_address(&skb_ifindex(ctx)).ok_or(StatIndex::DropNoHostAddress)?;
-    Ok(nat::masquerade(ctx, &pkt, &cfg, nat_ip, ep.ifindex, bytes)?.unwrap_or(TC_OK))
+    let source = host::iface_address(&skb_ifindex(ctx)).ok_or(StatIndex::DropNoHostAddress)?;
+    nat::set_snat_source(*source);
+    Ok(nat::masquerade(ctx, &pkt, &cfg, ep.ifindex, bytes)?.unwrap_or(TC_OK))
 }
 
 /// A packet of the host leaving by the uplink: when it is UDP from a

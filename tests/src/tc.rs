@@ -44,7 +44,7 @@ use aya::{
 use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
-    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL},
+    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL, PREFIX_HOST},
     maps,
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
@@ -261,9 +261,16 @@ impl Env {
         self.hash::<u32, u32>(maps::HOST_IFACES)
             .insert(uplink, be_ip(UPLINK_IP), 0)
             .expect("HOST_IFACES");
-        self.hash::<u32, u32>(maps::HOST_ADDRS)
-            .insert(be_ip(UPLINK_IP), uplink, 0)
-            .expect("HOST_ADDRS");
+        let mut prefixes: LpmTrie<_, u32, NetworkPrefix> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::NETWORK_PREFIXES).expect("NETWORK_PREFIXES"))
+                .expect("NETWORK_PREFIXES");
+        let host = NetworkPrefix {
+            network_id: uplink,
+            kind: PREFIX_HOST,
+        };
+        prefixes
+            .insert(&Key::new(32, be_ip(UPLINK_IP)), host, 0)
+            .expect("NETWORK_PREFIXES");
     }
 
     pub fn populate(&mut self, opts: Opts) {

@@ -31,7 +31,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, PerCpuArray,
+    },
     programs::{CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
@@ -41,6 +44,7 @@ use netctl::{
 };
 use netctl_common::{
     config::Config,
+    endpoint::{NetworkPrefix, PREFIX_HOST},
     maps,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -309,9 +313,16 @@ fn configure(ebpf: &mut Ebpf, host_netns_cookie: u64) {
     };
     config.set(0, value, 0).expect("set CONFIG");
     // The host's address, as the controller's host sync writes it.
-    let mut addrs: HashMap<_, u32, u32> =
-        HashMap::try_from(ebpf.map_mut(maps::HOST_ADDRS).expect("HOST_ADDRS")).expect("a hash");
-    addrs.insert(net_ip(HOST_IP), 1, 0).expect("set HOST_ADDRS");
+    let mut prefixes: LpmTrie<_, u32, NetworkPrefix> =
+        LpmTrie::try_from(ebpf.map_mut(maps::NETWORK_PREFIXES).expect("NETWORK_PREFIXES"))
+            .expect("an LPM trie");
+    let host = NetworkPrefix {
+        network_id: 1,
+        kind: PREFIX_HOST,
+    };
+    prefixes
+        .insert(&Key::new(32, net_ip(HOST_IP)), host, 0)
+        .expect("set NETWORK_PREFIXES");
 }
 
 /// STATS[sock_translated], summed over CPUs.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use netctl_common::{
-    endpoint::{EndpointInfo, NetworkInfo, PrefixEntry},
+    endpoint::{EndpointInfo, NetworkInfo, PrefixEntry, PREFIX_HOST},
     maps,
     portmap::{PortKey, PortTarget},
 };
@@ -124,6 +124,8 @@ fn orphans(dp: &Ebpf, state: &State, links: &BTreeSet<String>) -> Result<Orphans
             .iter()
             .flatten()
             .map(|(key, value)| (key.prefix_len(), key.data(), value))
+            // The host's addresses are the host sync's (host.rs).
+            .filter(|(_, _, value)| value.kind != PREFIX_HOST)
             .filter(|entry| !known_prefixes.contains(entry))
             .collect(),
         endpoint_ips: dp

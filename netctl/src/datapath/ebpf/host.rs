@@ -1,5 +1,6 @@
 //! The host's interfaces in the eBPF datapath: `HOST_IFACES` (ifindex →
-//! primary address), `HOST_ADDRS` (address → ifindex) and the uplink
+//! primary address), the host's addresses as /32 entries of kind
+//! `PREFIX_HOST` in `NETWORK_PREFIXES` (address → ifindex) and the uplink
 //! programs' TCX links on each interface, kept true to
 //! `HostInfo::interfaces` (read from the kernel by the command, or by
 //! `netctl watch`). `sync` makes them so, `drift` says how they differ
@@ -15,7 +16,11 @@ use std::{
     os::fd::AsFd as _,
 };
 
-use netctl_common::maps;
+use aya::maps::lpm_trie::Key;
+use netctl_common::{
+    endpoint::{NetworkPrefix, PREFIX_HOST},
+    maps,
+};
 
 use super::{
     bpf_error, conntrack_remove,
@@ -36,15 +41,19 @@ struct View {
     addrs: BTreeMap<u32, u32>,
 }
 
-fn wanted(interfaces: &[HostIface]) -> View {
+/// The view `interfaces` imply; an address that is also a network's /32
+/// (in `networks`: a gateway) stays the network's.
+fn wanted(interfaces: &[HostIface], networks: &BTreeSet<u32>) -> View {
     let mut view = View::default();
     for iface in interfaces {
         if let Some(primary) = iface.primary() {
             view.ifaces.insert(iface.index, be_ip(primary));
         }
-        for ip in &iface.addresses {
-            // An address on two interfaces: the first one's.
-            view.addrs.entry(be_ip(*ip)).or_insert(iface.index);
+        for ip in iface.addresses.iter().map(|ip| be_ip(*ip)) {
+            if !networks.contains(&ip) {
+                // An address on two interfaces: the first one's.
+                view.addrs.entry(ip).or_insert(iface.index);
+            }
         }
     }
     view
@@ -66,17 +75,29 @@ pub(super) fn is_iface_link(name: &str) -> bool {
 }
 
 impl Ebpf {
-    fn view(&self) -> Result<View> {
-        let read = |name: &str| -> Result<BTreeMap<u32, u32>> {
-            let map = self.hash::<u32, u32>(name)?;
-            map.iter()
-                .map(|entry| entry.map_err(|e| bpf_error(format!("map {name}"), e)))
-                .collect()
-        };
-        Ok(View {
-            ifaces: read(maps::HOST_IFACES)?,
-            addrs: read(maps::HOST_ADDRS)?,
-        })
+    /// What the maps hold, and the /32 entries of `NETWORK_PREFIXES` that
+    /// are a network's (a host address never takes their place).
+    fn view(&self) -> Result<(View, BTreeSet<u32>)> {
+        let ifaces = self
+            .hash::<u32, u32>(maps::HOST_IFACES)?
+            .iter()
+            .map(|entry| entry.map_err(|e| bpf_error("map HOST_IFACES", e)))
+            .collect::<Result<_>>()?;
+        let mut addrs = BTreeMap::new();
+        let mut networks = BTreeSet::new();
+        for entry in self.prefixes()?.iter() {
+            let (key, value) = entry.map_err(|e| bpf_error("map NETWORK_PREFIXES", e))?;
+            match (key.prefix_len(), value.kind) {
+                (32, PREFIX_HOST) => {
+                    addrs.insert(key.data(), value.network_id);
+                }
+                (32, _) => {
+                    networks.insert(key.data());
+                }
+                _ => {}
+            }
+        }
+        Ok((View { ifaces, addrs }, networks))
     }
 
     /// Whether `iface`'s link of `program` is pinned and attached to it.
@@ -94,8 +115,8 @@ impl Ebpf {
     /// interfaces and the kernel's (links pinned but missing or orphaned
     /// are `audit`'s, with every other link).
     pub(super) fn host_drift(&self) -> Result<Vec<Drift>> {
-        let want = wanted(&self.host.interfaces);
-        let have = self.view()?;
+        let (have, networks) = self.view()?;
+        let want = wanted(&self.host.interfaces, &networks);
         let name_of = |index: u32| {
             self.host
                 .interfaces
@@ -137,7 +158,7 @@ impl Ebpf {
             if have.addrs.get(ip) != Some(index) {
                 drift.push(Drift::new(
                     format!("ebpf host address {}", ip_from_be(*ip)),
-                    format!("missing from map HOST_ADDRS ({})", name_of(*index)),
+                    format!("missing from map NETWORK_PREFIXES ({})", name_of(*index)),
                 ));
             }
         }
@@ -145,7 +166,7 @@ impl Ebpf {
             if !want.addrs.contains_key(ip) {
                 drift.push(Drift::new(
                     format!("ebpf host address {}", ip_from_be(*ip)),
-                    "stale in map HOST_ADDRS: no longer an address of the host",
+                    "stale in map NETWORK_PREFIXES: no longer an address of the host",
                 ));
             }
         }
@@ -214,8 +235,8 @@ impl Ebpf {
                 .map(|target| format!("interface {target}: programs detached")),
         );
 
-        let want = wanted(&self.host.interfaces);
-        let have = self.view()?;
+        let (have, networks) = self.view()?;
+        let want = wanted(&self.host.interfaces, &networks);
         if want != have {
             changes.extend(self.write_view(&want, &have, &mut errors));
         }
@@ -226,33 +247,52 @@ impl Ebpf {
     /// first, so that an address moving never leaves a gap.
     fn write_view(&self, want: &View, have: &View, errors: &mut Vec<Error>) -> Vec<String> {
         let mut changes = Vec::new();
-        for (name, want, have) in [
-            (maps::HOST_IFACES, &want.ifaces, &have.ifaces),
-            (maps::HOST_ADDRS, &want.addrs, &have.addrs),
-        ] {
-            let mut map = match self.hash::<u32, u32>(name) {
-                Ok(map) => map,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
+        match self.hash::<u32, u32>(maps::HOST_IFACES) {
+            Ok(mut map) => {
+                for (index, ip) in &want.ifaces {
+                    if have.ifaces.get(index) != Some(ip) {
+                        errors.extend(
+                            map.insert(index, ip, 0)
+                                .map_err(|e| bpf_error("map HOST_IFACES", e))
+                                .err(),
+                        );
+                    }
                 }
-            };
-            for (key, value) in want {
-                if have.get(key) != Some(value) {
-                    errors.extend(
-                        map.insert(key, value, 0)
-                            .map_err(|e| bpf_error(format!("map {name}"), e))
-                            .err(),
-                    );
-                }
-            }
-            for key in have.keys().filter(|k| !want.contains_key(k)) {
-                match map.remove(key) {
-                    Ok(()) => {}
-                    Err(e) if is_absent(&e) => {}
-                    Err(e) => errors.push(bpf_error(format!("map {name}"), e)),
+                for index in have.ifaces.keys().filter(|k| !want.ifaces.contains_key(k)) {
+                    match map.remove(index) {
+                        Ok(()) => {}
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => errors.push(bpf_error("map HOST_IFACES", e)),
+                    }
                 }
             }
+            Err(e) => errors.push(e),
+        }
+        match self.prefixes() {
+            Ok(mut prefixes) => {
+                for (ip, index) in &want.addrs {
+                    if have.addrs.get(ip) != Some(index) {
+                        let value = NetworkPrefix {
+                            network_id: *index,
+                            kind: PREFIX_HOST,
+                        };
+                        errors.extend(
+                            prefixes
+                                .insert(&Key::new(32, *ip), value, 0)
+                                .map_err(|e| bpf_error("map NETWORK_PREFIXES", e))
+                                .err(),
+                        );
+                    }
+                }
+                for ip in have.addrs.keys().filter(|k| !want.addrs.contains_key(k)) {
+                    match prefixes.remove(&Key::new(32, *ip)) {
+                        Ok(()) => {}
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => errors.push(bpf_error("map NETWORK_PREFIXES", e)),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
         }
         for (index, ip) in &want.ifaces {
             if have.ifaces.get(index) != Some(ip) {

@@ -12,7 +12,7 @@
 //! LAYOUT                      the layout record: datapath version, object fingerprint, each map's layout version
 //! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
 //!                             CT_RECLAIM, CT_UNCONFIRMED, SNAT_SEARCH, SOCK_REVNAT, STATS,
-//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES, HOST_ADDRS
+//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES
 //! next/<NAME>                 (during an upgrade) a migrated map being filled
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (each host interface's uplink_ingress and
@@ -23,8 +23,9 @@
 //! One concern a module: [`pins`] (bpffs, loading, attaching, pinning and
 //! opening what is pinned), [`maps`] (typed map access, the batch dump and
 //! the byte order of keys), [`conntrack`] (the table's size and its flows),
-//! [`host`] (the host's interfaces: their addresses in `HOST_IFACES` and
-//! `HOST_ADDRS`, the uplink programs on each),
+//! [`host`] (the host's interfaces: their primary addresses in
+//! `HOST_IFACES`, all their addresses as `PREFIX_HOST` entries of
+//! `NETWORK_PREFIXES`, the uplink programs on each),
 //! [`stats`], [`trace`], [`audit`] (`netctl doctor`), [`upgrade`] (taking
 //! over a datapath loaded by another build: plan, migrations, the layout
 //! record) and [`sys`] (the bpf(2) commands aya lacks: link update, object
