@@ -12,7 +12,7 @@
 //! LAYOUT                      the layout record: datapath version, object fingerprint, each map's layout version
 //! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
 //!                             CT_RECLAIM, CT_UNCONFIRMED, SNAT_SEARCH, SOCK_REVNAT, STATS,
-//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES
+//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES, SNAT_SOURCE
 //! next/<NAME>                 (during an upgrade) a migrated map being filled
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (each host interface's uplink_ingress and
