@@ -261,9 +261,12 @@ impl Env {
         self.hash::<u32, u32>(maps::HOST_IFACES)
             .insert(uplink, be_ip(UPLINK_IP), 0)
             .expect("HOST_IFACES");
-        let mut prefixes: LpmTrie<_, u32, NetworkPrefix> =
-            LpmTrie::try_from(self.ebpf.map_mut(maps::NETWORK_PREFIXES).expect("NETWORK_PREFIXES"))
-                .expect("NETWORK_PREFIXES");
+        let mut prefixes: LpmTrie<_, u32, NetworkPrefix> = LpmTrie::try_from(
+            self.ebpf
+                .map_mut(maps::NETWORK_PREFIXES)
+                .expect("NETWORK_PREFIXES"),
+        )
+        .expect("NETWORK_PREFIXES");
         let host = NetworkPrefix {
             network_id: uplink,
             kind: PREFIX_HOST,

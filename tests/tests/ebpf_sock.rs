@@ -313,9 +313,11 @@ fn configure(ebpf: &mut Ebpf, host_netns_cookie: u64) {
     };
     config.set(0, value, 0).expect("set CONFIG");
     // The host's address, as the controller's host sync writes it.
-    let mut prefixes: LpmTrie<_, u32, NetworkPrefix> =
-        LpmTrie::try_from(ebpf.map_mut(maps::NETWORK_PREFIXES).expect("NETWORK_PREFIXES"))
-            .expect("an LPM trie");
+    let mut prefixes: LpmTrie<_, u32, NetworkPrefix> = LpmTrie::try_from(
+        ebpf.map_mut(maps::NETWORK_PREFIXES)
+            .expect("NETWORK_PREFIXES"),
+    )
+    .expect("an LPM trie");
     let host = NetworkPrefix {
         network_id: 1,
         kind: PREFIX_HOST,

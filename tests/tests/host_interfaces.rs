@@ -13,7 +13,6 @@
 //! what some of these tests must do without.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     process::{Child, Stdio},
     sync::mpsc,
@@ -21,7 +20,7 @@ use std::{
 };
 
 use netctl_tests::{
-    output::{nettool, peer_ip, text},
+    output::{line_channel, nettool, peer_ip, text},
     sandbox::{
         call_until_answer,
         probe::{Outcome, Proto},
@@ -207,15 +206,7 @@ fn start_watch(sb: &Sandbox) -> (Child, mpsc::Receiver<String>) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn netctl watch");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = line_channel(child.stdout.take().expect("piped"));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

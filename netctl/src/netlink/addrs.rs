@@ -64,33 +64,27 @@ impl Netlink {
         Ok(ipv4_of(&messages))
     }
 
-    /// Every IPv4 address of the namespace, on any link.
-    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
-        let messages: Vec<_> = self
-            .handle
+    /// Every address message of the namespace, on any link.
+    async fn address_messages(&self) -> Result<Vec<AddressMessage>> {
+        self.handle
             .address()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|e| self.error("addresses of the host", e))?;
-        Ok(ipv4_of(&messages))
+            .map_err(|e| self.error("addresses of the host", e))
     }
-}
 
-impl Netlink {
+    /// Every IPv4 address of the namespace, on any link.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        Ok(ipv4_of(&self.address_messages().await?))
+    }
+
     /// Every IPv4 address of the namespace with its link's index, each
     /// link's primary addresses before its secondary ones (so the first of
     /// a link is the source the kernel picks, and MASQUERADE too).
     pub async fn ipv4_addresses_by_link(&self) -> Result<Vec<(u32, Ipv4Addr)>> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| self.error("addresses of the host", e))?;
+        let messages = self.address_messages().await?;
         let mut found: Vec<(bool, u32, Ipv4Addr)> = messages
             .iter()
             .flat_map(|m| {
