@@ -130,7 +130,8 @@ pub fn fib_route(ctx: &TcContext, pkt: &Packet) -> Route {
     // translate to (HOST_IFACES), which a new flow is SNATed to
     // (SNAT_SOURCE); anything else (an interface without an address, say)
     // is the kernel's. Keyed by the params' own ifindex: endpoint_ingress
-    // has no stack left for a copy.
+    // has no stack left for a copy (hence the borrow, not a value).
+    #[allow(clippy::needless_borrows_for_generic_args)]
     let Some(source) = HOST_IFACES.get_ptr(&params.ifindex) else {
         return Route::Kernel;
     };
