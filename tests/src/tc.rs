@@ -255,25 +255,42 @@ impl Env {
         let mut map: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").expect("CONFIG")).expect("CONFIG");
         map.set(0, config, 0).expect("CONFIG[0]");
-        // The uplink as the controller's host sync writes it: the host
-        // interface SNAT leaves by, with its address.
-        let uplink = self.uplink;
+        // The uplink, as the controller's host sync writes it.
+        self.host_iface(self.uplink, UPLINK_IP);
+    }
+
+    /// Interface `ifindex` as a host interface with address `ip`, as the
+    /// controller's host sync writes it: its primary address in
+    /// HOST_IFACES (what SNAT leaving by it gives), `ip` a `PREFIX_HOST`
+    /// entry of NETWORK_PREFIXES.
+    pub fn host_iface(&mut self, ifindex: u32, ip: Ipv4Addr) {
         self.hash::<u32, u32>(maps::HOST_IFACES)
-            .insert(uplink, be_ip(UPLINK_IP), 0)
+            .insert(ifindex, be_ip(ip), 0)
             .expect("HOST_IFACES");
-        let mut prefixes: LpmTrie<_, u32, NetworkPrefix> = LpmTrie::try_from(
+        let host = NetworkPrefix {
+            network_id: ifindex,
+            kind: PREFIX_HOST,
+        };
+        self.prefixes()
+            .insert(&Key::new(32, be_ip(ip)), host, 0)
+            .expect("NETWORK_PREFIXES");
+    }
+
+    /// Forgets host interface `ifindex`'s address in HOST_IFACES (an
+    /// interface without one).
+    pub fn forget_host_iface(&mut self, ifindex: u32) {
+        self.hash::<u32, u32>(maps::HOST_IFACES)
+            .remove(&ifindex)
+            .expect("HOST_IFACES");
+    }
+
+    fn prefixes(&mut self) -> LpmTrie<&mut MapData, u32, NetworkPrefix> {
+        LpmTrie::try_from(
             self.ebpf
                 .map_mut(maps::NETWORK_PREFIXES)
                 .expect("NETWORK_PREFIXES"),
         )
-        .expect("NETWORK_PREFIXES");
-        let host = NetworkPrefix {
-            network_id: uplink,
-            kind: PREFIX_HOST,
-        };
-        prefixes
-            .insert(&Key::new(32, be_ip(UPLINK_IP)), host, 0)
-            .expect("NETWORK_PREFIXES");
+        .expect("NETWORK_PREFIXES")
     }
 
     pub fn populate(&mut self, opts: Opts) {
@@ -343,12 +360,7 @@ impl Env {
         self.hash::<u32, NetworkInfo>("NETWORKS")
             .insert(id, info, 0)
             .expect("NETWORKS");
-        let mut prefixes: LpmTrie<&mut MapData, u32, NetworkPrefix> = LpmTrie::try_from(
-            self.ebpf
-                .map_mut("NETWORK_PREFIXES")
-                .expect("NETWORK_PREFIXES"),
-        )
-        .expect("NETWORK_PREFIXES");
+        let mut prefixes = self.prefixes();
         for (len, addr, value) in info.prefixes(id) {
             prefixes
                 .insert(&Key::new(len, addr), value, 0)
