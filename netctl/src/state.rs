@@ -76,7 +76,7 @@ pub struct StateDir {
     _lock: Flock<File>,
 }
 
-const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.json";
 
 /// Removes a state dir in which nothing was ever saved: a command that
 /// failed, or only read, on a fresh host leaves no trace.
@@ -217,6 +217,29 @@ impl StateDir {
                 .map_err(|e| Error::io(object(), e))?;
         }
         Ok(())
+    }
+}
+
+/// Inode, size and mtime: the identity that says a file changed.
+pub type Stamp = Option<(u64, u64, i64, i64)>;
+
+/// The identity of the file at `path` (the state's, the host's
+/// resolv.conf) that says it changed.
+pub fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Reads a state file without the lock (the resolver, `netctl trace`):
+/// every save replaces the file atomically, so a reader sees one whole
+/// state; an absent file is an empty state.
+pub fn read_snapshot(file: &Path) -> Result<State> {
+    match fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::system(format!("state {}", file.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(Error::io(format!("state {}", file.display()), e)),
     }
 }
 
