@@ -9,8 +9,8 @@
 //! stack limit it shares with the subprograms it calls, and its frame
 //! (448 bytes rounded) leaves 64 for them. The event is written in the
 //! ring buffer's reservation itself, field by field, never built on the
-//! stack; the emitters take pointers (the packet's `Packet` on the
-//! caller's stack, conntrack entries in their map) and plain integers.
+//! stack; the emitters take pointers (keys, conntrack entries in their
+//! map or on the caller's stack) and plain integers.
 
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use netctl_common::{
@@ -22,7 +22,7 @@ use netctl_common::{
 use crate::{
     conntrack::now,
     maps::{FLOW_EVENTS, FLOW_LISTENER},
-    parse::{IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, PROTO_TCP, PROTO_UDP},
+    parse::{ptr_at, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, PROTO_TCP, PROTO_UDP},
     stats::count,
 };
 
@@ -54,104 +54,69 @@ pub fn drop(skb: *mut __sk_buff, program: u8, reason: StatIndex) -> u32 {
     if !listening() {
         return 0;
     }
-    let ctx = TcContext::new(skb);
-    let ethertype = u16::from_be(ctx.load::<u16>(12).unwrap_or(0));
-    let mut original = Tuple::default();
-    let mut proto = 0u8;
-    if ethertype == ETH_P_IP {
-        original.saddr = ctx.load(IP_SADDR_OFF).unwrap_or(0);
-        original.daddr = ctx.load(IP_DADDR_OFF).unwrap_or(0);
-        proto = ctx.load(IP_OFF + 9).unwrap_or(0);
-        let ihl = usize::from(ctx.load::<u8>(IP_OFF).unwrap_or(0) & 0x0f);
-        let fragment_offset = u16::from_be(ctx.load::<u16>(IP_OFF + 6).unwrap_or(0)) & 0x1fff;
-        if (proto == PROTO_TCP || proto == PROTO_UDP) && fragment_offset == 0 && ihl >= 5 {
-            let l4 = IP_OFF + ihl * 4;
-            original.sport = ctx.load(l4).unwrap_or(0);
-            original.dport = ctx.load(l4 + 2).unwrap_or(0);
-        }
-    } else if ethertype == ETH_P_ARP {
-        // Not the IPv4 header's offsets (the old trace read those and
-        // printed an ARP's hardware address bytes as its addresses).
-        original.saddr = ctx.load(ARP_SPA_OFF).unwrap_or(0);
-        original.daddr = ctx.load(ARP_TPA_OFF).unwrap_or(0);
-    }
+    // Reserved first, and every field written into the reservation as it
+    // is read: values held across the helper calls spill to the stack, and
+    // this frame must stay within what uplink_ingress leaves (48 bytes).
     let Some(mut slot) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         count(StatIndex::EventLost, 0);
         return 0;
     };
     let e = slot.as_mut_ptr();
+    let ctx = TcContext::new(skb);
+    // Through packet pointers (bounds-checked), not bpf_skb_load_bytes,
+    // whose every load takes a stack slot.
+    let read16 = |off: usize| -> u16 {
+        // SAFETY: ptr_at checked that the bytes lie inside the packet.
+        ptr_at::<[u8; 2]>(&ctx, off).map_or(0, |p| u16::from_be_bytes(unsafe { *p }))
+    };
+    let read32 = |off: usize| -> u32 {
+        // SAFETY: as above; addresses stay in network order.
+        ptr_at::<[u8; 4]>(&ctx, off).map_or(0, |p| u32::from_ne_bytes(unsafe { *p }))
+    };
     // SAFETY: the reservation is a whole FlowEvent, written field by field
     // (every byte, so nothing of the ring's old contents leaks out).
     unsafe {
-        (*e).time_ns = now();
         (*e).kind = EVENT_DROP;
-        (*e).proto = proto;
         (*e).ct_kind = 0;
         (*e).program = program;
         (*e).reason = reason as u16;
-        (*e).ethertype = ethertype;
         (*e).ifindex = (*skb).ifindex;
-        (*e).original = original;
         (*e).translated = Tuple::default();
+        (*e).original = Tuple::default();
+        (*e).proto = 0;
         (*e)._pad = 0;
+        let ethertype = read16(12);
+        (*e).ethertype = ethertype;
+        if ethertype == ETH_P_IP {
+            (*e).original.saddr = read32(IP_SADDR_OFF);
+            (*e).original.daddr = read32(IP_DADDR_OFF);
+            let proto = read16(IP_OFF + 8) as u8;
+            (*e).proto = proto;
+            let ihl = usize::from((read16(IP_OFF) >> 8) as u8 & 0x0f);
+            let fragment_offset = read16(IP_OFF + 6) & 0x1fff;
+            if (proto == PROTO_TCP || proto == PROTO_UDP) && fragment_offset == 0 && ihl >= 5 {
+                let l4 = IP_OFF + ihl * 4;
+                (*e).original.sport = read16(l4).to_be();
+                (*e).original.dport = read16(l4 + 2).to_be();
+            }
+        } else if ethertype == ETH_P_ARP {
+            // Not the IPv4 header's offsets (the old trace read those and
+            // printed an ARP's hardware address bytes as its addresses).
+            (*e).original.saddr = read32(ARP_SPA_OFF);
+            (*e).original.daddr = read32(ARP_TPA_OFF);
+        }
+        (*e).time_ns = now();
     }
     slot.submit(0);
     0
 }
 
-/// A flow event of kind `kind` (`EVENT_NEW`, `EVENT_END`) with `reason`
-/// (`END_*`, 0 for new flows) about the flow of `entry`, one of its two
-/// entries, whose key is `(saddr, daddr, sport, dport)`. The event names
-/// the original direction: for an original entry, the key and the entry's
-/// rewrite; for a reply entry, both turned around.
-#[inline(always)]
-fn flow(kind: u8, reason: u16, ifindex: u32, key: Tuple, proto: u8, entry: &CtEntry) {
-    let Some(mut slot) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        count(StatIndex::EventLost, 0);
-        return;
-    };
-    let rewrite = Tuple {
-        saddr: entry.saddr,
-        daddr: entry.daddr,
-        sport: entry.sport,
-        dport: entry.dport,
-    };
-    let (original, translated) = if entry.direction == CT_DIR_REPLY {
-        (turned(rewrite), turned(key))
-    } else {
-        (key, rewrite)
-    };
-    let e = slot.as_mut_ptr();
-    // SAFETY: as in `drop`.
-    unsafe {
-        (*e).time_ns = now();
-        (*e).kind = kind;
-        (*e).proto = proto;
-        (*e).ct_kind = entry.kind;
-        (*e).program = PROGRAM_NONE;
-        (*e).reason = reason;
-        (*e).ethertype = ETH_P_IP;
-        (*e).ifindex = ifindex;
-        (*e).original = original;
-        (*e).translated = translated;
-        (*e)._pad = 0;
-    }
-    slot.submit(0);
-}
-
-#[inline(always)]
-fn turned(t: Tuple) -> Tuple {
-    Tuple {
-        saddr: t.daddr,
-        daddr: t.saddr,
-        sport: t.dport,
-        dport: t.sport,
-    }
-}
-
 /// A flow event about the flow of `entry`, whose key is `key` (the entry
-/// of either direction); `what` is the kind in the high 16 bits and the
-/// reason in the low ones (a BPF subprogram takes five arguments at most).
+/// of either direction): the event names the original direction, for an
+/// original entry the key and the entry's rewrite, for a reply entry both
+/// turned around. `what` is the kind (`EVENT_NEW`, `EVENT_END`) in the
+/// high 16 bits and the reason (`END_*`, 0 for new flows) in the low ones
+/// (a BPF subprogram takes five arguments at most).
 /// Keys, not the caller's `Packet`: a pointer to it would pin the whole
 /// struct to the caller's stack (LLVM then can no longer split it), which
 /// took uplink_ingress past its 512 bytes.
@@ -160,13 +125,45 @@ pub fn of_key(ifindex: u32, what: u32, key: &CtKey, entry: &CtEntry) -> u32 {
     if !listening() {
         return 0;
     }
-    let tuple = Tuple {
-        saddr: key.saddr,
-        daddr: key.daddr,
-        sport: key.sport,
-        dport: key.dport,
+    let Some(mut slot) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
+        count(StatIndex::EventLost, 0);
+        return 0;
     };
-    flow((what >> 16) as u8, what as u16, ifindex, tuple, key.proto, entry);
+    let e = slot.as_mut_ptr();
+    // SAFETY: as in `drop`. Written straight from the key and the entry:
+    // with the tuples copied to locals first, this subprogram's frame was
+    // 80 bytes, 16 more than endpoint_ingress leaves.
+    unsafe {
+        (*e).kind = (what >> 16) as u8;
+        (*e).proto = key.proto;
+        (*e).ct_kind = entry.kind;
+        (*e).program = PROGRAM_NONE;
+        (*e).reason = what as u16;
+        (*e).ethertype = ETH_P_IP;
+        (*e).ifindex = ifindex;
+        (*e)._pad = 0;
+        if entry.direction == CT_DIR_REPLY {
+            (*e).original.saddr = entry.daddr;
+            (*e).original.daddr = entry.saddr;
+            (*e).original.sport = entry.dport;
+            (*e).original.dport = entry.sport;
+            (*e).translated.saddr = key.daddr;
+            (*e).translated.daddr = key.saddr;
+            (*e).translated.sport = key.dport;
+            (*e).translated.dport = key.sport;
+        } else {
+            (*e).original.saddr = key.saddr;
+            (*e).original.daddr = key.daddr;
+            (*e).original.sport = key.sport;
+            (*e).original.dport = key.dport;
+            (*e).translated.saddr = entry.saddr;
+            (*e).translated.daddr = entry.daddr;
+            (*e).translated.sport = entry.sport;
+            (*e).translated.dport = entry.dport;
+        }
+        (*e).time_ns = now();
+    }
+    slot.submit(0);
     0
 }
 

@@ -558,12 +558,16 @@ fn generic_snat<'a>(
 
 /// DNAT of a new connection to a published port: the client's address is
 /// kept, the destination becomes the container. No port to allocate: the
-/// reply tuple is the container's own.
+/// reply tuple is the container's own. Returns the original entry, to be
+/// applied, built (with the reply's key and entry) in this CPU's
+/// `SNAT_SEARCH` slot as new_flow's are: on uplink_ingress's stack, with
+/// the new flow's event, they took it past its 512 bytes.
 #[inline(always)]
-pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, StatIndex> {
+pub fn dnat<'a>(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<&'a CtEntry, StatIndex> {
     let key = key_of(pkt);
     let state = conntrack::initial_state(pkt);
-    let reply_key = CtKey {
+    let s = scratch().ok_or(StatIndex::DropConntrackFull)?;
+    s.reply_key = CtKey {
         saddr: target.ip,
         daddr: pkt.saddr,
         sport: target.port,
@@ -571,7 +575,7 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let reply = conntrack::entry(
+    s.reply = conntrack::entry(
         (pkt.daddr, pkt.dport),
         (pkt.saddr, pkt.sport),
         CT_KIND_DNAT,
@@ -582,8 +586,8 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
     );
     // The same client port reconnecting after its old flow died overwrites
     // the old entries (BPF_ANY): they describe the same tuple.
-    conntrack::insert(&reply_key, &reply)?;
-    let mut original = conntrack::entry(
+    conntrack::insert(&s.reply_key, &s.reply)?;
+    s.original = conntrack::entry(
         (pkt.saddr, pkt.sport),
         (target.ip, target.port),
         CT_KIND_DNAT,
@@ -592,9 +596,9 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         state,
         bytes,
     );
-    conntrack::track_first(&mut original, pkt);
-    conntrack::insert_original(&key, &original, &reply_key)?;
+    conntrack::track_first(&mut s.original, pkt);
+    conntrack::insert_original(&key, &s.original, &s.reply_key)?;
     conntrack::remember_new(&key, state);
-    new_flow_event(target.ifindex, &key, &original);
-    Ok(original)
+    new_flow_event(target.ifindex, &key, &s.original);
+    Ok(&s.original)
 }

@@ -114,7 +114,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
                 return Ok(pass(StatIndex::Pass, bytes));
             }
             let entry = nat::dnat(&pkt, &target, bytes)?;
-            nat::apply(ctx, &pkt, &entry)?;
+            nat::apply(ctx, &pkt, entry)?;
             count(StatIndex::Dnat, bytes);
             return forward::redirect_peer(ctx, &pkt, &peer);
         }
