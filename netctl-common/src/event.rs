@@ -5,10 +5,10 @@
 //! a lease, the `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) time until which a
 //! listener wants events, 0 when nobody does. `netctl trace` renews it
 //! every [`LEASE_RENEW_NS`] for [`LEASE_NS`] and writes 0 when it ends, so
-//! a trace killed with SIGKILL stops the events within [`LEASE_NS`]. The
-//! programs read the slot where an event would be emitted (never on the
-//! path of a known flow's packets): nobody listening costs that one array
-//! lookup.
+//! a trace killed with SIGKILL stops the events within [`LEASE_NS`] (the
+//! first program to find its lease run out clears it). The programs read
+//! the slot where an event would be emitted (never on the path of a known
+//! flow's packets): nobody listening costs that one array lookup.
 
 /// Where an event came from: the packet's tuple before and after the
 /// translation (network order).

@@ -36,13 +36,30 @@ const ETH_P_ARP: u16 = 0x0806;
 const ARP_SPA_OFF: usize = IP_OFF + 14;
 const ARP_TPA_OFF: usize = IP_OFF + 24;
 
-/// Someone listens: the lease in `FLOW_LISTENER` has not run out.
+/// Someone listens: the lease in `FLOW_LISTENER` has not run out. A lease
+/// found run out (its listener was killed, or stalled for `LEASE_NS`) is
+/// cleared, so that the clock is read no more until the next listener:
+/// nobody listening costs the lookup alone. A live listener renews long
+/// before its lease runs out, so the clearing never races a renewal but a
+/// stalled one's.
 #[inline(always)]
 fn listening() -> bool {
-    match FLOW_LISTENER.get(0) {
-        Some(until) => *until != 0 && now() < *until,
-        None => false,
+    let Some(slot) = FLOW_LISTENER.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: an array slot; the controller and other CPUs store whole
+    // u64s.
+    unsafe {
+        let until = *slot;
+        if until == 0 {
+            return false;
+        }
+        if now() < until {
+            return true;
+        }
+        *slot = 0;
     }
+    false
 }
 
 /// A drop, from the frame as it is (re-read here: the programs keep their
