@@ -496,6 +496,14 @@ impl Env {
         map.set(0, until, 0).expect("FLOW_LISTENER[0]");
     }
 
+    /// The listener's lease as it is now.
+    pub fn lease(&self) -> u64 {
+        let map: Array<_, u64> =
+            Array::try_from(self.ebpf.map("FLOW_LISTENER").expect("FLOW_LISTENER"))
+                .expect("FLOW_LISTENER");
+        map.get(&0, 0).expect("FLOW_LISTENER[0]")
+    }
+
     /// The flow events written since the last call, oldest first.
     pub fn events(&mut self) -> Vec<FlowEvent> {
         let mut ring = RingBuf::try_from(self.ebpf.map_mut("FLOW_EVENTS").expect("FLOW_EVENTS"))

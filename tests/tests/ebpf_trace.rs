@@ -105,8 +105,14 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
             (be(A2.ip), be(NET_A.gateway))
         );
 
-        // The listener gone (lease cleared): silent again; a known flow's
-        // packets never were events.
+        // A listener killed: its lease runs out, and the first program to
+        // find it so clears it (no event, and no clock read after).
+        env.set_lease(1);
+        assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
+        assert_eq!(env.lease(), 0, "a lease run out is cleared");
+        assert_eq!(env.events(), Vec::<FlowEvent>::new());
+
+        // The listener gone (lease cleared): silent again.
         env.listen(false);
         assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
         assert_eq!(env.endpoint(A1, &syn(33002).bytes()).0, TC_ACT_REDIRECT);
