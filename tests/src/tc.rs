@@ -479,9 +479,7 @@ impl Env {
     /// it) or off (0).
     pub fn listen(&mut self, on: bool) {
         let until = if on {
-            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-                .expect("CLOCK_MONOTONIC");
-            now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64 + LEASE_NS
+            monotonic_ns() + LEASE_NS
         } else {
             0
         };

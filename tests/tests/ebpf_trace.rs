@@ -13,7 +13,10 @@ use std::{
 
 use netctl_common::{
     conntrack::CT_KIND_SNAT,
-    event::{FlowEvent, EVENT_DROP, EVENT_NEW, PROGRAM_ENDPOINT_INGRESS},
+    event::{
+        FlowEvent, END_RST, END_TIMEOUT, EVENT_DROP, EVENT_END, EVENT_NEW,
+        PROGRAM_ENDPOINT_INGRESS,
+    },
     stats::StatIndex,
 };
 use netctl_tests::{
@@ -117,6 +120,73 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
         assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
         assert_eq!(env.endpoint(A1, &syn(33002).bytes()).0, TC_ACT_REDIRECT);
         assert_eq!(env.events(), Vec::<FlowEvent>::new());
+    });
+}
+
+#[test]
+fn a_flow_ends_by_rst_or_timeout_and_says_so() {
+    in_netns(Opts::default(), |env| {
+        env.listen(true);
+        // A TCP flow: SYN out, SYN-ACK back, then the client's RST.
+        let syn = Frame::from(A1, REMOTE, tcp(33010, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let port = view(&out).sport;
+        let client_next = syn.seq + seq_len(&syn);
+        let syn_ack = numbered(
+            &Frame::from_outside(REMOTE, UPLINK_IP, tcp(443, port, SYN | ACK)),
+            0x3000_0001,
+            client_next,
+        );
+        assert_eq!(env.uplink_in(&syn_ack.bytes()).0, TC_ACT_REDIRECT);
+        let rst = numbered(&Frame::from(A1, REMOTE, tcp(33010, 443, RST)), client_next, 0);
+        assert_eq!(env.endpoint(A1, &rst.bytes()).0, TC_ACT_REDIRECT);
+        let events = env.events();
+        assert_eq!(events.len(), 2, "new, then end: {events:?}");
+        let end = events[1];
+        assert_eq!(
+            (end.kind, end.reason, end.ct_kind),
+            (EVENT_END, END_RST, CT_KIND_SNAT)
+        );
+        // Told through the reply entry, named as the original direction.
+        assert_eq!(
+            (end.original.saddr, u16::from_be(end.original.sport)),
+            (be(A1.ip), 33010)
+        );
+        assert_eq!(
+            (end.translated.saddr, u16::from_be(end.translated.sport)),
+            (be(UPLINK_IP), port)
+        );
+        assert_eq!(end.translated.daddr, be(REMOTE));
+
+        // A UDP flow whose two entries are past their timeout (60 s): the packet
+        // that finds it ends it, then starts a new one.
+        let original_key = ct_key(A1.ip, REMOTE, 5002, 53, UDP);
+        let reply_key = ct_key(REMOTE, UPLINK_IP, 53, 40_500, UDP);
+        env.ct_insert(
+            original_key,
+            CtEntryBuilder::snat((UPLINK_IP, 40_500), (REMOTE, 53))
+                .last_seen(ago(120))
+                .build(),
+        );
+        env.ct_insert(
+            reply_key,
+            CtEntryBuilder::snat((REMOTE, 53), (A1.ip, 5002))
+                .reply()
+                .deliver_to(env.veth(A1))
+                .last_seen(ago(120))
+                .build(),
+        );
+        let datagram = Frame::from(A1, REMOTE, udp(5002, 53));
+        assert_eq!(env.endpoint(A1, &datagram.bytes()).0, TC_ACT_REDIRECT);
+        let events = env.events();
+        assert_eq!(events.len(), 2, "end, then new: {events:?}");
+        assert_eq!((events[0].kind, events[0].reason), (EVENT_END, END_TIMEOUT));
+        assert_eq!(
+            (events[0].original.saddr, events[0].translated.sport),
+            (be(A1.ip), 40_500u16.to_be())
+        );
+        assert_eq!(events[1].kind, EVENT_NEW);
     });
 }
 
