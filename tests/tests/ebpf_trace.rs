@@ -394,3 +394,19 @@ fn lease(sb: &Sandbox) -> u64 {
         aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
     map.get(&0, 0).expect("slot 0")
 }
+
+#[test]
+fn trace_is_refused_on_the_iptables_datapath() {
+    if !privileged("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::new("iptables");
+    sb.network("front", &["--subnet", "172.18.0.0/16"]);
+    let (code, err) = sb.netctl_err(&["trace", "--seconds", "1"]);
+    assert_eq!(code, 1, "a validation error: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("iptables") && err.contains("conntrack -E"),
+        "{err}"
+    );
+}

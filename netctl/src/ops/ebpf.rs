@@ -99,6 +99,16 @@ impl Host {
         json: bool,
         out: &mut dyn Write,
     ) -> Result<()> {
+        // The iptables datapath emits no events: its flows are the
+        // kernel's conntrack entries, which `conntrack -E` follows (without
+        // netctl's names); drops by its rules leave only their counters.
+        if self.state.datapath == Some(DatapathKind::Iptables) {
+            return Err(Error::invalid(
+                "trace",
+                "this host uses the iptables datapath, which has no flow events (the kernel's \
+                 conntrack events: `conntrack -E` in the host namespace)",
+            ));
+        }
         let pins = self.ebpf_pins("trace")?;
         filters.check(&self.state)?;
         let mut names = Names::new(&self.state);
