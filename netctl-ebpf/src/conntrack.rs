@@ -296,7 +296,11 @@ pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
                 // hand (the packet's would take stack endpoint_ingress
                 // has not got). Its entries stay for TIME_WAIT or CLOSE.
                 if next != state && closed(next) && !closed(state) {
-                    let reason = if next == CT_STATE_CLOSE { END_RST } else { END_FIN };
+                    let reason = if next == CT_STATE_CLOSE {
+                        END_RST
+                    } else {
+                        END_FIN
+                    };
                     events::of_key(0, events::what(EVENT_END, reason), &pair_key, &*pair);
                 }
             }

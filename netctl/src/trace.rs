@@ -375,35 +375,41 @@ mod tests {
 
     fn state() -> State {
         let mut state = State::default();
-        state.networks.insert("front".into(), Network {
-            name: "front".into(),
-            id: 1,
-            bridge: "nc-front".into(),
-            subnet: "172.18.0.0/16".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 18, 0, 1),
-            internal: false,
-            dns: true,
-            created: 0,
-            mtu: None,
-        });
-        for (name, ip, veth) in [("a", 3, "vea"), ("web", 2, "veweb")] {
-            state.containers.insert(name.into(), Container {
-                name: name.into(),
-                mode: NetworkMode::Bridge,
-                netns: None,
-                endpoints: vec![Endpoint {
-                    network: "front".into(),
-                    ifname: "eth0".into(),
-                    host_veth: veth.into(),
-                    ip: Ipv4Addr::new(172, 18, 0, ip),
-                    mac: Mac::from([2, 0, 0, 0, 0, ip]),
-                }],
-                ports: vec![],
-                process: None,
+        state.networks.insert(
+            "front".into(),
+            Network {
+                name: "front".into(),
+                id: 1,
+                bridge: "nc-front".into(),
+                subnet: "172.18.0.0/16".parse().unwrap(),
+                gateway: Ipv4Addr::new(172, 18, 0, 1),
+                internal: false,
+                dns: true,
                 created: 0,
-                cni: None,
-                naming: Default::default(),
-            });
+                mtu: None,
+            },
+        );
+        for (name, ip, veth) in [("a", 3, "vea"), ("web", 2, "veweb")] {
+            state.containers.insert(
+                name.into(),
+                Container {
+                    name: name.into(),
+                    mode: NetworkMode::Bridge,
+                    netns: None,
+                    endpoints: vec![Endpoint {
+                        network: "front".into(),
+                        ifname: "eth0".into(),
+                        host_veth: veth.into(),
+                        ip: Ipv4Addr::new(172, 18, 0, ip),
+                        mac: Mac::from([2, 0, 0, 0, 0, ip]),
+                    }],
+                    ports: vec![],
+                    process: None,
+                    created: 0,
+                    cni: None,
+                    naming: Default::default(),
+                },
+            );
         }
         state
     }
@@ -440,8 +446,14 @@ mod tests {
 
     #[test]
     fn a_new_snat_flow_with_its_names() {
-        let line = line(&snat(), 1_764_688_050_123_000_000, Some("vea"), &names(), &Filters::default())
-            .expect("kept");
+        let line = line(
+            &snat(),
+            1_764_688_050_123_000_000,
+            Some("vea"),
+            &names(),
+            &Filters::default(),
+        )
+        .expect("kept");
         assert_eq!(line.time, "2025-12-02T15:07:30.123Z");
         assert_eq!(line.src, "172.18.0.3:40000");
         assert_eq!(line.translated_src.as_deref(), Some("198.51.100.1:1024"));
@@ -520,8 +532,7 @@ mod tests {
         end.kind = EVENT_END;
         end.reason = END_FIN;
         assert_eq!(
-            line(&end, 0, None, &names, &Filters::default())
-                .and_then(|l| l.reason),
+            line(&end, 0, None, &names, &Filters::default()).and_then(|l| l.reason),
             Some("fin")
         );
         assert!(keep(verdict("end"), &end));

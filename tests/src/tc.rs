@@ -478,11 +478,7 @@ impl Env {
     /// Turns flow events on (a listener's lease, as `netctl trace` writes
     /// it) or off (0).
     pub fn listen(&mut self, on: bool) {
-        let until = if on {
-            monotonic_ns() + LEASE_NS
-        } else {
-            0
-        };
+        let until = if on { monotonic_ns() + LEASE_NS } else { 0 };
         self.set_lease(until);
     }
 

@@ -4,18 +4,12 @@
 //! `netctl trace` in a sandbox: a container's new SNAT flow with its
 //! translation and its forged packets' drops, with names, filtered.
 
-use std::{
-    net::Ipv4Addr,
-    process::Stdio,
-    thread::sleep,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, process::Stdio, thread::sleep, time::Duration};
 
 use netctl_common::{
     conntrack::CT_KIND_SNAT,
     event::{
-        FlowEvent, END_RST, END_TIMEOUT, EVENT_DROP, EVENT_END, EVENT_NEW,
-        PROGRAM_ENDPOINT_INGRESS,
+        FlowEvent, END_RST, END_TIMEOUT, EVENT_DROP, EVENT_END, EVENT_NEW, PROGRAM_ENDPOINT_INGRESS,
     },
     stats::StatIndex,
 };
@@ -41,13 +35,25 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
         let arp = arp_frame(A1.mac, A2.ip, NET_A.gateway);
 
         // Nobody listens: dropped and translated as ever, no event.
-        assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
+        assert_verdict(
+            env.endpoint(A1, &forged.bytes()),
+            TC_ACT_SHOT,
+            &forged.bytes(),
+        );
         assert_eq!(env.endpoint(A1, &syn(33000).bytes()).0, TC_ACT_REDIRECT);
         assert_verdict(env.endpoint(A1, &arp), TC_ACT_SHOT, &arp);
-        assert_eq!(env.events(), Vec::<FlowEvent>::new(), "no listener, no event");
+        assert_eq!(
+            env.events(),
+            Vec::<FlowEvent>::new(),
+            "no listener, no event"
+        );
 
         env.listen(true);
-        assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
+        assert_verdict(
+            env.endpoint(A1, &forged.bytes()),
+            TC_ACT_SHOT,
+            &forged.bytes(),
+        );
         let (verdict, out) = env.endpoint(A1, &syn(33001).bytes());
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let port = view(&out).sport;
@@ -58,7 +64,13 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
 
         let drop = events[0];
         assert_eq!(
-            (drop.kind, drop.program, drop.reason, drop.ethertype, drop.proto),
+            (
+                drop.kind,
+                drop.program,
+                drop.reason,
+                drop.ethertype,
+                drop.proto
+            ),
             (
                 EVENT_DROP,
                 PROGRAM_ENDPOINT_INGRESS,
@@ -73,12 +85,18 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
             (be(FORGED), be(REMOTE))
         );
         assert_eq!(
-            (u16::from_be(drop.original.sport), u16::from_be(drop.original.dport)),
+            (
+                u16::from_be(drop.original.sport),
+                u16::from_be(drop.original.dport)
+            ),
             (5000, 53)
         );
 
         let new = events[1];
-        assert_eq!((new.kind, new.ct_kind, new.proto), (EVENT_NEW, CT_KIND_SNAT, 6));
+        assert_eq!(
+            (new.kind, new.ct_kind, new.proto),
+            (EVENT_NEW, CT_KIND_SNAT, 6)
+        );
         assert_eq!(new.ifindex, veth, "the client's veth");
         assert_eq!(
             (new.original.saddr, u16::from_be(new.original.sport)),
@@ -111,13 +129,21 @@ fn a_drop_and_a_new_flow_are_events_only_while_someone_listens() {
         // A listener killed: its lease runs out, and the first program to
         // find it so clears it (no event, and no clock read after).
         env.set_lease(1);
-        assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
+        assert_verdict(
+            env.endpoint(A1, &forged.bytes()),
+            TC_ACT_SHOT,
+            &forged.bytes(),
+        );
         assert_eq!(env.lease(), 0, "a lease run out is cleared");
         assert_eq!(env.events(), Vec::<FlowEvent>::new());
 
         // The listener gone (lease cleared): silent again.
         env.listen(false);
-        assert_verdict(env.endpoint(A1, &forged.bytes()), TC_ACT_SHOT, &forged.bytes());
+        assert_verdict(
+            env.endpoint(A1, &forged.bytes()),
+            TC_ACT_SHOT,
+            &forged.bytes(),
+        );
         assert_eq!(env.endpoint(A1, &syn(33002).bytes()).0, TC_ACT_REDIRECT);
         assert_eq!(env.events(), Vec::<FlowEvent>::new());
     });
@@ -139,7 +165,11 @@ fn a_flow_ends_by_rst_or_timeout_and_says_so() {
             client_next,
         );
         assert_eq!(env.uplink_in(&syn_ack.bytes()).0, TC_ACT_REDIRECT);
-        let rst = numbered(&Frame::from(A1, REMOTE, tcp(33010, 443, RST)), client_next, 0);
+        let rst = numbered(
+            &Frame::from(A1, REMOTE, tcp(33010, 443, RST)),
+            client_next,
+            0,
+        );
         assert_eq!(env.endpoint(A1, &rst.bytes()).0, TC_ACT_REDIRECT);
         let events = env.events();
         assert_eq!(events.len(), 2, "new, then end: {events:?}");
@@ -303,7 +333,11 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
                 "3",
             ],
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let events = trace_json(&sb, &["--seconds", "4", "--container", "a"], traffic);
 
@@ -316,7 +350,10 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
     assert_eq!(new["src_container"], "a");
     assert_eq!(new["interface_container"], "a");
     assert_eq!(new["interface"], a_veth.as_str());
-    assert!(new["src"].as_str().unwrap().starts_with("172.18.0."), "{new}");
+    assert!(
+        new["src"].as_str().unwrap().starts_with("172.18.0."),
+        "{new}"
+    );
     assert!(
         new["translated_src"]
             .as_str()
@@ -332,7 +369,13 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
     for d in &drops {
         assert_eq!(d["reason"], "drop_spoofed");
         assert_eq!(d["program"], "endpoint_ingress");
-        assert!(d["src"].as_str().unwrap().starts_with(&format!("{FORGED}:")), "{d}");
+        assert!(
+            d["src"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{FORGED}:")),
+            "{d}"
+        );
         assert_eq!(d["dst"], format!("{server}:7000"));
         assert_eq!(d["interface_container"], "a", "named by the veth: {d}");
     }
@@ -346,8 +389,15 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
         let out = sb.run_in(
             &a_netns,
             &[
-                &tool, "rawsend", "eth0", &a_mac, &gateway_mac, &FORGED.to_string(), &server,
-                "7000", "2",
+                &tool,
+                "rawsend",
+                "eth0",
+                &a_mac,
+                &gateway_mac,
+                &FORGED.to_string(),
+                &server,
+                "7000",
+                "2",
             ],
         );
         assert!(out.status.success());

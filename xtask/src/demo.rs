@@ -172,7 +172,9 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
         // SAFETY: a signal to our own child, which ends the trace.
         unsafe { libc::kill(trace.id() as libc::pid_t, libc::SIGINT) };
         let out = trace.wait_with_output().context("netctl trace")?;
-        step("netctl --format json trace, during the checks: new flows with their names, the drops");
+        step(
+            "netctl --format json trace, during the checks: new flows with their names, the drops",
+        );
         print!("{}", String::from_utf8_lossy(&out.stdout));
         ensure!(
             out.status.success(),

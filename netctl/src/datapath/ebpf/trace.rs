@@ -116,13 +116,11 @@ pub async fn follow(
         .map_err(|e| bpf_error(format!("map {}", maps::FLOW_EVENTS), e))?;
     // SAFETY: the ring buffer's fd is its map's, owned by `ring`, which the
     // AsyncFd owns until it is dropped.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| Error::system("trace: ring buffer", e))?;
-    let mut lease: Array<MapData, u64> = Array::try_from(Map::Array(open_pinned_map(
-        pin_dir,
-        maps::FLOW_LISTENER,
-    )?))
-    .map_err(|e| bpf_error(format!("map {}", maps::FLOW_LISTENER), e))?;
+    let mut ring =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| Error::system("trace: ring buffer", e))?;
+    let mut lease: Array<MapData, u64> =
+        Array::try_from(Map::Array(open_pinned_map(pin_dir, maps::FLOW_LISTENER)?))
+            .map_err(|e| bpf_error(format!("map {}", maps::FLOW_LISTENER), e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::io("trace: SIGINT", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| Error::io("trace: SIGTERM", e))?;
