@@ -12,7 +12,7 @@
 //! stack; the emitters take pointers (keys, conntrack entries in their
 //! map or on the caller's stack) and plain integers.
 
-use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, maps::ring_buf::RingBufEntry, programs::TcContext};
 use netctl_common::{
     conntrack::{CtEntry, CtKey, CT_DIR_REPLY},
     event::{FlowEvent, Tuple, EVENT_DROP},
@@ -74,8 +74,7 @@ pub fn drop(skb: *mut __sk_buff, program: u8, reason: StatIndex) -> u32 {
     // Reserved first, and every field written into the reservation as it
     // is read: values held across the helper calls spill to the stack, and
     // this frame must stay within what uplink_ingress leaves (48 bytes).
-    let Some(mut slot) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        count(StatIndex::EventLost, 0);
+    let Some(mut slot) = reserve() else {
         return 0;
     };
     let e = slot.as_mut_ptr();
@@ -93,17 +92,19 @@ pub fn drop(skb: *mut __sk_buff, program: u8, reason: StatIndex) -> u32 {
     // SAFETY: the reservation is a whole FlowEvent, written field by field
     // (every byte, so nothing of the ring's old contents leaks out).
     unsafe {
-        (*e).kind = EVENT_DROP;
-        (*e).ct_kind = 0;
-        (*e).program = program;
-        (*e).reason = reason as u16;
-        (*e).ifindex = (*skb).ifindex;
+        let ethertype = read16(12);
+        header(
+            e,
+            EVENT_DROP,
+            0,
+            0,
+            program,
+            reason as u16,
+            ethertype,
+            (*skb).ifindex,
+        );
         (*e).translated = Tuple::default();
         (*e).original = Tuple::default();
-        (*e).proto = 0;
-        (*e)._pad = 0;
-        let ethertype = read16(12);
-        (*e).ethertype = ethertype;
         if ethertype == ETH_P_IP {
             (*e).original.saddr = read32(IP_SADDR_OFF);
             (*e).original.daddr = read32(IP_DADDR_OFF);
@@ -142,8 +143,7 @@ pub fn of_key(ifindex: u32, what: u32, key: &CtKey, entry: &CtEntry) -> u32 {
     if !listening() {
         return 0;
     }
-    let Some(mut slot) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        count(StatIndex::EventLost, 0);
+    let Some(mut slot) = reserve() else {
         return 0;
     };
     let e = slot.as_mut_ptr();
@@ -151,37 +151,83 @@ pub fn of_key(ifindex: u32, what: u32, key: &CtKey, entry: &CtEntry) -> u32 {
     // with the tuples copied to locals first, this subprogram's frame was
     // 80 bytes, 16 more than endpoint_ingress leaves.
     unsafe {
-        (*e).kind = (what >> 16) as u8;
-        (*e).proto = key.proto;
-        (*e).ct_kind = entry.kind;
-        (*e).program = PROGRAM_NONE;
-        (*e).reason = what as u16;
-        (*e).ethertype = ETH_P_IP;
-        (*e).ifindex = ifindex;
-        (*e)._pad = 0;
+        let kind = (what >> 16) as u8;
+        header(
+            e,
+            kind,
+            key.proto,
+            entry.kind,
+            PROGRAM_NONE,
+            what as u16,
+            ETH_P_IP,
+            ifindex,
+        );
+        let (o, t) = (&raw mut (*e).original, &raw mut (*e).translated);
         if entry.direction == CT_DIR_REPLY {
-            (*e).original.saddr = entry.daddr;
-            (*e).original.daddr = entry.saddr;
-            (*e).original.sport = entry.dport;
-            (*e).original.dport = entry.sport;
-            (*e).translated.saddr = key.daddr;
-            (*e).translated.daddr = key.saddr;
-            (*e).translated.sport = key.dport;
-            (*e).translated.dport = key.sport;
+            set(o, entry.daddr, entry.saddr, entry.dport, entry.sport);
+            set(t, key.daddr, key.saddr, key.dport, key.sport);
         } else {
-            (*e).original.saddr = key.saddr;
-            (*e).original.daddr = key.daddr;
-            (*e).original.sport = key.sport;
-            (*e).original.dport = key.dport;
-            (*e).translated.saddr = entry.saddr;
-            (*e).translated.daddr = entry.daddr;
-            (*e).translated.sport = entry.sport;
-            (*e).translated.dport = entry.dport;
+            set(o, key.saddr, key.daddr, key.sport, key.dport);
+            set(t, entry.saddr, entry.daddr, entry.sport, entry.dport);
         }
         (*e).time_ns = now();
     }
     slot.submit(0);
     0
+}
+
+/// A reservation for one event; a full ring counts `event_lost`.
+#[inline(always)]
+fn reserve() -> Option<RingBufEntry<FlowEvent>> {
+    let slot = FLOW_EVENTS.reserve::<FlowEvent>(0);
+    if slot.is_none() {
+        count(StatIndex::EventLost, 0);
+    }
+    slot
+}
+
+/// Writes the fields every event has but its tuples and time.
+///
+/// # Safety
+/// `e` is a reservation of a whole `FlowEvent`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn header(
+    e: *mut FlowEvent,
+    kind: u8,
+    proto: u8,
+    ct_kind: u8,
+    program: u8,
+    reason: u16,
+    ethertype: u16,
+    ifindex: u32,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        (*e).kind = kind;
+        (*e).proto = proto;
+        (*e).ct_kind = ct_kind;
+        (*e).program = program;
+        (*e).reason = reason;
+        (*e).ethertype = ethertype;
+        (*e).ifindex = ifindex;
+        (*e)._pad = 0;
+    }
+}
+
+/// Writes a tuple in place (no copy on the stack).
+///
+/// # Safety
+/// `t` points into a reservation.
+#[inline(always)]
+unsafe fn set(t: *mut Tuple, saddr: u32, daddr: u32, sport: u16, dport: u16) {
+    // SAFETY: the caller's.
+    unsafe {
+        (*t).saddr = saddr;
+        (*t).daddr = daddr;
+        (*t).sport = sport;
+        (*t).dport = dport;
+    }
 }
 
 /// `what` of [`of_key`].

@@ -98,13 +98,7 @@ impl StateDir {
             .create(path)
             .map_err(|e| Error::io(format!("state dir {}", path.display()), e))?;
         let lock_path = path.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+        let file = lock_file(&lock_path)?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::system(format!("lock {}", lock_path.display()), e))?;
         // `down` removes the dir, lock file included, while others may be
@@ -218,6 +212,17 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// Opens (or makes) the file a lock is taken on, owner-only.
+pub fn lock_file(path: &Path) -> Result<fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("lock {}", path.display()), e))
 }
 
 /// Inode, size and mtime: the identity that says a file changed.

@@ -314,11 +314,8 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
     let (code, err) = sb.netctl_err(&["trace", "--verdict", "lost", "--seconds", "1"]);
     assert!(code != 0 && err.contains("lost"), "{err}");
 
-    let traffic = || {
-        call_until_answer(|| sb.exec("a", &[&tool, "call", "tcp", &server, "9000"]));
-        // b's own flow, which a filter on a must leave out.
-        call_until_answer(|| sb.exec("b", &[&tool, "call", "tcp", &server, "9000"]));
-        // a forges its source address: dropped on its veth.
+    // a forges its source address: dropped on its veth.
+    let forge = |count: u32| {
         let out = sb.run_in(
             &a_netns,
             &[
@@ -330,7 +327,7 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
                 &FORGED.to_string(),
                 &server,
                 "7000",
-                "3",
+                &count.to_string(),
             ],
         );
         assert!(
@@ -338,6 +335,12 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    };
+    let traffic = || {
+        call_until_answer(|| sb.exec("a", &[&tool, "call", "tcp", &server, "9000"]));
+        // b's own flow, which a filter on a must leave out.
+        call_until_answer(|| sb.exec("b", &[&tool, "call", "tcp", &server, "9000"]));
+        forge(3);
     };
     let events = trace_json(&sb, &["--seconds", "4", "--container", "a"], traffic);
 
@@ -386,21 +389,7 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
 
     // Other filters: only drops; only port 9000 (no drop has it).
     let drops_only = trace_json(&sb, &["--seconds", "3", "--verdict", "drop"], || {
-        let out = sb.run_in(
-            &a_netns,
-            &[
-                &tool,
-                "rawsend",
-                "eth0",
-                &a_mac,
-                &gateway_mac,
-                &FORGED.to_string(),
-                &server,
-                "7000",
-                "2",
-            ],
-        );
-        assert!(out.status.success());
+        forge(2);
         call_until_answer(|| sb.exec("a", &[&tool, "call", "tcp", &server, "9000"]));
     });
     assert_eq!(drops_only.len(), 2, "{drops_only:#?}");

@@ -10,8 +10,6 @@
 //! without clearing it (SIGKILL): within `LEASE_NS`.
 
 use std::{
-    fs::OpenOptions,
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -97,14 +95,7 @@ pub async fn follow(
             ));
         }
     }
-    let lock_path = state_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+    let file = crate::state::lock_file(&state_dir.join(LOCK_FILE))?;
     let _lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         Error::invalid(
             "trace",
