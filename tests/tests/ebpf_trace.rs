@@ -406,17 +406,29 @@ fn trace_shows_flows_and_drops_with_names_and_filters_the_rest() {
     // One listener at a time, whose lease is on while it runs and cleared
     // when it ends (the programs then emit nothing).
     assert_eq!(lease(&sb), 0, "no listener");
+    // Without --seconds: until SIGINT (Ctrl-C), which ends it cleanly.
     let first = sb
-        .netctl_command(&["trace", "--seconds", "2"])
+        .netctl_command(&["trace"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     sleep(Duration::from_millis(700));
     assert_ne!(lease(&sb), 0, "a listener's lease");
     let (code, err) = sb.netctl_err(&["trace", "--seconds", "1"]);
     assert!(code != 0 && err.contains("another"), "{err}");
-    assert!(first.wait_with_output().expect("trace").status.success());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = first.wait_with_output().expect("trace");
+    assert!(
+        out.status.success(),
+        "SIGINT ends a trace cleanly: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(lease(&sb), 0, "cleared when the trace ends");
 }
 
