@@ -8,7 +8,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     signal::unix::{signal, SignalKind},
 };
@@ -75,7 +75,7 @@ where
     S: FnMut() -> F,
     F: Future<Output = Result<String>>,
 {
-    let Some(head) = read_head(&mut stream).await? else {
+    let Some((head, _)) = read_head(&mut stream).await? else {
         return respond(&mut stream, 400, "text/plain", "bad request\n").await;
     };
     let (status, content_type, body) = match route(&head) {
@@ -90,19 +90,26 @@ where
     respond(&mut stream, status, content_type, &body).await
 }
 
-/// The request head (up to the blank line), or none if it is too long or
-/// the client closed first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+/// The request head (up to the blank line) and the bytes read past it
+/// (the start of a body), or none if it is too long or the client closed
+/// first. Also serves `netctl docker-plugin`.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         let n = stream.read(&mut buf).await?;
         if n == 0 || head.len() + n > MAX_HEAD {
             return Ok(None);
         }
         head.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8(head).ok())
+    };
+    let rest = head.split_off(end);
+    Ok(String::from_utf8(head).ok().map(|h| (h, rest)))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -136,8 +143,9 @@ fn route(head: &str) -> Route {
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+/// Writes a whole answer and closes the connection (`Connection: close`).
+pub(crate) async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: u16,
     content_type: &str,
     body: &str,

@@ -31,6 +31,7 @@ use crate::{
 };
 
 mod container;
+mod docker;
 mod doctor;
 mod ebpf;
 mod metrics;

@@ -66,6 +66,7 @@ fn state() -> State {
         process: None,
         created: 1,
         cni: None,
+        docker: None,
         naming: Naming::default(),
     };
     let hostly = Container {
