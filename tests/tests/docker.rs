@@ -135,9 +135,29 @@ fn published_port_egress_names_and_removal(datapath: &str) {
         );
     }
 
+    // `--internal` reaches netctl: no way out, and no gateway given.
+    docker.docker_ok(&[
+        "network", "create", "-d", &docker.plugin, "--internal", "--subnet", "172.31.0.0/16",
+        "back",
+    ]);
+    let networks = listing(&sb, &["network", "ls"]);
+    let back = networks.iter().find(|n| n["subnet"] == "172.31.0.0/16");
+    assert_eq!(back.map(|n| &n["internal"]), Some(&Value::Bool(true)), "{networks:?}");
+    let out = docker.docker(&[
+        "run", "--rm", "--network", "back", IMAGE, "nettool", "call", "tcp",
+        &OUTSIDE_IP.to_string(), OUTSIDE_PORT, "--timeout-ms", "500",
+    ]);
+    // nettool ran, and its connection went nowhere.
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && errors.contains(&format!("connect {OUTSIDE_IP}:{OUTSIDE_PORT}")),
+        "internal network: {}{errors}",
+        text(&out)
+    );
+
     // Removal leaves nothing of Docker's network in netctl or the kernel.
     docker.docker_ok(&["rm", "-f", "web"]);
-    docker.docker_ok(&["network", "rm", "front"]);
+    docker.docker_ok(&["network", "rm", "front", "back"]);
     assert!(listing(&sb, &["container", "ls"]).is_empty());
     assert!(listing(&sb, &["network", "ls"]).is_empty());
     doctor_is_clean(&sb);
@@ -178,6 +198,10 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
         docker.restart_dockerd();
         docker.stop_plugin();
         docker.start_plugin();
+        assert!(
+            !stream.is_finished(),
+            "the restarts took longer than the stream: nothing was tested"
+        );
         stream.join().expect("stream thread")
     });
     assert_no_byte_lost("a stream across dockerd's restart", &streamed);
