@@ -212,7 +212,8 @@ impl<'a> Docker<'a> {
         let rootfs = self.root.join("rootfs");
         let bin = rootfs.join("bin");
         fs::create_dir_all(&bin).expect("rootfs");
-        fs::copy(BUSYBOX, bin.join("busybox")).expect("busybox-static (apt-get install busybox-static)");
+        fs::copy(BUSYBOX, bin.join("busybox"))
+            .expect("busybox-static (apt-get install busybox-static)");
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet");
         }

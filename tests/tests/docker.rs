@@ -19,6 +19,8 @@ netctl_tests::on_both_datapaths!(
 );
 
 const SUBNET: &str = "172.30.0.0/16";
+/// `docker run --mac-address` of the client.
+const CLIENT_MAC: &str = "02:42:ac:1e:00:99";
 /// The port `nettool serve` answers on outside, for egress.
 const OUTSIDE_PORT: &str = "9000";
 
@@ -71,8 +73,19 @@ fn published_port_egress_names_and_removal(datapath: &str) {
     let docker = Docker::start(&sb);
     let network = create_network(&docker, datapath);
     docker.docker_ok(&[
-        "run", "-d", "--network", "front", "-p", "8080:80", "--name", "web", IMAGE, "nettool",
-        "serve", "tcp", "80",
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "-p",
+        "8080:80",
+        "--name",
+        "web",
+        IMAGE,
+        "nettool",
+        "serve",
+        "tcp",
+        "80",
     ]);
     let (web_ip, web_endpoint) = endpoint(&docker, "web");
     assert!(web_ip.to_string().starts_with("172.30."), "{web_ip}");
@@ -89,13 +102,28 @@ fn published_port_egress_names_and_removal(datapath: &str) {
         "nettool call tcp {OUTSIDE_IP} {OUTSIDE_PORT}; echo; \
          web=$(nslookup web | sed -n 's/^Address:[[:space:]]*//p' | tail -n 1); echo \"$web\"; \
          nettool call tcp \"$web\" 80; echo; \
-         ip -4 -o addr show eth0"
+         ip -4 -o addr show eth0; ip -o link show eth0"
     );
     let out = docker.docker_ok(&[
-        "run", "--rm", "--network", "front", "--name", "client", IMAGE, "sh", "-c", &script,
+        "run",
+        "--rm",
+        "--network",
+        "front",
+        "--name",
+        "client",
+        "--mac-address",
+        CLIENT_MAC,
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
     ]);
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[4].contains(CLIENT_MAC),
+        "Docker's --mac-address: {out}"
+    );
     assert_eq!(peer_ip(lines[0]), HOST_UPLINK_IP, "egress: {out}");
     assert_eq!(lines[1], web_ip.to_string(), "web by name: {out}");
     let client_ip = peer_ip(lines[2]);
@@ -137,16 +165,43 @@ fn published_port_egress_names_and_removal(datapath: &str) {
 
     // `--internal` reaches netctl: no way out, and no gateway given.
     docker.docker_ok(&[
-        "network", "create", "-d", &docker.plugin, "--internal", "--subnet", "172.31.0.0/16",
+        "network",
+        "create",
+        "-d",
+        &docker.plugin,
+        "--internal",
+        "--subnet",
+        "172.31.0.0/16",
         "back",
     ]);
     let networks = listing(&sb, &["network", "ls"]);
     let back = networks.iter().find(|n| n["subnet"] == "172.31.0.0/16");
-    assert_eq!(back.map(|n| &n["internal"]), Some(&Value::Bool(true)), "{networks:?}");
+    assert_eq!(
+        back.map(|n| &n["internal"]),
+        Some(&Value::Bool(true)),
+        "{networks:?}"
+    );
     let out = docker.docker(&[
-        "run", "--rm", "--network", "back", IMAGE, "nettool", "call", "tcp",
-        &OUTSIDE_IP.to_string(), OUTSIDE_PORT, "--timeout-ms", "500",
+        "run",
+        "--rm",
+        "--network",
+        "back",
+        IMAGE,
+        "nettool",
+        "call",
+        "tcp",
+        &OUTSIDE_IP.to_string(),
+        OUTSIDE_PORT,
+        "--timeout-ms",
+        "500",
     ]);
+    // `docker network connect --ip`: a second endpoint, eth1, at the
+    // address asked for.
+    docker.docker_ok(&["network", "connect", "--ip", "172.31.0.9", "back", "web"]);
+    let eth1 = docker.docker_ok(&["exec", "web", "ip", "-4", "-o", "addr", "show", "eth1"]);
+    assert!(eth1.contains("inet 172.31.0.9/16"), "{eth1}");
+    assert_eq!(listing(&sb, &["container", "ls"]).len(), 2);
+    doctor_is_clean(&sb);
     // nettool ran, and its connection went nowhere.
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -185,8 +240,18 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
     let mut docker = Docker::start(&sb);
     create_network(&docker, datapath);
     docker.docker_ok(&[
-        "run", "-d", "--network", "front", "-p", "9000:9000", "--name", "sink", IMAGE, "nettool",
-        "sink", "9000",
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "-p",
+        "9000:9000",
+        "--name",
+        "sink",
+        IMAGE,
+        "nettool",
+        "sink",
+        "9000",
     ]);
     let host = HOST_UPLINK_IP.to_string();
     let streamed = std::thread::scope(|s| {
@@ -210,8 +275,19 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
     let running = docker.docker_ok(&["ps", "--format", "{{.Names}}"]);
     assert_eq!(running, "sink");
     docker.docker_ok(&[
-        "run", "-d", "--network", "front", "-p", "8080:80", "--name", "web", IMAGE, "nettool",
-        "serve", "tcp", "80",
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "-p",
+        "8080:80",
+        "--name",
+        "web",
+        IMAGE,
+        "nettool",
+        "serve",
+        "tcp",
+        "80",
     ]);
     let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
     assert_eq!(peer_ip(&reply), OUTSIDE_IP);

@@ -115,7 +115,13 @@ async fn answer(mut stream: UnixStream, config: &HostConfig) -> std::io::Result<
         return respond(&mut stream, 400, "text/plain", "bad request\n").await;
     };
     let Some((path, length)) = request_line(&head) else {
-        return respond(&mut stream, 400, "text/plain", "POST with a Content-Length\n").await;
+        return respond(
+            &mut stream,
+            400,
+            "text/plain",
+            "POST with a Content-Length\n",
+        )
+        .await;
     };
     if length > MAX_BODY {
         return respond(&mut stream, 413, "text/plain", "too large\n").await;
@@ -137,7 +143,10 @@ async fn answer(mut stream: UnixStream, config: &HostConfig) -> std::io::Result<
             json!({ "Err": e.to_string() })
         }
     };
-    log::debug!("docker-plugin: {method} {} -> {answer}", String::from_utf8_lossy(&body));
+    log::debug!(
+        "docker-plugin: {method} {} -> {answer}",
+        String::from_utf8_lossy(&body)
+    );
     respond(&mut stream, 200, CONTENT_TYPE, &answer.to_string()).await
 }
 
@@ -297,7 +306,10 @@ async fn join(config: &HostConfig, req: &Join) -> Result<Value> {
     let mut host = Host::open(config.clone()).await?;
     let ctr = host.state.container(&name)?.clone();
     let (Some(ep), NetworkMode::Bridge) = (ctr.endpoints.first(), &ctr.mode) else {
-        return Err(Error::invalid(format!("container {name}"), "has no endpoint"));
+        return Err(Error::invalid(
+            format!("container {name}"),
+            "has no endpoint",
+        ));
     };
     let net = host.state.network(&ep.network)?.clone();
     host.docker_sandbox(&name, Some(req.sandbox_key.clone()))
@@ -321,7 +333,8 @@ mod tests {
 
     #[test]
     fn a_post_is_read_with_its_length() {
-        let head = "POST /NetworkDriver.Join HTTP/1.1\r\nHost: plugin\r\nContent-Length: 42\r\n\r\n";
+        let head =
+            "POST /NetworkDriver.Join HTTP/1.1\r\nHost: plugin\r\nContent-Length: 42\r\n\r\n";
         assert_eq!(
             request_line(head),
             Some(("/NetworkDriver.Join".to_owned(), 42))

@@ -171,7 +171,10 @@ pub fn network_request(req: &CreateNetwork) -> Result<NetworkCreate> {
     let [data] = req.ipv4_data.as_slice() else {
         return Err(Error::invalid(
             object(),
-            format!("one IPv4 pool expected, Docker gave {}", req.ipv4_data.len()),
+            format!(
+                "one IPv4 pool expected, Docker gave {}",
+                req.ipv4_data.len()
+            ),
         ));
     };
     let subnet: Ipv4Net = data

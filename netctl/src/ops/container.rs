@@ -20,8 +20,8 @@ use crate::{
     failpoint, hosts, ipam,
     journal::Undo,
     model::{
-        CniAttachment, Container, DatapathKind, DockerEndpoint, Endpoint, Mac, Naming, Network, NetworkMode,
-        PortMapping, DEFAULT_NETWORK,
+        CniAttachment, Container, DatapathKind, DockerEndpoint, Endpoint, Mac, Naming, Network,
+        NetworkMode, PortMapping, DEFAULT_NETWORK,
     },
     netns,
     ports::{self, HostPorts, PortSpec},
@@ -153,7 +153,10 @@ pub enum Step {
     /// endpoint's MAC, stays in the host namespace under
     /// [`topology::peer_name`]: Docker moves it into the sandbox, names it
     /// and gives it the address itself.
-    AttachForDocker { network: Network, endpoint: Endpoint },
+    AttachForDocker {
+        network: Network,
+        endpoint: Endpoint,
+    },
     /// Publish ports, host ports chosen, on the endpoint just attached.
     Publish {
         network: Network,

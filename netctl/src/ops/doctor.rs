@@ -395,7 +395,14 @@ impl Host {
         self.netlink.delete_link(&ep.host_veth).await?;
         self.netlink.delete_link(&topology::peer_name(&ep)).await?;
         // The datapath picks the new index up when reconciled.
-        topology::attach(&self.netlink, Some(&netns_name), &net, &ep, "doctor.link.veth").await?;
+        topology::attach(
+            &self.netlink,
+            Some(&netns_name),
+            &net,
+            &ep,
+            "doctor.link.veth",
+        )
+        .await?;
         Ok(())
     }
 }
