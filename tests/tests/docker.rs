@@ -41,6 +41,23 @@ fn create_network(docker: &Docker, datapath: &str) -> String {
     format!("docker-{}", &id[..12])
 }
 
+/// `docker run -d -p PORTS --name NAME IMAGE nettool ARGS...` on `front`.
+fn run_nettool(docker: &Docker, name: &str, ports: &str, args: &[&str]) {
+    let run = [
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "-p",
+        ports,
+        "--name",
+        name,
+        IMAGE,
+        "nettool",
+    ];
+    docker.docker_ok(&[&run[..], args].concat());
+}
+
 /// Docker's address and endpoint id of a container on `front`.
 fn endpoint(docker: &Docker, container: &str) -> (Ipv4Addr, String) {
     let format = "{{.NetworkSettings.Networks.front.IPAddress}} {{.NetworkSettings.Networks.front.EndpointID}}";
@@ -72,21 +89,7 @@ fn published_port_egress_names_and_removal(datapath: &str) {
     sb.spawn_in(&outside, &[&tool, "serve", "tcp", OUTSIDE_PORT]);
     let docker = Docker::start(&sb);
     let network = create_network(&docker, datapath);
-    docker.docker_ok(&[
-        "run",
-        "-d",
-        "--network",
-        "front",
-        "-p",
-        "8080:80",
-        "--name",
-        "web",
-        IMAGE,
-        "nettool",
-        "serve",
-        "tcp",
-        "80",
-    ]);
+    run_nettool(&docker, "web", "8080:80", &["serve", "tcp", "80"]);
     let (web_ip, web_endpoint) = endpoint(&docker, "web");
     assert!(web_ip.to_string().starts_with("172.30."), "{web_ip}");
 
@@ -239,20 +242,7 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
     let tool = nettool();
     let mut docker = Docker::start(&sb);
     create_network(&docker, datapath);
-    docker.docker_ok(&[
-        "run",
-        "-d",
-        "--network",
-        "front",
-        "-p",
-        "9000:9000",
-        "--name",
-        "sink",
-        IMAGE,
-        "nettool",
-        "sink",
-        "9000",
-    ]);
+    run_nettool(&docker, "sink", "9000:9000", &["sink", "9000"]);
     let host = HOST_UPLINK_IP.to_string();
     let streamed = std::thread::scope(|s| {
         let stream = s.spawn(|| sb.outside(&[&tool, "stream", &host, "9000", "6"]));
@@ -274,21 +264,7 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
     // and is reached, and removal still goes through the plugin.
     let running = docker.docker_ok(&["ps", "--format", "{{.Names}}"]);
     assert_eq!(running, "sink");
-    docker.docker_ok(&[
-        "run",
-        "-d",
-        "--network",
-        "front",
-        "-p",
-        "8080:80",
-        "--name",
-        "web",
-        IMAGE,
-        "nettool",
-        "serve",
-        "tcp",
-        "80",
-    ]);
+    run_nettool(&docker, "web", "8080:80", &["serve", "tcp", "80"]);
     let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
     assert_eq!(peer_ip(&reply), OUTSIDE_IP);
     assert_eq!(listing(&sb, &["container", "ls"]).len(), 2);

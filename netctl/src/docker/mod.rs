@@ -29,13 +29,12 @@ use serde_json::{json, Value};
 use tokio::{
     io::AsyncReadExt,
     net::{UnixListener, UnixStream},
-    signal::unix::{signal, SignalKind},
 };
 
 use crate::{
     config::HostConfig,
     error::{Error, Result},
-    metrics::http::{read_head, respond},
+    metrics::http::{accepted_or_logged, read_head, respond, Stop},
     model::{DockerEndpoint, NetworkMode},
     ops::{ContainerRun, Host, Networking},
 };
@@ -62,20 +61,15 @@ pub async fn serve(config: HostConfig, socket: &Path, ready: impl FnOnce()) -> R
     }
     let listener = UnixListener::bind(socket).map_err(|e| Error::system(what(), e))?;
     let _remove = RemoveOnDrop(socket.to_owned());
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::system(what(), e))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::system(what(), e))?;
+    let mut stop = Stop::new().map_err(|e| Error::system(what(), e))?;
     ready();
     loop {
-        let stream = tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::warn!("docker-plugin: accept: {e}");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            () = stop.wait() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let Some((stream, _)) = accepted_or_logged("docker-plugin", accepted) else {
+            continue;
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &config)).await {
             Ok(Ok(())) => {}

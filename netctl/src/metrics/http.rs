@@ -39,26 +39,19 @@ where
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::system(what(), e))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::system(what(), e))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::system(what(), e))?;
+    let mut stop = Stop::new().map_err(|e| Error::system(what(), e))?;
     ready(
         listener
             .local_addr()
             .map_err(|e| Error::system(what(), e))?,
     );
     loop {
-        let stream = tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                // A connection that went before it was accepted, or no fd
-                // left for now: the listener itself is still good.
-                Err(e) => {
-                    log::warn!("metrics: accept: {e}");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            () = stop.wait() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let Some((stream, _)) = accepted_or_logged("metrics", accepted) else {
+            continue;
         };
         let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &mut scrape)).await;
         match answered {
@@ -67,6 +60,38 @@ where
             Err(_) => log::warn!("metrics: a client took over {REQUEST_TIMEOUT:?}"),
         }
     }
+}
+
+/// SIGINT or SIGTERM, which end a server (`metrics --listen`,
+/// `docker-plugin`) cleanly.
+pub(crate) struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// An accepted connection, or none after logging why not: a connection
+/// that went before it was accepted, or no fd left for now, leaves the
+/// listener itself good.
+pub(crate) fn accepted_or_logged<T>(server: &str, accepted: std::io::Result<T>) -> Option<T> {
+    accepted
+        .inspect_err(|e| log::warn!("{server}: accept: {e}"))
+        .ok()
 }
 
 /// Reads one request and writes its answer.
