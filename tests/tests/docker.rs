@@ -93,6 +93,33 @@ fn published_port_egress_names_and_removal(datapath: &str) {
     let (web_ip, web_endpoint) = endpoint(&docker, "web");
     assert!(web_ip.to_string().starts_with("172.30."), "{web_ip}");
 
+    // A host port taken already: Docker's start fails with netctl's reason
+    // (through ProgramExternalConnectivity), and nothing of the second
+    // container stays in netctl.
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "-p",
+        "8080:81",
+        "--name",
+        "dup",
+        IMAGE,
+        "nettool",
+        "serve",
+        "tcp",
+        "81",
+    ]);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && errors.contains("host port 8080/tcp: already published"),
+        "a second -p 8080: {errors}"
+    );
+    docker.docker_ok(&["rm", "-f", "dup"]);
+    assert_eq!(listing(&sb, &["container", "ls"]).len(), 1);
+    doctor_is_clean(&sb);
+
     // Published port from outside: the container sees the client's address.
     let host = HOST_UPLINK_IP.to_string();
     let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));

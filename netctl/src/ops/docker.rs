@@ -66,10 +66,10 @@ impl Host {
                     network: net.clone(),
                     ports: mappings.clone(),
                 },
-                "publish.ports",
+                "run.ports",
             )?;
             dp.ports_published(&net, &mappings)?;
-            failpoint::check("publish.ports")?;
+            failpoint::check("run.ports")?;
             self.state
                 .containers
                 .get_mut(container)
