@@ -16,7 +16,8 @@
 //! and removes what dockerd leaves on the host: its mounts (the data root
 //! bound on itself, the nsfs of `EXEC/netns/default`), and the host
 //! directories it makes wherever they did not exist before
-//! (`/run/docker`, `/run/containerd`, `/opt/containerd`).
+//! (`/run/docker`, `/run/containerd`, `/opt/containerd`), and the
+//! containers' cgroup parent (`PREFIX-docker`, in every hierarchy).
 
 use std::{
     fs,
@@ -48,6 +49,9 @@ const APPLETS: [&str; 6] = ["sh", "nslookup", "sed", "tail", "ip", "cat"];
 const PLUGIN_SPECS: &str = "/etc/docker/plugins";
 /// Host directories dockerd makes whatever its roots are.
 const DOCKERD_HOST_DIRS: [&str; 3] = ["/run/docker", "/run/containerd", "/opt/containerd"];
+/// Where the cgroup hierarchies are mounted (v1 controllers beside v2's
+/// `unified` on this machine's hybrid layout, or v2 alone).
+const CGROUPS: &str = "/sys/fs/cgroup";
 /// Longest dockerd may take to answer, and to exit.
 const DOCKERD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,6 +109,9 @@ impl<'a> Docker<'a> {
                 // Containers outlive dockerd's restarts, as on a host that
                 // upgrades Docker without stopping its services.
                 "live-restore": true,
+                // Containers' cgroups under one of the sandbox's, rather
+                // than under `docker` in every hierarchy.
+                "cgroup-parent": docker.cgroup_parent(),
             })
             .to_string(),
         )
@@ -119,6 +126,10 @@ impl<'a> Docker<'a> {
         docker.start_dockerd();
         docker.import_image();
         docker
+    }
+
+    fn cgroup_parent(&self) -> String {
+        format!("{}-docker", self.sb.prefix)
     }
 
     fn plugin_socket(&self) -> PathBuf {
@@ -308,10 +319,33 @@ impl Drop for Docker<'_> {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = fs::remove_dir_all(&self.root);
+        remove_cgroups(&self.cgroup_parent());
         for dir in &self.made_dirs {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The cgroup `name` in every hierarchy (v1 controllers and v2), with
+/// whatever is left below it, deepest first (cgroups go by rmdir only).
+fn remove_cgroups(name: &str) {
+    let Ok(hierarchies) = fs::read_dir(CGROUPS) else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        remove_cgroup_tree(&hierarchy.path().join(name));
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(children) = fs::read_dir(dir) {
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&child.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within [`DOCKERD_TIMEOUT`].
