@@ -36,12 +36,11 @@ use crate::{
     error::{Error, Result},
     metrics::http::{accepted_or_logged, read_head, respond, Stop},
     model::{DockerEndpoint, NetworkMode},
-    ops::{ContainerRun, Host, Networking},
+    ops::{ContainerRun, Host, Networking, DOCKER_IFNAME_PREFIX},
 };
 use protocol::{
     container_name, endpoint_address, network_name, network_request, port_map, port_specs,
-    CreateEndpoint, CreateNetwork, Ids, Join, ProgramExternal, CONTENT_TYPE, DST_PREFIX,
-    IMPLEMENTS,
+    CreateEndpoint, CreateNetwork, Ids, Join, ProgramExternal, CONTENT_TYPE, IMPLEMENTS,
 };
 
 /// Where Docker looks for a plugin named `netctl` without a spec file.
@@ -311,7 +310,7 @@ async fn join(config: &HostConfig, req: &Join) -> Result<Value> {
     let mut answer = json!({
         "InterfaceName": {
             "SrcName": crate::topology::peer_name(ep),
-            "DstPrefix": DST_PREFIX,
+            "DstPrefix": DOCKER_IFNAME_PREFIX,
         },
     });
     // An internal network has no way out, hence no default route.

@@ -20,9 +20,6 @@ use crate::{
 pub const IMPLEMENTS: &str = "NetworkDriver";
 /// The content type of every answer.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
-/// The prefix Docker gives the interface it moves into the sandbox (it
-/// appends the next free index: eth0, eth1, ...).
-pub const DST_PREFIX: &str = "eth";
 /// Docker's generic options: the `-o KEY=VALUE` of `docker network create`.
 const GENERIC: &str = "com.docker.network.generic";
 /// `-o netctl.datapath=ebpf|iptables`: the host's datapath, when this is

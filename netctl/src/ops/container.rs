@@ -31,6 +31,10 @@ use crate::{
     topology,
 };
 
+/// The prefix Docker gives the interface it moves into a sandbox (the
+/// `DstPrefix` netctl's Docker driver answers Join with).
+pub const DOCKER_IFNAME_PREFIX: &str = "eth";
+
 /// Where `container run` puts a container: `--network` in Docker's words.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Networking {
@@ -251,7 +255,13 @@ pub fn plan_container(
             super::naming::check_name_free(state, &net, &req.name)?;
             let aliases: Vec<String> = req.naming.aliases.values().flatten().cloned().collect();
             super::naming::check_aliases(state, &net, &req.name, &aliases)?;
-            let ifname = req.cni.as_ref().map_or("eth0", |c| c.ifname.as_str());
+            let ifname = match (&req.cni, &req.docker) {
+                (Some(cni), _) => cni.ifname.as_str(),
+                // Docker names the interface itself: this prefix and the
+                // next free index inside the sandbox.
+                (None, Some(_)) => DOCKER_IFNAME_PREFIX,
+                (None, None) => "eth0",
+            };
             let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip)?;
             if let Some(mac) = req.mac {
                 ep.mac = mac;

@@ -40,6 +40,7 @@ mod network;
 
 pub use container::{
     lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
+    DOCKER_IFNAME_PREFIX,
 };
 pub use doctor::Finding;
 pub use metrics::{metrics_text, serve_metrics};
