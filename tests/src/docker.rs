@@ -142,10 +142,16 @@ impl<'a> Docker<'a> {
 
     /// `netctl docker-plugin` for the sandbox's host, once it listens.
     pub fn start_plugin(&mut self) {
+        self.start_plugin_with(&[]);
+    }
+
+    /// The plugin with more environment (`NETCTL_FAILPOINT`, say).
+    pub fn start_plugin_with(&mut self, env: &[(&str, &str)]) {
         let socket = self.plugin_socket();
         let mut child = self
             .sb
             .netctl_command(&["docker-plugin", "--socket", &socket.display().to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

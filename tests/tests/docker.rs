@@ -16,6 +16,7 @@ use serde_json::Value;
 netctl_tests::on_both_datapaths!(
     published_port_egress_names_and_removal,
     a_connection_outlives_dockerd_and_plugin_restarts,
+    a_failed_call_is_docker_error_and_leaves_nothing,
 );
 
 const SUBNET: &str = "172.30.0.0/16";
@@ -300,4 +301,51 @@ fn a_connection_outlives_dockerd_and_plugin_restarts(datapath: &str) {
     docker.docker_ok(&["network", "rm", "front"]);
     assert!(listing(&sb, &["network", "ls"]).is_empty());
     doctor_is_clean(&sb);
+}
+
+/// A step of an endpoint failing inside the plugin (a failpoint after
+/// the datapath took it): `docker run` fails with netctl's one-line
+/// reason, and the transaction's rollback leaves no container, link or
+/// datapath entry; the next run, the failpoint gone, works.
+fn a_failed_call_is_docker_error_and_leaves_nothing(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let mut docker = Docker::start(&sb);
+    create_network(&docker, datapath);
+    let links = sb.host_links();
+    docker.stop_plugin();
+    docker.start_plugin_with(&[("NETCTL_FAILPOINT", "run.endpoint")]);
+    let out = docker.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "front",
+        "--name",
+        "web",
+        IMAGE,
+        "nettool",
+        "serve",
+        "tcp",
+        "80",
+    ]);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && errors.contains("step run.endpoint: injected failure"),
+        "{errors}"
+    );
+    docker.docker_ok(&["rm", "-f", "web"]);
+    assert!(listing(&sb, &["container", "ls"]).is_empty());
+    assert_eq!(sb.host_links(), links, "the veth pair is gone");
+    if datapath == "ebpf" {
+        let dump = sb.bpf_map_dump("ENDPOINTS");
+        assert!(!dump.contains("key"), "ENDPOINTS keeps entries: {dump}");
+    } else {
+        assert!(!sb.iptables_save().contains("172.30.0.2"));
+    }
+    doctor_is_clean(&sb);
+    docker.stop_plugin();
+    docker.start_plugin();
+    run_nettool(&docker, "web", "8080:80", &["serve", "tcp", "80"]);
+    let host = HOST_UPLINK_IP.to_string();
+    let reply = call_until_answer(|| sb.outside(&[&nettool(), "call", "tcp", &host, "8080"]));
+    assert_eq!(peer_ip(&reply), OUTSIDE_IP);
 }
