@@ -213,7 +213,9 @@ async fn call(config: &HostConfig, method: &str, body: &[u8]) -> Result<Value> {
             let ids: Ids = decode(method, body)?;
             let name = container_name(&ids.endpoint_id)?;
             let mut host = Host::open(config.clone()).await?;
-            host.docker_sandbox(&name, None).await?;
+            if host.state.containers.contains_key(&name) {
+                host.docker_sandbox(&name, None).await?;
+            }
             Ok(json!({}))
         }
         "NetworkDriver.ProgramExternalConnectivity" => {
