@@ -3,6 +3,7 @@
 //! BPF_PROG_TEST_RUN (`tc`) on frames built by `frames`.
 
 pub mod cni;
+pub mod docker;
 pub mod frames;
 pub mod host_state;
 pub mod ledger;

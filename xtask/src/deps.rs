@@ -52,6 +52,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool check metrics, and a Prometheus server scraping `netctl metrics --listen` in the tests",
     ),
+    (
+        "docker.io",
+        "dockerd 20.10 and its CLI driving `netctl docker-plugin` in tests/tests/docker.rs",
+    ),
+    (
+        "busybox-static",
+        "the root filesystem of the Docker tests' image (`docker import`)",
+    ),
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
