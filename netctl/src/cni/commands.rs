@@ -108,6 +108,33 @@ impl Invocation<'_> {
         })
     }
 
+    /// This attachment, when netctl has it in a namespace that no longer
+    /// exists.
+    fn stale<'s>(&self, host: &'s Host) -> Option<&'s Container> {
+        self.ours(host)
+            .filter(|c| c.cni.as_ref().is_some_and(|cni| !netns::exists(&cni.netns)))
+    }
+
+    /// The attachment's names on its network besides its own: podman's
+    /// container name (`K8S_POD_NAME`) and the `aliases` capability's
+    /// names for this network (podman's `--network-alias` and the short
+    /// container id), each once whatever its case.
+    fn names(&self) -> Vec<String> {
+        let aliases = self.conf.runtime_config.aliases.get(&self.conf.name);
+        let mut names: Vec<String> = Vec::new();
+        for name in self
+            .env
+            .podman_name()
+            .into_iter()
+            .chain(aliases.into_iter().flatten().map(String::as_str))
+        {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name.to_owned());
+            }
+        }
+        names
+    }
+
     fn ipam_call(&self, command: &'static str) -> Call<'_> {
         Call {
             command,
@@ -135,6 +162,14 @@ impl Invocation<'_> {
             None => None,
         };
         let mut host = Host::open(self.config.clone()).await?;
+        if self.stale(&host).is_some() {
+            // The same attachment, whose namespace is gone without a DEL
+            // (a reboot, a runtime that crashed): the runtime is setting
+            // the container up again, so the old one goes first, with its
+            // delegated address.
+            host.container_rm(std::slice::from_ref(&name)).await?;
+            self.release_ipam();
+        }
         if let Some(existing) = host.state.containers.get(&name) {
             return Err(CniError::new(
                 Code::Refused,
@@ -204,6 +239,10 @@ impl Invocation<'_> {
             create_network,
             naming: Naming {
                 dns: self.runtime_dns()?,
+                aliases: match self.names() {
+                    names if names.is_empty() => Default::default(),
+                    names => [(self.conf.name.clone(), names)].into(),
+                },
                 ..Naming::default()
             },
             ..ContainerRun::default()
