@@ -201,9 +201,19 @@ impl<'a> Podman<'a> {
         let mut all = vec!["-d", "--name", name];
         all.extend_from_slice(opts);
         let id = self.run(&all, cmd).trim().to_owned();
+        self.record_netns(name);
+        id
+    }
+
+    /// `podman start` of a stopped container (a new namespace, an ADD).
+    pub fn start(&self, name: &str) {
+        self.ok(&["start", name]);
+        self.record_netns(name);
+    }
+
+    fn record_netns(&self, name: &str) {
         let netns = self.netns_of(name);
         self.netns_paths.borrow_mut().insert(netns);
-        id
     }
 
     /// The namespace podman made for a container.

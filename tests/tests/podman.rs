@@ -118,6 +118,14 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
     assert_no_byte_lost("connection through podman's comings and goings", &stream);
     assert!(other_ip.octets()[..3] == [10, 78, 0]);
 
+    // Stopped, web's attachment goes (podman's DEL); started again, it
+    // comes back in a new namespace with its port.
+    podman.ok(&["stop", "-t", "0", "web"]);
+    assert_eq!(containers(&sb), vec![expected[0].clone()]);
+    podman.start("web");
+    let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
+    assert_eq!(peer_ip(&reply), OUTSIDE_IP, "after podman start");
+
     // Removal: podman's DELs leave nothing of netctl's, and podman removed
     // its namespaces and libcni's cache entries.
     podman.rm("web");

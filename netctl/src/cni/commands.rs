@@ -108,11 +108,47 @@ impl Invocation<'_> {
         })
     }
 
-    /// This attachment, when netctl has it in a namespace that no longer
-    /// exists.
-    fn stale<'s>(&self, host: &'s Host) -> Option<&'s Container> {
-        self.ours(host)
-            .filter(|c| c.cni.as_ref().is_some_and(|cni| !netns::exists(&cni.netns)))
+    /// Attachments of this network in namespaces that no longer exist
+    /// which are this attachment or hold one of its names.
+    fn stale(&self, host: &Host) -> Vec<(String, CniAttachment)> {
+        let names: Vec<String> = self
+            .names()
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        host.state
+            .containers
+            .values()
+            .filter_map(|c| Some((c, c.cni.as_ref()?)))
+            .filter(|(_, cni)| cni.network == self.conf.name && !netns::exists(&cni.netns))
+            .filter(|(c, cni)| {
+                (cni.container_id == self.env.container_id && cni.ifname == self.env.ifname)
+                    || c.aliases(&self.conf.name)
+                        .iter()
+                        .any(|a| names.contains(&a.to_ascii_lowercase()))
+            })
+            .map(|(c, cni)| (c.name.clone(), cni.clone()))
+            .collect()
+    }
+
+    /// A DEL to the delegated IPAM plugin for each of `attachments`, with
+    /// `stdin` as their configuration; the errors met.
+    fn release_ipam_of(&self, attachments: &[CniAttachment], stdin: &[u8]) -> Vec<CniError> {
+        let Some(plugin) = self.conf.delegated_ipam() else {
+            return Vec::new();
+        };
+        attachments
+            .iter()
+            .filter_map(|cni| {
+                let call = Call {
+                    command: "DEL",
+                    container_id: &cni.container_id,
+                    ifname: &cni.ifname,
+                    netns: None,
+                };
+                delegate::exec(plugin, &self.env.path, &call, stdin).err()
+            })
+            .collect()
     }
 
     /// The attachment's names on its network besides its own: podman's
@@ -162,13 +198,22 @@ impl Invocation<'_> {
             None => None,
         };
         let mut host = Host::open(self.config.clone()).await?;
-        if self.stale(&host).is_some() {
-            // The same attachment, whose namespace is gone without a DEL
-            // (a reboot, a runtime that crashed): the runtime is setting
-            // the container up again, so the old one goes first, with its
-            // delegated address.
-            host.container_rm(std::slice::from_ref(&name)).await?;
-            self.release_ipam();
+        // Attachments whose namespace is gone without a DEL (a reboot, a
+        // runtime that crashed) and that are in the way: this same
+        // attachment being set up again, or one holding a name it asks.
+        // They go first, with their delegated addresses.
+        let stale = self.stale(&host);
+        if !stale.is_empty() {
+            let names: Vec<String> = stale.iter().map(|(n, _)| n.clone()).collect();
+            host.container_rm(&names).await?;
+            let attachments: Vec<CniAttachment> = stale.into_iter().map(|(_, c)| c).collect();
+            if let Some(e) = self
+                .release_ipam_of(&attachments, self.stdin)
+                .into_iter()
+                .next()
+            {
+                return Err(e);
+            }
         }
         if let Some(existing) = host.state.containers.get(&name) {
             return Err(CniError::new(
@@ -598,29 +643,17 @@ impl Invocation<'_> {
             }
         }
         drop(host);
-        if let Some(plugin) = self.conf.delegated_ipam() {
-            // The IPAM plugin gets a DEL per stale attachment, in 1.0.0
-            // words: DEL is the same in 1.0.0 and 1.1.0, and IPAM plugins
-            // that predate 1.1.0 (host-local before 1.2) refuse the GC's
-            // version.
-            let mut del_conf: Value = serde_json::from_slice(self.stdin).unwrap_or_default();
-            if let Some(object) = del_conf.as_object_mut() {
-                object.remove("cni.dev/valid-attachments");
-                object.insert("cniVersion".into(), json!("1.0.0"));
-            }
-            let del_stdin = serde_json::to_vec(&del_conf).unwrap_or_default();
-            for (_, cni) in &stale {
-                let call = Call {
-                    command: "DEL",
-                    container_id: &cni.container_id,
-                    ifname: &cni.ifname,
-                    netns: None,
-                };
-                if let Err(e) = delegate::exec(plugin, &self.env.path, &call, &del_stdin) {
-                    errors.push(e);
-                }
-            }
+        // The IPAM plugin gets a DEL per stale attachment, in 1.0.0 words:
+        // DEL is the same in 1.0.0 and 1.1.0, and IPAM plugins that predate
+        // 1.1.0 (host-local before 1.2) refuse the GC's version.
+        let mut del_conf: Value = serde_json::from_slice(self.stdin).unwrap_or_default();
+        if let Some(object) = del_conf.as_object_mut() {
+            object.remove("cni.dev/valid-attachments");
+            object.insert("cniVersion".into(), json!("1.0.0"));
         }
+        let del_stdin = serde_json::to_vec(&del_conf).unwrap_or_default();
+        let attachments: Vec<CniAttachment> = stale.into_iter().map(|(_, c)| c).collect();
+        errors.extend(self.release_ipam_of(&attachments, &del_stdin));
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
