@@ -102,8 +102,24 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
         let stream = scope.spawn(|| sb.outside(&[&tool, "stream", &host, "8081", &seconds]));
         std::thread::sleep(std::time::Duration::from_millis(500));
         podman.ok(&["ps"]);
-        podman.run_detached("other", &["-p", "8082:80"], &["/bin/sleep", "120"]);
+        podman.run_detached(
+            "other",
+            &[
+                "-p",
+                "8082:80",
+                "--ip",
+                "10.78.0.50",
+                "--mac-address",
+                "02:00:00:00:00:50",
+            ],
+            &["/bin/sleep", "120"],
+        );
+        // podman's --ip and --mac-address reach netctl (ips, mac).
         let other = addr_of(&podman, "other");
+        assert_eq!(
+            network_field(&podman, "other", "MacAddress"),
+            "02:00:00:00:00:50"
+        );
         podman.ok(&["inspect", "web"]);
         podman.rm("other");
         podman.ok(&["ps", "-a"]);
@@ -116,7 +132,7 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
     });
     let (stream, other_ip) = streamed;
     assert_no_byte_lost("connection through podman's comings and goings", &stream);
-    assert!(other_ip.octets()[..3] == [10, 78, 0]);
+    assert_eq!(other_ip, Ipv4Addr::new(10, 78, 0, 50));
 
     // Stopped, web's attachment goes (podman's DEL); started again, it
     // comes back in a new namespace with its port.
@@ -155,16 +171,19 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
 
 /// A container's address as podman recorded it from netctl's result.
 fn addr_of(podman: &Podman, name: &str) -> Ipv4Addr {
-    let text = podman.ok(&[
-        "inspect",
-        "--format",
-        &format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            podman.network
-        ),
-        name,
-    ]);
-    text.trim()
-        .parse()
+    let text = network_field(podman, name, "IPAddress");
+    text.parse()
         .unwrap_or_else(|_| panic!("{name}: no address in {text:?}"))
+}
+
+/// A field of a container's entry for the network in `podman inspect`.
+fn network_field(podman: &Podman, name: &str, field: &str) -> String {
+    let format = format!(
+        "{{{{(index .NetworkSettings.Networks \"{}\").{field}}}}}",
+        podman.network
+    );
+    podman
+        .ok(&["inspect", "--format", &format, name])
+        .trim()
+        .to_owned()
 }

@@ -52,6 +52,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool check metrics, and a Prometheus server scraping `netctl metrics --listen` in the tests",
     ),
+    (
+        "podman",
+        "tests/podman.rs: podman 4.3's CNI backend driving netctl's plugin",
+    ),
+    (
+        "busybox-static",
+        "the root filesystem of the podman test's containers (podman run --rootfs)",
+    ),
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

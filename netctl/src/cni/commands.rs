@@ -192,8 +192,20 @@ impl Invocation<'_> {
         }
         let name = container_name(&self.env.container_id, &self.env.ifname);
         let ports = port_specs(self.conf)?;
-        let requested_ip = self.conf.requested_ip()?;
-        let mac = match &self.conf.runtime_config.mac {
+        // The capabilities first, then CNI_ARGS `IP` and `MAC` (podman 4.3
+        // passes --ip and --mac-address that way, as the reference
+        // host-local and bridge plugins read them).
+        let requested_ip = match self.conf.requested_ip()? {
+            Some(ip) => Some(ip),
+            None => self.env.requested_ip()?,
+        };
+        let mac = match self
+            .conf
+            .runtime_config
+            .mac
+            .as_deref()
+            .or(self.env.arg("MAC"))
+        {
             Some(text) => Some(text.parse::<Mac>()?),
             None => None,
         };

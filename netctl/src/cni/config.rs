@@ -124,6 +124,18 @@ impl Env {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `CNI_ARGS` `IP`: the addresses asked (comma-separated), the way
+    /// podman 4.3 passes `--ip` and host-local reads it.
+    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
+        first_ipv4(
+            "CNI_ARGS IP",
+            self.arg("IP")
+                .unwrap_or("")
+                .split(',')
+                .filter(|t| !t.is_empty()),
+        )
+    }
+
     /// The container's name as podman gives it: `K8S_POD_NAME` without
     /// `K8S_POD_NAMESPACE` (podman sets only the first, for the `dnsname`
     /// plugin; Kubernetes runtimes set both, and pod names repeat across
@@ -134,6 +146,28 @@ impl Env {
             None => self.arg("K8S_POD_NAME").filter(|n| !n.is_empty()),
         }
     }
+}
+
+/// The first IPv4 address of a list of addresses, each with or without a
+/// prefix length; code 7 for one that is not an address.
+fn first_ipv4<'t>(
+    what: &str,
+    texts: impl IntoIterator<Item = &'t str>,
+) -> Result<Option<Ipv4Addr>, CniError> {
+    for text in texts {
+        let addr = text.trim().split('/').next().unwrap_or_default();
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
+            Ok(std::net::IpAddr::V6(_)) => continue,
+            Err(_) => {
+                return Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!("{what}: {text:?} is not an address"),
+                ))
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// `CNI_ARGS` as pairs; an item without `=` is skipped (the spec leaves
@@ -335,20 +369,10 @@ impl NetConf {
 
     /// The address asked through the `ips` capability (first IPv4 one).
     pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
-        for text in &self.runtime_config.ips {
-            let addr = text.split('/').next().unwrap_or_default();
-            match addr.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
-                Ok(std::net::IpAddr::V6(_)) => continue,
-                Err(_) => {
-                    return Err(CniError::new(
-                        Code::InvalidConfig,
-                        format!("runtimeConfig.ips: {text:?} is not an address"),
-                    ))
-                }
-            }
-        }
-        Ok(None)
+        first_ipv4(
+            "runtimeConfig.ips",
+            self.runtime_config.ips.iter().map(String::as_str),
+        )
     }
 }
 
@@ -407,6 +431,17 @@ mod tests {
         let podman = env("IgnoreUnknown=1;K8S_POD_NAME=web");
         assert_eq!(podman.arg("IgnoreUnknown"), Some("1"));
         assert_eq!(podman.podman_name(), Some("web"));
+        let podman_ip =
+            env("IgnoreUnknown=1;K8S_POD_NAME=a;MAC=02:00:00:00:00:50;IP=fd00::5,10.9.0.5");
+        assert_eq!(
+            podman_ip.requested_ip().unwrap(),
+            Some(Ipv4Addr::new(10, 9, 0, 5))
+        );
+        assert_eq!(podman_ip.arg("MAC"), Some("02:00:00:00:00:50"));
+        assert_eq!(
+            env("IP=nonsense").requested_ip().unwrap_err().code,
+            Code::InvalidConfig
+        );
         let kubernetes = env("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;junk");
         assert_eq!(kubernetes.podman_name(), None);
         assert_eq!(env("").podman_name(), None);
