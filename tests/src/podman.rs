@@ -39,6 +39,9 @@ const OUTSIDE: &[&str] = &[
     "/etc/cni/net.d",
 ];
 
+const PODMAN: &str = "/usr/bin/podman";
+const BUSYBOX: &str = "/bin/busybox";
+
 /// Where the container sees its tools.
 pub const NETTOOL: &str = "/nettool";
 
@@ -59,6 +62,12 @@ pub struct Podman<'a> {
 impl<'a> Podman<'a> {
     /// Sets podman up for `sb`; the conflist speaks `cni_version`.
     pub fn new(sb: &'a Sandbox, cni_version: &str) -> Self {
+        for (path, package) in [(PODMAN, "podman"), (BUSYBOX, "busybox-static")] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} missing: apt-get install {package} (cargo xtask deps)"
+            );
+        }
         let dir = std::env::temp_dir().join(format!("{}-podman", sb.prefix));
         let podman = Podman {
             sb,
@@ -152,7 +161,7 @@ impl<'a> Podman<'a> {
         let mut argv = vec![
             "env",
             &conf,
-            "podman",
+            PODMAN,
             "--root",
             root,
             "--runroot",
@@ -292,26 +301,29 @@ fn outside_entries() -> BTreeSet<String> {
     found
 }
 
-/// busybox-static (sh and friends) and nettool with the shared libraries
-/// `ldd` lists, at the same paths.
+/// busybox (sh and friends) and nettool, each with the shared libraries
+/// `ldd` lists at the same paths (none for busybox-static).
 fn make_rootfs(rootfs: &Path) {
     let bin = rootfs.join("bin");
     fs::create_dir_all(&bin).expect("rootfs/bin");
-    fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("busybox-static: apt-get install busybox-static");
+    let nettool = nettool_bin();
+    for (from, to) in [
+        (PathBuf::from(BUSYBOX), bin.join("busybox")),
+        (nettool, rootfs.join(NETTOOL.trim_start_matches('/'))),
+    ] {
+        fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        let ldd = Command::new("ldd").arg(&from).output().expect("ldd");
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let target = rootfs.join(lib.trim_start_matches('/'));
+            fs::create_dir_all(target.parent().unwrap()).expect("rootfs lib dir");
+            fs::copy(lib, &target).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+        }
+    }
     for applet in ["sh", "cat", "sleep", "nslookup"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
-    }
-    let nettool = nettool_bin();
-    fs::copy(&nettool, rootfs.join(NETTOOL.trim_start_matches('/'))).expect("nettool");
-    let ldd = Command::new("ldd").arg(&nettool).output().expect("ldd");
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let target = rootfs.join(lib.trim_start_matches('/'));
-        fs::create_dir_all(target.parent().unwrap()).expect("rootfs lib dir");
-        fs::copy(lib, &target).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
     }
 }
 
