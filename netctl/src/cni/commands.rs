@@ -158,9 +158,14 @@ impl Invocation<'_> {
     fn names(&self) -> Vec<String> {
         let aliases = self.conf.runtime_config.aliases.get(&self.conf.name);
         let mut names: Vec<String> = Vec::new();
-        for name in self
+        // podman's name rule is netctl's but for the length: a longer
+        // name is no DNS label either, and is left out rather than failing
+        // the container (the aliases asked are checked as given).
+        let podman_name = self
             .env
             .podman_name()
+            .filter(|n| ipam::check_name("container", n).is_ok());
+        for name in podman_name
             .into_iter()
             .chain(aliases.into_iter().flatten().map(String::as_str))
         {
@@ -784,6 +789,37 @@ mod tests {
         assert!(ipam::check_name("container", &odd).is_ok(), "{odd}");
         assert_eq!(odd, container_name(id, "e@th0"));
         assert_ne!(odd, container_name(id, "e#th0"));
+    }
+
+    #[test]
+    fn names_of_an_attachment() {
+        let conf = NetConf::decode(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"aliases":{
+              "n":["web","www"],"other":["x"]}}}"#,
+            Command::Add,
+        )
+        .unwrap();
+        let env = |pod: &str| Env {
+            command: Command::Add,
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            path: Vec::new(),
+            args: vec![("K8S_POD_NAME".into(), pod.into())],
+        };
+        let names = |env: &Env| {
+            Invocation {
+                env,
+                conf: &conf,
+                stdin: b"",
+                config: HostConfig::new(None, None, None, None),
+            }
+            .names()
+        };
+        // The pod name first; the same alias in another case once.
+        assert_eq!(names(&env("Web")), ["Web", "www"]);
+        // A name longer than a name may be is left out.
+        assert_eq!(names(&env(&"a".repeat(70))), ["web", "www"]);
     }
 
     #[test]
