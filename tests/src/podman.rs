@@ -188,8 +188,8 @@ impl<'a> Podman<'a> {
     }
 
     /// `podman run` on the sandbox's network, in the cgroup parent, from the
-    /// root filesystem: `opts` before it, `cmd` after. Returns the stdout.
-    pub fn run(&self, opts: &[&str], cmd: &[&str]) -> String {
+    /// root filesystem: `opts` before it, `cmd` after.
+    pub fn try_run(&self, opts: &[&str], cmd: &[&str]) -> Output {
         let rootfs = self.rootfs().display().to_string();
         let mut args = vec![
             "run",
@@ -202,7 +202,21 @@ impl<'a> Podman<'a> {
         args.push("--rootfs");
         args.push(&rootfs);
         args.extend_from_slice(cmd);
-        self.ok(&args)
+        self.podman(&args)
+    }
+
+    /// [`Podman::try_run`]; its stdout, or a panic with its stderr.
+    pub fn run(&self, opts: &[&str], cmd: &[&str]) -> String {
+        let out = self.try_run(opts, cmd);
+        assert!(
+            out.status.success(),
+            "podman run {} {} failed ({}): {}",
+            opts.join(" "),
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A detached container `name`; records its namespace path.

@@ -51,14 +51,10 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
 
     // netctl sees podman's containers as CNI attachments.
-    let attachments = containers(&sb);
-    let expected: Vec<String> = [&cli_id, &web_id]
-        .iter()
-        .map(|id| format!("cni-{}-eth0", &id[..12]))
-        .collect();
-    let mut expected_sorted = expected.clone();
-    expected_sorted.sort();
-    assert_eq!(attachments, expected_sorted);
+    let attachment = |id: &str| format!("cni-{}-eth0", &id[..12]);
+    let mut expected = vec![attachment(&cli_id), attachment(&web_id)];
+    expected.sort();
+    assert_eq!(containers(&sb), expected);
 
     // Published port from outside: web sees the client's own address.
     let host = HOST_UPLINK_IP.to_string();
@@ -134,10 +130,28 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
     assert_no_byte_lost("connection through podman's comings and goings", &stream);
     assert_eq!(other_ip, Ipv4Addr::new(10, 78, 0, 50));
 
+    // A host port another container holds: netctl refuses the ADD, podman
+    // says why and the run fails; netctl's state is as it was.
+    let state_before = std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap();
+    let clash = podman.try_run(
+        &["-d", "--name", "clash", "-p", "8080:80"],
+        &["/bin/sleep", "120"],
+    );
+    let why = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        !clash.status.success() && why.contains("8080"),
+        "a taken host port: {why}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap(),
+        state_before
+    );
+    podman.rm("clash");
+
     // Stopped, web's attachment goes (podman's DEL); started again, it
     // comes back in a new namespace with its port.
     podman.ok(&["stop", "-t", "0", "web"]);
-    assert_eq!(containers(&sb), vec![expected[0].clone()]);
+    assert_eq!(containers(&sb), vec![attachment(&cli_id)]);
     podman.start("web");
     let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
     assert_eq!(peer_ip(&reply), OUTSIDE_IP, "after podman start");
