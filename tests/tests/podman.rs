@@ -98,11 +98,11 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
         let stream = scope.spawn(|| sb.outside(&[&tool, "stream", &host, "8081", &seconds]));
         std::thread::sleep(std::time::Duration::from_millis(500));
         podman.ok(&["ps"]);
-        podman.run_detached(
+        let other_id = podman.run_detached(
             "other",
             &[
                 "-p",
-                "8082:80",
+                "8082-8083:80-81",
                 "--ip",
                 "10.78.0.50",
                 "--mac-address",
@@ -115,6 +115,12 @@ fn podman_run_publish_names_egress_and_removal(datapath: &str) {
         assert_eq!(
             network_field(&podman, "other", "MacAddress"),
             "02:00:00:00:00:50"
+        );
+        // A range arrives as one mapping per port.
+        let ports = sb.netctl_ok(&["port", &attachment(&other_id)]);
+        assert_eq!(
+            ports.lines().collect::<Vec<_>>(),
+            ["80/tcp -> 0.0.0.0:8082", "81/tcp -> 0.0.0.0:8083"]
         );
         podman.ok(&["inspect", "web"]);
         podman.rm("other");
