@@ -8,6 +8,7 @@ pub mod frames;
 pub mod host_state;
 pub mod ledger;
 pub mod output;
+pub mod podman;
 pub mod sandbox;
 pub mod tc;
 
