@@ -80,6 +80,14 @@ pub enum Command {
         #[arg(long, value_name = "ADDR:PORT", value_parser = listen_arg)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Serve Docker's remote network driver API on a Unix socket until
+    /// SIGINT or SIGTERM (`docker network create -d netctl ...`).
+    DockerPlugin {
+        /// Docker finds a plugin NAME by /run/docker/plugins/NAME.sock, or
+        /// by a spec file /etc/docker/plugins/NAME.spec holding unix://PATH.
+        #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Compare the state with the kernel: report what is missing, and what
     /// carries netctl's names without being in the state.
     Doctor {
@@ -337,6 +345,13 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             ops::serve_metrics(&config, addr, |bound| {
                 // Scripts and tests wait for this line (port 0 says which port).
                 println!("listening on {bound}");
+            })
+            .await
+        }
+        Command::DockerPlugin { socket } => {
+            crate::docker::serve(config, &socket, || {
+                // Scripts and tests wait for this line.
+                println!("listening on {}", socket.display());
             })
             .await
         }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod error;
 pub mod failpoint;
 pub mod hosts;

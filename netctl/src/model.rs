@@ -262,6 +262,11 @@ pub struct Container {
     /// plugin: the runtime owns its namespace, netctl never deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniAttachment>,
+    /// Set when Docker made this container through `netctl docker-plugin`:
+    /// Docker owns its namespace (`netns` is the sandbox's path once
+    /// joined) and moves the interface into it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerEndpoint>,
     /// Its names and resolver settings (`--hostname`, `--network-alias`,
     /// `--dns*`), shown flat in the state and in `container inspect`.
     #[serde(flatten)]
@@ -315,6 +320,13 @@ pub struct CniAttachment {
     pub network: String,
 }
 
+/// What identifies a Docker endpoint to Docker (libnetwork's ids).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    pub network_id: String,
+    pub endpoint_id: String,
+}
+
 impl Container {
     pub fn endpoint(&self, network: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.network == network)
@@ -330,9 +342,11 @@ impl Container {
     }
 
     /// Whether the container's namespace is netctl's to make and delete:
-    /// its own (bridge and none modes), unless a CNI runtime owns it.
+    /// its own (bridge and none modes), unless a runtime (CNI, Docker) owns it.
     pub fn owns_netns(&self) -> bool {
-        matches!(self.mode, NetworkMode::Bridge | NetworkMode::None) && self.cni.is_none()
+        matches!(self.mode, NetworkMode::Bridge | NetworkMode::None)
+            && self.cni.is_none()
+            && self.docker.is_none()
     }
 }
 

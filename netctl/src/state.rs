@@ -297,6 +297,7 @@ mod tests {
                 process: None,
                 created: 2,
                 cni: None,
+                docker: None,
                 naming: crate::model::Naming::default(),
             },
         );

@@ -73,9 +73,15 @@ pub fn peer_name(ep: &Endpoint) -> String {
 /// before. `point` names the failpoint between the pair's making and the
 /// move of its peer (the caller's command's). Returns the host end's
 /// ifindex (for the datapath).
+///
+/// Without a namespace (a Docker endpoint), the container's end stays in
+/// the host namespace as [`peer_name`], down, with the endpoint's MAC:
+/// Docker moves it into the sandbox after Join and gives it its name,
+/// address and routes there. It is down until Docker brings it up inside,
+/// so the order above holds as well.
 pub async fn attach(
     host: &Netlink,
-    netns_name: &str,
+    netns_name: Option<&str>,
     net: &Network,
     ep: &Endpoint,
     point: &str,
@@ -94,9 +100,15 @@ pub async fn attach(
             host.set_mtu(peer_index, mtu).await?;
         }
         failpoint::check(point)?;
-        let ns = netns::open(netns_name)?;
-        host.move_to_netns(peer_index, &ns, netns_name).await?;
-        configure_inside(netns_name, &peer, net, ep).await?;
+        match netns_name {
+            Some(netns_name) => {
+                let ns = netns::open(netns_name)?;
+                host.move_to_netns(peer_index, &ns, netns_name).await?;
+                configure_inside(netns_name, &peer, net, ep).await?;
+            }
+            // Docker keeps the MAC when it moves the link.
+            None => host.set_mac(peer_index, ep.mac.octets()).await?,
+        }
         Ok(host_end)
     }
     .await;

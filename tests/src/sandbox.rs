@@ -477,7 +477,7 @@ impl Sandbox {
 
 /// Starts `argv` in a namespace (setns in a thread of its own; the child
 /// inherits it) with the given stdin, stdout and stderr.
-fn spawn_in_netns(netns_name: &str, argv: &[&str], stdio: [Stdio; 3]) -> Child {
+pub(crate) fn spawn_in_netns(netns_name: &str, argv: &[&str], stdio: [Stdio; 3]) -> Child {
     let netns_name = netns_name.to_owned();
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {

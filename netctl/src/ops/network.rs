@@ -351,7 +351,7 @@ impl Host {
         let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
         self.open_datapath_if_up().await?;
         let result = self
-            .apply_attach("connect", container, &netns_name, &net, &ep)
+            .apply_attach("connect", container, Some(&netns_name), &net, &ep)
             .await;
         if result.is_ok() && !aliases.is_empty() {
             if let Some(entry) = self.state.containers.get_mut(container) {

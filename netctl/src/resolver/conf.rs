@@ -190,6 +190,7 @@ mod tests {
             process: None,
             created: 0,
             cni: None,
+            docker: None,
             naming: Naming {
                 dns,
                 ..Naming::default()

@@ -461,6 +461,7 @@ mod tests {
             process: None,
             created: 0,
             cni: None,
+            docker: None,
             naming: Naming::default(),
         }
     }

@@ -207,6 +207,22 @@ fn parse_count(rest: &[&str]) -> Result<u64, String> {
     }
 }
 
+/// HOST:PORT as an address; a HOST that is not one is a name, looked up
+/// through the C library as any program does (resolv.conf, hosts), its
+/// first IPv4 address taken.
+fn resolve(host: &str, port: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = format!("{host}:{port}").parse() {
+        return Ok(addr);
+    }
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("resolve {host}: no IPv4 address"))
+}
+
 fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
     let count = parse_count(rest)?;
     let addr = if port.contains(':') {
@@ -243,9 +259,7 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
 }
 
 fn call(proto: &str, host: &str, port: &str, timeout: Duration) -> Result<(), String> {
-    let addr: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let addr = resolve(host, port)?;
     let reply = match proto {
         "tcp" => {
             let mut stream = TcpStream::connect_timeout(&addr, timeout)

@@ -66,6 +66,7 @@ fn state() -> State {
         process: None,
         created: 1,
         cni: None,
+        docker: None,
         naming: Naming::default(),
     };
     let hostly = Container {
@@ -373,4 +374,30 @@ fn refusals_name_the_object_and_the_reason() {
         assert_eq!(err.exit_code(), 1, "{err}");
         assert_eq!(err.to_string(), expected, "{req:?}");
     }
+}
+
+/// A Docker endpoint: at Docker's address, no namespace yet (Docker names
+/// its sandbox at Join), and a veth pair whose container end stays in the
+/// host namespace for Docker to move.
+#[test]
+fn a_docker_endpoint_is_attached_for_docker_to_move() {
+    let req = ContainerRun {
+        ip: Some(Ipv4Addr::new(172, 18, 0, 60)),
+        docker: Some(DockerEndpoint {
+            network_id: "ff128470ac6a".into(),
+            endpoint_id: "f2356522f400".into(),
+        }),
+        ..run("docker-f2356522f400", "front")
+    };
+    let plan = plan_container(&state(), &config(), &HostPorts::default(), &req).unwrap();
+    assert!(!plan.container.owns_netns());
+    assert_eq!(plan.container.netns, None);
+    let [Step::AttachForDocker { network, endpoint }] = plan.steps.as_slice() else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(network.name, "front");
+    assert_eq!(
+        (endpoint.ifname.as_str(), endpoint.ip),
+        (DOCKER_IFNAME_PREFIX, Ipv4Addr::new(172, 18, 0, 60))
+    );
 }
