@@ -407,6 +407,7 @@ mod tests {
                     process: None,
                     created: 0,
                     cni: None,
+                    docker: None,
                     naming: Default::default(),
                 },
             );
