@@ -15,7 +15,7 @@ use crate::{
     netns,
     ops::{self, ContainerRun, Host, NetworkCreate, Networking},
     ports::{self, PortSpec},
-    process, resolver,
+    process, resolver, trace,
 };
 
 #[derive(Parser, Debug)]
@@ -67,13 +67,11 @@ pub enum Command {
     Conntrack(ConntrackCommand),
     /// Counters and drop reasons of the eBPF datapath.
     Stats,
-    /// Print the eBPF programs' debug log (drops with their reason, new
-    /// DNAT flows) for a while: turns aya-log output on, then off again.
-    Trace {
-        /// How long to trace, 1 to 3600.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        seconds: u64,
-    },
+    /// Follow the eBPF datapath's flow events live: new flows with their
+    /// translation, drops with their reason, flow ends; with the
+    /// containers' names. Until Ctrl-C, or --seconds. Every filter given
+    /// must match; a filter given several times matches any of its values.
+    Trace(TraceArgs),
     /// Print the host's metrics in the Prometheus text format, or serve
     /// them over HTTP at /metrics with --listen.
     Metrics {
@@ -106,6 +104,30 @@ pub enum Command {
     /// The networks' resolver (started and stopped by netctl itself).
     #[command(hide = true)]
     Resolver,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Stop after this many seconds (1 to 86400) [default: until Ctrl-C].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub seconds: Option<u64>,
+    /// Events of this container (its address, before or after translation,
+    /// or its veth).
+    #[arg(long = "container", value_name = "NAME")]
+    pub containers: Vec<String>,
+    /// Events touching this network (its containers or its subnet).
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
+    /// Events with this port (source or destination, before or after
+    /// translation).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long = "proto", value_name = "PROTO", value_parser = trace::parse_protocol)]
+    pub protocols: Vec<u8>,
+    /// new, drop, end, or a drop reason (as `netctl stats` names it).
+    #[arg(long = "verdict", value_name = "VERDICT")]
+    pub verdicts: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,9 +355,24 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             })
             .await
         }
-        Command::Trace { seconds } => Host::open(config)
-            .await?
-            .trace(seconds, &mut std::io::stdout().lock()),
+        Command::Trace(args) => {
+            let filters = trace::Filters {
+                containers: args.containers,
+                networks: args.networks,
+                ports: args.ports,
+                protocols: args.protocols,
+                verdicts: args.verdicts,
+            };
+            Host::open(config)
+                .await?
+                .trace(
+                    args.seconds,
+                    &filters,
+                    format == Format::Json,
+                    &mut std::io::stdout(),
+                )
+                .await
+        }
     }
 }
 

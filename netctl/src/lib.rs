@@ -26,3 +26,4 @@ pub mod process;
 pub mod resolver;
 pub mod state;
 pub mod topology;
+pub mod trace;

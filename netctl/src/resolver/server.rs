@@ -18,7 +18,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
+    os::fd::OwnedFd,
     path::PathBuf,
     rc::Rc,
     time::Duration,
@@ -160,14 +160,7 @@ pub fn decide(
     }
 }
 
-/// Inode, size and mtime: the identity that says a file changed.
-type Stamp = Option<(u64, u64, i64, i64)>;
-
-/// The file identity that says the state (or the host's resolv.conf) changed.
-fn stamp(path: &std::path::Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
-}
+use crate::state::{stamp, Stamp};
 
 /// The tables, read again when the state file or the host's resolv.conf
 /// changed (checked on every query: two stat calls).
@@ -198,12 +191,7 @@ impl Source {
 }
 
 fn load(config: &HostConfig, state_file: &std::path::Path) -> Result<Tables> {
-    let state: State = match std::fs::read(state_file) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::system(format!("state {}", state_file.display()), e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(Error::io(format!("state {}", state_file.display()), e)),
-    };
+    let state = crate::state::read_snapshot(state_file)?;
     let (_, host) = conf::read_host(config);
     Ok(Tables::build(&state, host.nameservers))
 }
