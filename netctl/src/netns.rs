@@ -211,6 +211,31 @@ pub fn disable_ipv6(link: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Turns IPv6 on for a link netctl gives IPv6 addresses itself (the bridge
+/// of a dual-stack network, a container's interface on it), in the
+/// namespace the calling thread is in: router advertisements are ignored
+/// (`accept_ra=0`), duplicate address detection is off (`accept_dad=0`:
+/// netctl's IPAM already makes the addresses unique, and a tentative
+/// address would hold traffic back for a second), and no link-local
+/// address is made (`addr_gen_mode=1`: neighbour discovery then speaks
+/// from the addresses netctl assigned, the only ones anti-spoofing lets a
+/// container send from, and nothing on the link can send or solicit
+/// router advertisements, which need link-local sources). All set before
+/// `disable_ipv6=0`, so the link never runs with the defaults.
+pub fn enable_ipv6(link: &str) -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf").join(link);
+    for (key, value) in [
+        ("accept_ra", "0"),
+        ("accept_dad", "0"),
+        ("addr_gen_mode", "1"),
+        ("disable_ipv6", "0"),
+    ] {
+        fs::write(conf.join(key), value)
+            .map_err(|e| Error::io(format!("sysctl net.ipv6.conf.{link}.{key}"), e))?;
+    }
+    Ok(())
+}
+
 pub fn read_sysctl(key: &str) -> Result<String> {
     let file = Path::new("/proc/sys").join(key.replace('.', "/"));
     fs::read_to_string(&file)

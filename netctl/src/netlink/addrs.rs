@@ -1,4 +1,4 @@
-//! IPv4 addresses on links.
+//! Addresses on links (IPv4, and IPv6 on dual-stack networks).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -10,14 +10,9 @@ use crate::error::Result;
 
 impl Netlink {
     /// Adds `ip/prefix` to a link; present already is not an error.
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+    pub async fn add_address(&self, index: u32, ip: impl Into<IpAddr>, prefix: u8) -> Result<()> {
+        let ip = ip.into();
+        match self.handle.address().add(index, ip, prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(self.error(format!("address {ip}/{prefix} on link #{index}"), e)),

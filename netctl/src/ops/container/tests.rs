@@ -30,6 +30,7 @@ fn network(name: &str, id: u32, subnet: &str, internal: bool) -> Network {
         dns: true,
         created: 1,
         mtu: None,
+        ipv6: None,
     }
 }
 
@@ -53,12 +54,13 @@ fn state() -> State {
         name: "web".into(),
         mode: NetworkMode::Bridge,
         netns: Some("sb-web".into()),
-        endpoints: vec![plan_endpoint(&state, &front(), "web", "eth0", Some(ip)).unwrap()],
+        endpoints: vec![plan_endpoint(&state, &front(), "web", "eth0", Some(ip), None).unwrap()],
         ports: vec![PortMapping {
             protocol: Protocol::Tcp,
             host_ip: None,
             host_port: 8080,
             container_ip: ip,
+            container_ip6: None,
             container_port: 80,
             container: "web".into(),
             network: "front".into(),
@@ -99,6 +101,7 @@ fn mapping(host_port: u16, container_port: u16, ip: Ipv4Addr) -> PortMapping {
         host_ip: None,
         host_port,
         container_ip: ip,
+        container_ip6: None,
         container_port,
         container: "db".into(),
         network: "front".into(),
@@ -138,6 +141,7 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
         host_veth: ipam::veth_name("db", 1),
         ip,
         mac: "02:42:ac:12:00:03".parse().unwrap(),
+        ip6: None,
     };
     assert_eq!(
         plan.steps,
