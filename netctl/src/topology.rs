@@ -11,8 +11,8 @@
 //!
 //! A dual-stack network (`--ipv6`) turns IPv6 on exactly where netctl puts
 //! an IPv6 address (the bridge, the container's interface on it), with
-//! router advertisements ignored, no duplicate address detection and no
-//! link-local address (`netns::enable_ipv6`), and IPv6 forwarding on in the
+//! router advertisements ignored, no duplicate address detection and, in
+//! containers, no link-local address (`netns::enable_ipv6`), and IPv6 forwarding on in the
 //! host namespace. Host-side veths stay without IPv6 (they are bridge
 //! ports and need none), and so do a container's other interfaces.
 
@@ -37,7 +37,7 @@ pub async fn network_up(host: &Netlink, net: &Network) -> Result<u32> {
         None => netns::disable_ipv6(Some(&net.bridge))?,
         Some(side) => {
             netns::write_sysctl("net.ipv6.conf.all.forwarding", "1")?;
-            netns::enable_ipv6(&net.bridge)?;
+            netns::enable_ipv6(&net.bridge, true)?;
             host.add_address(bridge, side.gateway, side.subnet.prefix_len())
                 .await?;
         }
@@ -136,7 +136,7 @@ async fn configure_inside(
         .await?;
     let ipv6 = net.ipv6.zip(ep.ip6);
     if let Some((side, ip6)) = ipv6 {
-        netns::NetnsGuard::enter(netns_name).and_then(|_inside| netns::enable_ipv6(&ep.ifname))?;
+        netns::NetnsGuard::enter(netns_name).and_then(|_inside| netns::enable_ipv6(&ep.ifname, false))?;
         inside
             .add_address(index, ip6, side.subnet.prefix_len())
             .await?;

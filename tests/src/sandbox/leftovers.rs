@@ -293,11 +293,17 @@ fn host_links(sb: &Sandbox) -> Vec<String> {
 /// netctl's chains and any rule at all in the host namespace (the tests
 /// add none that outlives them).
 fn host_rules(sb: &Sandbox) -> Vec<String> {
-    sb.iptables_save()
-        .lines()
-        .filter(|l| l.contains("NETCTL") || l.starts_with("-A"))
-        .map(str::to_owned)
-        .collect()
+    let v4 = sb.iptables_save();
+    let v6 = sb.ip6tables_save();
+    let rules = |text: &str, family: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("NETCTL") || l.starts_with("-A"))
+            .map(|l| format!("{family}{l}"))
+            .collect()
+    };
+    let mut found = rules(&v4, "");
+    found.extend(rules(&v6, "ip6tables: "));
+    found
 }
 
 /// nftables tables named like netctl's (its ARP anti-spoofing table).
