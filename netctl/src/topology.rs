@@ -136,7 +136,8 @@ async fn configure_inside(
         .await?;
     let ipv6 = net.ipv6.zip(ep.ip6);
     if let Some((side, ip6)) = ipv6 {
-        netns::NetnsGuard::enter(netns_name).and_then(|_inside| netns::enable_ipv6(&ep.ifname, false))?;
+        netns::NetnsGuard::enter(netns_name)
+            .and_then(|_inside| netns::enable_ipv6(&ep.ifname, false))?;
         inside
             .add_address(index, ip6, side.subnet.prefix_len())
             .await?;

@@ -411,6 +411,41 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
     f
 }
 
+/// An unsolicited neighbour advertisement (override set, to all nodes)
+/// from `src_mac` and `src`, saying that `target` is at `src_mac`: what a
+/// container sends to take over another's IPv6 address.
+pub fn neighbour_advertisement(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut all_nodes = [0u8; 16];
+    all_nodes[..2].copy_from_slice(&[0xff, 0x02]);
+    all_nodes[15] = 1;
+    // Type 136, code 0, checksum, flags: override (0x20), then the target
+    // and its target link-layer address option.
+    let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    icmp.extend_from_slice(&target);
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&src_mac);
+    let len = icmp.len() as u32;
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&all_nodes);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let c = checksum(&[&pseudo, &icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    // Hop limit 255: a receiver ignores neighbour discovery with any other.
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&all_nodes);
+    f.extend_from_slice(&icmp);
+    f
+}
+
 /// An IPv6 UDP datagram (fd.. to fe..) from `src_mac` to `dst_mac`.
 pub fn ipv6_frame(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
     let mut f = dst_mac.to_vec();

@@ -70,8 +70,18 @@ fn front(sb: &Sandbox) {
     );
     let tool = nettool();
     sb.netctl_ok(&[
-        "container", "run", "web", "--network", "front", "-p", "8080:80", "--", &tool, "serve",
-        "tcp", "[::]:80",
+        "container",
+        "run",
+        "web",
+        "--network",
+        "front",
+        "-p",
+        "8080:80",
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "[::]:80",
     ]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
 }
@@ -103,10 +113,7 @@ fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() 
 
     // Container to container by address: the server sees a's own address.
     let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &a,
-            &[&nettool(), "call", "tcp", &bracket(WEB6), "80"],
-        )
+        sb.run_in(&a, &[&nettool(), "call", "tcp", &bracket(WEB6), "80"])
     });
     assert_eq!(peer6(&reply).to_string(), A6, "{reply}");
     // And by name: the resolver answers AAAA on a dual-stack network.
@@ -134,7 +141,11 @@ fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() 
 
     // The hosts file carries both addresses.
     let hosts = sb.exec("a", &["cat", "/etc/hosts"]);
-    assert!(text(&hosts).contains(&format!("{A6}\ta")), "{}", text(&hosts));
+    assert!(
+        text(&hosts).contains(&format!("{A6}\ta")),
+        "{}",
+        text(&hosts)
+    );
 
     let doctor = sb.netctl(&["doctor"]);
     assert!(doctor.status.success(), "doctor: {}", text(&doctor));
@@ -171,7 +182,11 @@ fn published_ports_answer_on_the_hosts_ipv6_address_and_nothing_else_does() {
             &HOST_UPLINK_IP6.to_string(),
         ],
     );
-    assert_eq!(call6(&sb, &out, WEB6, 80, 1500), None, "container address from outside");
+    assert_eq!(
+        call6(&sb, &out, WEB6, 80, 1500),
+        None,
+        "container address from outside"
+    );
     assert_eq!(
         call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 80, 1500),
         None,
@@ -189,17 +204,366 @@ fn published_ports_answer_on_the_hosts_ipv6_address_and_nothing_else_does() {
     );
 }
 
+/// A container serving tcp/80 on both families.
+fn server(sb: &Sandbox, name: &str, network: &str) {
+    let tool = nettool();
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        name,
+        "--network",
+        network,
+        "--",
+        &tool,
+        "serve",
+        "tcp",
+        "[::]:80",
+    ]);
+}
+
 #[test]
-fn zz_debug() {
+fn isolation_and_internal_hold_over_ipv6() {
+    if !root("sandboxes") {
+        return;
+    }
     let sb = Sandbox::dual_stack("iptables");
     front(&sb);
+    sb.network(
+        "back",
+        &[
+            "--ipv6",
+            "--subnet",
+            "172.19.0.0/16",
+            "--subnet",
+            "fd00:19::/64",
+        ],
+    );
+    sb.network(
+        "int",
+        &[
+            "--ipv6",
+            "--internal",
+            "--subnet",
+            "172.20.0.0/16",
+            "--subnet",
+            "fd00:20::/64",
+        ],
+    );
+    server(&sb, "b", "back");
+    sb.netctl_ok(&["container", "run", "b2", "--network", "back"]);
+    server(&sb, "i", "int");
+    sb.netctl_ok(&["container", "run", "i2", "--network", "int"]);
+    let (b, i) = (
+        sb.ip6_of("b", "back").to_string(),
+        sb.ip6_of("i", "int").to_string(),
+    );
+    let (a, b2, i2) = (sb.netns_of("a"), sb.netns_of("b2"), sb.netns_of("i2"));
     let out = sb.outside_netns.clone();
-    let r = call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 8080, 2000);
-    eprintln!("reply {r:?}");
-    eprintln!("{}", sb.run_in_ok(&sb.host_netns, &["ip6tables-save", "-c"]));
-    eprintln!("{}", sb.run_in_ok(&sb.host_netns, &["ip", "-6", "addr"]));
-    eprintln!("{}", sb.run_in_ok(&sb.host_netns, &["ip", "-6", "route"]));
-    eprintln!("{}", sb.run_in_ok(&sb.host_netns, &["conntrack", "-L", "-f", "ipv6"]));
-    eprintln!("{}", text(&sb.exec("web", &["ip", "-6", "route"])));
-    eprintln!("{}", text(&sb.exec("web", &["ss", "-ltn"])));
+    // An internal container has no IPv6 default route.
+    let routes = sb.exec("i", &["ip", "-6", "route", "show", "default"]);
+    assert_eq!(text(&routes).trim(), "", "internal default route");
+
+    // Controls: each server answers its own network's peers.
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(&b2, &[&nettool(), "call", "tcp", &bracket(&b), "80"])
+    });
+    assert_eq!(peer6(&reply), sb.ip6_of("b2", "back"));
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(&i2, &[&nettool(), "call", "tcp", &bracket(&i), "80"])
+    });
+    assert_eq!(peer6(&reply), sb.ip6_of("i2", "int"));
+
+    // Between networks: dropped by ISOLATION-2 (its counter says so).
+    let isolated = |sb: &Sandbox| -> u64 {
+        let saved = sb.run_in_ok(&sb.host_netns, &["ip6tables-save", "-c", "-t", "filter"]);
+        saved
+            .lines()
+            .filter(|l| l.contains("-A NETCTL-ISOLATION-2 -o nc-back -j DROP"))
+            .filter_map(|l| {
+                l.trim_start_matches('[')
+                    .split(':')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = isolated(&sb);
+    assert_eq!(call6(&sb, &a, &b, 80, 1500), None, "front -> back");
+    assert!(
+        isolated(&sb) > before,
+        "front -> back not dropped by isolation"
+    );
+    // Internal: nothing in, nothing out, over IPv6 too.
+    assert_eq!(call6(&sb, &a, &i, 80, 1500), None, "front -> int");
+    assert_eq!(call6(&sb, &b2, &i, 80, 1500), None, "back -> int");
+    let ping = sb.exec(
+        "i2",
+        &["ping", "-6", "-c1", "-W1", &OUTSIDE_IP6.to_string()],
+    );
+    assert!(!ping.status.success(), "int reached the outside");
+    sb.run_in_ok(
+        &out,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:20::/64",
+            "via",
+            &HOST_UPLINK_IP6.to_string(),
+        ],
+    );
+    assert_eq!(call6(&sb, &out, &i, 80, 1500), None, "outside -> int");
+    // And a published port can still be reached from another network
+    // through the host's address, as over IPv4.
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(
+            &b2,
+            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
+        )
+    });
+    assert!(reply.starts_with("peer=["), "{reply}");
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+}
+
+/// The nft counter of the rule whose comment is `comment`.
+fn nft_counter(sb: &Sandbox, comment: &str) -> u64 {
+    let rules = sb.nft_ruleset();
+    let line = rules
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no nft rule {comment}:\n{rules}"));
+    line.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("counter of {line}"))
+}
+
+#[test]
+fn forged_ipv6_sources_macs_and_neighbour_advertisements_are_dropped() {
+    if !root("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::dual_stack("iptables");
+    front(&sb);
+    let a = sb.inspect("a");
+    let veth = a["endpoints"][0]["host_veth"].as_str().unwrap().to_owned();
+    let mac = a["endpoints"][0]["mac"].as_str().unwrap().to_owned();
+    let a_ns = sb.netns_of("a");
+    assert!(sb
+        .exec("a", &["ping", "-6", "-c1", "-W2", WEB6])
+        .status
+        .success());
+
+    // A source address that is not its own.
+    let before = raw6_counter(
+        &sb,
+        &format!("! -s {A6}/128 -m physdev --physdev-in {veth} "),
+    );
+    sb.exec(
+        "a",
+        &["ip", "-6", "addr", "add", "fd00:18::99/64", "dev", "eth0"],
+    );
+    let forged = sb.exec(
+        "a",
+        &["ping", "-6", "-c2", "-W1", "-I", "fd00:18::99", WEB6],
+    );
+    assert!(!forged.status.success(), "forged source got an answer");
+    let after = raw6_counter(
+        &sb,
+        &format!("! -s {A6}/128 -m physdev --physdev-in {veth} "),
+    );
+    assert!(
+        after >= before + 2,
+        "forged sources counted: {before} -> {after}"
+    );
+    sb.exec(
+        "a",
+        &["ip", "-6", "addr", "del", "fd00:18::99/64", "dev", "eth0"],
+    );
+
+    // A MAC that is not its own.
+    let mac_rule = format!("--physdev-in {veth} -m mac ! --mac-source {mac}");
+    let before = raw6_counter(&sb, &mac_rule);
+    sb.exec(
+        "a",
+        &["ip", "link", "set", "eth0", "address", "02:42:ac:12:00:99"],
+    );
+    let forged = sb.exec("a", &["ping", "-6", "-c2", "-W1", WEB6]);
+    sb.exec("a", &["ip", "link", "set", "eth0", "address", &mac]);
+    assert!(!forged.status.success(), "forged MAC got an answer");
+    assert!(
+        raw6_counter(&sb, &mac_rule) >= before + 2,
+        "forged MACs counted"
+    );
+
+    // A neighbour advertisement claiming web's address, from a's own
+    // address and MAC: dropped and counted by its nft rule, and the host
+    // keeps web's MAC for web's address.
+    let comment = format!("{veth} {A6} {mac}");
+    let before = nft_counter(&sb, &comment);
+    let sent = sb.run_in_ok(&a_ns, &[&nettool(), "nasend", "eth0", &mac, A6, WEB6, "3"]);
+    assert_eq!(sent.trim(), "sent=3");
+    assert_eq!(nft_counter(&sb, &comment), before + 3, "forged NAs");
+    // Its own address it may advertise (the control: the rule matched on
+    // the target, not on neighbour advertisements as such).
+    sb.run_in_ok(&a_ns, &[&nettool(), "nasend", "eth0", &mac, A6, A6, "2"]);
+    assert_eq!(nft_counter(&sb, &comment), before + 3, "own NA dropped");
+    let neigh = sb.run_in_ok(&sb.host_netns, &["ip", "-6", "neigh", "show", WEB6]);
+    assert!(
+        !neigh.contains(&mac),
+        "the host took a's MAC for web: {neigh}"
+    );
+    // Traffic is unharmed.
+    assert!(sb
+        .exec("a", &["ping", "-6", "-c1", "-W2", WEB6])
+        .status
+        .success());
+}
+
+/// The host as netctl shows it: networks, containers.
+fn listing(sb: &Sandbox) -> (String, String) {
+    (
+        sb.netctl_ok(&["--format", "json", "network", "ls"]),
+        sb.netctl_ok(&["--format", "json", "container", "ls"]),
+    )
+}
+
+#[test]
+fn bad_ipv6_input_is_refused_and_changes_nothing() {
+    if !root("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::new("iptables");
+    sb.network(
+        "front",
+        &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
+    );
+    sb.network("v4only", &["--subnet", "172.21.0.0/16"]);
+    sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
+    let before = listing(&sb);
+    let rules_before = sb
+        .ip6tables_save()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["network", "create", "tiny", "--ipv6", "--subnet", "fd00:30::/127"],
+            "subnet fd00:30::/127: prefix /127 cannot hold the subnet-router anycast address, a gateway and a container (at most /126)",
+        ),
+        (
+            &["network", "create", "over", "--ipv6", "--subnet", "fd00:18::/48"],
+            "subnet fd00:18::/48: overlaps network front (fd00:18::/64)",
+        ),
+        (
+            &["network", "create", "two", "--ipv6", "--subnet", "fd00:31::/64", "--subnet", "fd00:32::/64"],
+            "--subnet fd00:32::/64: --subnet is given twice for IPv6 (once per family)",
+        ),
+        (
+            &["network", "create", "nov6", "--subnet", "fd00:33::/64"],
+            "network nov6: an IPv6 --subnet or --gateway needs --ipv6",
+        ),
+        (
+            &["network", "create", "gw", "--ipv6", "--subnet", "fd00:34::/64", "--gateway", "fd00:35::1"],
+            "gateway fd00:35::1: outside subnet fd00:34::/64",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "--ip6", "fd00:99::5"],
+            "ip6 fd00:99::5: outside subnet fd00:18::/64",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "--ip6", "fd00:18::1"],
+            "ip6 fd00:18::1: is the gateway of fd00:18::/64",
+        ),
+        (
+            &["container", "run", "b", "--network", "v4only", "--ip6", "fd00:18::9"],
+            "ip6 fd00:18::9: network v4only has no IPv6 (made without --ipv6)",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "--ip", "fd00:18::9"],
+            "ip fd00:18::9: is an IPv6 address: give it with --ip6",
+        ),
+    ];
+    for (args, message) in cases {
+        let (code, err) = sb.netctl_err(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.trim(), format!("netctl: {message}"), "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}");
+    }
+    assert_eq!(listing(&sb), before, "state changed");
+    let rules_after = sb
+        .ip6tables_save()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(rules_after, rules_before, "ip6tables changed");
+    // A good --ip6 is taken.
+    sb.netctl_ok(&[
+        "container",
+        "run",
+        "b",
+        "--network",
+        "front",
+        "--ip6",
+        "fd00:18::99",
+    ]);
+    assert_eq!(sb.ip6_of("b", "front").to_string(), "fd00:18::99");
+}
+
+#[test]
+fn ipv6_without_a_subnet_takes_a_stable_unique_local_64() {
+    if !root("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::new("iptables");
+    sb.network("u", &["--ipv6"]);
+    let show = |sb: &Sandbox| -> serde_json::Value {
+        let text = sb.netctl_ok(&["--format", "json", "network", "inspect", "u"]);
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()[0]["ipv6"].clone()
+    };
+    let first = show(&sb);
+    let expected = netctl::ipam6::ula_subnet(&sb.host_netns, "u", &[]).unwrap();
+    assert_eq!(first["subnet"], expected.to_string(), "{first}");
+    assert_eq!(
+        first["gateway"],
+        netctl::ipam6::default_gateway(expected).to_string()
+    );
+    // The table shows both families.
+    let table = sb.netctl_ok(&["network", "ls"]);
+    assert!(table.contains(&expected.to_string()), "{table}");
+    // Made again, the same prefix.
+    sb.netctl_ok(&["network", "rm", "u"]);
+    sb.network("u", &["--ipv6"]);
+    assert_eq!(show(&sb), first);
+}
+
+#[test]
+fn the_ebpf_datapath_refuses_ipv6() {
+    if !root("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::new("ebpf");
+    let message = "netctl: network x: --ipv6 needs the iptables datapath: the eBPF datapath's \
+                   programs are IPv4-only for now";
+    // The host's first network, and a later one.
+    let (code, err) = sb.netctl_err(&["network", "create", "x", "--ipv6", "--datapath", "ebpf"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim(), message);
+    assert_eq!(
+        sb.netctl_ok(&["--format", "json", "network", "ls"]).trim(),
+        "[]"
+    );
+    assert!(sb.pins().is_empty(), "{:?}", sb.pins());
+    sb.network("front", &[]);
+    let before = sb.netctl_ok(&["--format", "json", "network", "ls"]);
+    let (code, err) = sb.netctl_err(&["network", "create", "x", "--ipv6"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim(), message);
+    assert_eq!(sb.netctl_ok(&["--format", "json", "network", "ls"]), before);
 }
