@@ -17,7 +17,7 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    model::{DatapathKind, Endpoint, PortMapping},
+    model::{DatapathKind, Endpoint, Network, PortMapping},
     state::State,
 };
 
@@ -33,6 +33,27 @@ impl Family {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
+        }
+    }
+
+    fn network(self, net: &Network) -> Vec<Rule> {
+        match self {
+            Family::V4 => network_rules(net),
+            Family::V6 => network_rules6(net),
+        }
+    }
+
+    fn endpoint(self, ep: &Endpoint) -> Vec<Rule> {
+        match self {
+            Family::V4 => endpoint_rules(ep),
+            Family::V6 => endpoint_rules6(ep),
+        }
+    }
+
+    fn ports(self, ports: &[PortMapping]) -> Vec<Rule> {
+        match self {
+            Family::V4 => port_rules(ports),
+            Family::V6 => port_rules6(ports),
         }
     }
 
@@ -55,17 +76,9 @@ fn desired_rules(state: &State, family: Family) -> Vec<Rule> {
     if family == Family::V6 && state.networks.values().all(|n| n.ipv6.is_none()) {
         return Vec::new();
     }
-    let (network, endpoint, port): (
-        fn(&crate::model::Network) -> Vec<Rule>,
-        fn(&Endpoint) -> Vec<Rule>,
-        fn(&[PortMapping]) -> Vec<Rule>,
-    ) = match family {
-        Family::V4 => (network_rules, endpoint_rules, port_rules),
-        Family::V6 => (network_rules6, endpoint_rules6, port_rules6),
-    };
     let mut rules = host_rules();
     for net in state.networks.values() {
-        rules.extend(network(net));
+        rules.extend(family.network(net));
     }
     for ctr in state.containers.values() {
         for ep in ctr
@@ -73,11 +86,11 @@ fn desired_rules(state: &State, family: Family) -> Vec<Rule> {
             .iter()
             .filter(|ep| state.networks.contains_key(&ep.network))
         {
-            rules.extend(endpoint(ep));
+            rules.extend(family.endpoint(ep));
         }
     }
     let ports: Vec<PortMapping> = state.ports().cloned().collect();
-    rules.extend(port(&ports));
+    rules.extend(family.ports(&ports));
     rules
 }
 

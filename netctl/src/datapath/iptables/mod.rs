@@ -605,6 +605,21 @@ mod tests {
     }
 
     #[test]
+    fn ip6tables_programs_are_named_after_iptables_ones() {
+        assert_eq!(ip6_program("iptables-save"), "ip6tables-save");
+        assert_eq!(
+            ip6_program("/usr/sbin/iptables-restore"),
+            "/usr/sbin/ip6tables-restore"
+        );
+        assert_eq!(ip6_program("/bin/false"), "/bin/false");
+        let dp = Iptables::system().ip6();
+        assert_eq!(
+            (dp.restore.as_str(), dp.save.as_str()),
+            ("ip6tables-restore", "ip6tables-save")
+        );
+    }
+
+    #[test]
     fn refuses_bad_input_before_touching_anything() {
         let dp = inert();
         let int = network("int", "nc-int", "172.20.0.0/16", true);

@@ -685,6 +685,66 @@ mod tests {
         );
     }
 
+    fn dual_stack(internal: bool) -> Network {
+        Network {
+            ipv6: Some(crate::model::Ipv6Side {
+                subnet: "fd00:18::/64".parse().unwrap(),
+                gateway: "fd00:18::1".parse().unwrap(),
+            }),
+            ..network("front", "nc-front", "172.18.0.0/16", internal)
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_render_exactly() {
+        assert!(network_rules6(&front()).is_empty());
+        let rules = network_rules6(&dual_stack(false));
+        assert_eq!(
+            rules.iter().map(Rule::to_string).collect::<Vec<_>>(),
+            [
+                "filter -A NETCTL-ISOLATION-1 -i nc-front ! -o nc-front -j NETCTL-ISOLATION-2",
+                "filter -A NETCTL-ISOLATION-2 -o nc-front -j DROP",
+                "filter -A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "filter -A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                "filter -A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
+                "filter -A NETCTL-FORWARD -i nc-front -j ACCEPT",
+                "filter -A NETCTL-FORWARD -o nc-front -j DROP",
+                "nat -A NETCTL-POSTROUTING -s fd00:18::/64 ! -o nc-front -j MASQUERADE",
+                "nat -A NETCTL-POSTROUTING -s fd00:18::/64 -o nc-front -m conntrack --ctstate DNAT -j MASQUERADE",
+            ]
+        );
+        // Internal: the same three filter rules as IPv4's, no NAT.
+        assert_eq!(
+            network_rules6(&dual_stack(true)),
+            network_rules(&dual_stack(true))
+        );
+        // IPv4's rules do not change with an IPv6 side.
+        assert_eq!(network_rules(&dual_stack(false)), network_rules(&front()));
+
+        assert!(endpoint_rules6(&endpoint()).is_empty());
+        let ep = Endpoint {
+            ip6: Some("fd00:18::2".parse().unwrap()),
+            ..endpoint()
+        };
+        assert_eq!(
+            endpoint_rules6(&ep).iter().map(Rule::to_string).collect::<Vec<_>>(),
+            [
+                "raw -A NETCTL-ANTISPOOF ! -s fd00:18::2/128 -m physdev --physdev-in veth0 -j DROP",
+                "raw -A NETCTL-ANTISPOOF -m physdev --physdev-in veth0 -m mac ! --mac-source 02:42:ac:12:00:02 -j DROP",
+            ]
+        );
+        assert_eq!(endpoint_rules(&ep), endpoint_rules(&endpoint()));
+
+        // Only ports on every host address have an IPv6 side.
+        let mut ports = front_ports();
+        assert!(port_rules6(&ports).is_empty());
+        ports[0].container_ip6 = Some("fd00:18::2".parse().unwrap());
+        assert_eq!(
+            saved_lines(&port_rules6(&ports)),
+            ["-A NETCTL-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:18::2]:80"]
+        );
+    }
+
     #[test]
     fn spec_order_does_not_depend_on_builder_order() {
         let subnet: Ipv4Net = "10.1.0.0/24".parse().unwrap();
