@@ -13,7 +13,7 @@ use ipnet::Ipv6Net;
 
 use crate::{
     error::{Error, Result},
-    ipam::shown,
+    ipam::{self, shown},
 };
 
 /// The longest prefix an IPv6 subnet may have. Its first address is the
@@ -173,19 +173,7 @@ pub fn reserve(
     used: &BTreeSet<Ipv6Addr>,
     ip: Ipv6Addr,
 ) -> Result<()> {
-    let reason = not_a_host(subnet, ip).or_else(|| {
-        if ip == gateway {
-            Some(format!("is the gateway of {subnet}"))
-        } else if used.contains(&ip) {
-            Some("already in use".to_owned())
-        } else {
-            None
-        }
-    });
-    match reason {
-        Some(reason) => Err(Error::invalid(format!("ip6 {ip}"), reason)),
-        None => Ok(()),
-    }
+    ipam::check_asked("ip6", subnet, not_a_host(subnet, ip), gateway, used, ip)
 }
 
 #[cfg(test)]

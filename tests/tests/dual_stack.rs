@@ -61,6 +61,16 @@ fn call6(sb: &Sandbox, netns: &str, ip: &str, port: u16, ms: u32) -> Option<Stri
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A container serving tcp/80 on both families (`extra`: more flags of
+/// `container run`).
+fn server(sb: &Sandbox, name: &str, network: &str, extra: &[&str]) {
+    let tool = nettool();
+    let mut args = vec!["container", "run", name, "--network", network];
+    args.extend_from_slice(extra);
+    args.extend(["--", &tool, "serve", "tcp", "[::]:80"]);
+    sb.netctl_ok(&args);
+}
+
 /// Front (dual stack) with `web` serving tcp/80 on both families,
 /// published on 8080, and `a`.
 fn front(sb: &Sandbox) {
@@ -68,22 +78,17 @@ fn front(sb: &Sandbox) {
         "front",
         &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
     );
-    let tool = nettool();
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        "web",
-        "--network",
-        "front",
-        "-p",
-        "8080:80",
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "[::]:80",
-    ]);
+    server(sb, "web", "front", &["-p", "8080:80"]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
+}
+
+/// A dual-stack sandbox with [`front`], when the test may run (root).
+fn front_sandbox() -> Option<Sandbox> {
+    root("sandboxes").then(|| {
+        let sb = Sandbox::dual_stack("iptables");
+        front(&sb);
+        sb
+    })
 }
 
 /// The packet counter of the one ip6tables raw rule holding `needle`.
@@ -102,11 +107,9 @@ fn raw6_counter(sb: &Sandbox, needle: &str) -> u64 {
 
 #[test]
 fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() {
-    if !root("sandboxes") {
+    let Some(sb) = front_sandbox() else {
         return;
-    }
-    let sb = Sandbox::dual_stack("iptables");
-    front(&sb);
+    };
     assert_eq!(sb.ip6_of("web", "front").to_string(), WEB6);
     assert_eq!(sb.ip6_of("a", "front").to_string(), A6);
     let a = sb.netns_of("a");
@@ -153,11 +156,9 @@ fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() 
 
 #[test]
 fn published_ports_answer_on_the_hosts_ipv6_address_and_nothing_else_does() {
-    if !root("sandboxes") {
+    let Some(sb) = front_sandbox() else {
         return;
-    }
-    let sb = Sandbox::dual_stack("iptables");
-    front(&sb);
+    };
     let out = sb.outside_netns.clone();
     // From outside over IPv6: the server sees the client's own address.
     let reply = netctl_tests::sandbox::call_until_answer(|| {
@@ -223,11 +224,9 @@ fn server(sb: &Sandbox, name: &str, network: &str) {
 
 #[test]
 fn isolation_and_internal_hold_over_ipv6() {
-    if !root("sandboxes") {
+    let Some(sb) = front_sandbox() else {
         return;
-    }
-    let sb = Sandbox::dual_stack("iptables");
-    front(&sb);
+    };
     sb.network(
         "back",
         &[
@@ -249,9 +248,9 @@ fn isolation_and_internal_hold_over_ipv6() {
             "fd00:20::/64",
         ],
     );
-    server(&sb, "b", "back");
+    server(&sb, "b", "back", &[]);
     sb.netctl_ok(&["container", "run", "b2", "--network", "back"]);
-    server(&sb, "i", "int");
+    server(&sb, "i", "int", &[]);
     sb.netctl_ok(&["container", "run", "i2", "--network", "int"]);
     let (b, i) = (
         sb.ip6_of("b", "back").to_string(),
@@ -344,11 +343,9 @@ fn nft_counter(sb: &Sandbox, comment: &str) -> u64 {
 
 #[test]
 fn forged_ipv6_sources_macs_and_neighbour_advertisements_are_dropped() {
-    if !root("sandboxes") {
+    let Some(sb) = front_sandbox() else {
         return;
-    }
-    let sb = Sandbox::dual_stack("iptables");
-    front(&sb);
+    };
     let a = sb.inspect("a");
     let veth = a["endpoints"][0]["host_veth"].as_str().unwrap().to_owned();
     let mac = a["endpoints"][0]["mac"].as_str().unwrap().to_owned();
@@ -566,4 +563,53 @@ fn the_ebpf_datapath_refuses_ipv6() {
     assert_ne!(code, 0);
     assert_eq!(err.trim(), message);
     assert_eq!(sb.netctl_ok(&["--format", "json", "network", "ls"]), before);
+}
+
+#[test]
+fn connect_and_disconnect_keep_an_ipv6_way_out() {
+    if !root("sandboxes") {
+        return;
+    }
+    let mut sb = Sandbox::dual_stack("iptables");
+    sb.network(
+        "front",
+        &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
+    );
+    sb.network(
+        "back",
+        &[
+            "--ipv6",
+            "--subnet",
+            "172.19.0.0/16",
+            "--subnet",
+            "fd00:19::/64",
+        ],
+    );
+    sb.netctl_ok(&["container", "run", "c", "--network", "front"]);
+    sb.netctl_ok(&["network", "connect", "back", "c", "--ip6", "fd00:19::77"]);
+    assert_eq!(sb.ip6_of("c", "back").to_string(), "fd00:19::77");
+    sb.netctl_ok(&["network", "disconnect", "front", "c"]);
+    // Its IPv6 default route came back through back's gateway, and NAT66
+    // still takes it out.
+    let routes = sb.exec("c", &["ip", "-6", "route", "show", "default"]);
+    assert!(
+        text(&routes).contains("via fd00:19::1"),
+        "{}",
+        text(&routes)
+    );
+    let out = sb.outside_netns.clone();
+    sb.spawn_in(&out, &[&nettool(), "serve", "tcp", "[::]:9000"]);
+    let c = sb.netns_of("c");
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(
+            &c,
+            &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
+        )
+    });
+    assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
+    // front's rules for c are gone from ip6tables.
+    let saved = sb.ip6tables_save();
+    assert!(!saved.contains("fd00:18::2/128"), "{saved}");
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
 }

@@ -583,4 +583,33 @@ mod tests {
             Decision::Forward(vec![Ipv4Addr::new(127, 0, 0, 53)])
         );
     }
+
+    #[test]
+    fn aaaa_answers_the_ipv6_address_on_a_dual_stack_network() {
+        let mut state = State::default();
+        let mut dual = net("dual", 30, true);
+        dual.ipv6 = Some(crate::model::Ipv6Side {
+            subnet: "fd00:30::/64".parse().unwrap(),
+            gateway: "fd00:30::1".parse().unwrap(),
+        });
+        state.networks.insert("dual".into(), dual);
+        let mut web = ctr("web", &[("dual", ip(30, 2))], NetworkMode::Bridge);
+        web.endpoints[0].ip6 = Some("fd00:30::2".parse().unwrap());
+        let a = ctr("a", &[("dual", ip(30, 3))], NetworkMode::Bridge);
+        for c in [web, a] {
+            state.containers.insert(c.name.clone(), c);
+        }
+        let t = Tables::build(&state, Vec::new());
+        let ask = |qtype| decide(&t, ip(30, 1), ip(30, 3), "web", qtype);
+        assert_eq!(
+            ask(RecordType::AAAA),
+            Decision::Address6("fd00:30::2".parse().unwrap())
+        );
+        assert_eq!(ask(RecordType::A), Decision::Address(ip(30, 2)));
+        // A name without an IPv6 address has no AAAA record.
+        assert_eq!(
+            decide(&t, ip(30, 1), ip(30, 2), "a", RecordType::AAAA),
+            Decision::NoData
+        );
+    }
 }
