@@ -205,23 +205,6 @@ fn published_ports_answer_on_the_hosts_ipv6_address_and_nothing_else_does() {
     );
 }
 
-/// A container serving tcp/80 on both families.
-fn server(sb: &Sandbox, name: &str, network: &str) {
-    let tool = nettool();
-    sb.netctl_ok(&[
-        "container",
-        "run",
-        name,
-        "--network",
-        network,
-        "--",
-        &tool,
-        "serve",
-        "tcp",
-        "[::]:80",
-    ]);
-}
-
 #[test]
 fn isolation_and_internal_hold_over_ipv6() {
     let Some(sb) = front_sandbox() else {
@@ -612,4 +595,62 @@ fn connect_and_disconnect_keep_an_ipv6_way_out() {
     assert!(!saved.contains("fd00:18::2/128"), "{saved}");
     let doctor = sb.netctl(&["doctor"]);
     assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+
+    // Drift in the IPv6 side: the bridge's IPv6 gateway and an ip6tables
+    // rule gone. doctor finds both, --fix puts them back.
+    let host = sb.host_netns.clone();
+    sb.run_in_ok(
+        &host,
+        &["ip", "-6", "addr", "del", "fd00:19::1/64", "dev", "nc-back"],
+    );
+    sb.run_in_ok(
+        &host,
+        &[
+            "ip6tables",
+            "-t",
+            "nat",
+            "-D",
+            "NETCTL-POSTROUTING",
+            "-s",
+            "fd00:19::/64",
+            "!",
+            "-o",
+            "nc-back",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    let doctor = sb.netctl(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1), "doctor: {}", text(&doctor));
+    let found = text(&doctor);
+    assert!(
+        found.contains("lacks the gateway address fd00:19::1"),
+        "{found}"
+    );
+    assert!(
+        found.contains(
+            "ip6tables rule `nat -A NETCTL-POSTROUTING -s fd00:19::/64 ! -o nc-back -j MASQUERADE`"
+        ),
+        "{found}"
+    );
+    let fix = sb.netctl(&["doctor", "--fix"]);
+    assert!(
+        fix.status.success(),
+        "doctor --fix: {} {}",
+        text(&fix),
+        String::from_utf8_lossy(&fix.stderr)
+    );
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(
+        doctor.status.success(),
+        "doctor after --fix: {}",
+        text(&doctor)
+    );
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(
+            &c,
+            &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
+        )
+    });
+    assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
 }

@@ -21,6 +21,19 @@ impl Netlink {
 
     /// IPv4 addresses of a link, primary first.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Addresses of a link, of both families.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>> {
         let messages: Vec<_> = self
             .handle
             .address()
@@ -30,7 +43,14 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| self.error(format!("addresses of link #{index}"), e))?;
-        Ok(ipv4_of(&messages))
+        Ok(messages
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every IPv4 address of the namespace, on any link.
