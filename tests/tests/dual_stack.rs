@@ -517,8 +517,15 @@ fn ipv6_without_a_subnet_takes_a_stable_unique_local_64() {
     // The table shows both families.
     let table = sb.netctl_ok(&["network", "ls"]);
     assert!(table.contains(&expected.to_string()), "{table}");
-    // Made again, the same prefix.
+    // The last dual-stack network takes netctl's ip6tables chains with it
+    // (doctor stays clean with the IPv4 network left); made again, the
+    // same prefix.
+    sb.network("plain", &[]);
     sb.netctl_ok(&["network", "rm", "u"]);
+    let saved = sb.ip6tables_save();
+    assert!(!saved.contains("NETCTL"), "{saved}");
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
     sb.network("u", &["--ipv6"]);
     assert_eq!(show(&sb), first);
 }

@@ -64,8 +64,8 @@
 //! ports published on every host address DNAT from the host's IPv6
 //! addresses too), written by `ip6tables-restore` in batches of their own
 //! (`Iptables::ip6`). The ip6tables chains are made with the first
-//! dual-stack network and go with `host_down`; a host without one has
-//! nothing of netctl's in ip6tables. Neighbour advertisements claiming
+//! dual-stack network and go with the last one (or `host_down`); a host
+//! without one has nothing of netctl's in ip6tables. Neighbour advertisements claiming
 //! another address are dropped in `table bridge netctl` (see `arp.rs`).
 //!
 //! Where each part lives: `rules.rs` (the rules as data and the functions
@@ -396,6 +396,17 @@ fn leftovers_in_subnet(saved: &Saved, subnet: IpNet) -> Vec<&SavedRule> {
     dnat.chain(stale_antispoof).collect()
 }
 
+/// Whether netctl's chains hold anything beyond the host's own rules (the
+/// jumps and the isolation stage): a network's, an endpoint's or a port's.
+fn holds_more_than_host_rules(saved: &Saved) -> bool {
+    let host = host_rules();
+    Table::ALL
+        .into_iter()
+        .flat_map(|table| saved.rules(table))
+        .filter(|r| r.in_netctl_chain())
+        .any(|r| !host.iter().any(|h| r.is(h)))
+}
+
 impl Datapath for Iptables {
     fn kind(&self) -> DatapathKind {
         DatapathKind::Iptables
@@ -460,6 +471,13 @@ impl Datapath for Iptables {
             }
             ip6.restore(&format!("ip6tables: network {} down", net.name), &batch)?;
             subnets.push(IpNet::V6(side.subnet));
+            // The last dual-stack network takes the ip6tables chains with
+            // it: a host without one has nothing of netctl's there.
+            if !holds_more_than_host_rules(&ip6.saved()?) {
+                let mut errors = Vec::new();
+                ip6.tables_down("ip6tables", &mut errors);
+                Error::collect(errors)?;
+            }
         }
         self.nft.remove(&object, None, &subnets)
     }
