@@ -435,4 +435,23 @@ mod tests {
             "container:web"
         );
     }
+
+    #[test]
+    fn the_ipv6_side_is_optional_in_the_state() {
+        let json = r#"{"network":"front","ifname":"eth0","host_veth":"ve1","ip":"172.18.0.2","mac":"02:42:ac:12:00:02"}"#;
+        let ep: Endpoint = serde_json::from_str(json).unwrap();
+        assert_eq!(ep.ip6, None);
+        // Written back as it was: no key for what it does not have.
+        assert_eq!(serde_json::to_string(&ep).unwrap(), json);
+        let dual = Endpoint {
+            ip6: Some("fd00:18::2".parse().unwrap()),
+            ..ep
+        };
+        let text = serde_json::to_string(&dual).unwrap();
+        assert!(text.contains(r#""ip6":"fd00:18::2""#), "{text}");
+        assert_eq!(serde_json::from_str::<Endpoint>(&text).unwrap(), dual);
+        let side: Ipv6Side =
+            serde_json::from_str(r#"{"subnet":"fd00:18::/64","gateway":"fd00:18::1"}"#).unwrap();
+        assert_eq!(side.gateway, "fd00:18::1".parse::<Ipv6Addr>().unwrap());
+    }
 }
