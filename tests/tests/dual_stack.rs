@@ -2,11 +2,13 @@
 //! whose uplink has 2001:db8::/32 addresses (`Sandbox::dual_stack`):
 //! container to container by address and by name over IPv6, NAT66 egress
 //! seen from outside, a published port reached from outside over IPv6 with
-//! the client's address kept, unpublished ports and container addresses
-//! unreachable from outside, isolation between networks, `--internal`,
-//! forged source addresses, MACs and neighbour advertisements dropped (and
-//! counted), `doctor` clean, and the sandbox's leak check covering
-//! ip6tables. Then bad input (IPv6 subnets too small or overlapping,
+//! the client's address kept (and from the host itself, and hairpin),
+//! unpublished ports and container addresses unreachable from outside,
+//! isolation between networks, `--internal`, forged source addresses, MACs
+//! and neighbour advertisements dropped (and counted), router
+//! advertisements taken by nobody, `network connect`/`disconnect` keeping
+//! an IPv6 way out, `doctor` clean and repairing the IPv6 side, and the
+//! sandbox's leak check covering ip6tables. Then bad input (IPv6 subnets too small or overlapping,
 //! `--ip6` outside the subnet or on an IPv4-only network, a family given
 //! twice) and the eBPF datapath's refusal, each leaving the host as it was.
 //! IPv4 on the same networks is covered as before by the other files; here
@@ -657,6 +659,67 @@ fn connect_and_disconnect_keep_an_ipv6_way_out() {
         sb.run_in(
             &c,
             &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
+        )
+    });
+    assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
+}
+
+#[test]
+fn router_advertisements_neither_reach_the_host_nor_the_containers() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    let a = sb.inspect("a");
+    let mac = a["endpoints"][0]["mac"].as_str().unwrap().to_owned();
+    let a_ns = sb.netns_of("a");
+    let web_ns = sb.netns_of("web");
+    let host = sb.host_netns.clone();
+    // netctl's settings where it assigns IPv6 addresses.
+    let sysctl = |netns: &str, key: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{key}");
+        sb.run_in_ok(netns, &["cat", &path]).trim().to_owned()
+    };
+    for (netns, link) in [(&a_ns, "eth0"), (&host, "nc-front")] {
+        assert_eq!(sysctl(netns, &format!("{link}/accept_ra")), "0", "{link}");
+        assert_eq!(sysctl(netns, &format!("{link}/accept_dad")), "0", "{link}");
+    }
+    assert_eq!(sysctl(&a_ns, "eth0/addr_gen_mode"), "1");
+    assert_eq!(sysctl(&host, "all/forwarding"), "1");
+    let routes = |netns: &str| sb.run_in_ok(netns, &["ip", "-6", "route"]);
+    let (host_before, web_before) = (routes(&host), routes(&web_ns));
+
+    // a sends router advertisements offering a default route and
+    // 2001:db8:1::/64: neither the host nor web takes anything from them.
+    let sent = sb.run_in_ok(&a_ns, &[&nettool(), "rasend", "eth0", &mac, "3"]);
+    assert_eq!(sent.trim(), "sent=3");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(routes(&host), host_before, "the host took an RA");
+    assert_eq!(routes(&web_ns), web_before, "web took an RA");
+    let addrs = sb.run_in_ok(&web_ns, &["ip", "-6", "addr", "show", "scope", "global"]);
+    assert!(!addrs.contains("2001:db8:1:"), "{addrs}");
+}
+
+#[test]
+fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    let a = sb.netns_of("a");
+    // A container of the same network through the host's IPv6 address:
+    // MASQUERADEd to the gateway so that web's answer comes back the same way.
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(
+            &a,
+            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
+        )
+    });
+    assert_eq!(peer6(&reply).to_string(), "fd00:18::1", "{reply}");
+    // The host itself, at its own IPv6 address.
+    let host = sb.host_netns.clone();
+    let reply = netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(
+            &host,
+            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
         )
     });
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
