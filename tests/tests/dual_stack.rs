@@ -43,6 +43,15 @@ fn peer6(reply: &str) -> Ipv6Addr {
     peer.parse().unwrap_or_else(|_| panic!("peer {peer:?}"))
 }
 
+/// `nettool call tcp [ip] port` from a namespace until it answers (a
+/// server may still be starting, ~3 s at most): the reply.
+fn answer6(sb: &Sandbox, netns: &str, ip: impl std::fmt::Display, port: u16) -> String {
+    let (host, port) = (bracket(ip), port.to_string());
+    netctl_tests::sandbox::call_until_answer(|| {
+        sb.run_in(netns, &[&nettool(), "call", "tcp", &host, &port])
+    })
+}
+
 /// `nettool call tcp [ip] port` from a namespace, bounded to `ms`: the
 /// reply, or None when nothing answered.
 fn call6(sb: &Sandbox, netns: &str, ip: &str, port: u16, ms: u32) -> Option<String> {
@@ -114,12 +123,16 @@ fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() 
     };
     assert_eq!(sb.ip6_of("web", "front").to_string(), WEB6);
     assert_eq!(sb.ip6_of("a", "front").to_string(), A6);
+    // Tables show both families.
+    let ls = sb.netctl_ok(&["container", "ls"]);
+    assert!(ls.contains(&format!("172.18.0.3,{A6}")), "{ls}");
+    let ls = sb.netctl_ok(&["network", "ls"]);
+    assert!(ls.contains(&format!("172.18.0.0/16,{FRONT6}")), "{ls}");
+    assert!(ls.contains("172.18.0.1,fd00:18::1"), "{ls}");
     let a = sb.netns_of("a");
 
     // Container to container by address: the server sees a's own address.
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(&a, &[&nettool(), "call", "tcp", &bracket(WEB6), "80"])
-    });
+    let reply = answer6(&sb, &a, WEB6, 80);
     assert_eq!(peer6(&reply).to_string(), A6, "{reply}");
     // And by name: the resolver answers AAAA on a dual-stack network.
     let ping = sb.exec("a", &["ping", "-6", "-c1", "-W2", "web"]);
@@ -132,12 +145,7 @@ fn dual_stack_containers_talk_by_address_and_name_and_reach_out_through_nat66() 
     let mut sb = sb;
     let out = sb.outside_netns.clone();
     sb.spawn_in(&out, &[&nettool(), "serve", "tcp", "[::]:9000"]);
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &a,
-            &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
-        )
-    });
+    let reply = answer6(&sb, &a, OUTSIDE_IP6, 9000);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
 
     // ICMPv6 echo through NAT66 too.
@@ -163,12 +171,7 @@ fn published_ports_answer_on_the_hosts_ipv6_address_and_nothing_else_does() {
     };
     let out = sb.outside_netns.clone();
     // From outside over IPv6: the server sees the client's own address.
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &out,
-            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
-        )
-    });
+    let reply = answer6(&sb, &out, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply), OUTSIDE_IP6, "{reply}");
 
     // The outside routes the container subnet to the host: still only the
@@ -248,13 +251,9 @@ fn isolation_and_internal_hold_over_ipv6() {
     assert_eq!(text(&routes).trim(), "", "internal default route");
 
     // Controls: each server answers its own network's peers.
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(&b2, &[&nettool(), "call", "tcp", &bracket(&b), "80"])
-    });
+    let reply = answer6(&sb, &b2, &b, 80);
     assert_eq!(peer6(&reply), sb.ip6_of("b2", "back"));
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(&i2, &[&nettool(), "call", "tcp", &bracket(&i), "80"])
-    });
+    let reply = answer6(&sb, &i2, &i, 80);
     assert_eq!(peer6(&reply), sb.ip6_of("i2", "int"));
 
     // Between networks: dropped by ISOLATION-2 (its counter says so).
@@ -301,12 +300,7 @@ fn isolation_and_internal_hold_over_ipv6() {
     assert_eq!(call6(&sb, &out, &i, 80, 1500), None, "outside -> int");
     // And a published port can still be reached from another network
     // through the host's address, as over IPv4.
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &b2,
-            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
-        )
-    });
+    let reply = answer6(&sb, &b2, HOST_UPLINK_IP6, 8080);
     assert!(reply.starts_with("peer=["), "{reply}");
     let doctor = sb.netctl(&["doctor"]);
     assert!(doctor.status.success(), "doctor: {}", text(&doctor));
@@ -592,12 +586,7 @@ fn connect_and_disconnect_keep_an_ipv6_way_out() {
     let out = sb.outside_netns.clone();
     sb.spawn_in(&out, &[&nettool(), "serve", "tcp", "[::]:9000"]);
     let c = sb.netns_of("c");
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &c,
-            &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
-        )
-    });
+    let reply = answer6(&sb, &c, OUTSIDE_IP6, 9000);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
     // front's rules for c are gone from ip6tables.
     let saved = sb.ip6tables_save();
@@ -655,12 +644,7 @@ fn connect_and_disconnect_keep_an_ipv6_way_out() {
         "doctor after --fix: {}",
         text(&doctor)
     );
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &c,
-            &[&nettool(), "call", "tcp", &bracket(OUTSIDE_IP6), "9000"],
-        )
-    });
+    let reply = answer6(&sb, &c, OUTSIDE_IP6, 9000);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
 }
 
@@ -707,20 +691,10 @@ fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
     let a = sb.netns_of("a");
     // A container of the same network through the host's IPv6 address:
     // MASQUERADEd to the gateway so that web's answer comes back the same way.
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &a,
-            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
-        )
-    });
+    let reply = answer6(&sb, &a, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply).to_string(), "fd00:18::1", "{reply}");
     // The host itself, at its own IPv6 address.
     let host = sb.host_netns.clone();
-    let reply = netctl_tests::sandbox::call_until_answer(|| {
-        sb.run_in(
-            &host,
-            &[&nettool(), "call", "tcp", &bracket(HOST_UPLINK_IP6), "8080"],
-        )
-    });
+    let reply = answer6(&sb, &host, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
 }
