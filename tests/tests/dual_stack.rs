@@ -10,7 +10,8 @@
 //! an IPv6 way out, `doctor` clean and repairing the IPv6 side, and the
 //! sandbox's leak check covering ip6tables. Then bad input (IPv6 subnets too small or overlapping,
 //! `--ip6` outside the subnet or on an IPv4-only network, a family given
-//! twice) and the eBPF datapath's refusal, each leaving the host as it was.
+//! twice) and the eBPF datapath's refusal, each leaving the host as it was,
+//! as a failure at any step of a dual-stack create or run does.
 //! IPv4 on the same networks is covered as before by the other files; here
 //! it is checked to still work beside IPv6.
 
@@ -697,4 +698,93 @@ fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
     let host = sb.host_netns.clone();
     let reply = answer6(&sb, &host, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
+}
+
+/// What a failed command must leave as it was: the state as listed,
+/// netctl's rules of both families, its nftables rules (counters left
+/// out), the host's links.
+fn host_snapshot(sb: &Sandbox) -> Vec<String> {
+    let lines = |text: String, keep: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(keep))
+            .map(|l| match l.split_once("counter packets ") {
+                Some((head, tail)) => {
+                    let rest = tail.splitn(4, ' ').nth(3).unwrap_or_default();
+                    format!("{head}counter {rest}")
+                }
+                None => l.to_owned(),
+            })
+            .collect()
+    };
+    let (networks, containers) = listing(sb);
+    let mut all = vec![networks, containers];
+    all.extend(lines(sb.iptables_save(), "NETCTL"));
+    all.extend(lines(sb.ip6tables_save(), "NETCTL"));
+    // The rules of `table bridge netctl` (named by their comments).
+    all.extend(lines(sb.nft_ruleset(), "comment \""));
+    all.extend(sb.host_links());
+    all
+}
+
+#[test]
+fn a_failure_at_any_step_of_a_dual_stack_command_changes_nothing() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    let before = host_snapshot(&sb);
+    let create = [
+        "network",
+        "create",
+        "back",
+        "--ipv6",
+        "--subnet",
+        "172.19.0.0/16",
+        "--subnet",
+        "fd00:19::/64",
+    ];
+    let run = [
+        "container",
+        "run",
+        "b",
+        "--network",
+        "front",
+        "-p",
+        "8081:80",
+        "--",
+        "sleep",
+        "30",
+    ];
+    // The points these two commands pass on the iptables datapath (the
+    // `.map` ones are the eBPF datapath's).
+    let points: Vec<&str> = netctl::failpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| {
+            ["create.bridge", "create.network", "run.", "commit"]
+                .iter()
+                .any(|prefix| p.starts_with(prefix))
+                && !p.ends_with(".map")
+        })
+        .collect();
+    assert!(points.len() >= 15, "{points:?}");
+    for point in points {
+        let args: &[&str] = if point.starts_with("create.") {
+            &create
+        } else {
+            &run
+        };
+        let out = sb
+            .netctl_command(args)
+            .env(netctl::failpoint::ENV, point)
+            .output()
+            .expect("run netctl");
+        assert!(!out.status.success(), "{point}: the command succeeded");
+        assert_eq!(host_snapshot(&sb), before, "after a failure at {point}");
+    }
+    // Without a failure both go through, with their IPv6 side.
+    sb.netctl_ok(&create);
+    sb.netctl_ok(&run);
+    assert_eq!(sb.ip6_of("b", "front").to_string(), "fd00:18::4");
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
 }
