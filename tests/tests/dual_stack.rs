@@ -106,15 +106,18 @@ fn front_sandbox() -> Option<Sandbox> {
 /// The packet counter of the one ip6tables raw rule holding `needle`.
 fn raw6_counter(sb: &Sandbox, needle: &str) -> u64 {
     let saved = sb.run_in_ok(&sb.host_netns, &["ip6tables-save", "-c", "-t", "raw"]);
-    let line = saved
+    counter_in(&saved, needle, |line| {
+        line.trim_start_matches('[').split(':').next()?.parse().ok()
+    })
+}
+
+/// The number `read` finds in the one line of `text` holding `needle`.
+fn counter_in(text: &str, needle: &str, read: impl Fn(&str) -> Option<u64>) -> u64 {
+    let line = text
         .lines()
         .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no raw rule with {needle}:\n{saved}"));
-    line.trim_start_matches('[')
-        .split(':')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("counter of {line}"))
+        .unwrap_or_else(|| panic!("no rule with {needle}:\n{text}"));
+    read(line).unwrap_or_else(|| panic!("counter of {line}"))
 }
 
 #[test]
@@ -310,15 +313,14 @@ fn isolation_and_internal_hold_over_ipv6() {
 /// The nft counter of the rule whose comment is `comment`.
 fn nft_counter(sb: &Sandbox, comment: &str) -> u64 {
     let rules = sb.nft_ruleset();
-    let line = rules
-        .lines()
-        .find(|l| l.contains(&format!("comment \"{comment}\"")))
-        .unwrap_or_else(|| panic!("no nft rule {comment}:\n{rules}"));
-    line.split("counter packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("counter of {line}"))
+    counter_in(&rules, &format!("comment \"{comment}\""), |line| {
+        line.split("counter packets ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 #[test]
