@@ -83,13 +83,17 @@ fn server(sb: &Sandbox, name: &str, network: &str, extra: &[&str]) {
     sb.netctl_ok(&args);
 }
 
+/// A dual-stack network with these subnets (`extra`: more flags).
+fn dual(sb: &Sandbox, name: &str, v4: &str, v6: &str, extra: &[&str]) {
+    let mut args = vec!["--ipv6", "--subnet", v4, "--subnet", v6];
+    args.extend_from_slice(extra);
+    sb.network(name, &args);
+}
+
 /// Front (dual stack) with `web` serving tcp/80 on both families,
 /// published on 8080, and `a`.
 fn front(sb: &Sandbox) {
-    sb.network(
-        "front",
-        &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
-    );
+    dual(sb, "front", "172.18.0.0/16", FRONT6, &[]);
     server(sb, "web", "front", &["-p", "8080:80"]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
 }
@@ -219,27 +223,8 @@ fn isolation_and_internal_hold_over_ipv6() {
     let Some(sb) = front_sandbox() else {
         return;
     };
-    sb.network(
-        "back",
-        &[
-            "--ipv6",
-            "--subnet",
-            "172.19.0.0/16",
-            "--subnet",
-            "fd00:19::/64",
-        ],
-    );
-    sb.network(
-        "int",
-        &[
-            "--ipv6",
-            "--internal",
-            "--subnet",
-            "172.20.0.0/16",
-            "--subnet",
-            "fd00:20::/64",
-        ],
-    );
+    dual(&sb, "back", "172.19.0.0/16", "fd00:19::/64", &[]);
+    dual(&sb, "int", "172.20.0.0/16", "fd00:20::/64", &["--internal"]);
     server(&sb, "b", "back", &[]);
     sb.netctl_ok(&["container", "run", "b2", "--network", "back"]);
     server(&sb, "i", "int", &[]);
@@ -417,10 +402,7 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         return;
     }
     let sb = Sandbox::new("iptables");
-    sb.network(
-        "front",
-        &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
-    );
+    dual(&sb, "front", "172.18.0.0/16", FRONT6, &[]);
     sb.network("v4only", &["--subnet", "172.21.0.0/16"]);
     sb.netctl_ok(&["container", "run", "a", "--network", "front"]);
     let before = listing(&sb);
@@ -560,20 +542,8 @@ fn connect_and_disconnect_keep_an_ipv6_way_out() {
         return;
     }
     let mut sb = Sandbox::dual_stack("iptables");
-    sb.network(
-        "front",
-        &["--ipv6", "--subnet", "172.18.0.0/16", "--subnet", FRONT6],
-    );
-    sb.network(
-        "back",
-        &[
-            "--ipv6",
-            "--subnet",
-            "172.19.0.0/16",
-            "--subnet",
-            "fd00:19::/64",
-        ],
-    );
+    dual(&sb, "front", "172.18.0.0/16", FRONT6, &[]);
+    dual(&sb, "back", "172.19.0.0/16", "fd00:19::/64", &[]);
     sb.netctl_ok(&["container", "run", "c", "--network", "front"]);
     sb.netctl_ok(&["network", "connect", "back", "c", "--ip6", "fd00:19::77"]);
     assert_eq!(sb.ip6_of("c", "back").to_string(), "fd00:19::77");
