@@ -1,6 +1,6 @@
 //! What the tests could leave behind in the ROOT namespace and on the
 //! machine, read before and after a test run to find leaks. Reading only:
-//! `ip`, `iptables-save`, `nft list` and `bpftool prog list` never change
+//! `ip`, `iptables-save`, `ip6tables-save`, `nft list` and `bpftool prog list` never change
 //! anything here.
 //!
 //! Besides objects (links, namespaces, rules, pins, dirs), it holds the
