@@ -15,6 +15,7 @@ pub mod error;
 pub mod failpoint;
 pub mod hosts;
 pub mod ipam;
+pub mod ipam6;
 pub mod journal;
 pub mod metrics;
 pub mod model;

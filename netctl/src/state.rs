@@ -276,6 +276,7 @@ mod tests {
                 dns: true,
                 created: 1,
                 mtu: None,
+                ipv6: None,
             },
         );
         state.containers.insert(
@@ -290,6 +291,7 @@ mod tests {
                     host_ip: None,
                     host_port: 8080,
                     container_ip: Ipv4Addr::new(172, 18, 0, 2),
+                    container_ip6: None,
                     container_port: 80,
                     container: "web".into(),
                     network: "front".into(),

@@ -400,6 +400,7 @@ impl Invocation<'_> {
             internal: conf.internal,
             bridge: conf.bridge.clone(),
             mtu: conf.mtu,
+            ..NetworkCreate::default()
         };
         ops::plan_network(&host.state, &req).map_err(|e| match CniError::from(e) {
             // The configuration asks for what cannot be (a subnet that

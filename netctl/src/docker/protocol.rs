@@ -210,6 +210,8 @@ pub fn network_request(req: &CreateNetwork) -> Result<NetworkCreate> {
         datapath,
         internal,
         mtu,
+        // Docker's IPv6 (`--ipv6`) is refused above.
+        ..NetworkCreate::default()
     })
 }
 

@@ -8,7 +8,12 @@
 //! failing step undoes them all. Removal takes a container apart and keeps
 //! going past errors.
 
-use std::{convert::Infallible, net::Ipv4Addr, path::PathBuf, str::FromStr};
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use super::{
     network::{forget_in_datapath, plan_endpoint, plan_network, NetworkCreate},
@@ -90,6 +95,8 @@ pub struct ContainerRun {
     pub network: Networking,
     /// Address on the network [default: the lowest free one].
     pub ip: Option<Ipv4Addr>,
+    /// IPv6 address on a dual-stack network [default: the lowest free one].
+    pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<PortSpec>,
     /// Command to start inside, detached.
     pub command: Vec<String>,
@@ -204,10 +211,11 @@ pub fn plan_container(
                 format!("cannot publish ports in {mode} network mode"),
             ));
         }
-        if req.ip.is_some() {
+        if req.ip.is_some() || req.ip6.is_some() {
+            let flag = if req.ip.is_some() { "--ip" } else { "--ip6" };
             return Err(Error::invalid(
                 object(),
-                format!("--ip cannot be used in {mode} network mode"),
+                format!("{flag} cannot be used in {mode} network mode"),
             ));
         }
     }
@@ -262,7 +270,7 @@ pub fn plan_container(
                 (None, Some(_)) => DOCKER_IFNAME_PREFIX,
                 (None, None) => "eth0",
             };
-            let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip)?;
+            let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip, req.ip6)?;
             if let Some(mac) = req.mac {
                 ep.mac = mac;
             }
@@ -309,7 +317,7 @@ pub fn plan_container(
         // The network's gateway is the host's, even before its bridge exists.
         let mut host = host.clone();
         host.addresses.insert(network.gateway);
-        let ports = ports::expand_all(
+        let mut ports = ports::expand_all(
             &req.ports,
             &taken,
             &host,
@@ -317,6 +325,14 @@ pub fn plan_container(
             &network.name,
             endpoint.ip,
         )?;
+        // A port on every host address is on the host's IPv6 ones too
+        // (Docker's behaviour on a dual-stack network).
+        for port in ports
+            .iter_mut()
+            .filter(|p| p.host_ip.is_none_or(|ip| ip.is_unspecified()))
+        {
+            port.container_ip6 = endpoint.ip6;
+        }
         steps.push(match &netns_name {
             Some(netns) => Step::Attach {
                 netns: netns.clone(),

@@ -254,12 +254,16 @@ impl Host {
         if !bridge.up {
             return Ok(Some(format!("bridge {} is down", net.bridge)));
         }
-        let addresses = self.netlink.ipv4_addresses(bridge.index).await?;
-        if !addresses.contains(&net.gateway) {
-            return Ok(Some(format!(
-                "bridge {} lacks the gateway address {}",
-                net.bridge, net.gateway
-            )));
+        let addresses = self.netlink.addresses(bridge.index).await?;
+        let gateways = std::iter::once(std::net::IpAddr::V4(net.gateway))
+            .chain(net.ipv6.map(|side| side.gateway.into()));
+        for gateway in gateways {
+            if !addresses.contains(&gateway) {
+                return Ok(Some(format!(
+                    "bridge {} lacks the gateway address {gateway}",
+                    net.bridge
+                )));
+            }
         }
         Ok(None)
     }

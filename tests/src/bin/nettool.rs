@@ -51,6 +51,9 @@
 //!                                            SENDER_IP at SENDER_MAC (l2.rs)
 //!   nettool rasend IFACE SRC_MAC COUNT      send COUNT IPv6 router advertisements of a
 //!                                            default route and 2001:db8:1::/64 (l2.rs)
+//!   nettool nasend IFACE SRC_MAC SRC_IP TARGET COUNT
+//!                                            send COUNT unsolicited neighbour advertisements
+//!                                            claiming TARGET at SRC_MAC (l2.rs)
 //!
 //!   nettool icmpwatch MILLIS                print each ICMP error received, its quote and
 //!                                            whether its checksums verify (rawip.rs)
@@ -144,6 +147,9 @@ fn main() -> ExitCode {
             l2::arp_send(iface, [eth_src, sender_mac, sender_ip, count])
         }
         ["rasend", iface, src_mac, count] => l2::ra_send(iface, src_mac, count),
+        ["nasend", iface, src_mac, src_ip, target, count] => {
+            l2::na_send(iface, [src_mac, src_ip, target, count])
+        }
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
@@ -181,6 +187,7 @@ fn main() -> ExitCode {
                   | sniff IFACE MILLIS | sniff IFACE --checksums | bulk HOST PORT BYTES \
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | arpsend IFACE ETH_SRC SENDER_MAC SENDER_IP COUNT | rasend IFACE SRC_MAC COUNT \
+                  | nasend IFACE SRC_MAC SRC_IP TARGET COUNT \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
