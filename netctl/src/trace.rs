@@ -387,6 +387,7 @@ mod tests {
                 dns: true,
                 created: 0,
                 mtu: None,
+                ipv6: None,
             },
         );
         for (name, ip, veth) in [("a", 3, "vea"), ("web", 2, "veweb")] {
@@ -402,6 +403,7 @@ mod tests {
                         host_veth: veth.into(),
                         ip: Ipv4Addr::new(172, 18, 0, ip),
                         mac: Mac::from([2, 0, 0, 0, 0, ip]),
+                        ip6: None,
                     }],
                     ports: vec![],
                     process: None,
