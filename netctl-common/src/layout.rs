@@ -27,12 +27,13 @@ use crate::maps;
 ///
 /// 3: the host's interfaces (`HOST_IFACES`, and host addresses as
 /// `PREFIX_HOST` entries of `NETWORK_PREFIXES`): SNAT to the address of the
-/// interface a packet leaves by, published ports on every host address, the
+/// interface a packet leaves by (noted in `SNAT_SEARCH`'s `source`, which
+/// took what was padding), published ports on every host address, the
 /// uplink programs on every host interface.
 pub const DATAPATH_VERSION: u32 = 3;
 
 /// The layout version of each map of [`maps::ALL`].
-pub const MAP_LAYOUTS: [(&str, u32); 15] = [
+pub const MAP_LAYOUTS: [(&str, u32); 16] = [
     // A zero `_pad` of a version-1 CONFIG reads as "no skipped SNAT
     // range" in version 1's place: same layout.
     (maps::CONFIG, 1),
@@ -55,10 +56,12 @@ pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     (maps::STATS, 1),
     (maps::FRAGMENTS, 1),
     (maps::TAIL_CALLS, 1),
+    // New with flow events: created by an upgrade from an older datapath.
+    (maps::FLOW_EVENTS, 1),
+    (maps::FLOW_LISTENER, 1),
     // New in datapath 3 (created empty by an upgrade, then filled by the
     // command's host sync).
     (maps::HOST_IFACES, 1),
-    (maps::SNAT_SOURCE, 1),
 ];
 
 /// The layout version of map `name`, if it is one of ours.

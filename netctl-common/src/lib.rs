@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
+pub mod event;
 pub mod fragment;
 pub mod host;
 pub mod layout;
@@ -43,13 +44,13 @@ pub mod maps {
     /// The host's interfaces that are not netctl's: ifindex → primary IPv4
     /// address (see [`crate::host`]).
     pub const HOST_IFACES: &str = "HOST_IFACES";
-    /// Per-CPU scratch: the address the packet under way is SNATed to (the
-    /// address of the host interface it leaves by), off the stack.
-    pub const SNAT_SOURCE: &str = "SNAT_SOURCE";
+    /// Flow events for `netctl trace` (a ring buffer; see `event`).
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// The lease of whoever listens to `FLOW_EVENTS` (see `event`).
+    pub const FLOW_LISTENER: &str = "FLOW_LISTENER";
 
-    /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
-    /// by the controller.
-    pub const ALL: [&str; 15] = [
+    /// Every map of the object, all pinned by the controller.
+    pub const ALL: [&str; 16] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -63,8 +64,9 @@ pub mod maps {
         STATS,
         FRAGMENTS,
         TAIL_CALLS,
+        FLOW_EVENTS,
+        FLOW_LISTENER,
         HOST_IFACES,
-        SNAT_SOURCE,
     ];
 
     /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's
@@ -100,6 +102,7 @@ pod!(
     fragment::FragKey,
     fragment::FragEntry,
     endpoint::NetworkPrefix,
+    event::FlowEvent,
     layout::Layout,
     portmap::PortKey,
     portmap::PortTarget,

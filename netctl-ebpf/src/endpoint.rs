@@ -137,7 +137,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     let route = fib_route(ctx, &pkt);
     match route {
         // Out of a host interface (fib_route checked it and noted its
-        // address in SNAT_SOURCE): SNAT to that address, as MASQUERADE does.
+        // address in SNAT_SEARCH): SNAT to that address, as MASQUERADE does.
         Route::Direct { .. } | Route::Neigh { .. } => {
             to_outside(ctx, &pkt, &ep, cfg, &route, bytes)
         }
@@ -404,7 +404,7 @@ fn hairpin(
 }
 
 /// A new flow to the outside, routed through a host interface: SNAT to
-/// that interface's address (SNAT_SOURCE, noted by fib_route), then out.
+/// that interface's address (noted in SNAT_SEARCH by fib_route), then out.
 #[inline(always)]
 fn to_outside(
     ctx: &TcContext,

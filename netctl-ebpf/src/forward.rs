@@ -128,7 +128,7 @@ pub fn fib_route(ctx: &TcContext, pkt: &Packet) -> Route {
     };
     // The fast path leaves only by a host interface with an address to
     // translate to (HOST_IFACES), which a new flow is SNATed to
-    // (SNAT_SOURCE); anything else (an interface without an address, say)
+    // (nat::set_snat_source); anything else (an interface without an address, say)
     // is the kernel's. Keyed by the params' own ifindex: endpoint_ingress
     // has no stack left for a copy (hence the borrow, not a value).
     #[allow(clippy::needless_borrows_for_generic_args)]

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 use crate::nat::PortSearch;
@@ -20,6 +20,7 @@ use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
+    event::FLOW_EVENTS_BYTES,
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
     host::HOST_IFACES_MAX,
     maps::TAIL_SLOTS,
@@ -92,16 +93,17 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUN
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);
 
+/// Flow events for `netctl trace` (see the `events` module).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// Slot 0: the listener's lease, the bpf_ktime_get_ns() time until which
+/// `netctl trace` wants events (0: nobody listens).
+#[map]
+pub static FLOW_LISTENER: Array<u64> = Array::with_max_entries(1, 0);
+
 /// The host's interfaces that are not netctl's: ifindex → primary IPv4
 /// address (network order; see `netctl_common::host`). The address a new
 /// flow leaving by that interface is translated to.
 #[map]
 pub static HOST_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(HOST_IFACES_MAX, 0);
-
-/// Slot 0: the address the packet under way on this CPU is SNATed to, the
-/// primary address of the host interface it leaves by (written where the
-/// interface is known: `forward::fib_route`, `uplink_egress`; read by
-/// `nat::masquerade`). Off the stack: carried as an argument, it took
-/// endpoint_ingress past its 512 bytes.
-#[map]
-pub static SNAT_SOURCE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -10,21 +10,21 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_loop, programs::TcContext};
-use aya_log_ebpf::debug;
 use netctl_common::{
-    config::{Config, CONFIG_FLAG_LOG},
+    config::Config,
     conntrack::{
         closed, expired, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT,
         CT_KIND_HAIRPIN, CT_KIND_SNAT, CT_STATE_NEW, CT_STATE_SYN_SENT,
     },
+    event::EVENT_NEW,
     portmap::{PortKey, PortTarget},
     stats::StatIndex,
 };
 
 use crate::{
     conntrack::{self, key_of},
-    csum, fragment,
-    maps::{CONNTRACK, PORTMAP, SNAT_SEARCH, SNAT_SOURCE},
+    csum, events, fragment,
+    maps::{CONNTRACK, PORTMAP, SNAT_SEARCH},
     parse::{
         Packet, ICMP_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_DCCP, PROTO_ICMP,
         PROTO_TCP, PROTO_UDPLITE,
@@ -77,24 +77,22 @@ pub fn translate(
     Ok(())
 }
 
-/// Notes the address the packet under way is SNATed to (this CPU's
-/// `SNAT_SOURCE` slot), for [`masquerade`].
+/// Notes the address the packet under way is SNATed to (`source` in this
+/// CPU's `SNAT_SEARCH` slot), for [`masquerade`]: where the interface it
+/// leaves by is known (`forward::fib_route`, `uplink_egress`). Off the
+/// stack: carried down as an argument, it took endpoint_ingress past its
+/// 512 bytes.
 #[inline(always)]
 pub fn set_snat_source(ip: u32) {
-    if let Some(slot) = SNAT_SOURCE.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *slot = ip };
+    if let Some(slot) = scratch() {
+        slot.source = ip;
     }
 }
 
 /// The address [`set_snat_source`] noted; `None` when there is none (0).
 #[inline(always)]
 fn snat_source() -> Option<&'static u32> {
-    // SAFETY: this CPU's slot of a per-CPU array, read in place.
-    SNAT_SOURCE
-        .get_ptr(0)
-        .map(|ip| unsafe { &*ip })
-        .filter(|ip| **ip != 0)
+    scratch().map(|s| &s.source).filter(|ip| **ip != 0)
 }
 
 /// SNAT of a container's new flow to the outside, shared by the fast path
@@ -143,33 +141,13 @@ pub fn masquerade(
     Ok(None)
 }
 
-/// With `CONFIG_FLAG_LOG` (`netctl trace`): one line per new translated
-/// flow, its packet tuple and what it becomes (port in host order).
-/// Called for DNAT only (uplink_ingress): in endpoint_ingress (SNAT,
-/// hairpin) the log code pushes the verifier past its stack limit (a
-/// 64-byte subprogram frame over the 496-byte main one) and near 1M
-/// processed instructions.
+/// The event of a new flow (when someone listens): `key` is its first
+/// packet's tuple, `original` the entry that packet's direction got;
+/// `ifindex` the container's veth (the client's for SNAT and hairpin, the
+/// published container's for DNAT; 0 for the host's flows).
 #[inline(always)]
-pub fn log_new_flow(
-    ctx: &TcContext,
-    cfg: &Config,
-    kind: &'static str,
-    pkt: &Packet,
-    entry: &CtEntry,
-) {
-    if cfg.flags & CONFIG_FLAG_LOG == 0 {
-        return;
-    }
-    debug!(
-        ctx,
-        "new {} flow proto={} src={:i} dst={:i} as src={:i}:{}",
-        kind,
-        pkt.proto,
-        pkt.saddr.to_ne_bytes(),
-        pkt.daddr.to_ne_bytes(),
-        entry.saddr.to_ne_bytes(),
-        u16::from_be(entry.sport)
-    );
+pub fn new_flow_event(ifindex: u32, key: &CtKey, original: &CtEntry) {
+    events::of_key(ifindex, events::what(EVENT_NEW, 0), key, original);
 }
 
 /// The counter of a translated packet.
@@ -327,11 +305,19 @@ pub struct PortSearch {
     syn: u32,
     /// The port found (host order), 0 while none.
     found: u32,
+    /// The address the packet under way is SNATed to ([`set_snat_source`]),
+    /// read before the search starts. It took what was padding before
+    /// `reply` (8-aligned), so `SNAT_SEARCH` keeps its layout: its old
+    /// programs never read it.
+    pub source: u32,
     /// The new flow's entries, built here rather than on the stack (the
     /// same 512 bytes).
     pub reply: CtEntry,
     pub original: CtEntry,
 }
+
+// SNAT_SEARCH's value, layout version 1 (`source` fills the padding).
+const _: () = assert!(core::mem::size_of::<PortSearch>() == 176);
 
 /// This CPU's `SNAT_SEARCH` slot, as scratch room for building a new
 /// flow's keys and entries off the stack (the port search, generic and
@@ -447,6 +433,7 @@ pub fn new_flow<'a>(
         icmp: u32::from(icmp),
         syn: u32::from(pkt.proto == PROTO_TCP && state == CT_STATE_SYN_SENT),
         found: 0,
+        source: search.source,
         reply: conntrack::entry(
             (pkt.daddr, pkt.dport),
             (pkt.saddr, pkt.sport),
@@ -498,6 +485,7 @@ pub fn new_flow<'a>(
     conntrack::track_first(&mut search.original, pkt);
     conntrack::insert_original(&key, &search.original, &search.reply_key)?;
     conntrack::remember_new(&key, state);
+    new_flow_event(flow.back_ifindex, &key, &search.original);
     Ok(&search.original)
 }
 
@@ -596,17 +584,22 @@ fn generic_snat<'a>(
     let key = key_of(pkt);
     conntrack::insert_original(&key, &s.original, &s.reply_key)?;
     conntrack::remember_new(&key, CT_STATE_NEW);
+    new_flow_event(client_ifindex, &key, &s.original);
     Ok(&s.original)
 }
 
 /// DNAT of a new connection to a published port: the client's address is
 /// kept, the destination becomes the container. No port to allocate: the
-/// reply tuple is the container's own.
+/// reply tuple is the container's own. Returns the original entry, to be
+/// applied, built (with the reply's key and entry) in this CPU's
+/// `SNAT_SEARCH` slot as new_flow's are: on uplink_ingress's stack, with
+/// the new flow's event, they took it past its 512 bytes.
 #[inline(always)]
-pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, StatIndex> {
+pub fn dnat<'a>(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<&'a CtEntry, StatIndex> {
     let key = key_of(pkt);
     let state = conntrack::initial_state(pkt);
-    let reply_key = CtKey {
+    let s = scratch().ok_or(StatIndex::DropConntrackFull)?;
+    s.reply_key = CtKey {
         saddr: target.ip,
         daddr: pkt.saddr,
         sport: target.port,
@@ -614,7 +607,7 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let reply = conntrack::entry(
+    s.reply = conntrack::entry(
         (pkt.daddr, pkt.dport),
         (pkt.saddr, pkt.sport),
         CT_KIND_DNAT,
@@ -625,8 +618,8 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
     );
     // The same client port reconnecting after its old flow died overwrites
     // the old entries (BPF_ANY): they describe the same tuple.
-    conntrack::insert(&reply_key, &reply)?;
-    let mut original = conntrack::entry(
+    conntrack::insert(&s.reply_key, &s.reply)?;
+    s.original = conntrack::entry(
         (pkt.saddr, pkt.sport),
         (target.ip, target.port),
         CT_KIND_DNAT,
@@ -635,8 +628,9 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         state,
         bytes,
     );
-    conntrack::track_first(&mut original, pkt);
-    conntrack::insert_original(&key, &original, &reply_key)?;
+    conntrack::track_first(&mut s.original, pkt);
+    conntrack::insert_original(&key, &s.original, &s.reply_key)?;
     conntrack::remember_new(&key, state);
-    Ok(original)
+    new_flow_event(target.ifindex, &key, &s.original);
+    Ok(&s.original)
 }

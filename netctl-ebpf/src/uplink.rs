@@ -44,8 +44,6 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         Ok(pkt) => pkt,
         Err(reason) => return Ok(pass(reason, bytes)),
     };
-    let cfg = config();
-
     // Addressed to the host (any address of its interfaces, or a network's
     // gateway), or not ours at all.
     if !host::network_prefix(pkt.daddr).is_host() {
@@ -118,8 +116,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
                 return Ok(pass(StatIndex::Pass, bytes));
             }
             let entry = nat::dnat(&pkt, &target, bytes)?;
-            nat::log_new_flow(ctx, &cfg, "dnat", &pkt, &entry);
-            nat::apply(ctx, &pkt, &entry)?;
+            nat::apply(ctx, &pkt, entry)?;
             count(StatIndex::Dnat, bytes);
             return forward::redirect_peer(ctx, &pkt, &peer);
         }
@@ -248,5 +245,6 @@ fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
     if conntrack::insert_original(&key, &s.original, &s.reply_key).is_err() {
         return StatIndex::Pass;
     }
+    nat::new_flow_event(0, &key, &s.original);
     StatIndex::HostFlow
 }

@@ -12,7 +12,7 @@
 //! LAYOUT                      the layout record: datapath version, object fingerprint, each map's layout version
 //! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
 //!                             CT_RECLAIM, CT_UNCONFIRMED, SNAT_SEARCH, SOCK_REVNAT, STATS,
-//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES, SNAT_SOURCE
+//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES
 //! next/<NAME>                 (during an upgrade) a migrated map being filled
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
 //! links/<ifname>@<program>    TCX links (each host interface's uplink_ingress and
@@ -58,7 +58,7 @@ pub use self::{
     },
     pins::{ensure_bpffs, fill_tail_calls, netns_cookie, EBPF_OBJECT},
     stats::stats,
-    trace::{trace, TRACE_MAX_SECONDS},
+    trace::{follow, Clock, TRACE_MAX_SECONDS},
     upgrade::{binary_versions, check_layouts, loaded_versions, Versions},
 };
 use super::{Datapath, Drift, HostInfo};

@@ -17,7 +17,11 @@
 //! Entries that are already gone are no error. TCP needs none of this: a
 //! stale TCP flow is answered with a reset and ends.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+};
 
 use crate::{
     error::{Error, Result},
@@ -114,11 +118,13 @@ fn conntrack(object: &str, args: &[&str]) -> Result<String> {
 
 /// Deletes every entry from `ip` (its own flows) or answered by `ip`
 /// (flows to it, translated or not).
-pub(super) fn forget_address(ip: Ipv4Addr) -> Result<()> {
+pub(super) fn forget_address(ip: impl Into<IpAddr>) -> Result<()> {
+    let ip = ip.into();
     let object = format!("conntrack entries of {ip}");
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     let ip = ip.to_string();
-    conntrack(&object, &["-D", "--orig-src", &ip])?;
-    conntrack(&object, &["-D", "--reply-src", &ip])?;
+    conntrack(&object, &["-D", "-f", family, "--orig-src", &ip])?;
+    conntrack(&object, &["-D", "-f", family, "--reply-src", &ip])?;
     Ok(())
 }
 
