@@ -89,12 +89,6 @@ pub fn set_snat_source(ip: u32) {
     }
 }
 
-/// The address [`set_snat_source`] noted; `None` when there is none (0).
-#[inline(always)]
-fn snat_source() -> Option<&'static u32> {
-    scratch().map(|s| &s.source).filter(|ip| **ip != 0)
-}
-
 /// SNAT of a container's new flow to the outside, shared by the fast path
 /// (endpoint_ingress) and the slow path (uplink_egress). `Ok(None)`: the
 /// packet is translated; `Ok(Some(verdict))`: passed untranslated. No
@@ -108,15 +102,13 @@ pub fn masquerade(
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<Option<i32>, StatIndex> {
-    // The address of the host interface it leaves by, noted by the caller.
-    let nat_ip = snat_source().ok_or(StatIndex::DropNoHostAddress)?;
     if pkt.l4 == L4::Generic {
         // An address-only rewrite would break a checksum over the
         // addresses.
         if pkt.proto == PROTO_DCCP || pkt.proto == PROTO_UDPLITE {
             return Err(StatIndex::DropUntranslatable);
         }
-        let entry = generic_snat(pkt, nat_ip, client_ifindex, bytes)?;
+        let entry = generic_snat(pkt, client_ifindex, bytes)?;
         apply(ctx, pkt, entry)?;
     } else {
         // A later fragment with no FRAGMENTS entry (the callers look it up
@@ -134,7 +126,7 @@ pub fn masquerade(
         {
             return Err(StatIndex::DropUntranslatable);
         }
-        let entry = snat(pkt, cfg, nat_ip, client_ifindex, bytes)?;
+        let entry = snat(pkt, cfg, client_ifindex, bytes)?;
         apply(ctx, pkt, entry)?;
     }
     count(StatIndex::Snat, bytes);
@@ -209,11 +201,16 @@ fn flow_hash(k: &CtKey) -> u32 {
     h ^ (h >> 16)
 }
 
+/// `NewFlow::nat_ip` for the address [`set_snat_source`] noted (read from
+/// the scratch slot where it is, rather than carried on the stack).
+pub const NOTED_SOURCE: u32 = 0;
+
 /// A new flow whose source becomes `nat_ip:<allocated port>` and whose
 /// destination becomes `dst_ip:dst_port` (unchanged for SNAT; the target
 /// container for hairpin).
 pub struct NewFlow {
     pub kind: u8,
+    /// [`NOTED_SOURCE`]: the address [`set_snat_source`] noted.
     pub nat_ip: u32,
     pub dst_ip: u32,
     pub dst_port: u16,
@@ -412,17 +409,25 @@ pub fn new_flow<'a>(
         .ok_or(StatIndex::DropSnatExhausted)?;
     // SAFETY: this CPU's slot of a per-CPU array.
     let search = unsafe { &mut *search };
+    let nat_ip = match flow.nat_ip {
+        NOTED_SOURCE => search.source,
+        ip => ip,
+    };
+    // Leaving by an interface without an address: nothing to give it.
+    if nat_ip == 0 {
+        return Err(StatIndex::DropNoHostAddress);
+    }
     *search = PortSearch {
         reply_key: CtKey {
             saddr: flow.dst_ip,
-            daddr: flow.nat_ip,
+            daddr: nat_ip,
             sport: flow.dst_port,
             dport: 0,
             proto: pkt.proto,
             _pad: [0; 3],
         },
         port_key: PortKey {
-            host_ip: flow.nat_ip,
+            host_ip: nat_ip,
             host_port: 0,
             proto: pkt.proto,
             _pad: 0,
@@ -444,7 +449,7 @@ pub fn new_flow<'a>(
             bytes,
         ),
         original: conntrack::entry(
-            (flow.nat_ip, 0),
+            (nat_ip, 0),
             (flow.dst_ip, flow.dst_port),
             flow.kind,
             CT_DIR_ORIGINAL,
@@ -495,7 +500,6 @@ pub fn new_flow<'a>(
 fn snat<'a>(
     pkt: &Packet,
     cfg: &Config,
-    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
@@ -504,7 +508,7 @@ fn snat<'a>(
         cfg,
         &NewFlow {
             kind: CT_KIND_SNAT,
-            nat_ip: *nat_ip,
+            nat_ip: NOTED_SOURCE,
             dst_ip: pkt.daddr,
             dst_port: pkt.dport,
             out_ifindex: 0,
@@ -529,14 +533,9 @@ fn snat<'a>(
 #[inline(always)]
 fn generic_snat<'a>(
     pkt: &Packet,
-    nat_ip: &u32,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
-    let nat_ip = *nat_ip;
-    if nat_ip == 0 {
-        return Err(StatIndex::DropUntranslatable);
-    }
     // The keys and entries are built in this CPU's SNAT_SEARCH slot, as
     // new_flow's are: endpoint_ingress has no stack left for two more
     // entries.
@@ -545,6 +544,11 @@ fn generic_snat<'a>(
         .ok_or(StatIndex::DropUntranslatable)?;
     // SAFETY: this CPU's slot of a per-CPU array.
     let s = unsafe { &mut *search };
+    // The address of the host interface it leaves by, noted by the caller.
+    let nat_ip = s.source;
+    if nat_ip == 0 {
+        return Err(StatIndex::DropNoHostAddress);
+    }
     s.reply_key = CtKey {
         saddr: pkt.daddr,
         daddr: nat_ip,
