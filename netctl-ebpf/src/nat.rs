@@ -78,10 +78,11 @@ pub fn translate(
 }
 
 /// Notes the address the packet under way is SNATed to (`source` in this
-/// CPU's `SNAT_SEARCH` slot), for [`masquerade`]: where the interface it
-/// leaves by is known (`forward::fib_route`, `uplink_egress`). Off the
-/// stack: carried down as an argument, it took endpoint_ingress past its
-/// 512 bytes.
+/// CPU's `SNAT_SEARCH` slot), for the SNAT of [`masquerade`] ([`new_flow`]
+/// and `generic_snat` read it there): where the interface it leaves by is
+/// known (`forward::fib_route`, `uplink_egress`). Off the stack: carried
+/// down as an argument, or read into a local before the SNAT, it took
+/// endpoint_ingress past its 512 bytes.
 #[inline(always)]
 pub fn set_snat_source(ip: u32) {
     if let Some(slot) = scratch() {
