@@ -56,23 +56,24 @@ pub async fn create_container_netns(name: &str) -> Result<()> {
     inside.set_up(lo).await
 }
 
-/// Name of the container-side veth end while it is still in the host
-/// namespace (renamed to `ifname` once inside).
+/// Name the container-side veth end had while it was still in the host
+/// namespace, in netctl versions that moved it in: `doctor` still finds
+/// such a leftover.
 pub fn peer_name(ep: &Endpoint) -> String {
     format!("{}p", ep.host_veth)
 }
 
 /// Connects a container namespace to a network: a veth pair whose host end
-/// joins the bridge and whose other end becomes `ifname` inside, with the
-/// endpoint's MAC and address, and a default route via the gateway unless
-/// the network is internal. The host end stays down, so the pair carries
-/// nothing yet (no carrier on either end): the caller attaches the
-/// datapath to it, then calls [`activate`]. A link up before its
+/// joins the bridge and whose other end is made inside as `ifname`, with
+/// the endpoint's MAC, then gets its address, and a default route via the
+/// gateway unless the network is internal. The host end stays down, so the
+/// pair carries nothing yet (no carrier on either end): the caller attaches
+/// the datapath to it, then calls [`activate`]. A link up before its
 /// anti-spoofing would let the container's first packets out with any
 /// source. On failure the pair is deleted again, which leaves the system as
 /// before. `point` names the failpoint between the pair's making and the
-/// move of its peer (the caller's command's). Returns the host end's
-/// ifindex (for the datapath).
+/// configuration of its inside end (the caller's command's). Returns the
+/// host end's ifindex (for the datapath).
 pub async fn attach(
     host: &Netlink,
     netns_name: &str,
@@ -80,23 +81,23 @@ pub async fn attach(
     ep: &Endpoint,
     point: &str,
 ) -> Result<u32> {
-    let peer = peer_name(ep);
-    host.add_veth(&ep.host_veth, &peer).await?;
+    let bridge = host.index(&net.bridge).await?;
+    let ns = netns::open(netns_name)?;
+    host.add_veth_into(
+        &ep.host_veth,
+        bridge,
+        net.mtu,
+        &ep.ifname,
+        ep.mac.octets(),
+        &ns,
+    )
+    .await?;
     let result = async {
-        let bridge = host.index(&net.bridge).await?;
         let host_end = host.index(&ep.host_veth).await?;
-        host.set_master(host_end, bridge).await?;
         host.set_hairpin(host_end).await?;
         netns::disable_ipv6(Some(&ep.host_veth))?;
-        let peer_index = host.index(&peer).await?;
-        if let Some(mtu) = net.mtu {
-            host.set_mtu(host_end, mtu).await?;
-            host.set_mtu(peer_index, mtu).await?;
-        }
         failpoint::check(point)?;
-        let ns = netns::open(netns_name)?;
-        host.move_to_netns(peer_index, &ns, netns_name).await?;
-        configure_inside(netns_name, &peer, net, ep).await?;
+        configure_inside(netns_name, net, ep).await?;
         Ok(host_end)
     }
     .await;
@@ -106,16 +107,9 @@ pub async fn attach(
     result
 }
 
-async fn configure_inside(
-    netns_name: &str,
-    peer: &str,
-    net: &Network,
-    ep: &Endpoint,
-) -> Result<()> {
+async fn configure_inside(netns_name: &str, net: &Network, ep: &Endpoint) -> Result<()> {
     let inside = Netlink::connect_in(netns_name)?;
-    let index = inside.index(peer).await?;
-    inside.rename(index, &ep.ifname).await?;
-    inside.set_mac(index, ep.mac.octets()).await?;
+    let index = inside.index(&ep.ifname).await?;
     inside
         .add_address(index, ep.ip, net.subnet.prefix_len())
         .await?;
