@@ -3,7 +3,7 @@
 use std::os::fd::AsRawFd as _;
 
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::{collect, errno, Netlink};
 use crate::error::{Error, Result};
@@ -88,24 +88,14 @@ impl Netlink {
             return Ok(link.index);
         }
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| self.error(format!("bridge {name}"), e))?;
+        self.add(format!("bridge {name}"), msg).await?;
         self.index(name).await
     }
 
     /// Creates a veth pair; both ends stay down.
     pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
         let msg = LinkVeth::new(name, peer).build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| self.error(format!("veth {name}/{peer}"), e))
+        self.add(format!("veth {name}/{peer}"), msg).await
     }
 
     /// Creates a veth pair in one request: this end `name` here, down and
@@ -113,7 +103,8 @@ impl Netlink {
     /// `peer_netns`, already named `peer` and with its MAC (down too). Made
     /// where it belongs rather than moved there: moving a link between
     /// namespaces waits for the kernel's RCU grace periods, tens of
-    /// milliseconds, the largest cost of a `container run`.
+    /// milliseconds, the largest cost of a `container run`. Both ends get
+    /// one queue from the start (see below).
     pub async fn add_veth_into(
         &self,
         name: &str,
@@ -123,10 +114,12 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_netns: &std::fs::File,
     ) -> Result<()> {
-        let mut peer_msg = LinkUnspec::new_with_name(peer)
-            .address(peer_mac.to_vec())
-            .setns_by_fd(peer_netns.as_raw_fd());
-        let mut msg = LinkVeth::new(name, peer).controller(bridge);
+        let mut peer_msg = one_queue(
+            LinkUnspec::new_with_name(peer)
+                .address(peer_mac.to_vec())
+                .setns_by_fd(peer_netns.as_raw_fd()),
+        );
+        let mut msg = one_queue(LinkVeth::new(name, peer).controller(bridge));
         if let Some(mtu) = mtu {
             peer_msg = peer_msg.mtu(mtu);
             msg = msg.mtu(mtu);
@@ -135,12 +128,16 @@ impl Netlink {
         let msg = msg
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
+        self.add(format!("veth {name}/{peer}"), msg).await
+    }
+
+    async fn add(&self, what: String, msg: LinkMessage) -> Result<()> {
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(|e| self.error(format!("veth {name}/{peer}"), e))
+            .map_err(|e| self.error(what, e))
     }
 
     async fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
@@ -208,3 +205,10 @@ impl Netlink {
     }
 }
 
+/// A link asked with one transmit and one receive queue: a veth made with
+/// the default (one per CPU) is cut down to one by the kernel at once,
+/// after an RCU grace period for each of its ends.
+fn one_queue<T>(msg: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+    msg.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+}
