@@ -3,13 +3,13 @@
 //! JSON file under the state dir, read and written under an exclusive
 //! `flock`, replaced atomically (write, fsync, rename) at each commit.
 //!
-//! A command's journal records go to a small file of their own beside it
-//! (`journal.json`), which names the generation of the state file it
-//! belongs to: rewriting the whole state for each step cost a command
-//! several writes of a file that grows with the host (340 KB at 1,000
-//! containers). A commit writes the state with the next generation, which
-//! makes any journal file stale in the same rename; a stale one is ignored
-//! and removed.
+//! A command's journal records are appended to a small file of their own
+//! beside it (`journal.json`, one line a record), each naming the
+//! generation of the state file it belongs to: rewriting the whole state
+//! for each step cost a command several writes of a file that grows with
+//! the host (340 KB at 1,000 containers). A commit writes the state with
+//! the next generation, which makes the journal stale in the same rename;
+//! a stale one is ignored, and removed.
 
 use std::{
     collections::BTreeMap,
@@ -202,13 +202,16 @@ impl StateDir {
         }
     }
 
-    /// The journal file, if any (stale or not).
+    /// The last record of the journal file, if any (stale or not). A line
+    /// cut short (a netctl killed while appending it) is no record: its
+    /// step was not taken yet.
     fn read_journal_file(&self) -> Result<Option<JournalFile<Journal>>> {
         let file = self.path.join(JOURNAL_FILE);
         match fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::system(format!("journal {}", file.display()), e)),
+            Ok(bytes) => Ok(bytes
+                .split(|b| *b == b'\n')
+                .rev()
+                .find_map(|line| serde_json::from_slice(line).ok())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("journal {}", file.display()), e)),
         }
@@ -241,9 +244,17 @@ impl StateDir {
     /// stale: it is removed.
     pub fn save(&self, state: &mut State) -> Result<()> {
         state.generation += 1;
-        self.write(STATE_FILE, "state", state, true)?;
+        if let Err(e) = self.write(STATE_FILE, "state", state, true) {
+            // Not renamed: the file keeps the generation the journal names.
+            state.generation -= 1;
+            return Err(e);
+        }
+        // The rename made it durable once the directory is synced.
+        let synced = File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("state dir {}", self.path.display()), e));
         // Stale from the rename on; a leftover one would be ignored.
-        self.remove_journal_file()
+        synced.and(self.remove_journal_file())
     }
 
     /// Records the journal of the command under way for the last committed
@@ -267,9 +278,26 @@ impl StateDir {
             generation: committed.generation,
             journal,
         };
-        self.write(JOURNAL_FILE, "journal", &record, false)
+        // One line a record, appended: no block of the file is freed and
+        // none written twice (a rename per record had the filesystem
+        // discard the old file's blocks each time). A record is the whole
+        // journal; the last whole line wins.
+        let file = self.path.join(JOURNAL_FILE);
+        let object = || format!("journal {}", file.display());
+        let mut line = serde_json::to_vec(&record).map_err(|e| Error::system(object(), e))?;
+        line.push(b'\n');
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&file)
+            .and_then(|mut out| out.write_all(&line))
+            .map_err(|e| Error::io(object(), e))
     }
 
+    /// Writes `value` to `name` through a temporary file and a rename (the
+    /// last step: on error the file is as it was), the data synced first
+    /// when `sync`.
     fn write(&self, name: &str, what: &str, value: &impl Serialize, sync: bool) -> Result<()> {
         let file = self.path.join(name);
         let tmp = self.path.join(format!("{name}.tmp"));
@@ -286,13 +314,7 @@ impl StateDir {
         if sync {
             out.sync_all().map_err(|e| Error::io(object(), e))?;
         }
-        fs::rename(&tmp, &file).map_err(|e| Error::io(object(), e))?;
-        if sync {
-            File::open(&self.path)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(object(), e))?;
-        }
-        Ok(())
+        fs::rename(&tmp, &file).map_err(|e| Error::io(object(), e))
     }
 }
 
@@ -398,8 +420,21 @@ mod tests {
         assert_eq!(locked.load().unwrap().journal, None);
         // A journal file left from before the commit (a crash between the
         // rename and the removal) names an older generation: ignored.
-        fs::write(dir.join(JOURNAL_FILE), stale).unwrap();
+        fs::write(dir.join(JOURNAL_FILE), &stale).unwrap();
         assert_eq!(locked.load().unwrap().journal, None);
+        // Records are appended, the last whole one wins; a line cut short
+        // is none.
+        let later = Journal {
+            undo: vec![],
+            ..journal.clone()
+        };
+        locked.save_journal(&committed, true, &journal).unwrap();
+        locked.save_journal(&committed, true, &later).unwrap();
+        assert_eq!(locked.load().unwrap().journal.as_ref(), Some(&later));
+        let mut torn = fs::read(dir.join(JOURNAL_FILE)).unwrap();
+        torn.extend_from_slice(&stale[..stale.len() / 2]);
+        fs::write(dir.join(JOURNAL_FILE), torn).unwrap();
+        assert_eq!(locked.load().unwrap().journal.as_ref(), Some(&later));
         drop(locked);
         fs::remove_dir_all(&dir).unwrap();
     }
