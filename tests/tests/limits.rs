@@ -282,9 +282,7 @@ fn thousand_containers_on_one_network(datapath: &str) {
         sb.spawn_in(&netns, &[&tool, "serve", "tcp", "80"]);
         let host_port = (20_000 + from).to_string();
         let host_ip = HOST_UPLINK_IP.to_string();
-        let reply = call_until_answer(|| {
-            sb.outside(&[&tool, "call", "tcp", &host_ip, &host_port])
-        });
+        let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host_ip, &host_port]));
         assert_eq!(
             peer_ip(&reply),
             OUTSIDE_IP,

@@ -234,10 +234,7 @@ impl Ebpf {
         self.write_config(&mut bpf, config)?;
         self.write_reclaim_span(&mut bpf, conntrack_max)?;
         self.attach_programs(&mut bpf, false)?;
-        upgrade::write_layout(
-            &self.pin_dir,
-            &Layout::current(EBPF_OBJECT_FINGERPRINT),
-        )
+        upgrade::write_layout(&self.pin_dir, &Layout::current(EBPF_OBJECT_FINGERPRINT))
     }
 
     /// The object loaded against the pinned maps (each reused, or made and
@@ -464,10 +461,7 @@ impl Ebpf {
         for name in &plan.dropped {
             let _ = fs::remove_file(self.map_path(name));
         }
-        upgrade::write_layout(
-            &self.pin_dir,
-            &Layout::current(EBPF_OBJECT_FINGERPRINT),
-        )?;
+        upgrade::write_layout(&self.pin_dir, &Layout::current(EBPF_OBJECT_FINGERPRINT))?;
         let from = plan.loaded.map_or("1 (no layout record)".to_owned(), |l| {
             l.datapath.to_string()
         });
