@@ -22,7 +22,8 @@ pub struct Config {
     pub snat_skip_max: u16,
 }
 
-/// aya-log debug output on (off by default: it costs per packet).
-pub const CONFIG_FLAG_LOG: u32 = 1;
+// No flag is in use. Bit 0 was aya-log's debug output, which flow events
+// (`event`, with a lease of their own) replaced; a CONFIG written by an
+// older netctl may still have it set, to no effect.
 
 const _: () = assert!(core::mem::size_of::<Config>() == 32);

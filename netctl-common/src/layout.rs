@@ -27,7 +27,7 @@ use crate::maps;
 pub const DATAPATH_VERSION: u32 = 2;
 
 /// The layout version of each map of [`maps::ALL`].
-pub const MAP_LAYOUTS: [(&str, u32); 13] = [
+pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     // A zero `_pad` of a version-1 CONFIG reads as "no skipped SNAT
     // range" in version 1's place: same layout.
     (maps::CONFIG, 1),
@@ -46,6 +46,9 @@ pub const MAP_LAYOUTS: [(&str, u32); 13] = [
     (maps::STATS, 1),
     (maps::FRAGMENTS, 1),
     (maps::TAIL_CALLS, 1),
+    // New with flow events: created by an upgrade from an older datapath.
+    (maps::FLOW_EVENTS, 1),
+    (maps::FLOW_LISTENER, 1),
 ];
 
 /// The layout version of map `name`, if it is one of ours.

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
+pub mod event;
 pub mod fragment;
 pub mod layout;
 pub mod portmap;
@@ -39,10 +40,13 @@ pub mod maps {
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Flow events for `netctl trace` (a ring buffer; see `event`).
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// The lease of whoever listens to `FLOW_EVENTS` (see `event`).
+    pub const FLOW_LISTENER: &str = "FLOW_LISTENER";
 
-    /// Every map of the object (aya-log's own `AYA_LOGS` aside), all pinned
-    /// by the controller.
-    pub const ALL: [&str; 13] = [
+    /// Every map of the object, all pinned by the controller.
+    pub const ALL: [&str; 15] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -56,6 +60,8 @@ pub mod maps {
         STATS,
         FRAGMENTS,
         TAIL_CALLS,
+        FLOW_EVENTS,
+        FLOW_LISTENER,
     ];
 
     /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's
@@ -91,6 +97,7 @@ pod!(
     fragment::FragKey,
     fragment::FragEntry,
     endpoint::NetworkPrefix,
+    event::FlowEvent,
     layout::Layout,
     portmap::PortKey,
     portmap::PortTarget,

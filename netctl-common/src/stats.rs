@@ -119,6 +119,9 @@ stat_indexes! {
     /// Container → a container of the same network, handed straight to
     /// the peer's namespace with bpf_redirect_peer (the bridge skipped).
     SameNetwork => "same_network",
+    /// Not a packet verdict: a flow event (`netctl trace`) the ring buffer
+    /// had no room for, its reader being too slow. The bytes are 0.
+    EventLost => "event_lost",
 }
 
 /// One counter slot: packets and bytes.

@@ -50,12 +50,14 @@ use netctl_common::{
         CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_SYN_SENT, CT_STATE_TIME_WAIT,
         CT_UNCONFIRMED_SLOTS,
     },
+    event::{END_EARLY_DROP, END_FIN, END_RST, END_TIMEOUT, EVENT_END},
     stats::StatIndex,
 };
 
 pub use netctl_common::conntrack::reverse_key;
 
 use crate::{
+    events,
     maps::{CONNTRACK, CT_RECLAIM, CT_UNCONFIRMED},
     parse::{Packet, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
@@ -121,6 +123,8 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
             }
             let _ = CONNTRACK.remove(pair_key);
         }
+        // The flow's end, once: its other entry is gone already or now.
+        events::of_key(0, events::what(EVENT_END, END_TIMEOUT), key, &*entry);
     }
     let _ = CONNTRACK.remove(key);
     None
@@ -287,6 +291,18 @@ pub fn seen(entry: *mut CtEntry, pkt: &Packet, bytes: u32) {
             if let Some(pair) = CONNTRACK.get_ptr_mut(&pair_key) {
                 (*pair).state = next;
                 (*pair).last_seen_ns = now;
+                // A TCP flow closing (RST, or the last ACK after both
+                // FINs): its end, told through the pair, whose key is at
+                // hand (the packet's would take stack endpoint_ingress
+                // has not got). Its entries stay for TIME_WAIT or CLOSE.
+                if next != state && closed(next) && !closed(state) {
+                    let reason = if next == CT_STATE_CLOSE {
+                        END_RST
+                    } else {
+                        END_FIN
+                    };
+                    events::of_key(0, events::what(EVENT_END, reason), &pair_key, &*pair);
+                }
             }
         }
     }
@@ -536,6 +552,7 @@ pub fn early_drop() -> bool {
                 continue;
             };
             if unconfirmed((*entry).state) {
+                events::of_key(0, events::what(EVENT_END, END_EARLY_DROP), &*key, &*entry);
                 let _ = CONNTRACK.remove(&reverse_key(&*entry, (*key).proto));
                 let _ = CONNTRACK.remove(&*key);
                 count(StatIndex::CtEarlyDrop, 0);

@@ -25,6 +25,7 @@
 mod conntrack;
 mod csum;
 mod endpoint;
+mod events;
 mod forward;
 mod fragment;
 mod icmp_error;
@@ -40,9 +41,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
 use netctl_common::{
-    config::{Config, CONFIG_FLAG_LOG},
+    config::Config,
+    event::{
+        PROGRAM_ENDPOINT_ICMP_ERROR, PROGRAM_ENDPOINT_INGRESS, PROGRAM_UPLINK_EGRESS,
+        PROGRAM_UPLINK_INGRESS,
+    },
     stats::StatIndex,
 };
 
@@ -59,7 +63,7 @@ pub const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 pub fn endpoint_ingress(ctx: TcContext) -> i32 {
     verdict(
         &ctx,
-        "endpoint_ingress",
+        PROGRAM_ENDPOINT_INGRESS,
         endpoint::try_endpoint_ingress(&ctx),
     )
 }
@@ -71,7 +75,7 @@ pub fn endpoint_ingress(ctx: TcContext) -> i32 {
 pub fn endpoint_icmp_error(ctx: TcContext) -> i32 {
     verdict(
         &ctx,
-        "endpoint_icmp_error",
+        PROGRAM_ENDPOINT_ICMP_ERROR,
         endpoint::try_endpoint_icmp_error(&ctx),
     )
 }
@@ -79,17 +83,21 @@ pub fn endpoint_icmp_error(ctx: TcContext) -> i32 {
 /// Uplink ingress: replies of SNAT flows, connections to published ports.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    verdict(&ctx, "uplink_ingress", uplink::try_uplink_ingress(&ctx))
+    verdict(
+        &ctx,
+        PROGRAM_UPLINK_INGRESS,
+        uplink::try_uplink_ingress(&ctx),
+    )
 }
 
 /// Uplink egress: the slow path's SNAT and reverse DNAT.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    verdict(&ctx, "uplink_egress", uplink::try_uplink_egress(&ctx))
+    verdict(&ctx, PROGRAM_UPLINK_EGRESS, uplink::try_uplink_egress(&ctx))
 }
 
 #[inline(always)]
-fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex>) -> i32 {
+fn verdict(ctx: &TcContext, program: u8, result: Result<i32, StatIndex>) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
@@ -100,34 +108,12 @@ fn verdict(ctx: &TcContext, program: &'static str, result: Result<i32, StatIndex
             if reason == StatIndex::DropConntrackFull && !conntrack::early_drop() {
                 conntrack::reclaim();
             }
-            if log_enabled() {
-                // Re-read from the frame (the try_* functions keep their
-                // Packet to themselves); 0.0.0.0 when not IPv4 or short.
-                let saddr: u32 = ctx.load(parse::IP_SADDR_OFF).unwrap_or(0);
-                let daddr: u32 = ctx.load(parse::IP_DADDR_OFF).unwrap_or(0);
-                debug!(
-                    ctx,
-                    "drop program={} reason={} src={:i} dst={:i}",
-                    program,
-                    reason as u32,
-                    saddr.to_ne_bytes(),
-                    daddr.to_ne_bytes()
-                );
-            }
+            // Every drop of every program passes here: the one place its
+            // event is emitted (when someone listens).
+            events::drop(ctx.skb.skb, program, reason);
             TC_SHOT
         }
     }
-}
-
-/// `netctl trace` is running: CONFIG has `CONFIG_FLAG_LOG` set. Every log
-/// statement sits behind this test, so that logging costs one flag check
-/// per packet (plus a CONFIG lookup where the caller has no `Config` at
-/// hand) while nobody is tracing.
-#[inline(always)]
-fn log_enabled() -> bool {
-    maps::CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & CONFIG_FLAG_LOG != 0)
 }
 
 /// CONFIG slot 0, in place (an array slot always exists, so `None` does

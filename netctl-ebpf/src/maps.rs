@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 
 use crate::nat::PortSearch;
@@ -20,6 +20,7 @@ use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CtKey, CONNTRACK_MAX_DEFAULT, CT_RECLAIM_SLOTS, CT_UNCONFIRMED_SLOTS},
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
+    event::FLOW_EVENTS_BYTES,
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
     maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
@@ -89,3 +90,12 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_COUN
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(FRAGMENTS_MAX, 0);
+
+/// Flow events for `netctl trace` (see the `events` module).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+
+/// Slot 0: the listener's lease, the bpf_ktime_get_ns() time until which
+/// `netctl trace` wants events (0: nobody listens).
+#[map]
+pub static FLOW_LISTENER: Array<u64> = Array::with_max_entries(1, 0);

@@ -10,20 +10,20 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::bpf_loop, programs::TcContext};
-use aya_log_ebpf::debug;
 use netctl_common::{
-    config::{Config, CONFIG_FLAG_LOG},
+    config::Config,
     conntrack::{
         closed, expired, CtEntry, CtKey, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_KIND_DNAT,
         CT_KIND_HAIRPIN, CT_KIND_SNAT, CT_STATE_NEW, CT_STATE_SYN_SENT,
     },
+    event::EVENT_NEW,
     portmap::{PortKey, PortTarget},
     stats::StatIndex,
 };
 
 use crate::{
     conntrack::{self, key_of},
-    csum, fragment,
+    csum, events, fragment,
     maps::{CONNTRACK, PORTMAP, SNAT_SEARCH},
     parse::{
         Packet, ICMP_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, L4, PROTO_DCCP, PROTO_ICMP,
@@ -121,33 +121,13 @@ pub fn masquerade(
     Ok(None)
 }
 
-/// With `CONFIG_FLAG_LOG` (`netctl trace`): one line per new translated
-/// flow, its packet tuple and what it becomes (port in host order).
-/// Called for DNAT only (uplink_ingress): in endpoint_ingress (SNAT,
-/// hairpin) the log code pushes the verifier past its stack limit (a
-/// 64-byte subprogram frame over the 496-byte main one) and near 1M
-/// processed instructions.
+/// The event of a new flow (when someone listens): `key` is its first
+/// packet's tuple, `original` the entry that packet's direction got;
+/// `ifindex` the container's veth (the client's for SNAT and hairpin, the
+/// published container's for DNAT; 0 for the host's flows).
 #[inline(always)]
-pub fn log_new_flow(
-    ctx: &TcContext,
-    cfg: &Config,
-    kind: &'static str,
-    pkt: &Packet,
-    entry: &CtEntry,
-) {
-    if cfg.flags & CONFIG_FLAG_LOG == 0 {
-        return;
-    }
-    debug!(
-        ctx,
-        "new {} flow proto={} src={:i} dst={:i} as src={:i}:{}",
-        kind,
-        pkt.proto,
-        pkt.saddr.to_ne_bytes(),
-        pkt.daddr.to_ne_bytes(),
-        entry.saddr.to_ne_bytes(),
-        u16::from_be(entry.sport)
-    );
+pub fn new_flow_event(ifindex: u32, key: &CtKey, original: &CtEntry) {
+    events::of_key(ifindex, events::what(EVENT_NEW, 0), key, original);
 }
 
 /// The counter of a translated packet.
@@ -476,6 +456,7 @@ pub fn new_flow<'a>(
     conntrack::track_first(&mut search.original, pkt);
     conntrack::insert_original(&key, &search.original, &search.reply_key)?;
     conntrack::remember_new(&key, state);
+    new_flow_event(flow.back_ifindex, &key, &search.original);
     Ok(&search.original)
 }
 
@@ -571,17 +552,22 @@ fn generic_snat<'a>(
     let key = key_of(pkt);
     conntrack::insert_original(&key, &s.original, &s.reply_key)?;
     conntrack::remember_new(&key, CT_STATE_NEW);
+    new_flow_event(client_ifindex, &key, &s.original);
     Ok(&s.original)
 }
 
 /// DNAT of a new connection to a published port: the client's address is
 /// kept, the destination becomes the container. No port to allocate: the
-/// reply tuple is the container's own.
+/// reply tuple is the container's own. Returns the original entry, to be
+/// applied, built (with the reply's key and entry) in this CPU's
+/// `SNAT_SEARCH` slot as new_flow's are: on uplink_ingress's stack, with
+/// the new flow's event, they took it past its 512 bytes.
 #[inline(always)]
-pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, StatIndex> {
+pub fn dnat<'a>(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<&'a CtEntry, StatIndex> {
     let key = key_of(pkt);
     let state = conntrack::initial_state(pkt);
-    let reply_key = CtKey {
+    let s = scratch().ok_or(StatIndex::DropConntrackFull)?;
+    s.reply_key = CtKey {
         saddr: target.ip,
         daddr: pkt.saddr,
         sport: target.port,
@@ -589,7 +575,7 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let reply = conntrack::entry(
+    s.reply = conntrack::entry(
         (pkt.daddr, pkt.dport),
         (pkt.saddr, pkt.sport),
         CT_KIND_DNAT,
@@ -600,8 +586,8 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
     );
     // The same client port reconnecting after its old flow died overwrites
     // the old entries (BPF_ANY): they describe the same tuple.
-    conntrack::insert(&reply_key, &reply)?;
-    let mut original = conntrack::entry(
+    conntrack::insert(&s.reply_key, &s.reply)?;
+    s.original = conntrack::entry(
         (pkt.saddr, pkt.sport),
         (target.ip, target.port),
         CT_KIND_DNAT,
@@ -610,8 +596,9 @@ pub fn dnat(pkt: &Packet, target: &PortTarget, bytes: u32) -> Result<CtEntry, St
         state,
         bytes,
     );
-    conntrack::track_first(&mut original, pkt);
-    conntrack::insert_original(&key, &original, &reply_key)?;
+    conntrack::track_first(&mut s.original, pkt);
+    conntrack::insert_original(&key, &s.original, &s.reply_key)?;
     conntrack::remember_new(&key, state);
-    Ok(original)
+    new_flow_event(target.ifindex, &key, &s.original);
+    Ok(&s.original)
 }

@@ -114,8 +114,7 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
                 return Ok(pass(StatIndex::Pass, bytes));
             }
             let entry = nat::dnat(&pkt, &target, bytes)?;
-            nat::log_new_flow(ctx, &cfg, "dnat", &pkt, &entry);
-            nat::apply(ctx, &pkt, &entry)?;
+            nat::apply(ctx, &pkt, entry)?;
             count(StatIndex::Dnat, bytes);
             return forward::redirect_peer(ctx, &pkt, &peer);
         }
@@ -240,5 +239,6 @@ fn host_packet(pkt: &Packet, bytes: u32) -> StatIndex {
     if conntrack::insert_original(&key, &s.original, &s.reply_key).is_err() {
         return StatIndex::Pass;
     }
+    nat::new_flow_event(0, &key, &s.original);
     StatIndex::HostFlow
 }

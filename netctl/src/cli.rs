@@ -1,21 +1,24 @@
 //! The command line (Docker's words where they fit) and its output.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
     config::HostConfig,
     datapath::ebpf,
     error::{Error, Result},
-    ipam,
+    ipam, ipam6,
     model::{DatapathKind, DnsConfig, Naming, DEFAULT_NETWORK},
     netns,
     ops::{self, ContainerRun, Host, NetworkCreate, Networking},
     ports::{self, PortSpec},
-    process, resolver,
+    process, resolver, trace,
 };
 
 #[derive(Parser, Debug)]
@@ -67,13 +70,11 @@ pub enum Command {
     Conntrack(ConntrackCommand),
     /// Counters and drop reasons of the eBPF datapath.
     Stats,
-    /// Print the eBPF programs' debug log (drops with their reason, new
-    /// DNAT flows) for a while: turns aya-log output on, then off again.
-    Trace {
-        /// How long to trace, 1 to 3600.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        seconds: u64,
-    },
+    /// Follow the eBPF datapath's flow events live: new flows with their
+    /// translation, drops with their reason, flow ends; with the
+    /// containers' names. Until Ctrl-C, or --seconds. Every filter given
+    /// must match; a filter given several times matches any of its values.
+    Trace(TraceArgs),
     /// Print the host's metrics in the Prometheus text format, or serve
     /// them over HTTP at /metrics with --listen.
     Metrics {
@@ -81,6 +82,14 @@ pub enum Command {
         /// (in the host namespace; port 0 picks a free one).
         #[arg(long, value_name = "ADDR:PORT", value_parser = listen_arg)]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// Serve Docker's remote network driver API on a Unix socket until
+    /// SIGINT or SIGTERM (`docker network create -d netctl ...`).
+    DockerPlugin {
+        /// Docker finds a plugin NAME by /run/docker/plugins/NAME.sock, or
+        /// by a spec file /etc/docker/plugins/NAME.spec holding unix://PATH.
+        #[arg(long, default_value = crate::docker::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Compare the state with the kernel: report what is missing, and what
     /// carries netctl's names without being in the state.
@@ -100,17 +109,47 @@ pub enum Command {
     Resolver,
 }
 
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Stop after this many seconds (1 to 86400) [default: until Ctrl-C].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub seconds: Option<u64>,
+    /// Events of this container (its address, before or after translation,
+    /// or its veth).
+    #[arg(long = "container", value_name = "NAME")]
+    pub containers: Vec<String>,
+    /// Events touching this network (its containers or its subnet).
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
+    /// Events with this port (source or destination, before or after
+    /// translation).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// tcp, udp, icmp or a protocol number.
+    #[arg(long = "proto", value_name = "PROTO", value_parser = trace::parse_protocol)]
+    pub protocols: Vec<u8>,
+    /// new, drop, end, or a drop reason (as `netctl stats` names it).
+    #[arg(long = "verdict", value_name = "VERDICT")]
+    pub verdicts: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
     /// Create a bridge network.
     Create {
         name: String,
-        /// Subnet in CIDR form [default: the first free of Docker's pools].
-        #[arg(long, value_parser = ipam::parse_subnet)]
-        subnet: Option<Ipv4Net>,
-        /// Gateway (the bridge's address) [default: first address of the subnet].
+        /// Subnet in CIDR form, once per family (IPv6 with --ipv6) [default:
+        /// IPv4, the first free of Docker's pools; IPv6, a unique-local /64
+        /// derived from the host and the network name].
+        #[arg(long, value_parser = subnet_arg)]
+        subnet: Vec<IpNet>,
+        /// Gateway (the bridge's address), once per family [default: first
+        /// address of the subnet].
         #[arg(long, value_parser = gateway_arg)]
-        gateway: Option<Ipv4Addr>,
+        gateway: Vec<IpAddr>,
+        /// Dual stack: the network gets an IPv6 subnet too (iptables datapath).
+        #[arg(long)]
+        ipv6: bool,
         /// Datapath of the host (fixed by its first network).
         #[arg(long, value_enum)]
         datapath: Option<DatapathKind>,
@@ -133,6 +172,9 @@ pub enum NetworkCommand {
         container: String,
         #[arg(long, value_parser = ip_arg)]
         ip: Option<Ipv4Addr>,
+        /// IPv6 address on a dual-stack network.
+        #[arg(long, value_parser = ip6_arg)]
+        ip6: Option<Ipv6Addr>,
         /// Another name for the container on this network (repeatable).
         #[arg(long = "alias", value_name = "NAME")]
         aliases: Vec<String>,
@@ -162,6 +204,9 @@ pub enum ContainerCommand {
         /// Address on the network [default: the first free one].
         #[arg(long, value_parser = ip_arg)]
         ip: Option<Ipv4Addr>,
+        /// IPv6 address on a dual-stack network [default: the first free one].
+        #[arg(long, value_parser = ip6_arg)]
+        ip6: Option<Ipv6Addr>,
         /// Publish a port: [IP:][HOST[-HOST]:]CTR[-CTR][/tcp|/udp].
         #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = ports::parse)]
         publish: Vec<PortSpec>,
@@ -237,6 +282,12 @@ impl Cli {
 
 /// `--ip`: an address whose refusal names the option.
 fn ip_arg(text: &str) -> Result<Ipv4Addr> {
+    if text.parse::<Ipv6Addr>().is_ok() {
+        return Err(Error::invalid(
+            format!("ip {text}"),
+            "is an IPv6 address: give it with --ip6",
+        ));
+    }
     ipam::parse_ip("ip", text)
 }
 
@@ -245,9 +296,56 @@ fn dns_arg(text: &str) -> Result<Ipv4Addr> {
     ipam::parse_ip("dns", text)
 }
 
-/// `--gateway`: an address whose refusal names the option.
-fn gateway_arg(text: &str) -> Result<Ipv4Addr> {
-    ipam::parse_ip("gateway", text)
+/// `--gateway`: an address of either family, whose refusal names the option.
+fn gateway_arg(text: &str) -> Result<IpAddr> {
+    text.parse().map_err(|_| {
+        Error::invalid(
+            format!("gateway {}", ipam::shown(text)),
+            "not a valid IP address",
+        )
+    })
+}
+
+/// `--subnet`: an IPv4 or an IPv6 CIDR, each checked by its family's rules.
+fn subnet_arg(text: &str) -> Result<IpNet> {
+    if text.contains(':') {
+        ipam6::parse_subnet(text).map(IpNet::V6)
+    } else {
+        ipam::parse_subnet(text).map(IpNet::V4)
+    }
+}
+
+/// `--ip6`: an IPv6 address.
+fn ip6_arg(text: &str) -> Result<Ipv6Addr> {
+    text.parse().map_err(|_| {
+        Error::invalid(
+            format!("ip6 {}", ipam::shown(text)),
+            "not a valid IPv6 address",
+        )
+    })
+}
+
+/// The `--subnet`s or `--gateway`s of `network create`: at most one of
+/// each family, split by family.
+fn one_per_family<T: Copy + std::fmt::Display, V4, V6>(
+    flag: &str,
+    values: &[T],
+    split: impl Fn(T) -> Result<V4, V6>,
+) -> Result<(Option<V4>, Option<V6>)> {
+    let (mut v4, mut v6) = (None, None);
+    for value in values {
+        let (slot_taken, family) = match split(*value) {
+            Ok(a) => (v4.replace(a).is_some(), "IPv4"),
+            Err(b) => (v6.replace(b).is_some(), "IPv6"),
+        };
+        if slot_taken {
+            return Err(Error::invalid(
+                format!("{flag} {value}"),
+                format!("{flag} is given twice for {family} (once per family)"),
+            ));
+        }
+    }
+    Ok((v4, v6))
 }
 
 /// `--listen`: a socket address whose refusal names the option.
@@ -318,9 +416,31 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             })
             .await
         }
-        Command::Trace { seconds } => Host::open(config)
-            .await?
-            .trace(seconds, &mut std::io::stdout().lock()),
+        Command::DockerPlugin { socket } => {
+            crate::docker::serve(config, &socket, || {
+                // Scripts and tests wait for this line.
+                println!("listening on {}", socket.display());
+            })
+            .await
+        }
+        Command::Trace(args) => {
+            let filters = trace::Filters {
+                containers: args.containers,
+                networks: args.networks,
+                ports: args.ports,
+                protocols: args.protocols,
+                verdicts: args.verdicts,
+            };
+            Host::open(config)
+                .await?
+                .trace(
+                    args.seconds,
+                    &filters,
+                    format == Format::Json,
+                    &mut std::io::stdout(),
+                )
+                .await
+        }
     }
 }
 
@@ -414,9 +534,18 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             name,
             subnet,
             gateway,
+            ipv6,
             datapath,
             internal,
         } => {
+            let (subnet, subnet6) = one_per_family("--subnet", &subnet, |n| match n {
+                IpNet::V4(n) => Ok(n),
+                IpNet::V6(n) => Err(n),
+            })?;
+            let (gateway, gateway6) = one_per_family("--gateway", &gateway, |a| match a {
+                IpAddr::V4(a) => Ok(a),
+                IpAddr::V6(a) => Err(a),
+            })?;
             let net = host
                 .network_create(NetworkCreate {
                     name,
@@ -424,6 +553,9 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
                     gateway,
                     datapath,
                     internal,
+                    ipv6,
+                    subnet6,
+                    gateway6,
                     ..NetworkCreate::default()
                 })
                 .await?;
@@ -445,8 +577,8 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             |r| {
                 vec![
                     r.network.name.clone(),
-                    r.network.subnet.to_string(),
-                    r.network.gateway.to_string(),
+                    with_ipv6(&r.network.subnet, r.network.ipv6.map(|v| v.subnet)),
+                    with_ipv6(&r.network.gateway, r.network.ipv6.map(|v| v.gateway)),
                     r.network.bridge.clone(),
                     r.datapath.to_string(),
                     r.network.internal.to_string(),
@@ -470,9 +602,10 @@ async fn network(mut host: Host, cmd: NetworkCommand, format: Format) -> Result<
             network,
             container,
             ip,
+            ip6,
             aliases,
         } => {
-            host.network_connect(&network, &container, ip, &aliases)
+            host.network_connect(&network, &container, ip, ip6, &aliases)
                 .await
         }
         NetworkCommand::Disconnect { network, container } => {
@@ -487,6 +620,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
             name,
             network,
             ip,
+            ip6,
             mut publish,
             publish_all,
             expose,
@@ -510,6 +644,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                     name,
                     network,
                     ip,
+                    ip6,
                     ports: publish,
                     command,
                     naming: Naming {
@@ -546,7 +681,7 @@ async fn container(mut host: Host, cmd: ContainerCommand, format: Format) -> Res
                         .join(","),
                     c.endpoints
                         .iter()
-                        .map(|e| e.ip.to_string())
+                        .map(|e| with_ipv6(&e.ip, e.ip6))
                         .collect::<Vec<_>>()
                         .join(","),
                     c.ports
@@ -640,6 +775,14 @@ fn stats(host: &Host, format: Format) -> Result<()> {
 
 /// A listing: the rows as JSON, or a table of `headers` with one line of
 /// `cells` per row.
+/// A table cell of both families: `172.18.0.2` or `172.18.0.2,fd00::2`.
+fn with_ipv6(v4: &impl std::fmt::Display, v6: Option<impl std::fmt::Display>) -> String {
+    match v6 {
+        Some(v6) => format!("{v4},{v6}"),
+        None => v4.to_string(),
+    }
+}
+
 fn print_listing<T: Serialize>(
     format: Format,
     rows: &[T],
@@ -739,7 +882,7 @@ mod tests {
         );
         assert_eq!(
             refusal(&["netctl", "network", "connect", "n", "c", "--ip", "::1"]).as_deref(),
-            Some("ip ::1: IPv6 is not supported (exit 1)")
+            Some("ip ::1: is an IPv6 address: give it with --ip6 (exit 1)")
         );
         assert_eq!(
             refusal(&["netctl", "metrics", "--listen", "9610"]).as_deref(),

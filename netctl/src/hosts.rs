@@ -62,9 +62,13 @@ pub fn render_hosts(ctr: &Container) -> String {
     }
     let mut seen = Vec::new();
     for ep in &ctr.endpoints {
-        if !seen.contains(&ep.ip) {
-            seen.push(ep.ip);
-            text.push_str(&format!("{}\t{}\n", ep.ip, names.join(" ")));
+        // Both families of a dual-stack endpoint.
+        let ips = std::iter::once(std::net::IpAddr::V4(ep.ip)).chain(ep.ip6.map(Into::into));
+        for ip in ips {
+            if !seen.contains(&ip) {
+                seen.push(ip);
+                text.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+            }
         }
     }
     text

@@ -181,7 +181,21 @@ pub fn reserve(
     used: &BTreeSet<Ipv4Addr>,
     ip: Ipv4Addr,
 ) -> Result<()> {
-    let reason = not_a_host(subnet, ip).or_else(|| {
+    check_asked("ip", subnet, not_a_host(subnet, ip), gateway, used, ip)
+}
+
+/// The checks of an address asked for (`--ip`, `--ip6`, named `what`), of
+/// either family: not a host of its subnet (`not_a_host`, the family's
+/// reason), the gateway, or in use.
+pub(crate) fn check_asked<A: Copy + Ord + std::fmt::Display>(
+    what: &str,
+    subnet: impl std::fmt::Display,
+    not_a_host: Option<String>,
+    gateway: A,
+    used: &BTreeSet<A>,
+    ip: A,
+) -> Result<()> {
+    let reason = not_a_host.or_else(|| {
         if ip == gateway {
             Some(format!("is the gateway of {subnet}"))
         } else if used.contains(&ip) {
@@ -191,7 +205,7 @@ pub fn reserve(
         }
     });
     match reason {
-        Some(reason) => Err(Error::invalid(format!("ip {ip}"), reason)),
+        Some(reason) => Err(Error::invalid(format!("{what} {ip}"), reason)),
         None => Ok(()),
     }
 }

@@ -6,9 +6,14 @@
 //! persists them, `journal.rs` records them in undo steps, and the rest of
 //! the crate reads them. Nothing here touches the disk or the kernel.
 
-use std::{fmt, net::Ipv4Addr, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
@@ -123,6 +128,18 @@ pub struct Network {
     /// MTU of the veth pairs of its endpoints (`None`: the kernel's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// `--ipv6`: the network's IPv6 side (dual stack). Absent in states
+    /// written before IPv6 and on IPv4-only networks, whose bridges and
+    /// containers have IPv6 turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Side>,
+}
+
+/// The IPv6 subnet of a dual-stack network and its gateway on the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Side {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
 }
 
 impl Network {
@@ -168,6 +185,9 @@ pub struct Endpoint {
     /// Host-side end of the veth pair, enslaved to the network's bridge.
     pub host_veth: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// MAC of the container side.
     pub mac: Mac,
 }
@@ -210,6 +230,11 @@ pub struct PortMapping {
     pub host_ip: Option<Ipv4Addr>,
     pub host_port: u16,
     pub container_ip: Ipv4Addr,
+    /// The endpoint's IPv6 address when the port is published on every
+    /// host address of a dual-stack network: the host's IPv6 addresses
+    /// forward to it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip6: Option<Ipv6Addr>,
     pub container_port: u16,
     pub container: String,
     /// Network whose endpoint receives the traffic.
@@ -262,6 +287,11 @@ pub struct Container {
     /// plugin: the runtime owns its namespace, netctl never deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniAttachment>,
+    /// Set when Docker made this container through `netctl docker-plugin`:
+    /// Docker owns its namespace (`netns` is the sandbox's path once
+    /// joined) and moves the interface into it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerEndpoint>,
     /// Its names and resolver settings (`--hostname`, `--network-alias`,
     /// `--dns*`), shown flat in the state and in `container inspect`.
     #[serde(flatten)]
@@ -315,6 +345,13 @@ pub struct CniAttachment {
     pub network: String,
 }
 
+/// What identifies a Docker endpoint to Docker (libnetwork's ids).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    pub network_id: String,
+    pub endpoint_id: String,
+}
+
 impl Container {
     pub fn endpoint(&self, network: &str) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.network == network)
@@ -330,9 +367,11 @@ impl Container {
     }
 
     /// Whether the container's namespace is netctl's to make and delete:
-    /// its own (bridge and none modes), unless a CNI runtime owns it.
+    /// its own (bridge and none modes), unless a runtime (CNI, Docker) owns it.
     pub fn owns_netns(&self) -> bool {
-        matches!(self.mode, NetworkMode::Bridge | NetworkMode::None) && self.cni.is_none()
+        matches!(self.mode, NetworkMode::Bridge | NetworkMode::None)
+            && self.cni.is_none()
+            && self.docker.is_none()
     }
 }
 
@@ -346,6 +385,7 @@ mod tests {
             host_ip,
             host_port: port,
             container_ip: Ipv4Addr::new(172, 18, 0, 2),
+            container_ip6: None,
             container_port: 80,
             container: "web".into(),
             network: "front".into(),
@@ -408,5 +448,24 @@ mod tests {
             NetworkMode::Container("web".into()).to_string(),
             "container:web"
         );
+    }
+
+    #[test]
+    fn the_ipv6_side_is_optional_in_the_state() {
+        let json = r#"{"network":"front","ifname":"eth0","host_veth":"ve1","ip":"172.18.0.2","mac":"02:42:ac:12:00:02"}"#;
+        let ep: Endpoint = serde_json::from_str(json).unwrap();
+        assert_eq!(ep.ip6, None);
+        // Written back as it was: no key for what it does not have.
+        assert_eq!(serde_json::to_string(&ep).unwrap(), json);
+        let dual = Endpoint {
+            ip6: Some("fd00:18::2".parse().unwrap()),
+            ..ep
+        };
+        let text = serde_json::to_string(&dual).unwrap();
+        assert!(text.contains(r#""ip6":"fd00:18::2""#), "{text}");
+        assert_eq!(serde_json::from_str::<Endpoint>(&text).unwrap(), dual);
+        let side: Ipv6Side =
+            serde_json::from_str(r#"{"subnet":"fd00:18::/64","gateway":"fd00:18::1"}"#).unwrap();
+        assert_eq!(side.gateway, "fd00:18::1".parse::<Ipv6Addr>().unwrap());
     }
 }

@@ -211,6 +211,36 @@ pub fn disable_ipv6(link: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Turns IPv6 on for a link netctl gives IPv6 addresses itself (the bridge
+/// of a dual-stack network, a container's interface on it), in the
+/// namespace the calling thread is in: router advertisements are ignored
+/// (`accept_ra=0`), duplicate address detection is off (`accept_dad=0`:
+/// netctl's IPAM already makes the addresses unique, and a tentative
+/// address would hold traffic back for a second). A container's link
+/// gets no link-local address (`link_local: false`, `addr_gen_mode=1`):
+/// its neighbour discovery then speaks from the address netctl assigned,
+/// the only one anti-spoofing lets it send from, and it can neither send
+/// nor solicit router advertisements, which need link-local sources. The
+/// bridge keeps its own (`link_local: true`): the host solicits a
+/// container's address from it when it forwards a packet whose source is
+/// not the host's (a published port's), and without one the kernel sends
+/// no solicitation at all. All set before `disable_ipv6=0`, so the link
+/// never runs with the defaults.
+pub fn enable_ipv6(link: &str, link_local: bool) -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf").join(link);
+    let addr_gen_mode = if link_local { "0" } else { "1" };
+    for (key, value) in [
+        ("accept_ra", "0"),
+        ("accept_dad", "0"),
+        ("addr_gen_mode", addr_gen_mode),
+        ("disable_ipv6", "0"),
+    ] {
+        fs::write(conf.join(key), value)
+            .map_err(|e| Error::io(format!("sysctl net.ipv6.conf.{link}.{key}"), e))?;
+    }
+    Ok(())
+}
+
 pub fn read_sysctl(key: &str) -> Result<String> {
     let file = Path::new("/proc/sys").join(key.replace('.', "/"));
     fs::read_to_string(&file)

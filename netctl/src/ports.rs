@@ -250,6 +250,7 @@ impl Target<'_> {
             host_ip: spec.host_ip,
             host_port,
             container_ip: self.ip,
+            container_ip6: None,
             container_port,
             container: self.container.to_owned(),
             network: self.network.to_owned(),

@@ -102,7 +102,7 @@ pub struct StateDir {
     _lock: Flock<File>,
 }
 
-const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.json";
 const JOURNAL_FILE: &str = "journal.json";
 
 /// Removes a state dir in which nothing was ever saved: a command that
@@ -125,13 +125,7 @@ impl StateDir {
             .create(path)
             .map_err(|e| Error::io(format!("state dir {}", path.display()), e))?;
         let lock_path = path.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+        let file = lock_file(&lock_path)?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::system(format!("lock {}", lock_path.display()), e))?;
         // `down` removes the dir, lock file included, while others may be
@@ -318,6 +312,40 @@ impl StateDir {
     }
 }
 
+/// Opens (or makes) the file a lock is taken on, owner-only.
+pub fn lock_file(path: &Path) -> Result<fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("lock {}", path.display()), e))
+}
+
+/// Inode, size and mtime: the identity that says a file changed.
+pub type Stamp = Option<(u64, u64, i64, i64)>;
+
+/// The identity of the file at `path` (the state's, the host's
+/// resolv.conf) that says it changed.
+pub fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Reads a state file without the lock (the resolver, `netctl trace`):
+/// every save replaces the file atomically, so a reader sees one whole
+/// state; an absent file is an empty state.
+pub fn read_snapshot(file: &Path) -> Result<State> {
+    match fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::system(format!("state {}", file.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(Error::io(format!("state {}", file.display()), e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -346,6 +374,7 @@ mod tests {
                 dns: true,
                 created: 1,
                 mtu: None,
+                ipv6: None,
             },
         );
         state.containers.insert(
@@ -360,6 +389,7 @@ mod tests {
                     host_ip: None,
                     host_port: 8080,
                     container_ip: Ipv4Addr::new(172, 18, 0, 2),
+                    container_ip6: None,
                     container_port: 80,
                     container: "web".into(),
                     network: "front".into(),
@@ -367,6 +397,7 @@ mod tests {
                 process: None,
                 created: 2,
                 cni: None,
+                docker: None,
                 naming: crate::model::Naming::default(),
             },
         );

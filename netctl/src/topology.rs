@@ -3,13 +3,20 @@
 //! Each function does one step that the caller records in its undo list;
 //! none of them touches the datapath or the state.
 //!
-//! Networks have no IPv6, as Docker's without `--ipv6`: the bridge, the
+//! Networks without `--ipv6` have no IPv6, as Docker's: the bridge, the
 //! host-side veths and the namespaces netctl makes have it turned off
 //! (`disable_ipv6`), so that nothing a container sends over IPv6 (a router
 //! advertisement, say) is ever processed by the host. A runtime's
 //! namespace (CNI) is the runtime's to configure.
+//!
+//! A dual-stack network (`--ipv6`) turns IPv6 on exactly where netctl puts
+//! an IPv6 address (the bridge, the container's interface on it), with
+//! router advertisements ignored, no duplicate address detection and, in
+//! containers, no link-local address (`netns::enable_ipv6`), and IPv6 forwarding on in the
+//! host namespace. Host-side veths stay without IPv6 (they are bridge
+//! ports and need none), and so do a container's other interfaces.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::{
     error::Result,
@@ -26,7 +33,15 @@ pub async fn network_up(host: &Netlink, net: &Network) -> Result<u32> {
         .ensure_bridge(&net.bridge, net.bridge_mac().octets())
         .await?;
     // The calling thread is in the host namespace (see `netns`).
-    netns::disable_ipv6(Some(&net.bridge))?;
+    match net.ipv6 {
+        None => netns::disable_ipv6(Some(&net.bridge))?,
+        Some(side) => {
+            netns::write_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            netns::enable_ipv6(&net.bridge, true)?;
+            host.add_address(bridge, side.gateway, side.subnet.prefix_len())
+                .await?;
+        }
+    }
     host.add_address(bridge, net.gateway, net.subnet.prefix_len())
         .await?;
     Ok(bridge)
@@ -56,9 +71,10 @@ pub async fn create_container_netns(name: &str) -> Result<()> {
     inside.set_up(lo).await
 }
 
-/// Name the container-side veth end had while it was still in the host
-/// namespace, in netctl versions that moved it in: `doctor` still finds
-/// such a leftover.
+/// Name of the container-side veth end while it is in the host namespace:
+/// a Docker endpoint's, until Docker moves it into its sandbox (and what
+/// netctl versions that moved the end in themselves could leave behind,
+/// which `doctor` finds).
 pub fn peer_name(ep: &Endpoint) -> String {
     format!("{}p", ep.host_veth)
 }
@@ -74,22 +90,35 @@ pub fn peer_name(ep: &Endpoint) -> String {
 /// before. `point` names the failpoint between the pair's making and the
 /// configuration of its inside end (the caller's command's). Returns the
 /// host end's ifindex (for the datapath).
+///
+/// Without a namespace (a Docker endpoint), the container's end stays in
+/// the host namespace as [`peer_name`], down, with the endpoint's MAC:
+/// Docker moves it into the sandbox after Join and gives it its name,
+/// address and routes there. It is down until Docker brings it up inside,
+/// so the order above holds as well.
 pub async fn attach(
     host: &Netlink,
-    netns_name: &str,
+    netns_name: Option<&str>,
     net: &Network,
     ep: &Endpoint,
     point: &str,
 ) -> Result<u32> {
     let bridge = host.index(&net.bridge).await?;
-    let ns = netns::open(netns_name)?;
+    let inside = match netns_name {
+        Some(name) => Some((name, netns::open(name)?)),
+        None => None,
+    };
+    let peer = match inside {
+        Some(_) => ep.ifname.clone(),
+        None => peer_name(ep),
+    };
     host.add_veth_into(
         &ep.host_veth,
         bridge,
         net.mtu,
-        &ep.ifname,
+        &peer,
         ep.mac.octets(),
-        &ns,
+        inside.as_ref().map(|(_, ns)| ns),
     )
     .await?;
     let result = async {
@@ -97,7 +126,9 @@ pub async fn attach(
         host.set_hairpin(host_end).await?;
         netns::disable_ipv6(Some(&ep.host_veth))?;
         failpoint::check(point)?;
-        configure_inside(netns_name, net, ep).await?;
+        if let Some((netns_name, _)) = inside {
+            configure_inside(netns_name, net, ep).await?;
+        }
         Ok(host_end)
     }
     .await;
@@ -113,9 +144,20 @@ async fn configure_inside(netns_name: &str, net: &Network, ep: &Endpoint) -> Res
     inside
         .add_address(index, ep.ip, net.subnet.prefix_len())
         .await?;
+    let ipv6 = net.ipv6.zip(ep.ip6);
+    if let Some((side, ip6)) = ipv6 {
+        netns::NetnsGuard::enter(netns_name)
+            .and_then(|_inside| netns::enable_ipv6(&ep.ifname, false))?;
+        inside
+            .add_address(index, ip6, side.subnet.prefix_len())
+            .await?;
+    }
     inside.set_up(index).await?;
     if !net.internal {
         inside.add_default_route(net.gateway).await?;
+        if let Some((side, _)) = ipv6 {
+            inside.add_default_route6(side.gateway).await?;
+        }
     }
     Ok(())
 }
@@ -134,12 +176,23 @@ pub async fn detach(host: &Netlink, ep: &Endpoint) -> Result<()> {
     host.delete_link(&ep.host_veth).await
 }
 
-/// After a detach, gives the container a default route again through one of
-/// the networks it is still on (the route left with the deleted link).
-pub async fn restore_default_route(netns_name: &str, gateways: &[Ipv4Addr]) -> Result<()> {
-    let Some(gateway) = gateways.first() else {
+/// After a detach, gives the container default routes again through the
+/// first of the networks it is still on for each family (a route left with
+/// the deleted link).
+pub async fn restore_default_route(
+    netns_name: &str,
+    gateways: &[Ipv4Addr],
+    gateways6: &[Ipv6Addr],
+) -> Result<()> {
+    if gateways.is_empty() && gateways6.is_empty() {
         return Ok(());
-    };
+    }
     let inside = Netlink::connect_in(netns_name)?;
-    inside.add_default_route(*gateway).await
+    if let Some(gateway) = gateways.first() {
+        inside.add_default_route(*gateway).await?;
+    }
+    if let Some(gateway) = gateways6.first() {
+        inside.add_default_route6(*gateway).await?;
+    }
+    Ok(())
 }

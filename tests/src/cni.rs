@@ -108,10 +108,16 @@ impl Drop for BinDir {
     }
 }
 
+/// `CNI_ARGS` as a Kubernetes runtime passes them (the pod's namespace and
+/// name: no name on the network).
+pub const KUBERNETES_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test";
+
 /// The runtime side of one sandbox: network configs and container namespaces.
 pub struct Runtime<'a> {
     pub sb: &'a Sandbox,
     pub bin: BinDir,
+    /// `CNI_ARGS` of the next calls [default: [`KUBERNETES_ARGS`]].
+    pub args: String,
 }
 
 impl<'a> Runtime<'a> {
@@ -119,7 +125,13 @@ impl<'a> Runtime<'a> {
         Runtime {
             sb,
             bin: BinDir::new(sb),
+            args: KUBERNETES_ARGS.to_owned(),
         }
+    }
+
+    /// `CNI_ARGS` as podman passes them: the container's name alone.
+    pub fn podman_args(&mut self, name: &str) {
+        self.args = format!("IgnoreUnknown=1;K8S_POD_NAME={name}");
     }
 
     /// The plugin object of the sandbox's network, pointed at the sandbox.
@@ -152,7 +164,7 @@ impl<'a> Runtime<'a> {
         let mut vars = vec![
             ("CNI_COMMAND", command),
             ("CNI_PATH", path.as_str()),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=test"),
+            ("CNI_ARGS", self.args.as_str()),
         ];
         if !id.is_empty() {
             vars.push(("CNI_CONTAINERID", id));

@@ -369,9 +369,6 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
     src[8..11].copy_from_slice(&[src_mac[0] ^ 2, src_mac[1], src_mac[2]]);
     src[11..13].copy_from_slice(&[0xff, 0xfe]);
     src[13..].copy_from_slice(&src_mac[3..]);
-    let mut all_nodes = [0u8; 16];
-    all_nodes[..2].copy_from_slice(&[0xff, 0x02]);
-    all_nodes[15] = 1;
     // Type 134, code 0, checksum, hop limit 64, no flags, router lifetime
     // 1800 s, reachable time and retransmission timer unspecified.
     let mut icmp = vec![134, 0, 0, 0, 64, 0];
@@ -388,6 +385,17 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
     icmp.extend_from_slice(&[0; 4]);
     icmp.extend_from_slice(&prefix);
     icmp.extend_from_slice(&[0; 8]);
+    to_all_nodes(src_mac, src, icmp)
+}
+
+/// An ICMPv6 neighbour-discovery message (`icmp`, checksum left 0) from
+/// `src_mac` and `src` to all nodes (ff02::1 at 33:33:00:00:00:01), its
+/// checksum filled in; hop limit 255, without which a receiver ignores
+/// neighbour discovery.
+fn to_all_nodes(src_mac: [u8; 6], src: [u8; 16], mut icmp: Vec<u8>) -> Vec<u8> {
+    let mut all_nodes = [0u8; 16];
+    all_nodes[..2].copy_from_slice(&[0xff, 0x02]);
+    all_nodes[15] = 1;
     let len = icmp.len() as u32;
     let mut pseudo = Vec::with_capacity(40);
     pseudo.extend_from_slice(&src);
@@ -400,8 +408,7 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
     let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
     f.extend_from_slice(&src_mac);
     f.extend_from_slice(&[0x86, 0xdd]);
-    // Version 6; payload length; next header ICMPv6; hop limit 255 (a
-    // receiver ignores an RA with any other).
+    // Version 6; payload length; next header ICMPv6; hop limit 255.
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&(len as u16).to_be_bytes());
     f.extend_from_slice(&[58, 255]);
@@ -409,6 +416,19 @@ pub fn router_advertisement(src_mac: [u8; 6], prefix: [u8; 8]) -> Vec<u8> {
     f.extend_from_slice(&all_nodes);
     f.extend_from_slice(&icmp);
     f
+}
+
+/// An unsolicited neighbour advertisement (override set, to all nodes)
+/// from `src_mac` and `src`, saying that `target` is at `src_mac`: what a
+/// container sends to take over another's IPv6 address.
+pub fn neighbour_advertisement(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    // Type 136, code 0, checksum, flags: override (0x20), then the target
+    // and its target link-layer address option.
+    let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    icmp.extend_from_slice(&target);
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&src_mac);
+    to_all_nodes(src_mac, src, icmp)
 }
 
 /// An IPv6 UDP datagram (fd.. to fe..) from `src_mac` to `dst_mac`.

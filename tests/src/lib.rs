@@ -3,10 +3,12 @@
 //! BPF_PROG_TEST_RUN (`tc`) on frames built by `frames`.
 
 pub mod cni;
+pub mod docker;
 pub mod frames;
 pub mod host_state;
 pub mod ledger;
 pub mod output;
+pub mod podman;
 pub mod sandbox;
 pub mod tc;
 

@@ -13,7 +13,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Output, Stdio},
     sync::{
@@ -32,6 +32,10 @@ pub mod probe;
 /// The host's uplink address (SNAT source) and the outside peer's.
 pub const HOST_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The same two ends' IPv6 addresses in a dual-stack sandbox
+/// ([`Sandbox::dual_stack`]; 2001:db8::/32 is IPv6's documentation range).
+pub const HOST_UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const UPLINK: &str = "uplink0";
 const WAN: &str = "wan0";
 
@@ -161,6 +165,43 @@ impl Sandbox {
         cmd
     }
 
+    /// A sandbox whose uplink carries IPv6 too: 2001:db8::1/64 on the
+    /// host's end (default route via the outside's 2001:db8::2/64), for
+    /// dual-stack networks. Duplicate address detection is off on both
+    /// ends so that the addresses work at once.
+    pub fn dual_stack(datapath: &str) -> Self {
+        let sandbox = Sandbox::new(datapath);
+        sandbox
+            .add_ipv6()
+            .unwrap_or_else(|e| panic!("sandbox {}: IPv6: {e}", sandbox.prefix));
+        sandbox
+    }
+
+    fn add_ipv6(&self) -> netctl::error::Result<()> {
+        for (ns, ifname) in [(&self.host_netns, UPLINK), (&self.outside_netns, WAN)] {
+            let ns = ns.clone();
+            std::thread::spawn(move || {
+                let _inside = netns::NetnsGuard::enter(&ns)?;
+                netns::write_sysctl(&format!("net.ipv6.conf.{ifname}.accept_dad"), "0")?;
+                netns::write_sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "0")
+            })
+            .join()
+            .expect("thread")?;
+        }
+        runtime().block_on(async {
+            let host = Netlink::connect_in(&self.host_netns)?;
+            let outside = Netlink::connect_in(&self.outside_netns)?;
+            for (nl, ifname, ip) in [
+                (&host, UPLINK, HOST_UPLINK_IP6),
+                (&outside, WAN, OUTSIDE_IP6),
+            ] {
+                let index = nl.index(ifname).await?;
+                nl.add_address(index, ip, 64).await?;
+            }
+            host.add_default_route6(OUTSIDE_IP6).await
+        })
+    }
+
     /// A netctl command against this sandbox's host, to configure (stdio,
     /// spawn) before running it.
     pub fn netctl_command(&self, args: &[&str]) -> Command {
@@ -241,6 +282,18 @@ impl Sandbox {
             .and_then(|e| e["ip"].as_str())
             .and_then(|ip| ip.parse().ok())
             .unwrap_or_else(|| panic!("{container} has no address on {network}"))
+    }
+
+    /// A container's IPv6 address on a dual-stack network.
+    pub fn ip6_of(&self, container: &str, network: &str) -> Ipv6Addr {
+        let ctr = self.inspect(container);
+        let endpoints = ctr["endpoints"].as_array().expect("endpoints");
+        endpoints
+            .iter()
+            .find(|e| e["network"] == network)
+            .and_then(|e| e["ip6"].as_str())
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("{container} has no IPv6 address on {network}: {ctr}"))
     }
 
     /// Runs a command in a container through `netctl exec`.
@@ -379,6 +432,11 @@ impl Sandbox {
         self.run_in_ok(&self.host_netns, &["iptables-save"])
     }
 
+    /// Rules of the host namespace as `ip6tables-save` prints them.
+    pub fn ip6tables_save(&self) -> String {
+        self.run_in_ok(&self.host_netns, &["ip6tables-save"])
+    }
+
     /// One table of the host namespace with packet and byte counters
     /// (`iptables-save -c -t TABLE`).
     pub fn iptables_save_counters(&self, table: &str) -> String {
@@ -433,10 +491,11 @@ impl Sandbox {
     }
 
     /// The entries of one pinned map as `bpftool` prints them (sorted
-    /// lines), or "" when it is not pinned.
+    /// lines), or "" when it is not pinned or is the flow events' ring
+    /// buffer (no entries: bpftool cannot dump one).
     pub fn bpf_map_dump(&self, map: &str) -> String {
         let path = self.pin_path(&format!("maps/{map}"));
-        if !Path::new(&path).exists() {
+        if !Path::new(&path).exists() || map == netctl_common::maps::FLOW_EVENTS {
             return String::new();
         }
         let out = Command::new("bpftool")
@@ -476,7 +535,7 @@ impl Sandbox {
 
 /// Starts `argv` in a namespace (setns in a thread of its own; the child
 /// inherits it) with the given stdin, stdout and stderr.
-fn spawn_in_netns(netns_name: &str, argv: &[&str], stdio: [Stdio; 3]) -> Child {
+pub(crate) fn spawn_in_netns(netns_name: &str, argv: &[&str], stdio: [Stdio; 3]) -> Child {
     let netns_name = netns_name.to_owned();
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {

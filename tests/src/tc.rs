@@ -36,7 +36,7 @@ use std::{net::Ipv4Addr, process::Command};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::SchedClassifier,
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
@@ -45,6 +45,7 @@ use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL},
+    event::{FlowEvent, LEASE_NS},
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
 };
@@ -472,6 +473,42 @@ impl Env {
                     .collect::<Vec<_>>()
             );
         }
+    }
+
+    /// Turns flow events on (a listener's lease, as `netctl trace` writes
+    /// it) or off (0).
+    pub fn listen(&mut self, on: bool) {
+        let until = if on { monotonic_ns() + LEASE_NS } else { 0 };
+        self.set_lease(until);
+    }
+
+    /// Writes the listener's lease as it is (a time of CLOCK_MONOTONIC).
+    pub fn set_lease(&mut self, until: u64) {
+        let mut map: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut("FLOW_LISTENER").expect("FLOW_LISTENER"))
+                .expect("FLOW_LISTENER");
+        map.set(0, until, 0).expect("FLOW_LISTENER[0]");
+    }
+
+    /// The listener's lease as it is now.
+    pub fn lease(&self) -> u64 {
+        let map: Array<_, u64> =
+            Array::try_from(self.ebpf.map("FLOW_LISTENER").expect("FLOW_LISTENER"))
+                .expect("FLOW_LISTENER");
+        map.get(&0, 0).expect("FLOW_LISTENER[0]")
+    }
+
+    /// The flow events written since the last call, oldest first.
+    pub fn events(&mut self) -> Vec<FlowEvent> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut("FLOW_EVENTS").expect("FLOW_EVENTS"))
+            .expect("FLOW_EVENTS");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<FlowEvent>(), "event size");
+            // SAFETY: FlowEvent is plain old data and the record is whole.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+        }
+        events
     }
 
     pub fn stat_bytes(&self, index: StatIndex) -> u64 {

@@ -28,6 +28,7 @@ netctl_tests::on_both_datapaths!(
     chained_with_the_reference_tuning_plugin,
     delegated_host_local_ipam,
     netns_given_as_a_proc_path,
+    podman_names_and_vanished_namespaces,
 );
 
 // ------------------------------------------------------------------ scenarios
@@ -684,4 +685,79 @@ fn netns_given_as_a_proc_path(datapath: &str) {
     assert!(!links_in(&sb, &netns::path(&name).display().to_string()).contains("eth0"));
     assert!(containers(&sb).is_empty());
     drop(holder);
+}
+
+/// podman's `K8S_POD_NAME` (without a pod namespace) and the `aliases`
+/// capability are names on the network, answered by its resolver; a
+/// Kubernetes pod name is not. An attachment whose namespace vanished
+/// without a DEL gives way to the ADD that sets it up again, or that asks
+/// for its name; a live one keeps its name.
+fn podman_names_and_vanished_namespaces(datapath: &str) {
+    let sb = Sandbox::new(datapath);
+    let mut rt = Runtime::new(&sb);
+    let mut named = rt.conf("1.0.0");
+    named["runtimeConfig"] =
+        json!({"aliases": {NETWORK: ["www", "0123abcdef01"], "other": ["nope"]}});
+    let web_ns = rt.make_netns("web");
+    rt.podman_args("web");
+    let web_ip = result_ip(&rt.add(&id(1), &web_ns, &named));
+    let client_ns = rt.make_netns("client");
+    rt.podman_args("client");
+    let client_ip = result_ip(&rt.add(&id(2), &client_ns, &rt.conf("1.0.0")));
+    // A Kubernetes pod called web: no clash, no name.
+    rt.args = KUBERNETES_ARGS.replace("=test", "=web");
+    let pod_ns = rt.make_netns("pod");
+    rt.add(&id(3), &pod_ns, &rt.conf("1.0.0"));
+    let client_name = format!("{}-client", sb.prefix);
+    let tool = nettool();
+    let ask = |name: &str| {
+        call_until_answer(|| sb.run_in(&client_name, &[&tool, "dnsask", "udp", "10.77.0.1", name]))
+            .trim()
+            .to_owned()
+    };
+    for name in ["web", "WWW", "0123abcdef01"] {
+        assert_eq!(
+            ask(name),
+            format!("rcode=NoError answers={web_ip}"),
+            "{name}"
+        );
+    }
+    assert!(
+        ask("nope").starts_with("rcode=NXDomain"),
+        "another network's alias"
+    );
+    let web_name = format!("{}-web", sb.prefix);
+    let back = call_until_answer(|| {
+        sb.run_in(&web_name, &[&tool, "dnsask", "udp", "10.77.0.1", "client"])
+    });
+    assert_eq!(back.trim(), format!("rcode=NoError answers={client_ip}"));
+
+    // A live attachment keeps its name: refused, nothing changed.
+    let before = snapshot(&sb);
+    rt.podman_args("web");
+    let second_ns = rt.make_netns("web2");
+    let code = rt
+        .netctl("ADD", &id(4), &second_ns, &rt.conf("1.0.0"))
+        .error_code("name taken");
+    assert_eq!(code, 100);
+    assert_eq!(snapshot(&sb), before);
+
+    // web's namespace vanishes without a DEL (a reboot): a new web takes
+    // the name; the old attachment is gone with its veth.
+    netns::delete(Path::new(&web_ns).file_name().unwrap().to_str().unwrap()).unwrap();
+    let new_web_ip = result_ip(&rt.add(&id(4), &second_ns, &rt.conf("1.0.0")));
+    assert_eq!(ask("web"), format!("rcode=NoError answers={new_web_ip}"));
+    assert!(!containers(&sb).contains(&container(1)));
+    // The same attachment set up again in a new namespace after its own
+    // vanished (podman starting a container again after a reboot).
+    netns::delete(Path::new(&client_ns).file_name().unwrap().to_str().unwrap()).unwrap();
+    rt.podman_args("client");
+    let again_ns = rt.make_netns("client2");
+    rt.add(&id(2), &again_ns, &rt.conf("1.0.0"));
+    assert_eq!(
+        containers(&sb),
+        vec![container(2), container(3), container(4)]
+    );
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {doctor:?}");
 }

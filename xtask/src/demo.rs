@@ -25,16 +25,25 @@
 //! - `exec NAME -- CMD...` runs CMD in the container's namespace (names of
 //!   peers resolve), `exec --host -- CMD...` in the host namespace and the
 //!   `--cgroup`; both exit with CMD's status and pass its stdout through;
+//! - `--format json trace` (eBPF) prints a JSON object per flow event until
+//!   SIGINT, and `nettool rawsend IFACE SRC_MAC DST_MAC SRC DST PORT COUNT`
+//!   sends UDP frames as given (a's forged ones are dropped and traced);
 //! - `down` removes everything netctl made for this host, including the
 //!   container namespaces `<p>-host-<name>` and their processes.
 
-use std::{fmt, net::Ipv4Addr, net::SocketAddr, process::Command, time::Instant};
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use clap::ValueEnum;
 
 use crate::{
-    cmd::{read_echoed, run, step},
+    cmd::{display, read, read_echoed, run, step},
     sandbox::{self, checkpoint, OnDrop, Sandbox, DEMO_PREFIX, HOST_IP, OUTSIDE_IP},
     tools,
 };
@@ -62,6 +71,9 @@ const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(172, 18, 0, 0), 16);
 const WEB_PORT: u16 = 80;
 const PUBLISHED_PORT: u16 = 8080;
 const OUTSIDE_PORT: u16 = 9000;
+/// An address of the demo's subnet that no container has: a's forged
+/// source.
+const FORGED_SOURCE: &str = "172.18.0.200";
 
 pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
     let tools = tools::build()?;
@@ -137,10 +149,38 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
     .context("starting the outside server")?;
     checkpoint()?;
 
+    // eBPF: the checks' flow events, followed live while they run.
+    let trace = if datapath == Datapath::Ebpf {
+        let mut cmd = sb.netctl(&["--format", "json", "trace"]);
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", display(&cmd)))?;
+        // Time to take the listener's lease.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        Some(child)
+    } else {
+        None
+    };
     step("checks");
     let checks = run_checks(&sb, &nettool)?;
     print_table(datapath, &checks);
-    if datapath == Datapath::Ebpf {
+    if let Some(trace) = trace {
+        step("a forges its source address: dropped (drop_spoofed)");
+        forge_from_a(&sb, &nettool)?;
+        // SAFETY: a signal to our own child, which ends the trace.
+        unsafe { libc::kill(trace.id() as libc::pid_t, libc::SIGINT) };
+        let out = trace.wait_with_output().context("netctl trace")?;
+        step(
+            "netctl --format json trace, during the checks: new flows with their names, the drops",
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        ensure!(
+            out.status.success(),
+            "netctl trace failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // What the checks did to the datapath: its flows and its counters.
         step("the eBPF datapath after the checks: conntrack and counters");
         run(&mut sb.netctl(&["conntrack", "ls"]))?;
@@ -152,6 +192,33 @@ pub fn run_demo(datapath: Datapath, keep: bool) -> Result<()> {
     }
     println!("all {} checks passed", checks.len());
     Ok(())
+}
+
+/// Container `a` sends two UDP datagrams with a source address that is not
+/// its own, which the datapath drops on its veth (anti-spoofing).
+fn forge_from_a(sb: &Sandbox, nettool: &str) -> Result<()> {
+    let inspect = read(&mut sb.netctl(&["--format", "json", "container", "inspect", "a"]))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&inspect).context("container inspect a: JSON")?;
+    let mac = json[0]["endpoints"][0]["mac"]
+        .as_str()
+        .or_else(|| json["endpoints"][0]["mac"].as_str())
+        .ok_or_else(|| anyhow!("container inspect a: no MAC"))?
+        .to_owned();
+    run(&mut sb.netctl(&[
+        "exec",
+        "a",
+        "--",
+        nettool,
+        "rawsend",
+        "eth0",
+        &mac,
+        "ff:ff:ff:ff:ff:ff",
+        FORGED_SOURCE,
+        &OUTSIDE_IP.to_string(),
+        "7000",
+        "2",
+    ]))
 }
 
 /// One row of the result table.

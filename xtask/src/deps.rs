@@ -52,6 +52,18 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool check metrics, and a Prometheus server scraping `netctl metrics --listen` in the tests",
     ),
+    (
+        "docker.io",
+        "dockerd 20.10 and its CLI driving `netctl docker-plugin` in tests/tests/docker.rs",
+    ),
+    (
+        "podman",
+        "tests/podman.rs: podman 4.3's CNI backend driving netctl's plugin",
+    ),
+    (
+        "busybox-static",
+        "the root filesystem of the Docker tests' image (`docker import`) and of the podman tests' containers (`podman run --rootfs`)",
+    ),
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -125,11 +137,50 @@ fn apt_packages() -> Result<usize> {
     run(Command::new("apt-get")
         .arg("update")
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let _no_daemons = NoDaemonStarts::install()?;
     run(Command::new("apt-get")
         .args(["install", "-y"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(missing.len())
+}
+
+/// Debian's `policy-rc.d` answer "not now" (101) for the length of an
+/// install: docker.io, podman and prometheus ship daemons that a host
+/// running systemd would start at once, and dockerd would make `docker0`
+/// and its iptables rules in the root network namespace, which nothing of
+/// netctl's may touch. The tests start their own, inside sandboxes. An
+/// existing policy file is the administrator's and is left alone.
+struct NoDaemonStarts(Option<&'static Path>);
+
+impl NoDaemonStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Result<Self> {
+        let path = Path::new(Self::PATH);
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask deps: no daemon starts while it installs\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", path.display()))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoDaemonStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            if let Err(e) = fs::remove_file(path) {
+                eprintln!("deps: cannot remove {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// rust-src for nightly: aya-build compiles netctl-ebpf with `-Z build-std=core`.

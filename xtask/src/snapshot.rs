@@ -1,6 +1,6 @@
 //! What the tests could leave behind in the ROOT namespace and on the
 //! machine, read before and after a test run to find leaks. Reading only:
-//! `ip`, `iptables-save`, `nft list` and `bpftool prog list` never change
+//! `ip`, `iptables-save`, `ip6tables-save`, `nft list` and `bpftool prog list` never change
 //! anything here.
 //!
 //! Besides objects (links, namespaces, rules, pins, dirs), it holds the
@@ -94,7 +94,15 @@ impl Snapshot {
         Ok(Snapshot {
             links: link_names(&read(Command::new("ip").args(["-o", "link", "show"]))?),
             namespaces: netns_names(&read(Command::new("ip").args(["netns", "list"]))?),
-            netctl_rules: netctl_rules(&read(&mut Command::new("iptables-save"))?),
+            netctl_rules: [
+                netctl_rules(&read(&mut Command::new("iptables-save"))?),
+                // Dual-stack networks write ip6tables too.
+                netctl_rules(&read(&mut Command::new("ip6tables-save"))?)
+                    .into_iter()
+                    .map(|l| format!("ip6 {l}"))
+                    .collect(),
+            ]
+            .concat(),
             pins: walk(Path::new(BPF_PINS)),
             state_dirs: subdirs(Path::new(STATE_DIRS)),
             cgroups: cgroup_root.as_deref().map(subdirs).unwrap_or_default(),

@@ -108,6 +108,74 @@ impl Invocation<'_> {
         })
     }
 
+    /// Attachments of this network in namespaces that no longer exist
+    /// which are this attachment or hold one of its names.
+    fn stale(&self, host: &Host) -> Vec<(String, CniAttachment)> {
+        let names: Vec<String> = self
+            .names()
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        host.state
+            .containers
+            .values()
+            .filter_map(|c| Some((c, c.cni.as_ref()?)))
+            .filter(|(_, cni)| cni.network == self.conf.name && !netns::exists(&cni.netns))
+            .filter(|(c, cni)| {
+                (cni.container_id == self.env.container_id && cni.ifname == self.env.ifname)
+                    || c.aliases(&self.conf.name)
+                        .iter()
+                        .any(|a| names.contains(&a.to_ascii_lowercase()))
+            })
+            .map(|(c, cni)| (c.name.clone(), cni.clone()))
+            .collect()
+    }
+
+    /// A DEL to the delegated IPAM plugin for each of `attachments`, with
+    /// `stdin` as their configuration; the errors met.
+    fn release_ipam_of(&self, attachments: &[CniAttachment], stdin: &[u8]) -> Vec<CniError> {
+        let Some(plugin) = self.conf.delegated_ipam() else {
+            return Vec::new();
+        };
+        attachments
+            .iter()
+            .filter_map(|cni| {
+                let call = Call {
+                    command: "DEL",
+                    container_id: &cni.container_id,
+                    ifname: &cni.ifname,
+                    netns: None,
+                };
+                delegate::exec(plugin, &self.env.path, &call, stdin).err()
+            })
+            .collect()
+    }
+
+    /// The attachment's names on its network besides its own: podman's
+    /// container name (`K8S_POD_NAME`) and the `aliases` capability's
+    /// names for this network (podman's `--network-alias` and the short
+    /// container id), each once whatever its case.
+    fn names(&self) -> Vec<String> {
+        let aliases = self.conf.runtime_config.aliases.get(&self.conf.name);
+        let mut names: Vec<String> = Vec::new();
+        // podman's name rule is netctl's but for the length: a longer
+        // name is no DNS label either, and is left out rather than failing
+        // the container (the aliases asked are checked as given).
+        let podman_name = self
+            .env
+            .podman_name()
+            .filter(|n| ipam::check_name("container", n).is_ok());
+        for name in podman_name
+            .into_iter()
+            .chain(aliases.into_iter().flatten().map(String::as_str))
+        {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name.to_owned());
+            }
+        }
+        names
+    }
+
     fn ipam_call(&self, command: &'static str) -> Call<'_> {
         Call {
             command,
@@ -129,12 +197,41 @@ impl Invocation<'_> {
         }
         let name = container_name(&self.env.container_id, &self.env.ifname);
         let ports = port_specs(self.conf)?;
-        let requested_ip = self.conf.requested_ip()?;
-        let mac = match &self.conf.runtime_config.mac {
+        // The capabilities first, then CNI_ARGS `IP` and `MAC` (podman 4.3
+        // passes --ip and --mac-address that way, as the reference
+        // host-local and bridge plugins read them).
+        let requested_ip = match self.conf.requested_ip()? {
+            Some(ip) => Some(ip),
+            None => self.env.requested_ip()?,
+        };
+        let mac = match self
+            .conf
+            .runtime_config
+            .mac
+            .as_deref()
+            .or(self.env.arg("MAC"))
+        {
             Some(text) => Some(text.parse::<Mac>()?),
             None => None,
         };
         let mut host = Host::open(self.config.clone()).await?;
+        // Attachments whose namespace is gone without a DEL (a reboot, a
+        // runtime that crashed) and that are in the way: this same
+        // attachment being set up again, or one holding a name it asks.
+        // They go first, with their delegated addresses.
+        let stale = self.stale(&host);
+        if !stale.is_empty() {
+            let names: Vec<String> = stale.iter().map(|(n, _)| n.clone()).collect();
+            host.container_rm(&names).await?;
+            let attachments: Vec<CniAttachment> = stale.into_iter().map(|(_, c)| c).collect();
+            if let Some(e) = self
+                .release_ipam_of(&attachments, self.stdin)
+                .into_iter()
+                .next()
+            {
+                return Err(e);
+            }
+        }
         if let Some(existing) = host.state.containers.get(&name) {
             return Err(CniError::new(
                 Code::Refused,
@@ -204,6 +301,10 @@ impl Invocation<'_> {
             create_network,
             naming: Naming {
                 dns: self.runtime_dns()?,
+                aliases: match self.names() {
+                    names if names.is_empty() => Default::default(),
+                    names => [(self.conf.name.clone(), names)].into(),
+                },
                 ..Naming::default()
             },
             ..ContainerRun::default()
@@ -299,6 +400,7 @@ impl Invocation<'_> {
             internal: conf.internal,
             bridge: conf.bridge.clone(),
             mtu: conf.mtu,
+            ..NetworkCreate::default()
         };
         ops::plan_network(&host.state, &req).map_err(|e| match CniError::from(e) {
             // The configuration asks for what cannot be (a subnet that
@@ -559,29 +661,17 @@ impl Invocation<'_> {
             }
         }
         drop(host);
-        if let Some(plugin) = self.conf.delegated_ipam() {
-            // The IPAM plugin gets a DEL per stale attachment, in 1.0.0
-            // words: DEL is the same in 1.0.0 and 1.1.0, and IPAM plugins
-            // that predate 1.1.0 (host-local before 1.2) refuse the GC's
-            // version.
-            let mut del_conf: Value = serde_json::from_slice(self.stdin).unwrap_or_default();
-            if let Some(object) = del_conf.as_object_mut() {
-                object.remove("cni.dev/valid-attachments");
-                object.insert("cniVersion".into(), json!("1.0.0"));
-            }
-            let del_stdin = serde_json::to_vec(&del_conf).unwrap_or_default();
-            for (_, cni) in &stale {
-                let call = Call {
-                    command: "DEL",
-                    container_id: &cni.container_id,
-                    ifname: &cni.ifname,
-                    netns: None,
-                };
-                if let Err(e) = delegate::exec(plugin, &self.env.path, &call, &del_stdin) {
-                    errors.push(e);
-                }
-            }
+        // The IPAM plugin gets a DEL per stale attachment, in 1.0.0 words:
+        // DEL is the same in 1.0.0 and 1.1.0, and IPAM plugins that predate
+        // 1.1.0 (host-local before 1.2) refuse the GC's version.
+        let mut del_conf: Value = serde_json::from_slice(self.stdin).unwrap_or_default();
+        if let Some(object) = del_conf.as_object_mut() {
+            object.remove("cni.dev/valid-attachments");
+            object.insert("cniVersion".into(), json!("1.0.0"));
         }
+        let del_stdin = serde_json::to_vec(&del_conf).unwrap_or_default();
+        let attachments: Vec<CniAttachment> = stale.into_iter().map(|(_, c)| c).collect();
+        errors.extend(self.release_ipam_of(&attachments, &del_stdin));
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
@@ -700,6 +790,37 @@ mod tests {
         assert!(ipam::check_name("container", &odd).is_ok(), "{odd}");
         assert_eq!(odd, container_name(id, "e@th0"));
         assert_ne!(odd, container_name(id, "e#th0"));
+    }
+
+    #[test]
+    fn names_of_an_attachment() {
+        let conf = NetConf::decode(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"aliases":{
+              "n":["web","www"],"other":["x"]}}}"#,
+            Command::Add,
+        )
+        .unwrap();
+        let env = |pod: &str| Env {
+            command: Command::Add,
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            path: Vec::new(),
+            args: vec![("K8S_POD_NAME".into(), pod.into())],
+        };
+        let names = |env: &Env| {
+            Invocation {
+                env,
+                conf: &conf,
+                stdin: b"",
+                config: HostConfig::new(None, None, None, None),
+            }
+            .names()
+        };
+        // The pod name first; the same alias in another case once.
+        assert_eq!(names(&env("Web")), ["Web", "www"]);
+        // A name longer than a name may be is left out.
+        assert_eq!(names(&env(&"a".repeat(70))), ["web", "www"]);
     }
 
     #[test]

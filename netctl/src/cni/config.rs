@@ -58,6 +58,8 @@ pub struct Env {
     pub ifname: String,
     /// `CNI_PATH`: where delegated plugins (an `ipam` type) are looked up.
     pub path: Vec<PathBuf>,
+    /// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`, in order.
+    pub args: Vec<(String, String)>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -110,8 +112,71 @@ impl Env {
             netns,
             ifname,
             path,
+            args: parse_args(&var("CNI_ARGS").unwrap_or_default()),
         })
     }
+
+    /// The value of one `CNI_ARGS` key.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `CNI_ARGS` `IP`: the addresses asked (comma-separated), the way
+    /// podman 4.3 passes `--ip` and host-local reads it.
+    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
+        first_ipv4(
+            "CNI_ARGS IP",
+            self.arg("IP")
+                .unwrap_or("")
+                .split(',')
+                .filter(|t| !t.is_empty()),
+        )
+    }
+
+    /// The container's name as podman gives it: `K8S_POD_NAME` without
+    /// `K8S_POD_NAMESPACE` (podman sets only the first, for the `dnsname`
+    /// plugin; Kubernetes runtimes set both, and pod names repeat across
+    /// namespaces, so theirs are not names on the network).
+    pub fn podman_name(&self) -> Option<&str> {
+        match self.arg("K8S_POD_NAMESPACE") {
+            Some(_) => None,
+            None => self.arg("K8S_POD_NAME").filter(|n| !n.is_empty()),
+        }
+    }
+}
+
+/// The first IPv4 address of a list of addresses, each with or without a
+/// prefix length; code 7 for one that is not an address.
+fn first_ipv4<'t>(
+    what: &str,
+    texts: impl IntoIterator<Item = &'t str>,
+) -> Result<Option<Ipv4Addr>, CniError> {
+    for text in texts {
+        let addr = text.trim().split('/').next().unwrap_or_default();
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
+            Ok(std::net::IpAddr::V6(_)) => continue,
+            Err(_) => {
+                return Err(CniError::new(
+                    Code::InvalidConfig,
+                    format!("{what}: {text:?} is not an address"),
+                ))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `CNI_ARGS` as pairs; an item without `=` is skipped (the spec leaves
+/// the format to the runtime, libcni writes `K=V;K=V`).
+fn parse_args(text: &str) -> Vec<(String, String)> {
+    text.split(';')
+        .filter_map(|item| item.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// The spec's rule for container ids: Docker's name shape, any length.
@@ -182,7 +247,8 @@ pub struct IpamConf {
     pub plugin_type: Option<String>,
 }
 
-/// The capabilities netctl declares: `portMappings`, `ips`, `mac`, `dns`.
+/// The capabilities netctl declares: `portMappings`, `ips`, `mac`, `dns`,
+/// `aliases`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
@@ -197,6 +263,11 @@ pub struct RuntimeConfig {
     /// to, its search domains and options go into the result's `dns`.
     #[serde(default)]
     pub dns: Option<RuntimeDns>,
+    /// More names per network (podman's `--network-alias`, and the
+    /// container's short id): the attachment's names on the network of
+    /// the same name.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `runtimeConfig.dns`, as podman and containerd pass it.
@@ -298,20 +369,10 @@ impl NetConf {
 
     /// The address asked through the `ips` capability (first IPv4 one).
     pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
-        for text in &self.runtime_config.ips {
-            let addr = text.split('/').next().unwrap_or_default();
-            match addr.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
-                Ok(std::net::IpAddr::V6(_)) => continue,
-                Err(_) => {
-                    return Err(CniError::new(
-                        Code::InvalidConfig,
-                        format!("runtimeConfig.ips: {text:?} is not an address"),
-                    ))
-                }
-            }
-        }
-        Ok(None)
+        first_ipv4(
+            "runtimeConfig.ips",
+            self.runtime_config.ips.iter().map(String::as_str),
+        )
     }
 }
 
@@ -355,6 +416,35 @@ mod tests {
         assert!(check_version("1.1.0", Command::Status).is_ok());
         let err = check_version("2.0.0", Command::Add).unwrap_err();
         assert_eq!(err.code, Code::IncompatibleVersion);
+    }
+
+    #[test]
+    fn cni_args_and_the_podman_name() {
+        let env = |args: &str| Env {
+            command: Command::Add,
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            path: Vec::new(),
+            args: parse_args(args),
+        };
+        let podman = env("IgnoreUnknown=1;K8S_POD_NAME=web");
+        assert_eq!(podman.arg("IgnoreUnknown"), Some("1"));
+        assert_eq!(podman.podman_name(), Some("web"));
+        let podman_ip =
+            env("IgnoreUnknown=1;K8S_POD_NAME=a;MAC=02:00:00:00:00:50;IP=fd00::5,10.9.0.5");
+        assert_eq!(
+            podman_ip.requested_ip().unwrap(),
+            Some(Ipv4Addr::new(10, 9, 0, 5))
+        );
+        assert_eq!(podman_ip.arg("MAC"), Some("02:00:00:00:00:50"));
+        assert_eq!(
+            env("IP=nonsense").requested_ip().unwrap_err().code,
+            Code::InvalidConfig
+        );
+        let kubernetes = env("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;junk");
+        assert_eq!(kubernetes.podman_name(), None);
+        assert_eq!(env("").podman_name(), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     signal::unix::{signal, SignalKind},
 };
@@ -39,26 +39,19 @@ where
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::system(what(), e))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Error::system(what(), e))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| Error::system(what(), e))?;
+    let mut stop = Stop::new().map_err(|e| Error::system(what(), e))?;
     ready(
         listener
             .local_addr()
             .map_err(|e| Error::system(what(), e))?,
     );
     loop {
-        let stream = tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                // A connection that went before it was accepted, or no fd
-                // left for now: the listener itself is still good.
-                Err(e) => {
-                    log::warn!("metrics: accept: {e}");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            () = stop.wait() => return Ok(()),
+            accepted = listener.accept() => accepted,
+        };
+        let Some((stream, _)) = accepted_or_logged("metrics", accepted) else {
+            continue;
         };
         let answered = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &mut scrape)).await;
         match answered {
@@ -69,13 +62,45 @@ where
     }
 }
 
+/// SIGINT or SIGTERM, which end a server (`metrics --listen`,
+/// `docker-plugin`) cleanly.
+pub(crate) struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Stop {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// An accepted connection, or none after logging why not: a connection
+/// that went before it was accepted, or no fd left for now, leaves the
+/// listener itself good.
+pub(crate) fn accepted_or_logged<T>(server: &str, accepted: std::io::Result<T>) -> Option<T> {
+    accepted
+        .inspect_err(|e| log::warn!("{server}: accept: {e}"))
+        .ok()
+}
+
 /// Reads one request and writes its answer.
 async fn answer<S, F>(mut stream: TcpStream, scrape: &mut S) -> std::io::Result<()>
 where
     S: FnMut() -> F,
     F: Future<Output = Result<String>>,
 {
-    let Some(head) = read_head(&mut stream).await? else {
+    let Some((head, _)) = read_head(&mut stream).await? else {
         return respond(&mut stream, 400, "text/plain", "bad request\n").await;
     };
     let (status, content_type, body) = match route(&head) {
@@ -90,19 +115,26 @@ where
     respond(&mut stream, status, content_type, &body).await
 }
 
-/// The request head (up to the blank line), or none if it is too long or
-/// the client closed first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+/// The request head (up to the blank line) and the bytes read past it
+/// (the start of a body), or none if it is too long or the client closed
+/// first. Also serves `netctl docker-plugin`.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         let n = stream.read(&mut buf).await?;
         if n == 0 || head.len() + n > MAX_HEAD {
             return Ok(None);
         }
         head.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8(head).ok())
+    };
+    let rest = head.split_off(end);
+    Ok(String::from_utf8(head).ok().map(|h| (h, rest)))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -136,8 +168,9 @@ fn route(head: &str) -> Route {
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+/// Writes a whole answer and closes the connection (`Connection: close`).
+pub(crate) async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: u16,
     content_type: &str,
     body: &str,

@@ -152,7 +152,7 @@ fn network_of(state: &State, rule: &SavedRule) -> Option<String> {
                 || rule
                     .source
                     .as_ref()
-                    .is_some_and(|s| !s.negated && s.net == net.subnet.trunc())
+                    .is_some_and(|s| !s.negated && s.net == ipnet::IpNet::V4(net.subnet.trunc()))
         })
         .map(|net| net.name.clone())
 }

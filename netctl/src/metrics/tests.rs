@@ -45,6 +45,7 @@ fn state(datapath: DatapathKind) -> State {
                 process: None,
                 created: 0,
                 cni: None,
+                docker: None,
                 naming: Naming::default(),
             },
         );

@@ -1,4 +1,4 @@
-//! IPv4 addresses on links.
+//! Addresses on links (IPv4, and IPv6 on dual-stack networks).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -10,14 +10,9 @@ use crate::error::Result;
 
 impl Netlink {
     /// Adds `ip/prefix` to a link; present already is not an error.
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+    pub async fn add_address(&self, index: u32, ip: impl Into<IpAddr>, prefix: u8) -> Result<()> {
+        let ip = ip.into();
+        match self.handle.address().add(index, ip, prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(self.error(format!("address {ip}/{prefix} on link #{index}"), e)),
@@ -26,6 +21,19 @@ impl Netlink {
 
     /// IPv4 addresses of a link, primary first.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Addresses of a link, of both families.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpAddr>> {
         let messages: Vec<_> = self
             .handle
             .address()
@@ -35,7 +43,14 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| self.error(format!("addresses of link #{index}"), e))?;
-        Ok(ipv4_of(&messages))
+        Ok(messages
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every IPv4 address of the namespace, on any link.

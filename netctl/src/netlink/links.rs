@@ -100,7 +100,8 @@ impl Netlink {
 
     /// Creates a veth pair in one request: this end `name` here, down and
     /// enslaved to `bridge`; the peer straight inside the namespace open as
-    /// `peer_netns`, already named `peer` and with its MAC (down too). Made
+    /// `peer_netns` (here without one), already named `peer` and with its
+    /// MAC (down too). Made
     /// where it belongs rather than moved there: moving a link between
     /// namespaces waits for the kernel's RCU grace periods, tens of
     /// milliseconds, the largest cost of a `container run`. Both ends get
@@ -112,13 +113,12 @@ impl Netlink {
         mtu: Option<u32>,
         peer: &str,
         peer_mac: [u8; 6],
-        peer_netns: &std::fs::File,
+        peer_netns: Option<&std::fs::File>,
     ) -> Result<()> {
-        let mut peer_msg = one_queue(
-            LinkUnspec::new_with_name(peer)
-                .address(peer_mac.to_vec())
-                .setns_by_fd(peer_netns.as_raw_fd()),
-        );
+        let mut peer_msg = one_queue(LinkUnspec::new_with_name(peer).address(peer_mac.to_vec()));
+        if let Some(netns) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(netns.as_raw_fd());
+        }
         let mut msg = one_queue(LinkVeth::new(name, peer).controller(bridge));
         if let Some(mtu) = mtu {
             peer_msg = peer_msg.mtu(mtu);

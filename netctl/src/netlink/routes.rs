@@ -1,6 +1,7 @@
-//! IPv4 routes: the containers' default route, the host's uplink.
+//! Routes: the containers' default routes (IPv4, and IPv6 on dual-stack
+//! networks), the host's uplink.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
@@ -13,6 +14,18 @@ impl Netlink {
     /// `default via GATEWAY`; present already is not an error.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(self.error(format!("default route via {gateway}"), e)),
+        }
+    }
+
+    /// `default via GATEWAY` for IPv6; present already is not an error.
+    pub async fn add_default_route6(&self, gateway: Ipv6Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
             .gateway(gateway)
             .build();
         match self.handle.route().add(route).execute().await {

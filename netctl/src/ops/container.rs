@@ -8,7 +8,12 @@
 //! failing step undoes them all. Removal takes a container apart and keeps
 //! going past errors.
 
-use std::{convert::Infallible, net::Ipv4Addr, path::PathBuf, str::FromStr};
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
 
 use super::{
     network::{forget_in_datapath, plan_endpoint, plan_network, NetworkCreate},
@@ -20,8 +25,8 @@ use crate::{
     failpoint, hosts, ipam,
     journal::Undo,
     model::{
-        CniAttachment, Container, DatapathKind, Endpoint, Mac, Naming, Network, NetworkMode,
-        PortMapping, DEFAULT_NETWORK,
+        CniAttachment, Container, DatapathKind, DockerEndpoint, Endpoint, Mac, Naming, Network,
+        NetworkMode, PortMapping, DEFAULT_NETWORK,
     },
     netns,
     ports::{self, HostPorts, PortSpec},
@@ -30,6 +35,10 @@ use crate::{
     state::{State, StateDir},
     topology,
 };
+
+/// The prefix Docker gives the interface it moves into a sandbox (the
+/// `DstPrefix` netctl's Docker driver answers Join with).
+pub const DOCKER_IFNAME_PREFIX: &str = "eth";
 
 /// Where `container run` puts a container: `--network` in Docker's words.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +95,8 @@ pub struct ContainerRun {
     pub network: Networking,
     /// Address on the network [default: the lowest free one].
     pub ip: Option<Ipv4Addr>,
+    /// IPv6 address on a dual-stack network [default: the lowest free one].
+    pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<PortSpec>,
     /// Command to start inside, detached.
     pub command: Vec<String>,
@@ -94,6 +105,10 @@ pub struct ContainerRun {
     /// A CNI attachment: the container joins the runtime's namespace
     /// (`netns`) as `ifname` instead of getting a namespace of its own.
     pub cni: Option<CniAttachment>,
+    /// A Docker endpoint (`netctl docker-plugin`): the container's end of
+    /// the veth pair stays in the host namespace for Docker to move into
+    /// its sandbox, which it names only later (Join).
+    pub docker: Option<DockerEndpoint>,
     /// The network to create with the container, in the same transaction,
     /// when the one it joins does not exist yet (a CNI configuration's
     /// network on its first ADD). The default network needs none: it is
@@ -145,6 +160,14 @@ pub enum Step {
         network: Network,
         endpoint: Endpoint,
     },
+    /// A veth pair from the network's bridge whose container end, with the
+    /// endpoint's MAC, stays in the host namespace under
+    /// [`topology::peer_name`]: Docker moves it into the sandbox, names it
+    /// and gives it the address itself.
+    AttachForDocker {
+        network: Network,
+        endpoint: Endpoint,
+    },
     /// Publish ports, host ports chosen, on the endpoint just attached.
     Publish {
         network: Network,
@@ -188,10 +211,11 @@ pub fn plan_container(
                 format!("cannot publish ports in {mode} network mode"),
             ));
         }
-        if req.ip.is_some() {
+        if req.ip.is_some() || req.ip6.is_some() {
+            let flag = if req.ip.is_some() { "--ip" } else { "--ip6" };
             return Err(Error::invalid(
                 object(),
-                format!("--ip cannot be used in {mode} network mode"),
+                format!("{flag} cannot be used in {mode} network mode"),
             ));
         }
     }
@@ -239,16 +263,24 @@ pub fn plan_container(
             super::naming::check_name_free(state, &net, &req.name)?;
             let aliases: Vec<String> = req.naming.aliases.values().flatten().cloned().collect();
             super::naming::check_aliases(state, &net, &req.name, &aliases)?;
-            let ifname = req.cni.as_ref().map_or("eth0", |c| c.ifname.as_str());
-            let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip)?;
+            let ifname = match (&req.cni, &req.docker) {
+                (Some(cni), _) => cni.ifname.as_str(),
+                // Docker names the interface itself: this prefix and the
+                // next free index inside the sandbox.
+                (None, Some(_)) => DOCKER_IFNAME_PREFIX,
+                (None, None) => "eth0",
+            };
+            let mut ep = plan_endpoint(state, &net, &req.name, ifname, req.ip, req.ip6)?;
             if let Some(mac) = req.mac {
                 ep.mac = mac;
             }
-            let netns_name = match &req.cni {
-                Some(cni) => cni.netns.clone(),
-                None => config.container_netns(&req.name),
+            let netns_name = match (&req.cni, &req.docker) {
+                (Some(cni), _) => Some(cni.netns.clone()),
+                // The sandbox is known at Join, after the endpoint is made.
+                (None, Some(_)) => None,
+                (None, None) => Some(config.container_netns(&req.name)),
             };
-            (Some(netns_name), Some((net, ep)))
+            (netns_name, Some((net, ep)))
         }
     };
     let container = Container {
@@ -260,6 +292,7 @@ pub fn plan_container(
         process: None,
         created: now(),
         cni: req.cni.clone(),
+        docker: req.docker.clone(),
         naming: Naming {
             // Aliases are the network's it joins, whatever key they came with.
             aliases: match (
@@ -279,12 +312,12 @@ pub fn plan_container(
     if let (true, Some(name)) = (container.owns_netns(), &netns_name) {
         steps.push(Step::CreateNetns(name.clone()));
     }
-    if let (Some((network, endpoint)), Some(netns)) = (attach, &netns_name) {
+    if let Some((network, endpoint)) = attach {
         let taken: Vec<PortMapping> = state.ports().cloned().collect();
         // The network's gateway is the host's, even before its bridge exists.
         let mut host = host.clone();
         host.addresses.insert(network.gateway);
-        let ports = ports::expand_all(
+        let mut ports = ports::expand_all(
             &req.ports,
             &taken,
             &host,
@@ -292,10 +325,24 @@ pub fn plan_container(
             &network.name,
             endpoint.ip,
         )?;
-        steps.push(Step::Attach {
-            netns: netns.clone(),
-            network: network.clone(),
-            endpoint,
+        // A port on every host address is on the host's IPv6 ones too
+        // (Docker's behaviour on a dual-stack network).
+        for port in ports
+            .iter_mut()
+            .filter(|p| p.host_ip.is_none_or(|ip| ip.is_unspecified()))
+        {
+            port.container_ip6 = endpoint.ip6;
+        }
+        steps.push(match &netns_name {
+            Some(netns) => Step::Attach {
+                netns: netns.clone(),
+                network: network.clone(),
+                endpoint,
+            },
+            None => Step::AttachForDocker {
+                network: network.clone(),
+                endpoint,
+            },
         });
         if !ports.is_empty() {
             steps.push(Step::Publish { network, ports });
@@ -344,7 +391,7 @@ impl Host {
 
     /// What `-p` is checked against: the host namespace's ephemeral port
     /// range and addresses, as they are now.
-    async fn host_ports(&self) -> Result<HostPorts> {
+    pub(super) async fn host_ports(&self) -> Result<HostPorts> {
         let key = "net.ipv4.ip_local_port_range";
         let text = netns::read_sysctl(key)?;
         let kernel_ephemeral = HostPorts::parse_range(&text).ok_or_else(|| {
@@ -396,7 +443,11 @@ impl Host {
                     network,
                     endpoint,
                 } => {
-                    self.apply_attach("run", &name, &netns, &network, &endpoint)
+                    self.apply_attach("run", &name, Some(&netns), &network, &endpoint)
+                        .await?
+                }
+                Step::AttachForDocker { network, endpoint } => {
+                    self.apply_attach("run", &name, None, &network, &endpoint)
                         .await?
                 }
                 Step::Publish { network, ports } => {
@@ -453,12 +504,13 @@ impl Host {
     /// host end down), then the datapath, and only then the host end up, so
     /// that no packet crosses the link before the datapath's anti-spoofing
     /// and isolation hold it. `command` names the failpoints (`run.link`,
-    /// `connect.link`, ...).
+    /// `connect.link`, ...). Without a namespace, the container's end
+    /// stays in the host namespace for Docker to move.
     pub(super) async fn apply_attach(
         &mut self,
         command: &str,
         container: &str,
-        netns_name: &str,
+        netns_name: Option<&str>,
         net: &Network,
         ep: &Endpoint,
     ) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::{
     datapath::Drift,
     error::{Error, Result},
     failpoint, hosts, ipam,
-    model::{Endpoint, Network, NetworkMode},
+    model::{Container, Endpoint, Network, NetworkMode},
     netlink::LinkInfo,
     netns, resolver, topology,
 };
@@ -161,7 +161,9 @@ impl Host {
                         Drift::new(object, format!("veth {} is gone", ep.host_veth)),
                         Repair::Reattach(ctr.name.clone(), ep.network.clone()),
                     )),
-                    Some(_) if link(&peer).is_some() => found.push((
+                    // A Docker endpoint's peer waits in the host namespace
+                    // until Docker moves it into the sandbox it joins.
+                    Some(_) if link(&peer).is_some() && !awaits_docker(ctr) => found.push((
                         Drift::new(
                             object,
                             format!(
@@ -252,12 +254,16 @@ impl Host {
         if !bridge.up {
             return Ok(Some(format!("bridge {} is down", net.bridge)));
         }
-        let addresses = self.netlink.ipv4_addresses(bridge.index).await?;
-        if !addresses.contains(&net.gateway) {
-            return Ok(Some(format!(
-                "bridge {} lacks the gateway address {}",
-                net.bridge, net.gateway
-            )));
+        let addresses = self.netlink.addresses(bridge.index).await?;
+        let gateways = std::iter::once(std::net::IpAddr::V4(net.gateway))
+            .chain(net.ipv6.map(|side| side.gateway.into()));
+        for gateway in gateways {
+            if !addresses.contains(&gateway) {
+                return Ok(Some(format!(
+                    "bridge {} lacks the gateway address {gateway}",
+                    net.bridge
+                )));
+            }
         }
         Ok(None)
     }
@@ -375,6 +381,12 @@ impl Host {
     /// only then.
     async fn reattach(&mut self, container: &str, network: &str) -> Result<()> {
         let (net, ep) = self.endpoint_of(container, network)?;
+        if self.state.container(container)?.docker.is_some() {
+            return Err(Error::invalid(
+                format!("container {container}"),
+                "Docker's endpoint: only Docker can move a new veth into its sandbox (restart the container)",
+            ));
+        }
         let netns_name = self
             .state
             .container(container)?
@@ -387,9 +399,22 @@ impl Host {
         self.netlink.delete_link(&ep.host_veth).await?;
         self.netlink.delete_link(&topology::peer_name(&ep)).await?;
         // The datapath picks the new index up when reconciled.
-        topology::attach(&self.netlink, &netns_name, &net, &ep, "doctor.link.veth").await?;
+        topology::attach(
+            &self.netlink,
+            Some(&netns_name),
+            &net,
+            &ep,
+            "doctor.link.veth",
+        )
+        .await?;
         Ok(())
     }
+}
+
+/// Whether a container is a Docker endpoint whose veth end Docker has still
+/// to move: not joined yet, or joined moments ago.
+fn awaits_docker(ctr: &Container) -> bool {
+    ctr.docker.is_some() && ctr.netns.is_none()
 }
 
 /// What `--fix` achieved: each difference found `before` is fixed unless

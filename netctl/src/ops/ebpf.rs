@@ -3,7 +3,12 @@
 //! transaction; the host only says where the pins are, and refuses when
 //! its datapath is not eBPF.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use netctl_common::stats::Counter;
 
@@ -12,7 +17,22 @@ use crate::{
     datapath::ebpf::{self, Flow},
     error::{Error, Result},
     model::DatapathKind,
+    state::{read_snapshot, stamp, STATE_FILE},
+    trace::{self, Filters, Names},
 };
+
+/// The name of link `index` in this (the host) namespace, if it exists.
+fn if_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
 
 impl Host {
     /// The pin directory of a host whose datapath is eBPF, or why there is
@@ -66,12 +86,77 @@ impl Host {
         ebpf::stats(&self.ebpf_pins("stats")?)
     }
 
-    /// Prints the programs' debug log to `out` for `seconds`. Takes the host
-    /// by value: its state lock is released before tracing begins, so other
+    /// Follows the programs' flow events for `seconds` (`None`: until
+    /// SIGINT or SIGTERM) and writes those `filters` keep to `out`, a line
+    /// of text or a JSON object each, with the names of the state (read
+    /// again when it changes, at most once a second). Takes the host by
+    /// value: its state lock is released before tracing begins, so other
     /// commands run meanwhile.
-    pub fn trace(self, seconds: u64, out: &mut dyn Write) -> Result<()> {
+    pub async fn trace(
+        self,
+        seconds: Option<u64>,
+        filters: &Filters,
+        json: bool,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        // The iptables datapath emits no events: its flows are the
+        // kernel's conntrack entries, which `conntrack -E` follows (without
+        // netctl's names); drops by its rules leave only their counters.
+        if self.state.datapath == Some(DatapathKind::Iptables) {
+            return Err(Error::invalid(
+                "trace",
+                "this host uses the iptables datapath, which has no flow events (the kernel's \
+                 conntrack events: `conntrack -E` in the host namespace)",
+            ));
+        }
         let pins = self.ebpf_pins("trace")?;
+        filters.check(&self.state)?;
+        let mut names = Names::new(&self.state);
+        let state_dir = self.config.state_dir.clone();
         drop(self);
-        ebpf::trace(&pins, seconds, out)
+        let state_file = state_dir.join(STATE_FILE);
+        let mut seen = stamp(&state_file);
+        let mut checked = Instant::now();
+        let mut ifnames: HashMap<u32, Option<String>> = HashMap::new();
+        ebpf::follow(&pins, &state_dir, seconds, |event, clock| {
+            if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
+                let now = stamp(&state_file);
+                if now != seen {
+                    seen = now;
+                    // Containers come and go: their names, and the veths'
+                    // indexes (reused by the kernel) afresh.
+                    if let Ok(state) = read_snapshot(&state_file) {
+                        names = Names::new(&state);
+                        ifnames.clear();
+                    }
+                }
+            }
+            let ifname = match event.ifindex {
+                0 => None,
+                index => ifnames
+                    .entry(index)
+                    .or_insert_with(|| if_name(index))
+                    .clone(),
+            };
+            let Some(line) = trace::line(
+                event,
+                clock.wall_ns(event.time_ns),
+                ifname.as_deref(),
+                &names,
+                filters,
+            ) else {
+                return Ok(());
+            };
+            let text = if json {
+                serde_json::to_string(&line).map_err(|e| Error::system("trace output", e))?
+            } else {
+                line.text()
+            };
+            writeln!(out, "{text}")
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("trace output", e))
+        })
+        .await
     }
 }

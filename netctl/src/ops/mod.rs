@@ -31,6 +31,7 @@ use crate::{
 };
 
 mod container;
+mod docker;
 mod doctor;
 mod ebpf;
 mod metrics;
@@ -39,6 +40,7 @@ mod network;
 
 pub use container::{
     lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
+    DOCKER_IFNAME_PREFIX,
 };
 pub use doctor::Finding;
 pub use metrics::{metrics_text, serve_metrics};

@@ -2,19 +2,23 @@
 //! inspect. Creation and connect are undoable transactions; removal and
 //! disconnect journal what they take apart and keep going past errors.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use super::{now, Host, DEFAULT_DATAPATH};
 use crate::{
     datapath::Datapath,
     error::{Error, Result},
-    failpoint, hosts, ipam,
+    failpoint, hosts, ipam, ipam6,
     journal::{EndpointRef, Undo},
     model::{
-        Container, DatapathKind, Endpoint, Mac, Network, NetworkMode, PortMapping, DEFAULT_NETWORK,
+        Container, DatapathKind, Endpoint, Ipv6Side, Mac, Network, NetworkMode, PortMapping,
+        DEFAULT_NETWORK,
     },
     state::State,
     topology,
@@ -34,6 +38,15 @@ pub struct NetworkCreate {
     pub bridge: Option<String>,
     /// MTU of the endpoints' veth pairs.
     pub mtu: Option<u32>,
+    /// `--ipv6`: dual stack.
+    pub ipv6: bool,
+    /// The IPv6 `--subnet` [default: a unique-local /64, see `ipam6::ula_subnet`].
+    pub subnet6: Option<Ipv6Net>,
+    /// The IPv6 `--gateway` [default: the subnet's first host address].
+    pub gateway6: Option<Ipv6Addr>,
+    /// The host id the unique-local subnet is derived from (set by
+    /// `Host::network_create`; networks made otherwise have no IPv6).
+    pub host_id: String,
 }
 
 /// A network as listed: the network, the host's datapath and its members.
@@ -117,6 +130,7 @@ pub fn plan_network(state: &State, req: &NetworkCreate) -> Result<Network> {
         }
         None => ipam::default_gateway(subnet),
     };
+    let ipv6 = plan_ipv6(state, req)?;
     Ok(Network {
         name: req.name.clone(),
         id: state.next_network_id(),
@@ -127,7 +141,60 @@ pub fn plan_network(state: &State, req: &NetworkCreate) -> Result<Network> {
         dns: req.name != DEFAULT_NETWORK,
         created: now(),
         mtu: req.mtu,
+        ipv6,
     })
+}
+
+/// The IPv6 side of a network a request describes, if it asked for one.
+fn plan_ipv6(state: &State, req: &NetworkCreate) -> Result<Option<Ipv6Side>> {
+    let object = || format!("network {}", req.name);
+    if !req.ipv6 {
+        return match (req.subnet6, req.gateway6) {
+            (None, None) => Ok(None),
+            _ => Err(Error::invalid(
+                object(),
+                "an IPv6 --subnet or --gateway needs --ipv6",
+            )),
+        };
+    }
+    let datapath = state.datapath.or(req.datapath).unwrap_or(DEFAULT_DATAPATH);
+    if datapath == DatapathKind::Ebpf {
+        return Err(Error::invalid(
+            object(),
+            "--ipv6 needs the iptables datapath: the eBPF datapath's programs are \
+             IPv4-only for now",
+        ));
+    }
+    let existing: Vec<(&str, Ipv6Net)> = state
+        .networks
+        .values()
+        .filter_map(|n| Some((n.name.as_str(), n.ipv6?.subnet)))
+        .collect();
+    let subnet = match req.subnet6 {
+        Some(subnet) => {
+            let subnet = ipam6::check_subnet(subnet)?;
+            ipam6::check_overlap(subnet, &existing)?;
+            subnet
+        }
+        None => {
+            if req.gateway6.is_some() {
+                return Err(Error::invalid(
+                    object(),
+                    "an IPv6 --gateway needs an IPv6 --subnet",
+                ));
+            }
+            let taken: Vec<Ipv6Net> = existing.iter().map(|(_, s)| *s).collect();
+            ipam6::ula_subnet(&req.host_id, &req.name, &taken)?
+        }
+    };
+    let gateway = match req.gateway6 {
+        Some(gateway) => {
+            ipam6::check_gateway(subnet, gateway)?;
+            gateway
+        }
+        None => ipam6::default_gateway(subnet),
+    };
+    Ok(Some(Ipv6Side { subnet, gateway }))
 }
 
 /// First free ethN inside a container.
@@ -138,14 +205,21 @@ fn next_ifname(ctr: &Container) -> String {
         .expect("an unused ethN")
 }
 
-/// Gateways a container could route through, in endpoint order.
-fn default_gateways(state: &State, ctr: &Container) -> Vec<Ipv4Addr> {
-    ctr.endpoints
-        .iter()
-        .filter_map(|e| state.networks.get(&e.network))
-        .filter(|n| !n.internal)
-        .map(|n| n.gateway)
-        .collect()
+/// Gateways a container could route through, in endpoint order: IPv4's,
+/// and IPv6's of the dual-stack networks it has an IPv6 address on.
+fn default_gateways(state: &State, ctr: &Container) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    let routed = || {
+        ctr.endpoints
+            .iter()
+            .filter_map(|e| Some((e, state.networks.get(&e.network)?)))
+            .filter(|(_, n)| !n.internal)
+    };
+    let v4 = routed().map(|(_, n)| n.gateway).collect();
+    let v6 = routed()
+        .filter(|(e, _)| e.ip6.is_some())
+        .filter_map(|(_, n)| Some(n.ipv6?.gateway))
+        .collect();
+    (v4, v6)
 }
 
 /// A container's endpoint on `net`: the address asked (checked) or the
@@ -157,6 +231,7 @@ pub(super) fn plan_endpoint(
     container: &str,
     ifname: &str,
     ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
 ) -> Result<Endpoint> {
     let used: BTreeSet<Ipv4Addr> = state
         .members(&net.name)
@@ -170,11 +245,34 @@ pub(super) fn plan_endpoint(
         }
         None => ipam::allocate(net.subnet, net.gateway, &used)?,
     };
+    let ip6 = match (net.ipv6, ip6) {
+        (None, None) => None,
+        (None, Some(ip6)) => {
+            return Err(Error::invalid(
+                format!("ip6 {ip6}"),
+                format!("network {} has no IPv6 (made without --ipv6)", net.name),
+            ))
+        }
+        (Some(side), asked) => {
+            let used: BTreeSet<Ipv6Addr> = state
+                .members(&net.name)
+                .filter_map(|c| c.endpoint(&net.name)?.ip6)
+                .collect();
+            Some(match asked {
+                Some(ip6) => {
+                    ipam6::reserve(side.subnet, side.gateway, &used, ip6)?;
+                    ip6
+                }
+                None => ipam6::allocate(side.subnet, side.gateway, &used)?,
+            })
+        }
+    };
     Ok(Endpoint {
         network: net.name.clone(),
         ifname: ifname.to_owned(),
         host_veth: ipam::veth_name(container, net.id),
         ip,
+        ip6,
         mac: Mac::for_ip(ip),
     })
 }
@@ -182,6 +280,10 @@ pub(super) fn plan_endpoint(
 impl Host {
     pub async fn network_create(&mut self, req: NetworkCreate) -> Result<Network> {
         self.begin(format!("network create {}", req.name));
+        let req = NetworkCreate {
+            host_id: self.config.host_id().to_owned(),
+            ..req
+        };
         let net = plan_network(&self.state, &req)?;
         // A datapath this build cannot take over refuses the command
         // before its first step.
@@ -328,6 +430,7 @@ impl Host {
         network: &str,
         container: &str,
         ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
         aliases: &[String],
     ) -> Result<()> {
         let net = self.state.network(network)?.clone();
@@ -347,11 +450,11 @@ impl Host {
         super::naming::check_aliases(&self.state, &net, container, aliases)?;
         self.begin(format!("network connect {network} {container}"));
         let ifname = next_ifname(&ctr);
-        let ep = plan_endpoint(&self.state, &net, &ctr.name, &ifname, ip)?;
+        let ep = plan_endpoint(&self.state, &net, &ctr.name, &ifname, ip, ip6)?;
         let netns_name = ctr.netns.clone().expect("bridge mode has a namespace");
         self.open_datapath_if_up().await?;
         let result = self
-            .apply_attach("connect", container, &netns_name, &net, &ep)
+            .apply_attach("connect", container, Some(&netns_name), &net, &ep)
             .await;
         if result.is_ok() && !aliases.is_empty() {
             if let Some(entry) = self.state.containers.get_mut(container) {
@@ -418,10 +521,10 @@ impl Host {
         entry.ports.retain(|p| p.network != network);
         entry.naming.aliases.remove(network);
         let remaining = entry.clone();
-        let gateways = default_gateways(&self.state, &remaining);
+        let (gateways, gateways6) = default_gateways(&self.state, &remaining);
         if let Some(netns_name) = &remaining.netns {
             errors.extend(
-                topology::restore_default_route(netns_name, &gateways)
+                topology::restore_default_route(netns_name, &gateways, &gateways6)
                     .await
                     .err(),
             );

@@ -168,6 +168,7 @@ mod tests {
             dns,
             created: 0,
             mtu: None,
+            ipv6: None,
         }
     }
 
@@ -184,12 +185,14 @@ mod tests {
                     host_veth: "ve00000000".into(),
                     ip: Ipv4Addr::new(172, 18, 0, 2),
                     mac: Mac::for_ip(Ipv4Addr::new(172, 18, 0, 2)),
+                    ip6: None,
                 })
                 .collect(),
             ports: Vec::new(),
             process: None,
             created: 0,
             cni: None,
+            docker: None,
             naming: Naming {
                 dns,
                 ..Naming::default()

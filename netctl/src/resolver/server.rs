@@ -17,8 +17,8 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::{fd::OwnedFd, unix::fs::MetadataExt as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    os::fd::OwnedFd,
     path::PathBuf,
     rc::Rc,
     time::Duration,
@@ -26,7 +26,10 @@ use std::{
 
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
-    rr::{rdata::A, RData, Record, RecordType},
+    rr::{
+        rdata::{A, AAAA},
+        RData, Record, RecordType,
+    },
 };
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use tokio::{
@@ -57,9 +60,10 @@ pub struct Tables {
     clients: HashMap<(String, Ipv4Addr), String>,
     /// Container → its user-defined networks (in endpoint order) and `--dns`.
     containers: HashMap<String, (Vec<String>, Vec<Ipv4Addr>)>,
-    /// Network → lower-case name → address: containers, their aliases on
-    /// it, and the containers that share their namespace.
-    names: HashMap<String, HashMap<String, Ipv4Addr>>,
+    /// Network → lower-case name → addresses (IPv4, and IPv6 on a
+    /// dual-stack network): containers, their aliases on it, and the
+    /// containers that share their namespace.
+    names: HashMap<String, HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>>,
     /// The host's resolvers, for the rest.
     upstream: Vec<Ipv4Addr>,
 }
@@ -90,7 +94,9 @@ impl Tables {
                 let own = [ctr.name.clone()].into_iter();
                 let aliases = ctr.aliases(&ep.network).iter().cloned();
                 for name in own.chain(aliases).chain(sharers.map(|c| c.name.clone())) {
-                    names.entry(name.to_ascii_lowercase()).or_insert(ep.ip);
+                    names
+                        .entry(name.to_ascii_lowercase())
+                        .or_insert((ep.ip, ep.ip6));
                 }
             }
             t.containers
@@ -111,7 +117,10 @@ pub enum Decision {
     Refused,
     /// A name of the container's networks: its address (type A).
     Address(Ipv4Addr),
-    /// A name of the container's networks, another type: no records.
+    /// A name of a dual-stack network: its IPv6 address (type AAAA).
+    Address6(Ipv6Addr),
+    /// A name of the container's networks, another type (or AAAA of a
+    /// name without IPv6): no records.
     NoData,
     /// Not a name here, and not one to forward.
     NxDomain,
@@ -143,7 +152,8 @@ pub fn decide(
         .chain(networks)
         .find_map(|n| t.names.get(n)?.get(&name).copied());
     match found {
-        Some(ip) if matches!(qtype, RecordType::A | RecordType::ANY) => Decision::Address(ip),
+        Some((ip, _)) if matches!(qtype, RecordType::A | RecordType::ANY) => Decision::Address(ip),
+        Some((_, Some(ip6))) if qtype == RecordType::AAAA => Decision::Address6(ip6),
         Some(_) => Decision::NoData,
         None if !name.contains('.') => Decision::NxDomain,
         None => {
@@ -160,14 +170,7 @@ pub fn decide(
     }
 }
 
-/// Inode, size and mtime: the identity that says a file changed.
-type Stamp = Option<(u64, u64, i64, i64)>;
-
-/// The file identity that says the state (or the host's resolv.conf) changed.
-fn stamp(path: &std::path::Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
-}
+use crate::state::{stamp, Stamp};
 
 /// The tables, read again when the state file or the host's resolv.conf
 /// changed (checked on every query: two stat calls).
@@ -198,12 +201,7 @@ impl Source {
 }
 
 fn load(config: &HostConfig, state_file: &std::path::Path) -> Result<Tables> {
-    let state: State = match std::fs::read(state_file) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::system(format!("state {}", state_file.display()), e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(Error::io(format!("state {}", state_file.display()), e)),
-    };
+    let state = crate::state::read_snapshot(state_file)?;
     let (_, host) = conf::read_host(config);
     Ok(Tables::build(&state, host.nameservers))
 }
@@ -380,6 +378,14 @@ async fn answer(
                 RData::A(A(ip)),
             ));
         }
+        Decision::Address6(ip6) => {
+            reply.metadata.authoritative = true;
+            reply.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL,
+                RData::AAAA(AAAA(ip6)),
+            ));
+        }
         Decision::NoData => reply.metadata.authoritative = true,
         Decision::NxDomain => {
             reply.metadata.authoritative = true;
@@ -451,6 +457,7 @@ mod tests {
             dns,
             created: 0,
             mtu: None,
+            ipv6: None,
         }
     }
 
@@ -467,12 +474,14 @@ mod tests {
                     host_veth: "ve00000000".into(),
                     ip: *ip,
                     mac: Mac::for_ip(*ip),
+                    ip6: None,
                 })
                 .collect(),
             ports: Vec::new(),
             process: None,
             created: 0,
             cni: None,
+            docker: None,
             naming: Naming::default(),
         }
     }
@@ -561,6 +570,35 @@ mod tests {
         assert_eq!(
             decide(&t, ip(18, 1), ip(18, 3), "example.com.", RecordType::A),
             Decision::Forward(vec![Ipv4Addr::new(127, 0, 0, 53)])
+        );
+    }
+
+    #[test]
+    fn aaaa_answers_the_ipv6_address_on_a_dual_stack_network() {
+        let mut state = State::default();
+        let mut dual = net("dual", 30, true);
+        dual.ipv6 = Some(crate::model::Ipv6Side {
+            subnet: "fd00:30::/64".parse().unwrap(),
+            gateway: "fd00:30::1".parse().unwrap(),
+        });
+        state.networks.insert("dual".into(), dual);
+        let mut web = ctr("web", &[("dual", ip(30, 2))], NetworkMode::Bridge);
+        web.endpoints[0].ip6 = Some("fd00:30::2".parse().unwrap());
+        let a = ctr("a", &[("dual", ip(30, 3))], NetworkMode::Bridge);
+        for c in [web, a] {
+            state.containers.insert(c.name.clone(), c);
+        }
+        let t = Tables::build(&state, Vec::new());
+        let ask = |qtype| decide(&t, ip(30, 1), ip(30, 3), "web", qtype);
+        assert_eq!(
+            ask(RecordType::AAAA),
+            Decision::Address6("fd00:30::2".parse().unwrap())
+        );
+        assert_eq!(ask(RecordType::A), Decision::Address(ip(30, 2)));
+        // A name without an IPv6 address has no AAAA record.
+        assert_eq!(
+            decide(&t, ip(30, 1), ip(30, 2), "a", RecordType::AAAA),
+            Decision::NoData
         );
     }
 }

@@ -51,6 +51,9 @@
 //!                                            SENDER_IP at SENDER_MAC (l2.rs)
 //!   nettool rasend IFACE SRC_MAC COUNT      send COUNT IPv6 router advertisements of a
 //!                                            default route and 2001:db8:1::/64 (l2.rs)
+//!   nettool nasend IFACE SRC_MAC SRC_IP TARGET COUNT
+//!                                            send COUNT unsolicited neighbour advertisements
+//!                                            claiming TARGET at SRC_MAC (l2.rs)
 //!
 //!   nettool icmpwatch MILLIS                print each ICMP error received, its quote and
 //!                                            whether its checksums verify (rawip.rs)
@@ -144,6 +147,9 @@ fn main() -> ExitCode {
             l2::arp_send(iface, [eth_src, sender_mac, sender_ip, count])
         }
         ["rasend", iface, src_mac, count] => l2::ra_send(iface, src_mac, count),
+        ["nasend", iface, src_mac, src_ip, target, count] => {
+            l2::na_send(iface, [src_mac, src_ip, target, count])
+        }
         ["sink", port, rest @ ..] => sink(port, rest),
         ["stream", host, port, seconds] => stream(host, port, seconds),
         ["pong", port, rest @ ..] => pong(port, rest),
@@ -181,6 +187,7 @@ fn main() -> ExitCode {
                   | sniff IFACE MILLIS | sniff IFACE --checksums | bulk HOST PORT BYTES \
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | arpsend IFACE ETH_SRC SENDER_MAC SENDER_IP COUNT | rasend IFACE SRC_MAC COUNT \
+                  | nasend IFACE SRC_MAC SRC_IP TARGET COUNT \
                   | sink PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
@@ -205,6 +212,22 @@ fn parse_count(rest: &[&str]) -> Result<u64, String> {
         [] => Ok(DEFAULT_COUNT),
         _ => Err("unexpected arguments".into()),
     }
+}
+
+/// HOST:PORT as an address; a HOST that is not one is a name, looked up
+/// through the C library as any program does (resolv.conf, hosts), its
+/// first IPv4 address taken.
+fn resolve(host: &str, port: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = format!("{host}:{port}").parse() {
+        return Ok(addr);
+    }
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port}"))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("resolve {host}: no IPv4 address"))
 }
 
 fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
@@ -243,9 +266,7 @@ fn serve(proto: &str, port: &str, rest: &[&str]) -> Result<(), String> {
 }
 
 fn call(proto: &str, host: &str, port: &str, timeout: Duration) -> Result<(), String> {
-    let addr: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    let addr = resolve(host, port)?;
     let reply = match proto {
         "tcp" => {
             let mut stream = TcpStream::connect_timeout(&addr, timeout)

@@ -5,7 +5,7 @@
 //! sandbox's own), no /etc/netns entry, no state dir, no process netctl
 //! started (in the sandbox cgroup, recorded in its state or as its
 //! resolver, or living in one of its namespaces), no pin, no BPF program on the sandbox cgroup or the
-//! host's links, no link, iptables rule or nftables table of netctl's
+//! host's links, no link, iptables or ip6tables rule or nftables table of netctl's
 //! (`table bridge netctl`) in the host namespace. Then the
 //! forced cleanup removes whatever is there, and says what it had to remove.
 
@@ -290,14 +290,20 @@ fn host_links(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-/// netctl's chains and any rule at all in the host namespace (the tests
+/// netctl's chains and any rule at all in the host namespace, iptables' and ip6tables' (the tests
 /// add none that outlives them).
 fn host_rules(sb: &Sandbox) -> Vec<String> {
-    sb.iptables_save()
-        .lines()
-        .filter(|l| l.contains("NETCTL") || l.starts_with("-A"))
-        .map(str::to_owned)
-        .collect()
+    let v4 = sb.iptables_save();
+    let v6 = sb.ip6tables_save();
+    let rules = |text: &str, family: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("NETCTL") || l.starts_with("-A"))
+            .map(|l| format!("{family}{l}"))
+            .collect()
+    };
+    let mut found = rules(&v4, "");
+    found.extend(rules(&v6, "ip6tables: "));
+    found
 }
 
 /// nftables tables named like netctl's (its ARP anti-spoofing table).

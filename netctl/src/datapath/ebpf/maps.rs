@@ -214,6 +214,7 @@ mod tests {
             host_ip: None,
             host_port: 8080,
             container_ip: ip,
+            container_ip6: None,
             container_port: 80,
             container: "web".into(),
             network: "front".into(),

@@ -53,7 +53,7 @@ pub use self::{
     },
     pins::{ensure_bpffs, fill_tail_calls, netns_cookie, EBPF_OBJECT},
     stats::stats,
-    trace::{trace, TRACE_MAX_SECONDS},
+    trace::{follow, Clock, TRACE_MAX_SECONDS},
     upgrade::{binary_versions, check_layouts, loaded_versions, Versions},
 };
 use super::{Datapath, Drift, HostInfo};

@@ -92,8 +92,7 @@ pub const EBPF_OBJECT_FINGERPRINT: u64 =
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// The program attached to each endpoint's host-side veth (and the one
-/// `netctl trace` opens to find the object's log ring buffer).
+/// The program attached to each endpoint's host-side veth.
 pub(super) const ENDPOINT_INGRESS: &str = "endpoint_ingress";
 /// TC programs on the uplink and the hook each goes on.
 pub(super) const UPLINK_PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -573,7 +572,7 @@ mod tests {
     /// The programs name their maps by their statics' identifiers
     /// (aya-ebpf's `#[map]` takes no const), so this is where a renamed,
     /// added or removed map is caught: the built object must hold exactly
-    /// `maps::ALL`, besides aya-log's ring buffer and the sections of
+    /// `maps::ALL`, besides the sections of
     /// static data (`.rodata`, `.bss`, `.data`). Parsing needs no root.
     #[test]
     fn the_object_holds_exactly_the_common_maps() {
@@ -582,7 +581,7 @@ mod tests {
             .maps
             .keys()
             .map(String::as_str)
-            .filter(|name| !name.starts_with('.') && *name != "AYA_LOGS")
+            .filter(|name| !name.starts_with('.'))
             .collect();
         in_object.sort_unstable();
         let mut declared = maps::ALL.to_vec();

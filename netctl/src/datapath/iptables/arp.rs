@@ -11,6 +11,19 @@
 //!                   counter drop comment "VETH IP MAC"
 //! ```
 //!
+//! On a dual-stack network the same chain holds a second rule per endpoint
+//! for IPv6's ARP, neighbour discovery: a neighbour advertisement from the
+//! endpoint's veth whose target address is not the endpoint's own is
+//! dropped (its source address and MAC are already checked by ip6tables'
+//! anti-spoofing, which sees the packet; only the target inside it is
+//! left). nftables 1.0.6 has no `icmpv6 taddr`, so the target is matched
+//! as raw payload: 128 bits at offset 8 of the ICMPv6 header.
+//!
+//! ```text
+//!     per IPv6 endpoint: iifname VETH icmpv6 type nd-neighbor-advert
+//!                        @th,64,128 != IP6 counter drop comment "VETH IP6 MAC"
+//! ```
+//!
 //! An ARP packet that enters the bridge by an endpoint's veth passes only
 //! with the endpoint's MAC as Ethernet source and sender MAC and its address
 //! as sender; anything else is dropped before the bridge learns from it or
@@ -19,7 +32,9 @@
 //! are told apart by their comment (the veth, address and MAC the rule is
 //! built from), which is what `doctor` compares with the state.
 
-use ipnet::Ipv4Net;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::IpNet;
 
 use crate::{
     datapath::Drift,
@@ -44,6 +59,32 @@ fn host_script() -> String {
 /// The comment that names an endpoint's rule.
 pub fn arp_rule_comment(ep: &Endpoint) -> String {
     format!("{} {} {}", ep.host_veth, ep.ip, ep.mac)
+}
+
+/// The comment that names an endpoint's neighbour-advertisement rule
+/// (its IPv6 address where the ARP rule has the IPv4 one).
+pub fn na_rule_comment(ep: &Endpoint, ip6: Ipv6Addr) -> String {
+    format!("{} {ip6} {}", ep.host_veth, ep.mac)
+}
+
+/// The endpoint's rules: (comment, `add rule` line), ARP's and, with an
+/// IPv6 address, neighbour discovery's.
+fn endpoint_lines(ep: &Endpoint) -> Vec<(String, String)> {
+    let mut lines = vec![(arp_rule_comment(ep), add_line(ep))];
+    if let Some(ip6) = ep.ip6 {
+        let comment = na_rule_comment(ep, ip6);
+        lines.push((
+            comment.clone(),
+            format!(
+                "add rule bridge {ARP_TABLE} {ARP_CHAIN} iifname \"{}\" \
+                 icmpv6 type nd-neighbor-advert @th,64,128 != {:#034x} \
+                 counter drop comment \"{comment}\"\n",
+                ep.host_veth,
+                u128::from(ip6)
+            ),
+        ));
+    }
+    lines
 }
 
 /// The `add rule` line of an endpoint.
@@ -75,7 +116,7 @@ impl ArpRule {
     }
 
     /// The address of the endpoint it was made for (from its comment).
-    fn ip(&self) -> Option<std::net::Ipv4Addr> {
+    fn ip(&self) -> Option<IpAddr> {
         self.comment.split(' ').nth(1)?.parse().ok()
     }
 }
@@ -145,10 +186,11 @@ impl Nft {
     /// The endpoint's rule, unless it is there (table and chain too).
     pub fn endpoint_up(&self, ep: &Endpoint) -> Result<()> {
         let listed = self.listed()?;
-        let comment = arp_rule_comment(ep);
         let mut script = host_script();
-        if !listed.rules.iter().any(|r| r.comment == comment) {
-            script.push_str(&add_line(ep));
+        for (comment, line) in endpoint_lines(ep) {
+            if !listed.rules.iter().any(|r| r.comment == comment) {
+                script.push_str(&line);
+            }
         }
         self.apply(
             &format!("nftables: endpoint {} ({}) up", ep.host_veth, ep.ip),
@@ -156,23 +198,24 @@ impl Nft {
         )
     }
 
-    /// Deletes the endpoint's rules, and with `subnet` those of every
-    /// endpoint with an address in it (what a crash may have left for a
+    /// Deletes the endpoint's rules, and those of every endpoint with an
+    /// address in one of `subnets` (what a crash may have left for a
     /// network that goes).
-    pub fn remove(
-        &self,
-        object: &str,
-        ep: Option<&Endpoint>,
-        subnet: Option<Ipv4Net>,
-    ) -> Result<()> {
-        let comment = ep.map(arp_rule_comment);
+    pub fn remove(&self, object: &str, ep: Option<&Endpoint>, subnets: &[IpNet]) -> Result<()> {
+        let comments: Vec<String> = ep
+            .map(endpoint_lines)
+            .into_iter()
+            .flatten()
+            .map(|(comment, _)| comment)
+            .collect();
         let script: String = self
             .listed()?
             .rules
             .iter()
             .filter(|r| {
-                comment.as_deref() == Some(r.comment.as_str())
-                    || subnet.is_some_and(|s| r.ip().is_some_and(|ip| s.contains(&ip)))
+                comments.contains(&r.comment)
+                    || r.ip()
+                        .is_some_and(|ip| subnets.iter().any(|s| s.contains(&ip)))
             })
             .map(ArpRule::delete_line)
             .collect();
@@ -190,8 +233,7 @@ impl Nft {
                 "missing",
             ));
         }
-        for ep in endpoints {
-            let comment = arp_rule_comment(ep);
+        for (comment, _) in endpoints.iter().flat_map(|ep| endpoint_lines(ep)) {
             match listed.rules.iter().filter(|r| r.comment == comment).count() {
                 0 => drift.push(Drift::new(
                     object(&format!("rule \"{comment}\"")),
@@ -221,11 +263,10 @@ impl Nft {
         for rule in extra(&listed.rules, endpoints) {
             script.push_str(&rule.delete_line());
         }
-        for ep in endpoints {
-            let comment = arp_rule_comment(ep);
+        for (comment, line) in endpoints.iter().flat_map(|ep| endpoint_lines(ep)) {
             let mut same = listed.rules.iter().filter(|r| r.comment == comment);
             match same.next() {
-                None => script.push_str(&add_line(ep)),
+                None => script.push_str(&line),
                 Some(_) => same.for_each(|dup| script.push_str(&dup.delete_line())),
             }
         }
@@ -235,7 +276,11 @@ impl Nft {
 
 /// Rules no endpoint of `endpoints` owns.
 fn extra<'a>(rules: &'a [ArpRule], endpoints: &[&Endpoint]) -> Vec<&'a ArpRule> {
-    let wanted: Vec<String> = endpoints.iter().map(|ep| arp_rule_comment(ep)).collect();
+    let wanted: Vec<String> = endpoints
+        .iter()
+        .flat_map(|ep| endpoint_lines(ep))
+        .map(|(comment, _)| comment)
+        .collect();
     rules
         .iter()
         .filter(|r| !wanted.contains(&r.comment))
@@ -301,6 +346,24 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_endpoint_gets_a_neighbour_advertisement_rule() {
+        assert_eq!(endpoint_lines(&endpoint()).len(), 1);
+        let ep = Endpoint {
+            ip6: Some("fd00:1::2".parse().unwrap()),
+            ..endpoint()
+        };
+        let lines = endpoint_lines(&ep);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].0, "veth0 fd00:1::2 02:42:ac:12:00:02");
+        assert_eq!(
+            lines[1].1,
+            "add rule bridge netctl antispoof iifname \"veth0\" icmpv6 type nd-neighbor-advert \
+             @th,64,128 != 0xfd000001000000000000000000000002 counter drop \
+             comment \"veth0 fd00:1::2 02:42:ac:12:00:02\"\n"
+        );
+    }
+
+    #[test]
     fn reads_a_listing() {
         let text = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "bridge", "name": "netctl", "handle": 1}},
@@ -323,6 +386,11 @@ mod tests {
             }]
         );
         assert_eq!(listed.rules[0].ip(), Some("172.18.0.2".parse().unwrap()));
+        let na = ArpRule {
+            comment: "veth0 fd00::2 02:42:ac:12:00:02".into(),
+            ..listed.rules[0].clone()
+        };
+        assert_eq!(na.ip(), Some("fd00::2".parse().unwrap()));
         assert!(parse_listing("not json").is_err());
         // A bridge family without our table.
         let none = parse_listing(r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#).unwrap();

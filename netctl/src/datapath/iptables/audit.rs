@@ -1,13 +1,15 @@
 //! `netctl doctor` for the iptables datapath: the rules the state implies,
-//! against what `iptables-save` shows, and the ARP rules against what
-//! nftables lists (`arp.rs`).
+//! against what `iptables-save` and `ip6tables-save` show (each family on
+//! its own, with the same checks), and the ARP and neighbour-advertisement
+//! rules against what nftables lists (`arp.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     batch::Batch,
     rules::{
-        endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, CHAINS, CHAIN_PREFIX,
+        endpoint_rules, endpoint_rules6, host_rules, network_rules, network_rules6, port_rules,
+        port_rules6, Rule, Table, CHAINS, CHAIN_PREFIX,
     },
     save::{Saved, SavedRule},
     Iptables,
@@ -15,19 +17,68 @@ use super::{
 use crate::{
     datapath::{Datapath, Drift},
     error::{Error, Result},
-    model::{DatapathKind, Endpoint, PortMapping},
+    model::{DatapathKind, Endpoint, Network, PortMapping},
     state::State,
 };
 
-/// Every rule the state implies. None at all when the host is not on this
-/// datapath (its first network fixes that).
-fn desired_rules(state: &State) -> Vec<Rule> {
+/// The two families: iptables' rule builders, and ip6tables'.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn program(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn network(self, net: &Network) -> Vec<Rule> {
+        match self {
+            Family::V4 => network_rules(net),
+            Family::V6 => network_rules6(net),
+        }
+    }
+
+    fn endpoint(self, ep: &Endpoint) -> Vec<Rule> {
+        match self {
+            Family::V4 => endpoint_rules(ep),
+            Family::V6 => endpoint_rules6(ep),
+        }
+    }
+
+    fn ports(self, ports: &[PortMapping]) -> Vec<Rule> {
+        match self {
+            Family::V4 => port_rules(ports),
+            Family::V6 => port_rules6(ports),
+        }
+    }
+
+    /// The datapath speaking this family.
+    fn of(self, ipt: &Iptables) -> Iptables {
+        match self {
+            Family::V4 => ipt.clone(),
+            Family::V6 => ipt.ip6(),
+        }
+    }
+}
+
+/// Every rule the state implies in one family. None at all when the host
+/// is not on this datapath (its first network fixes that), and none in
+/// ip6tables without a dual-stack network.
+fn desired_rules(state: &State, family: Family) -> Vec<Rule> {
     if state.datapath != Some(DatapathKind::Iptables) {
+        return Vec::new();
+    }
+    if family == Family::V6 && state.networks.values().all(|n| n.ipv6.is_none()) {
         return Vec::new();
     }
     let mut rules = host_rules();
     for net in state.networks.values() {
-        rules.extend(network_rules(net));
+        rules.extend(family.network(net));
     }
     for ctr in state.containers.values() {
         for ep in ctr
@@ -35,11 +86,11 @@ fn desired_rules(state: &State) -> Vec<Rule> {
             .iter()
             .filter(|ep| state.networks.contains_key(&ep.network))
         {
-            rules.extend(endpoint_rules(ep));
+            rules.extend(family.endpoint(ep));
         }
     }
     let ports: Vec<PortMapping> = state.ports().cloned().collect();
-    rules.extend(port_rules(&ports));
+    rules.extend(family.ports(&ports));
     rules
 }
 
@@ -86,14 +137,24 @@ fn extra_chains(saved: &Saved) -> Vec<(Table, String)> {
 }
 
 pub(super) fn audit(ipt: &Iptables, state: &State) -> Result<Vec<Drift>> {
-    let saved = ipt.saved()?;
-    let desired = desired_rules(state);
+    let mut drift = audit_family(ipt, state, Family::V4)?;
+    drift.extend(audit_family(ipt, state, Family::V6)?);
+    let host_wanted = state.datapath == Some(DatapathKind::Iptables);
+    drift.extend(ipt.nft.audit(&desired_endpoints(state), host_wanted)?);
+    Ok(drift)
+}
+
+/// One family's chains and rules against the state.
+fn audit_family(ipt: &Iptables, state: &State, family: Family) -> Result<Vec<Drift>> {
+    let saved = family.of(ipt).saved()?;
+    let desired = desired_rules(state, family);
+    let program = family.program();
     let mut drift = Vec::new();
     if !desired.is_empty() {
         for (table, chain) in CHAINS {
             if !saved.has_chain(table, chain) {
                 drift.push(Drift::new(
-                    format!("iptables chain {table} {chain}"),
+                    format!("{program} chain {table} {chain}"),
                     "missing",
                 ));
             }
@@ -105,30 +166,26 @@ pub(super) fn audit(ipt: &Iptables, state: &State) -> Result<Vec<Drift>> {
             continue;
         }
         match saved.count(rule) {
-            0 => drift.push(Drift::new(format!("iptables rule `{rule}`"), "missing")),
+            0 => drift.push(Drift::new(format!("{program} rule `{rule}`"), "missing")),
             1 => {}
             n => drift.push(Drift::new(
-                format!("iptables rule `{rule}`"),
+                format!("{program} rule `{rule}`"),
                 format!("present {n} times"),
             )),
         }
     }
     for rule in extra_rules(&saved, &desired) {
         drift.push(Drift::new(
-            format!("iptables rule `{rule}`"),
+            format!("{program} rule `{rule}`"),
             "not implied by the state",
         ));
     }
     for (table, chain) in extra_chains(&saved) {
         drift.push(Drift::new(
-            format!("iptables chain {table} {chain}"),
+            format!("{program} chain {table} {chain}"),
             "not made by netctl",
         ));
     }
-    drift.extend(
-        ipt.nft
-            .audit(&desired_endpoints(state), !desired.is_empty())?,
-    );
     Ok(drift)
 }
 
@@ -156,8 +213,19 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
         }
     }
     // Then whatever nothing owns, and duplicates beyond the first copy.
+    for family in [Family::V4, Family::V6] {
+        errors.extend(clean_family(ipt, state, family).err());
+    }
+    errors.extend(ipt.nft.reconcile(&desired_endpoints(state)).err());
+    Error::collect(errors)
+}
+
+/// Deletes one family's rules and chains that nothing in the state owns,
+/// and the copies of a rule beyond the first.
+fn clean_family(ipt: &Iptables, state: &State, family: Family) -> Result<()> {
+    let ipt = family.of(ipt);
     let saved = ipt.saved()?;
-    let desired = desired_rules(state);
+    let desired = desired_rules(state, family);
     let mut batch = Batch::default();
     for rule in extra_rules(&saved, &desired) {
         batch.push(rule.table, rule.delete());
@@ -172,7 +240,5 @@ pub(super) fn reconcile(ipt: &Iptables, state: &State) -> Result<()> {
         batch.push(table, format!("-F {chain}"));
         batch.push(table, format!("-X {chain}"));
     }
-    errors.extend(ipt.restore("iptables: doctor --fix", &batch).err());
-    errors.extend(ipt.nft.reconcile(&desired_endpoints(state)).err());
-    Error::collect(errors)
+    ipt.restore(&format!("{}: doctor --fix", family.program()), &batch)
 }

@@ -23,7 +23,11 @@
 //! delete most of the time, was most of an iptables `container rm`. Where
 //! the kernel has no such file, `conntrack` does all of it as before.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    process::Command,
+};
 
 use crate::{
     error::{Error, Result},
@@ -125,24 +129,27 @@ fn proc_table() -> Option<String> {
     std::fs::read_to_string("/proc/thread-self/net/nf_conntrack").ok()
 }
 
-/// The source address of each direction of a listed entry (any protocol).
-fn sources(line: &str) -> impl Iterator<Item = Ipv4Addr> + '_ {
+/// The source address of each direction of a listed entry (any protocol,
+/// either family: the kernel writes IPv6 addresses in full, which parse).
+fn sources(line: &str) -> impl Iterator<Item = IpAddr> + '_ {
     line.split_whitespace()
         .filter_map(|w| w.strip_prefix("src=")?.parse().ok())
 }
 
 /// Deletes every entry from `ip` (its own flows) or answered by `ip`
 /// (flows to it, translated or not).
-pub(super) fn forget_address(ip: Ipv4Addr) -> Result<()> {
+pub(super) fn forget_address(ip: impl Into<IpAddr>) -> Result<()> {
+    let ip = ip.into();
     if let Some(table) = proc_table() {
         if !table.lines().any(|line| sources(line).any(|src| src == ip)) {
             return Ok(());
         }
     }
     let object = format!("conntrack entries of {ip}");
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     let ip = ip.to_string();
-    conntrack(&object, &["-D", "--orig-src", &ip])?;
-    conntrack(&object, &["-D", "--reply-src", &ip])?;
+    conntrack(&object, &["-D", "-f", family, "--orig-src", &ip])?;
+    conntrack(&object, &["-D", "-f", family, "--reply-src", &ip])?;
     Ok(())
 }
 
@@ -250,11 +257,22 @@ mod tests {
     fn both_sources_of_any_protocol_are_found() {
         let icmp = "ipv4     2 icmp     1 29 src=172.18.0.2 dst=198.51.100.2 type=8 code=0 \
                     id=7 src=198.51.100.2 dst=198.51.100.1 type=0 code=0 id=7 mark=0 use=1";
-        let found: Vec<Ipv4Addr> = sources(icmp).collect();
+        let found: Vec<IpAddr> = sources(icmp).collect();
         assert_eq!(
             found,
-            [Ipv4Addr::new(172, 18, 0, 2), Ipv4Addr::new(198, 51, 100, 2)]
+            [
+                IpAddr::from([172, 18, 0, 2]),
+                IpAddr::from([198, 51, 100, 2])
+            ]
         );
+        // The kernel writes IPv6 addresses without shortening them.
+        let v6 = "ipv6     10 udp      17 29 src=fd00:0000:0000:0000:0000:0000:0000:0002 \
+                  dst=fd00:0000:0000:0000:0000:0000:0000:0001 sport=1 dport=2 \
+                  src=fd00:0000:0000:0000:0000:0000:0000:0001 \
+                  dst=fd00:0000:0000:0000:0000:0000:0000:0002 sport=2 dport=1 mark=0 use=1";
+        let found: Vec<IpAddr> = sources(v6).collect();
+        assert_eq!(found[0], "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(found.len(), 2);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub fn network(name: &str, bridge: &str, subnet: &str, internal: bool) -> Networ
         dns: true,
         created: 0,
         mtu: None,
+        ipv6: None,
     }
 }
 
@@ -37,6 +38,7 @@ pub fn port(
         host_ip: host_ip.map(Ipv4Addr::from),
         host_port,
         container_ip: Ipv4Addr::from(container_ip),
+        container_ip6: None,
         container_port,
         container: "web".into(),
         network: network.into(),
@@ -79,6 +81,7 @@ pub fn endpoint() -> Endpoint {
         ifname: "eth0".into(),
         host_veth: "veth0".into(),
         ip: Ipv4Addr::new(172, 18, 0, 2),
+        ip6: None,
         mac: "02:42:ac:12:00:02".parse().unwrap(),
     }
 }

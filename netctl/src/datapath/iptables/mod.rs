@@ -56,6 +56,18 @@
 //! account of state, and the kernel applies it atomically (per table with
 //! the legacy backend, as a whole with the nft one).
 //!
+//! Dual-stack networks (`--ipv6`) get the same chains and the same rules
+//! in ip6tables, built by the same functions (`network_rules6`,
+//! `endpoint_rules6`, `port_rules6`: filtering, isolation and `--internal`
+//! match bridges, so they are identical; NAT66 MASQUERADEs the network's
+//! IPv6 subnet; anti-spoofing checks the endpoint's IPv6 address and MAC;
+//! ports published on every host address DNAT from the host's IPv6
+//! addresses too), written by `ip6tables-restore` in batches of their own
+//! (`Iptables::ip6`). The ip6tables chains are made with the first
+//! dual-stack network and go with the last one (or `host_down`); a host
+//! without one has nothing of netctl's in ip6tables. Neighbour advertisements claiming
+//! another address are dropped in `table bridge netctl` (see `arp.rs`).
+//!
 //! Where each part lives: `rules.rs` (the rules as data and the functions
 //! that build each set), `save.rs` (`iptables-save` read into typed rules),
 //! `batch.rs` (one `iptables-restore` input and why it failed), `arp.rs`
@@ -64,7 +76,7 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 mod arp;
 mod audit;
@@ -77,12 +89,12 @@ pub mod fixtures;
 mod rules;
 mod save;
 
-pub use arp::{arp_rule_comment, ArpRule, ARP_CHAIN, ARP_TABLE};
+pub use arp::{arp_rule_comment, na_rule_comment, ArpRule, ARP_CHAIN, ARP_TABLE};
 pub use batch::Batch;
 pub use rules::{
-    endpoint_rules, host_rules, network_rules, port_rules, Rule, Table, ANTISPOOF_CHAIN, CHAINS,
-    CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN,
-    POSTROUTING_CHAIN,
+    endpoint_rules, endpoint_rules6, host_rules, network_rules, network_rules6, port_rules,
+    port_rules6, Rule, Table, ANTISPOOF_CHAIN, CHAINS, CHAIN_PREFIX, DNAT_CHAIN, FORWARD_CHAIN,
+    INPUT_CHAIN, ISOLATION_1_CHAIN, ISOLATION_2_CHAIN, POSTROUTING_CHAIN,
 };
 pub use save::{AddressMatch, CountedRule, DnatDestination, Saved, SavedChain, SavedRule};
 
@@ -97,6 +109,21 @@ use crate::{
 };
 
 const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+const BRIDGE_NF_CALL_IP6TABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
+
+/// The ip6tables counterpart of an iptables program: `ip6tables-save` for
+/// `iptables-save`, `/x/ip6tables-restore` for `/x/iptables-restore`;
+/// any other program is used for both families.
+fn ip6_program(program: &str) -> String {
+    let (dir, file) = program
+        .rsplit_once('/')
+        .map_or(("", program), |(d, f)| (d, f));
+    match file.strip_prefix("iptables") {
+        Some(rest) if dir.is_empty() => format!("ip6tables{rest}"),
+        Some(rest) => format!("{dir}/ip6tables{rest}"),
+        None => program.to_owned(),
+    }
+}
 
 /// `8080/tcp`, `127.0.0.1:8080/tcp`.
 fn describe_ports(ports: &[PortMapping]) -> String {
@@ -160,6 +187,9 @@ fn write_sysctl(key: &str, path: &str) -> Result<()> {
 pub struct Iptables {
     restore: String,
     save: String,
+    /// The same pair for IPv6 (`ip6tables-restore`, `ip6tables-save`).
+    restore6: String,
+    save6: String,
     nft: arp::Nft,
 }
 
@@ -180,7 +210,34 @@ impl Iptables {
         let mut batch = Batch::default();
         batch.ensure_host(&saved);
         batch.ensure_in_order(&saved, &network_rules(net));
-        self.restore(&format!("iptables: network {} up", net.name), &batch)
+        self.restore(&format!("iptables: network {} up", net.name), &batch)?;
+        if net.ipv6.is_none() {
+            return Ok(());
+        }
+        // As for IPv4: bridged IPv6 reaches ip6tables (and its physdev
+        // match) only through br_netfilter.
+        write_sysctl(
+            "net.bridge.bridge-nf-call-ip6tables",
+            BRIDGE_NF_CALL_IP6TABLES,
+        )?;
+        let ip6 = self.ip6();
+        let saved = ip6.saved()?;
+        let mut batch = Batch::default();
+        batch.ensure_host(&saved);
+        batch.ensure_in_order(&saved, &network_rules6(net));
+        ip6.restore(&format!("ip6tables: network {} up", net.name), &batch)
+    }
+
+    /// This datapath's ip6tables side: the same calls, run with
+    /// `ip6tables-restore` and `ip6tables-save`.
+    pub fn ip6(&self) -> Iptables {
+        Iptables {
+            restore: self.restore6.clone(),
+            save: self.save6.clone(),
+            restore6: self.restore6.clone(),
+            save6: self.save6.clone(),
+            nft: self.nft.clone(),
+        }
     }
 
     /// Anti-spoofing of the endpoint; isolation and NAT match on the
@@ -196,6 +253,17 @@ impl Iptables {
             &format!("iptables: endpoint {} ({}) up", ep.host_veth, ep.ip),
             &batch,
         )?;
+        if let Some(ip6) = ep.ip6 {
+            let ip6tables = self.ip6();
+            let saved = ip6tables.saved()?;
+            let mut batch = Batch::default();
+            batch.ensure_host(&saved);
+            batch.ensure_once(&saved, &endpoint_rules6(ep));
+            ip6tables.restore(
+                &format!("ip6tables: endpoint {} ({ip6}) up", ep.host_veth),
+                &batch,
+            )?;
+        }
         self.nft.endpoint_up(ep)
     }
 
@@ -215,9 +283,12 @@ impl Iptables {
     /// The datapath running these programs in place of `iptables-restore`
     /// and `iptables-save` (for tests: a missing or failing program).
     pub fn with_programs(restore: impl Into<String>, save: impl Into<String>) -> Iptables {
+        let (restore, save) = (restore.into(), save.into());
         Iptables {
-            restore: restore.into(),
-            save: save.into(),
+            restore6: ip6_program(&restore),
+            save6: ip6_program(&save),
+            restore,
+            save,
             nft: arp::Nft {
                 program: arp::NFT.to_owned(),
             },
@@ -231,14 +302,62 @@ impl Iptables {
     }
 
     /// Every chain and rule of the host mentioning NETCTL, as `TABLE LINE`
-    /// (`nat -A POSTROUTING -j NETCTL-POSTROUTING`, `filter :NETCTL-FORWARD - [0:0]`).
+    /// (`nat -A POSTROUTING -j NETCTL-POSTROUTING`, `filter :NETCTL-FORWARD - [0:0]`),
+    /// then ip6tables' as `ip6 TABLE LINE`.
     pub fn netctl_rules(&self) -> Result<Vec<String>> {
-        Ok(self.saved()?.netctl_lines())
+        let mut lines = self.saved()?.netctl_lines();
+        lines.extend(
+            self.ip6()
+                .saved()?
+                .netctl_lines()
+                .into_iter()
+                .map(|l| format!("ip6 {l}")),
+        );
+        Ok(lines)
     }
 
     /// Whether anything of netctl's is left in nat or filter.
     pub fn rules_present(&self) -> Result<bool> {
         Ok(!self.netctl_rules()?.is_empty())
+    }
+
+    /// Deletes every chain of netctl's and every jump into them, going on
+    /// past errors (`family` names the program in them).
+    fn tables_down(&self, family: &str, errors: &mut Vec<Error>) {
+        let saved = match self.saved() {
+            Ok(saved) => saved,
+            Err(e) => return errors.push(e),
+        };
+        // One batch per table, so that a failure in one leaves the other done.
+        for table in Table::ALL {
+            let mut batch = Batch::default();
+            let ours: Vec<&str> = saved
+                .chains(table)
+                .filter(|c| c.starts_with(CHAIN_PREFIX))
+                .collect();
+            // Jumps into our chains from any other chain (the built-in ones,
+            // or a chain some admin hooked us into).
+            for rule in saved.rules(table) {
+                if !rule.in_netctl_chain() && rule.jumps_to_netctl_chain() {
+                    batch.push(table, rule.delete());
+                }
+            }
+            // Flush all before deleting any: ISOLATION-1 jumps to ISOLATION-2.
+            for chain in &ours {
+                batch.push(table, format!("-F {chain}"));
+            }
+            for chain in &ours {
+                batch.push(table, format!("-X {chain}"));
+            }
+            self.restore_keep_going(
+                &format!("{family}: host teardown ({table})"),
+                &batch,
+                errors,
+            );
+            if family == "iptables" && table == Table::ALL[0] {
+                errors.extend(failpoint::check("down.host.table").err());
+            }
+        }
     }
 
     /// Which of `rules` are not there (for `doctor`).
@@ -256,7 +375,7 @@ impl Iptables {
 /// network reusing it must not inherit them): DNAT rules to an address in
 /// it, and both anti-spoofing rules of each endpoint with an address in it
 /// (the MAC rule is found by the veth of the address rule).
-fn leftovers_in_subnet(saved: &Saved, subnet: Ipv4Net) -> Vec<&SavedRule> {
+fn leftovers_in_subnet(saved: &Saved, subnet: IpNet) -> Vec<&SavedRule> {
     let dnat = saved
         .rules_in(Table::Nat, DNAT_CHAIN)
         .filter(|r| r.dnat_to.as_ref().is_some_and(|to| subnet.contains(&to.ip)));
@@ -275,6 +394,17 @@ fn leftovers_in_subnet(saved: &Saved, subnet: Ipv4Net) -> Vec<&SavedRule> {
             .is_some_and(|v| stale_veths.contains(v))
     });
     dnat.chain(stale_antispoof).collect()
+}
+
+/// Whether netctl's chains hold anything beyond the host's own rules (the
+/// jumps and the isolation stage): a network's, an endpoint's or a port's.
+fn holds_more_than_host_rules(saved: &Saved) -> bool {
+    let host = host_rules();
+    Table::ALL
+        .into_iter()
+        .flat_map(|table| saved.rules(table))
+        .filter(|r| r.in_netctl_chain())
+        .any(|r| !host.iter().any(|h| r.is(h)))
 }
 
 impl Datapath for Iptables {
@@ -305,38 +435,9 @@ impl Datapath for Iptables {
     }
 
     fn host_down(&self) -> Result<()> {
-        let saved = self.saved()?;
         let mut errors = Vec::new();
-        // One batch per table, so that a failure in one leaves the other done.
-        for table in Table::ALL {
-            let mut batch = Batch::default();
-            let ours: Vec<&str> = saved
-                .chains(table)
-                .filter(|c| c.starts_with(CHAIN_PREFIX))
-                .collect();
-            // Jumps into our chains from any other chain (the built-in ones,
-            // or a chain some admin hooked us into).
-            for rule in saved.rules(table) {
-                if !rule.in_netctl_chain() && rule.jumps_to_netctl_chain() {
-                    batch.push(table, rule.delete());
-                }
-            }
-            // Flush all before deleting any: ISOLATION-1 jumps to ISOLATION-2.
-            for chain in &ours {
-                batch.push(table, format!("-F {chain}"));
-            }
-            for chain in &ours {
-                batch.push(table, format!("-X {chain}"));
-            }
-            self.restore_keep_going(
-                &format!("iptables: host teardown ({table})"),
-                &batch,
-                &mut errors,
-            );
-            if table == Table::ALL[0] {
-                errors.extend(failpoint::check("down.host.table").err());
-            }
-        }
+        self.tables_down("iptables", &mut errors);
+        self.ip6().tables_down("ip6tables", &mut errors);
         errors.extend(self.nft.host_down().err());
         Error::collect(errors)
     }
@@ -354,12 +455,31 @@ impl Datapath for Iptables {
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.remove(&saved, &network_rules(net));
-        for rule in leftovers_in_subnet(&saved, net.subnet) {
+        for rule in leftovers_in_subnet(&saved, IpNet::V4(net.subnet)) {
             batch.push(rule.table, rule.delete());
         }
         let object = format!("iptables: network {} down", net.name);
         self.restore(&object, &batch)?;
-        self.nft.remove(&object, None, Some(net.subnet))
+        let mut subnets = vec![IpNet::V4(net.subnet)];
+        if let Some(side) = net.ipv6 {
+            let ip6 = self.ip6();
+            let saved = ip6.saved()?;
+            let mut batch = Batch::default();
+            batch.remove(&saved, &network_rules6(net));
+            for rule in leftovers_in_subnet(&saved, IpNet::V6(side.subnet)) {
+                batch.push(rule.table, rule.delete());
+            }
+            ip6.restore(&format!("ip6tables: network {} down", net.name), &batch)?;
+            subnets.push(IpNet::V6(side.subnet));
+            // The last dual-stack network takes the ip6tables chains with
+            // it: a host without one has nothing of netctl's there.
+            if !holds_more_than_host_rules(&ip6.saved()?) {
+                let mut errors = Vec::new();
+                ip6.tables_down("ip6tables", &mut errors);
+                Error::collect(errors)?;
+            }
+        }
+        self.nft.remove(&object, None, &subnets)
     }
 
     /// iptables matches the veth by name: it needs no index.
@@ -376,13 +496,34 @@ impl Datapath for Iptables {
             batch.remove(&saved, &endpoint_rules(ep));
             self.restore(&object, &batch)
         });
-        let arp = self.nft.remove(&object, Some(ep), None);
+        let removed6 = match ep.ip6 {
+            None => Ok(()),
+            Some(ip6) => {
+                let ip6tables = self.ip6();
+                ip6tables.saved().and_then(|saved| {
+                    let mut batch = Batch::default();
+                    batch.remove(&saved, &endpoint_rules6(ep));
+                    ip6tables.restore(
+                        &format!("ip6tables: endpoint {} ({ip6}) down", ep.host_veth),
+                        &batch,
+                    )
+                })
+            }
+        };
+        let arp = self.nft.remove(&object, Some(ep), &[]);
         let forgotten = conntrack::forget_address(ep.ip);
+        let forgotten6 = ep.ip6.map_or(Ok(()), conntrack::forget_address);
         Error::collect(
-            [removed.err(), arp.err(), forgotten.err()]
-                .into_iter()
-                .flatten()
-                .collect(),
+            [
+                removed.err(),
+                removed6.err(),
+                arp.err(),
+                forgotten.err(),
+                forgotten6.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         )
     }
 
@@ -414,6 +555,22 @@ impl Datapath for Iptables {
             ),
             &batch,
         )?;
+        let rules6 = dedup(port_rules6(ports));
+        if !rules6.is_empty() {
+            let ip6 = self.ip6();
+            let saved = ip6.saved()?;
+            let mut batch = Batch::default();
+            batch.ensure_host(&saved);
+            batch.ensure_once(&saved, &rules6);
+            ip6.restore(
+                &format!(
+                    "ip6tables: publish {} on network {}",
+                    describe_ports(ports),
+                    net.name
+                ),
+                &batch,
+            )?;
+        }
         // After the rules: a flow that starts from now on is translated.
         conntrack::forget_stale_udp(ports)
     }
@@ -430,17 +587,24 @@ impl Datapath for Iptables {
         if ports.is_empty() {
             return Ok(());
         }
+        let object = format!(
+            "iptables: unpublish {} on network {}",
+            describe_ports(ports),
+            net.name
+        );
         let saved = self.saved()?;
         let mut batch = Batch::default();
         batch.remove(&saved, &dedup(port_rules(ports)));
-        self.restore(
-            &format!(
-                "iptables: unpublish {} on network {}",
-                describe_ports(ports),
-                net.name
-            ),
-            &batch,
-        )
+        self.restore(&object, &batch)?;
+        let rules6 = dedup(port_rules6(ports));
+        if rules6.is_empty() {
+            return Ok(());
+        }
+        let ip6 = self.ip6();
+        let saved = ip6.saved()?;
+        let mut batch = Batch::default();
+        batch.remove(&saved, &rules6);
+        ip6.restore(&format!("ip6{object}"), &batch)
     }
 }
 
@@ -456,6 +620,21 @@ mod tests {
     /// before reading or writing any rule.
     fn inert() -> Iptables {
         Iptables::with_programs("/bin/false", "/bin/false")
+    }
+
+    #[test]
+    fn ip6tables_programs_are_named_after_iptables_ones() {
+        assert_eq!(ip6_program("iptables-save"), "ip6tables-save");
+        assert_eq!(
+            ip6_program("/usr/sbin/iptables-restore"),
+            "/usr/sbin/ip6tables-restore"
+        );
+        assert_eq!(ip6_program("/bin/false"), "/bin/false");
+        let dp = Iptables::system().ip6();
+        assert_eq!(
+            (dp.restore.as_str(), dp.save.as_str()),
+            ("ip6tables-restore", "ip6tables-save")
+        );
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! Nothing here runs a program: what is rendered here is what
 //! [`super::batch`] writes and what [`super::save`] reads back.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::{
     error::{Error, Result},
@@ -135,10 +138,10 @@ impl std::fmt::Display for Rule {
 /// in the order netctl always uses, `-j TARGET ...`.
 #[derive(Default)]
 struct Spec {
-    source: Option<Ipv4Net>,
+    source: Option<IpNet>,
     /// `! -s`: any source but `source`.
     source_negated: bool,
-    destination: Option<Ipv4Net>,
+    destination: Option<IpNet>,
     /// (negated, interface)
     input: Option<(bool, String)>,
     output: Option<(bool, String)>,
@@ -162,17 +165,17 @@ impl Spec {
         }
     }
 
-    fn src(mut self, net: Ipv4Net) -> Spec {
-        self.source = Some(net.trunc());
+    fn src(mut self, net: impl Into<IpNet>) -> Spec {
+        self.source = Some(net.into().trunc());
         self
     }
 
-    fn not_src_host(self, ip: Ipv4Addr) -> Spec {
-        self.not_src(Ipv4Net::from(ip))
+    fn not_src_host(self, ip: impl Into<IpAddr>) -> Spec {
+        self.not_src(IpNet::from(ip.into()))
     }
 
-    fn not_src(mut self, net: Ipv4Net) -> Spec {
-        self.source = Some(net.trunc());
+    fn not_src(mut self, net: impl Into<IpNet>) -> Spec {
+        self.source = Some(net.into().trunc());
         self.source_negated = true;
         self
     }
@@ -187,12 +190,12 @@ impl Spec {
         self
     }
 
-    fn dst_host(self, ip: Ipv4Addr) -> Spec {
-        self.dst(Ipv4Net::from(ip))
+    fn dst_host(self, ip: impl Into<IpAddr>) -> Spec {
+        self.dst(IpNet::from(ip.into()))
     }
 
-    fn dst(mut self, net: Ipv4Net) -> Spec {
-        self.destination = Some(net.trunc());
+    fn dst(mut self, net: impl Into<IpNet>) -> Spec {
+        self.destination = Some(net.into().trunc());
         self
     }
 
@@ -314,6 +317,60 @@ pub fn host_rules() -> Vec<Rule> {
 
 /// The rules of one network, in the order they must appear in each chain.
 pub fn network_rules(net: &Network) -> Vec<Rule> {
+    let localnet: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
+    if net.internal {
+        return forward_rules(net);
+    }
+    // route_localnet=1 on the bridge (for the host's 127.0.0.1 ->
+    // published port, below) also lets the bridge's packets *to*
+    // 127.0.0.0/8 be routed: a container sending to 127.0.0.1 by the
+    // gateway's MAC would reach the host's loopback-only services
+    // (CVE-2020-8558). kube-proxy's guard, for this bridge: such a packet
+    // is dropped unless it belongs to a flow (the replies of the host's
+    // own 127.0.0.1 -> published port connections, de-NATed back to
+    // 127.0.0.1) or netctl's DNAT rewrote it (a published port).
+    let mut rules = vec![Rule::append(
+        Table::Filter,
+        INPUT_CHAIN,
+        Spec::jump("DROP")
+            .not_src(localnet)
+            .dst(localnet)
+            .in_(net.bridge.as_str())
+            .not_ctstate("RELATED,ESTABLISHED,DNAT"),
+    )];
+    rules.extend(forward_rules(net));
+    rules.extend(masquerade_rules(net, IpNet::V4(net.subnet)));
+    // The host reaching a published port via 127.0.0.1 (OUTPUT DNAT):
+    // the source must not leave as 127.0.0.1 (with route_localnet=1 on
+    // the bridge, which lets such packets be routed at all).
+    rules.push(Rule::append(
+        Table::Nat,
+        POSTROUTING_CHAIN,
+        Spec::jump("MASQUERADE")
+            .src(localnet)
+            .out(net.bridge.as_str()),
+    ));
+    rules
+}
+
+/// The ip6tables rules of a dual-stack network (none for an IPv4-only
+/// one): the same filtering as IPv4's, NAT66 to the uplink's address and
+/// hairpin. IPv6 has no route_localnet: `::1` is never routed out of the
+/// host, so the 127.0.0.1 guard and its MASQUERADE have no counterpart.
+pub fn network_rules6(net: &Network) -> Vec<Rule> {
+    let Some(side) = net.ipv6 else {
+        return Vec::new();
+    };
+    let mut rules = forward_rules(net);
+    if !net.internal {
+        rules.extend(masquerade_rules(net, IpNet::V6(side.subnet)));
+    }
+    rules
+}
+
+/// A network's filter rules, the same for both families (they match the
+/// bridge, not addresses).
+fn forward_rules(net: &Network) -> Vec<Rule> {
     let br = net.bridge.as_str();
     let filter = |spec| Rule::append(Table::Filter, FORWARD_CHAIN, spec);
     let isolation_1 = |spec| Rule::append(Table::Filter, ISOLATION_1_CHAIN, spec);
@@ -329,26 +386,7 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
             filter(Spec::jump("ACCEPT").in_(br).out(br)),
         ];
     }
-    let subnet = net.subnet.trunc();
-    let localnet: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("valid prefix");
     vec![
-        // route_localnet=1 on the bridge (for the host's 127.0.0.1 ->
-        // published port, below) also lets the bridge's packets *to*
-        // 127.0.0.0/8 be routed: a container sending to 127.0.0.1 by the
-        // gateway's MAC would reach the host's loopback-only services
-        // (CVE-2020-8558). kube-proxy's guard, for this bridge: such a packet
-        // is dropped unless it belongs to a flow (the replies of the host's
-        // own 127.0.0.1 -> published port connections, de-NATed back to
-        // 127.0.0.1) or netctl's DNAT rewrote it (a published port).
-        Rule::append(
-            Table::Filter,
-            INPUT_CHAIN,
-            Spec::jump("DROP")
-                .not_src(localnet)
-                .dst(localnet)
-                .in_(br)
-                .not_ctstate("RELATED,ESTABLISHED,DNAT"),
-        ),
         // Two stages, as Docker: ISOLATION-1 catches what leaves this bridge
         // for another interface, ISOLATION-2 drops it if that interface is
         // another network's bridge (each network adds one line to each, so
@@ -370,6 +408,14 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
         // Anything else from outside never reaches a container; must stay
         // after the three accepts above.
         filter(Spec::jump("DROP").out(br)),
+    ]
+}
+
+/// The NAT of a network's `subnet` (of either family).
+fn masquerade_rules(net: &Network, subnet: IpNet) -> Vec<Rule> {
+    let br = net.bridge.as_str();
+    let subnet = subnet.trunc();
+    vec![
         // Egress SNAT to the address of whichever interface the packet leaves by.
         Rule::append(
             Table::Nat,
@@ -384,14 +430,6 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
             POSTROUTING_CHAIN,
             Spec::jump("MASQUERADE").src(subnet).out(br).ctstate("DNAT"),
         ),
-        // The host reaching a published port via 127.0.0.1 (OUTPUT DNAT):
-        // the source must not leave as 127.0.0.1 (with route_localnet=1 on
-        // the bridge, which lets such packets be routed at all).
-        Rule::append(
-            Table::Nat,
-            POSTROUTING_CHAIN,
-            Spec::jump("MASQUERADE").src(localnet).out(br),
-        ),
     ]
 }
 
@@ -399,12 +437,28 @@ pub fn network_rules(net: &Network) -> Vec<Rule> {
 /// carry its own address and its own MAC. Two rules, so that each reason
 /// has its own counter; a packet with both forged counts as a forged address.
 pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
+    antispoof_rules(ep, IpAddr::V4(ep.ip))
+}
+
+/// The ip6tables anti-spoofing of an endpoint with an IPv6 address (none
+/// without): the same two rules for its IPv6 address. Neighbour discovery
+/// passes them (the container has no link-local address, see
+/// `netns::enable_ipv6`, so it speaks from its own); what it sends from
+/// `::` (MLD reports) is dropped and counted, and nothing needs it (no
+/// querier on the bridge: the bridge floods multicast).
+pub fn endpoint_rules6(ep: &Endpoint) -> Vec<Rule> {
+    ep.ip6
+        .map(|ip6| antispoof_rules(ep, IpAddr::V6(ip6)))
+        .unwrap_or_default()
+}
+
+fn antispoof_rules(ep: &Endpoint, ip: IpAddr) -> Vec<Rule> {
     let veth = ep.host_veth.as_str();
     vec![
         Rule::append(
             Table::Raw,
             ANTISPOOF_CHAIN,
-            Spec::jump("DROP").not_src_host(ep.ip).physdev_in(veth),
+            Spec::jump("DROP").not_src_host(ip).physdev_in(veth),
         ),
         Rule::append(
             Table::Raw,
@@ -430,6 +484,24 @@ pub fn port_rules(ports: &[PortMapping]) -> Vec<Rule> {
                 spec = spec.dst_host(ip);
             }
             Rule::append(Table::Nat, DNAT_CHAIN, spec)
+        })
+        .collect()
+}
+
+/// The ip6tables DNAT of the ports published on every host address of a
+/// dual-stack network: the host's IPv6 addresses forward to the endpoint's
+/// IPv6 address (ports bound to one IPv4 address have no IPv6 side).
+pub fn port_rules6(ports: &[PortMapping]) -> Vec<Rule> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let ip6 = p.container_ip6?;
+            let spec = Spec::jump(format!(
+                "DNAT --to-destination [{ip6}]:{}",
+                p.container_port
+            ))
+            .dport(p.protocol, p.host_port);
+            Some(Rule::append(Table::Nat, DNAT_CHAIN, spec))
         })
         .collect()
 }
@@ -610,6 +682,66 @@ mod tests {
         assert_eq!(
             describe_ports(&ports),
             "8080/tcp, 127.0.0.1:8081/tcp, 198.51.100.1:5353/udp, 9000/tcp"
+        );
+    }
+
+    fn dual_stack(internal: bool) -> Network {
+        Network {
+            ipv6: Some(crate::model::Ipv6Side {
+                subnet: "fd00:18::/64".parse().unwrap(),
+                gateway: "fd00:18::1".parse().unwrap(),
+            }),
+            ..network("front", "nc-front", "172.18.0.0/16", internal)
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_render_exactly() {
+        assert!(network_rules6(&front()).is_empty());
+        let rules = network_rules6(&dual_stack(false));
+        assert_eq!(
+            rules.iter().map(Rule::to_string).collect::<Vec<_>>(),
+            [
+                "filter -A NETCTL-ISOLATION-1 -i nc-front ! -o nc-front -j NETCTL-ISOLATION-2",
+                "filter -A NETCTL-ISOLATION-2 -o nc-front -j DROP",
+                "filter -A NETCTL-FORWARD -o nc-front -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "filter -A NETCTL-FORWARD -o nc-front -m conntrack --ctstate DNAT -j ACCEPT",
+                "filter -A NETCTL-FORWARD -i nc-front ! -o nc-front -m conntrack --ctstate INVALID -j DROP",
+                "filter -A NETCTL-FORWARD -i nc-front -j ACCEPT",
+                "filter -A NETCTL-FORWARD -o nc-front -j DROP",
+                "nat -A NETCTL-POSTROUTING -s fd00:18::/64 ! -o nc-front -j MASQUERADE",
+                "nat -A NETCTL-POSTROUTING -s fd00:18::/64 -o nc-front -m conntrack --ctstate DNAT -j MASQUERADE",
+            ]
+        );
+        // Internal: the same three filter rules as IPv4's, no NAT.
+        assert_eq!(
+            network_rules6(&dual_stack(true)),
+            network_rules(&dual_stack(true))
+        );
+        // IPv4's rules do not change with an IPv6 side.
+        assert_eq!(network_rules(&dual_stack(false)), network_rules(&front()));
+
+        assert!(endpoint_rules6(&endpoint()).is_empty());
+        let ep = Endpoint {
+            ip6: Some("fd00:18::2".parse().unwrap()),
+            ..endpoint()
+        };
+        assert_eq!(
+            endpoint_rules6(&ep).iter().map(Rule::to_string).collect::<Vec<_>>(),
+            [
+                "raw -A NETCTL-ANTISPOOF ! -s fd00:18::2/128 -m physdev --physdev-in veth0 -j DROP",
+                "raw -A NETCTL-ANTISPOOF -m physdev --physdev-in veth0 -m mac ! --mac-source 02:42:ac:12:00:02 -j DROP",
+            ]
+        );
+        assert_eq!(endpoint_rules(&ep), endpoint_rules(&endpoint()));
+
+        // Only ports on every host address have an IPv6 side.
+        let mut ports = front_ports();
+        assert!(port_rules6(&ports).is_empty());
+        ports[0].container_ip6 = Some("fd00:18::2".parse().unwrap());
+        assert_eq!(
+            saved_lines(&port_rules6(&ports)),
+            ["-A NETCTL-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:18::2]:80"]
         );
     }
 

@@ -7,12 +7,12 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     ops::RangeInclusive,
     process::{Command, Stdio},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{
     rules::{Rule, Table, CHAIN_PREFIX},
@@ -70,13 +70,13 @@ pub struct SavedRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressMatch {
     pub negated: bool,
-    pub net: Ipv4Net,
+    pub net: IpNet,
 }
 
 /// `--to-destination IP[:PORT[-PORT]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnatDestination {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ports: Option<RangeInclusive<u16>>,
 }
 
@@ -259,10 +259,18 @@ impl std::fmt::Display for SavedRule {
 impl DnatDestination {
     /// `172.18.0.2`, `172.18.0.2:80`, `172.18.0.2:80-81`; an address range
     /// (`A-B`) is not one destination and gives none.
+    /// ip6tables writes `[fd00::2]:80`, or a bare `fd00::2`.
     fn parse(text: &str) -> Option<DnatDestination> {
-        let (ip, ports) = match text.split_once(':') {
-            Some((ip, ports)) => (ip, Some(ports)),
-            None => (text, None),
+        let (ip, ports) = match text.strip_prefix('[') {
+            Some(rest) => {
+                let (ip, after) = rest.split_once(']')?;
+                (ip, after.strip_prefix(':'))
+            }
+            None if text.matches(':').count() > 1 => (text, None),
+            None => match text.split_once(':') {
+                Some((ip, ports)) => (ip, Some(ports)),
+                None => (text, None),
+            },
         };
         let ports = match ports {
             None => None,
@@ -281,11 +289,11 @@ impl DnatDestination {
     }
 }
 
-/// `172.18.0.2/32`, or a bare address (a /32).
-fn parse_net(text: &str) -> Option<Ipv4Net> {
+/// `172.18.0.2/32`, `fd00::2/128`, or a bare address (a host prefix).
+fn parse_net(text: &str) -> Option<IpNet> {
     text.parse()
         .ok()
-        .or_else(|| text.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// The words of a rule: split at spaces, except inside the double quotes
@@ -409,7 +417,7 @@ mod tests {
         assert_eq!(rules[0].rule.chain, "NETCTL-DNAT");
         assert_eq!(
             rules[0].rule.dnat_to.as_ref().map(|d| d.ip),
-            Some(Ipv4Addr::new(172, 18, 0, 2))
+            Some(IpAddr::from([172, 18, 0, 2]))
         );
         assert_eq!(rules[1].rule.table, Table::Raw);
         assert_eq!(rules[1].rule.physdev_in.as_deref(), Some("veabc"));
@@ -496,7 +504,7 @@ mod tests {
         assert_eq!(
             rule.dnat_to,
             Some(DnatDestination {
-                ip: Ipv4Addr::new(172, 18, 0, 2),
+                ip: IpAddr::from([172, 18, 0, 2]),
                 ports: Some(80..=80),
             })
         );
@@ -535,6 +543,17 @@ mod tests {
         );
         assert_eq!(mac.source, None);
         assert_eq!(mac.physdev_in.as_deref(), Some("veth0"));
+        let v6 = only_rule(
+            Table::Raw,
+            "-A NETCTL-ANTISPOOF ! -s fd00::2/128 -m physdev --physdev-in veth0 -j DROP",
+        );
+        assert_eq!(
+            v6.source,
+            Some(AddressMatch {
+                negated: true,
+                net: "fd00::2/128".parse().unwrap(),
+            })
+        );
         // A plain source, a bare address, and a negated bridge port.
         let other = only_rule(
             Table::Raw,
@@ -578,8 +597,24 @@ mod tests {
     #[test]
     fn dnat_destinations_are_typed() {
         let to = DnatDestination::parse;
-        let ip = Ipv4Addr::new(10, 9, 0, 9);
+        let ip = IpAddr::from([10, 9, 0, 9]);
         assert_eq!(to("10.9.0.9"), Some(DnatDestination { ip, ports: None }));
+        // ip6tables' form.
+        let ip6: IpAddr = "fd00::2".parse().unwrap();
+        assert_eq!(
+            to("[fd00::2]:80"),
+            Some(DnatDestination {
+                ip: ip6,
+                ports: Some(80..=80),
+            })
+        );
+        assert_eq!(
+            to("fd00::2"),
+            Some(DnatDestination {
+                ip: ip6,
+                ports: None
+            })
+        );
         assert_eq!(
             to("10.9.0.9:22-24"),
             Some(DnatDestination {

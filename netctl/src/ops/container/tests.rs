@@ -30,6 +30,7 @@ fn network(name: &str, id: u32, subnet: &str, internal: bool) -> Network {
         dns: true,
         created: 1,
         mtu: None,
+        ipv6: None,
     }
 }
 
@@ -53,12 +54,13 @@ fn state() -> State {
         name: "web".into(),
         mode: NetworkMode::Bridge,
         netns: Some("sb-web".into()),
-        endpoints: vec![plan_endpoint(&state, &front(), "web", "eth0", Some(ip)).unwrap()],
+        endpoints: vec![plan_endpoint(&state, &front(), "web", "eth0", Some(ip), None).unwrap()],
         ports: vec![PortMapping {
             protocol: Protocol::Tcp,
             host_ip: None,
             host_port: 8080,
             container_ip: ip,
+            container_ip6: None,
             container_port: 80,
             container: "web".into(),
             network: "front".into(),
@@ -66,6 +68,7 @@ fn state() -> State {
         process: None,
         created: 1,
         cni: None,
+        docker: None,
         naming: Naming::default(),
     };
     let hostly = Container {
@@ -99,6 +102,7 @@ fn mapping(host_port: u16, container_port: u16, ip: Ipv4Addr) -> PortMapping {
         host_ip: None,
         host_port,
         container_ip: ip,
+        container_ip6: None,
         container_port,
         container: "db".into(),
         network: "front".into(),
@@ -138,6 +142,7 @@ fn a_bridge_run_picks_address_mac_veth_and_host_ports() {
         host_veth: ipam::veth_name("db", 1),
         ip,
         mac: "02:42:ac:12:00:03".parse().unwrap(),
+        ip6: None,
     };
     assert_eq!(
         plan.steps,
@@ -373,4 +378,136 @@ fn refusals_name_the_object_and_the_reason() {
         assert_eq!(err.exit_code(), 1, "{err}");
         assert_eq!(err.to_string(), expected, "{req:?}");
     }
+}
+
+/// A Docker endpoint: at Docker's address, no namespace yet (Docker names
+/// its sandbox at Join), and a veth pair whose container end stays in the
+/// host namespace for Docker to move.
+#[test]
+fn a_docker_endpoint_is_attached_for_docker_to_move() {
+    let req = ContainerRun {
+        ip: Some(Ipv4Addr::new(172, 18, 0, 60)),
+        docker: Some(DockerEndpoint {
+            network_id: "ff128470ac6a".into(),
+            endpoint_id: "f2356522f400".into(),
+        }),
+        ..run("docker-f2356522f400", "front")
+    };
+    let plan = plan_container(&state(), &config(), &HostPorts::default(), &req).unwrap();
+    assert!(!plan.container.owns_netns());
+    assert_eq!(plan.container.netns, None);
+    let [Step::AttachForDocker { network, endpoint }] = plan.steps.as_slice() else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(network.name, "front");
+    assert_eq!(
+        (endpoint.ifname.as_str(), endpoint.ip),
+        (DOCKER_IFNAME_PREFIX, Ipv4Addr::new(172, 18, 0, 60))
+    );
+}
+
+/// A dual-stack network: the endpoint gets the lowest free IPv6 address
+/// (or the one asked), a port on every host address gets its IPv6 side,
+/// one bound to an IPv4 host address none; `--ip6` is checked.
+#[test]
+fn a_dual_stack_run_gets_an_ipv6_address_and_ipv6_ports() {
+    let mut state = state();
+    state.datapath = Some(DatapathKind::Iptables);
+    let dual = Network {
+        ipv6: Some(crate::model::Ipv6Side {
+            subnet: "fd00:30::/64".parse().unwrap(),
+            gateway: "fd00:30::1".parse().unwrap(),
+        }),
+        ..network("dual", 3, "172.30.0.0/16", false)
+    };
+    state.networks.insert("dual".into(), dual);
+    let hosts = HostPorts {
+        addresses: [Ipv4Addr::LOCALHOST].into(),
+        ..HostPorts::default()
+    };
+    let req = ContainerRun {
+        ports: specs(&["8085:80", "127.0.0.1:8086:80"]),
+        ..run("d", "dual")
+    };
+    let plan = plan_container(&state, &config(), &hosts, &req).unwrap();
+    let Step::Attach { endpoint, .. } = &plan.steps[1] else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(endpoint.ip6, Some("fd00:30::2".parse().unwrap()));
+    let Step::Publish { ports, .. } = &plan.steps[2] else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(ports[0].container_ip6, endpoint.ip6);
+    assert_eq!(ports[1].container_ip6, None);
+
+    let asked = ContainerRun {
+        ip6: Some("fd00:30::99".parse().unwrap()),
+        ..run("d", "dual")
+    };
+    let plan = plan_container(&state, &config(), &hosts, &asked).unwrap();
+    let Step::Attach { endpoint, .. } = &plan.steps[1] else {
+        panic!("{:?}", plan.steps);
+    };
+    assert_eq!(endpoint.ip6, asked.ip6);
+    for (network, ip6, message) in [
+        (
+            "dual",
+            "fd00:31::2",
+            "ip6 fd00:31::2: outside subnet fd00:30::/64",
+        ),
+        (
+            "front",
+            "fd00:30::5",
+            "ip6 fd00:30::5: network front has no IPv6 (made without --ipv6)",
+        ),
+        (
+            "host",
+            "fd00:30::5",
+            "container d: --ip6 cannot be used in host network mode",
+        ),
+    ] {
+        let req = ContainerRun {
+            ip6: Some(ip6.parse().unwrap()),
+            ..run("d", network)
+        };
+        let err = plan_container(&state, &config(), &hosts, &req).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+}
+
+/// `--ipv6` on the eBPF datapath is refused, whether the host already
+/// runs it or the request asks for it; a default IPv6 subnet is the ULA
+/// /64 of the host and the name.
+#[test]
+fn ipv6_networks_are_planned_on_iptables_only() {
+    let req = |datapath| NetworkCreate {
+        name: "six".into(),
+        ipv6: true,
+        datapath,
+        host_id: "sb".into(),
+        ..NetworkCreate::default()
+    };
+    let refusal = "network six: --ipv6 needs the iptables datapath: the eBPF datapath's \
+                   programs are IPv4-only for now";
+    let ebpf_host = state();
+    assert_eq!(
+        plan_network(&ebpf_host, &req(None))
+            .unwrap_err()
+            .to_string(),
+        refusal
+    );
+    let empty = State::default();
+    assert_eq!(
+        plan_network(&empty, &req(Some(DatapathKind::Ebpf)))
+            .unwrap_err()
+            .to_string(),
+        refusal
+    );
+    let net = plan_network(&empty, &req(Some(DatapathKind::Iptables))).unwrap();
+    let side = net.ipv6.unwrap();
+    assert_eq!(
+        side.subnet,
+        crate::ipam6::ula_subnet("sb", "six", &[]).unwrap()
+    );
+    assert_eq!(side.gateway, crate::ipam6::default_gateway(side.subnet));
 }

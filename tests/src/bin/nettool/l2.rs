@@ -1,4 +1,4 @@
-//! `nettool arpsend` and `nettool rasend`: the link-layer frames a container
+//! `nettool arpsend`, `nettool rasend` and `nettool nasend`: the link-layer frames a container
 //! would send to take over another's address or to become the host's
 //! router, put on the wire as they are through an AF_PACKET socket (so
 //! they go out whatever the sender's own IPv6 or ARP settings). The frames
@@ -6,7 +6,9 @@
 
 use std::net::Ipv4Addr;
 
-use netctl_tests::frames::{arp_packet, router_advertisement, ARP_REQUEST};
+use netctl_tests::frames::{
+    arp_packet, neighbour_advertisement, router_advertisement, ARP_REQUEST,
+};
 
 use super::{parse_mac, send_frames, MAX_RAW_FRAMES};
 
@@ -31,6 +33,24 @@ pub fn arp_send(iface: &str, args: [&str; 4]) -> Result<(), String> {
         .map_err(|_| format!("bad address {sender_ip}"))?;
     let count = parse_count(count)?;
     let frames = (0..count).map(|_| arp_packet(ARP_REQUEST, eth_src, sender_mac, sender, sender));
+    let sent = send_frames(iface, frames)?;
+    println!("sent={sent}");
+    Ok(())
+}
+
+/// COUNT unsolicited neighbour advertisements from SRC_MAC and SRC_IP
+/// saying that TARGET is at SRC_MAC; prints `sent=N`.
+pub fn na_send(iface: &str, args: [&str; 4]) -> Result<(), String> {
+    let [src_mac, src_ip, target, count] = args;
+    let src_mac = parse_mac(src_mac)?;
+    let ip = |text: &str| {
+        text.parse::<std::net::Ipv6Addr>()
+            .map(|ip| ip.octets())
+            .map_err(|_| format!("bad address {text}"))
+    };
+    let (src, target) = (ip(src_ip)?, ip(target)?);
+    let count = parse_count(count)?;
+    let frames = (0..count).map(|_| neighbour_advertisement(src_mac, src, target));
     let sent = send_frames(iface, frames)?;
     println!("sent={sent}");
     Ok(())
