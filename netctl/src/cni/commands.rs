@@ -729,7 +729,7 @@ fn port_specs(conf: &NetConf) -> Result<Vec<PortSpec>, CniError> {
         let host_ip = match m.host_ip.as_deref().unwrap_or("") {
             "" | "0.0.0.0" => None,
             text => match text.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+                Ok(std::net::IpAddr::V4(ip)) => Some(ip.into()),
                 Ok(std::net::IpAddr::V6(_)) => continue,
                 Err(_) => {
                     return Err(invalid(format!(
