@@ -18,7 +18,7 @@
 use std::net::Ipv6Addr;
 
 use netctl_tests::output::{nettool, text};
-use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP6, OUTSIDE_IP6};
+use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP, HOST_UPLINK_IP6, OUTSIDE_IP6, UPLINK};
 
 const FRONT6: &str = "fd00:18::/64";
 const WEB6: &str = "fd00:18::2";
@@ -412,7 +412,7 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         .filter(|l| !l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["network", "create", "tiny", "--ipv6", "--subnet", "fd00:30::/127"],
             "subnet fd00:30::/127: prefix /127 cannot hold the subnet-router anycast address, a gateway and a container (at most /126)",
@@ -448,6 +448,18 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         (
             &["container", "run", "b", "--network", "front", "--ip", "fd00:18::9"],
             "ip fd00:18::9: is an IPv6 address: give it with --ip6",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "-p", "[2001:db8::99]:8080:80"],
+            "port spec [2001:db8::99]:8080:80/tcp: 2001:db8::99 is not an address of the host",
+        ),
+        (
+            &["container", "run", "b", "--network", "v4only", "-p", "[fd00:18::1]:8080:80"],
+            "port spec [fd00:18::1]:8080:80/tcp: network v4only has no IPv6 (create it with --ipv6)",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "-p", "[::1]:8080:80"],
+            "port spec [::1]:8080:80: [::1] cannot be published: the kernel never forwards ::1 to a container (IPv6 has no route_localnet); publish on every address or on one of the host's IPv6 addresses",
         ),
     ];
     for (args, message) in cases {
@@ -670,6 +682,114 @@ fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
     let host = sb.host_netns.clone();
     let reply = answer6(&sb, &host, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
+}
+
+/// A second IPv6 address of the host (on its uplink), for ports bound to
+/// one address.
+const HOST_SECOND_IP6: &str = "2001:db8::11";
+
+#[test]
+fn a_port_on_one_ipv6_host_address_answers_there_only() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    sb.run_in_ok(
+        &host,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_SECOND_IP6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ],
+    );
+    let spec = format!("[{HOST_SECOND_IP6}]:8443:80");
+    server(&sb, "api", "front", &["-p", &spec]);
+    let api6 = sb.ip6_of("api", "front").to_string();
+    // Shown as Docker writes it, and DNATed in ip6tables only.
+    let ports = sb.netctl_ok(&["port", "api"]);
+    assert_eq!(ports.trim(), format!("80/tcp -> [{HOST_SECOND_IP6}]:8443"));
+    let rule = format!(
+        "-A NETCTL-DNAT -d {HOST_SECOND_IP6}/128 -p tcp -m tcp --dport 8443 -j DNAT --to-destination [{api6}]:80"
+    );
+    assert!(
+        sb.ip6tables_save().contains(&rule),
+        "{}",
+        sb.ip6tables_save()
+    );
+    assert!(
+        !sb.iptables_save().contains("--dport 8443"),
+        "{}",
+        sb.iptables_save()
+    );
+
+    // From outside at that address: the client's address kept.
+    let reply = answer6(&sb, &out, HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply), OUTSIDE_IP6, "{reply}");
+    // Not at the host's other IPv6 address, nor over IPv4.
+    assert_eq!(
+        call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 8443, 1500),
+        None,
+        "another IPv6 address of the host"
+    );
+    let v4 = sb.run_in(
+        &out,
+        &[
+            &nettool(),
+            "call",
+            "tcp",
+            &HOST_UPLINK_IP.to_string(),
+            "8443",
+            "--timeout-ms",
+            "1500",
+        ],
+    );
+    assert!(!v4.status.success(), "IPv4: {}", text(&v4));
+    // The host itself at that address, and hairpin from a container (its
+    // source MASQUERADEd to the gateway).
+    let reply = answer6(&sb, &host, HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply).to_string(), HOST_SECOND_IP6, "{reply}");
+    let reply = answer6(&sb, &sb.netns_of("a"), HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply).to_string(), "fd00:18::1", "{reply}");
+
+    // A port on every address keeps its IPv6 side beside it; a port on one
+    // IPv4 address gets none.
+    server(
+        &sb,
+        "v4",
+        "front",
+        &["-p", &format!("{HOST_UPLINK_IP}:8444:80")],
+    );
+    assert!(!sb.ip6tables_save().contains("--dport 8444"));
+    assert_eq!(
+        call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 8444, 1500),
+        None
+    );
+    let reply = answer6(&sb, &out, HOST_UPLINK_IP6, 8080);
+    assert_eq!(peer6(&reply), OUTSIDE_IP6, "{reply}");
+    // What docs say does not work: the host at [::1] is not forwarded to
+    // the container (IPv6 has no route_localnet; Docker needs its userland
+    // proxy for it), while the host's own address is (above).
+    assert_eq!(
+        call6(&sb, &host, "::1", 8080, 1500),
+        None,
+        "[::1] from the host"
+    );
+
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+    // Unpublished on rm.
+    sb.netctl_ok(&["container", "rm", "api"]);
+    assert!(
+        !sb.ip6tables_save().contains("--dport 8443"),
+        "{}",
+        sb.ip6tables_save()
+    );
+    assert_eq!(call6(&sb, &out, HOST_SECOND_IP6, 8443, 1500), None);
 }
 
 /// What a failed command must leave as it was: the state as listed,
