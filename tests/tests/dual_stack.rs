@@ -684,6 +684,73 @@ fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
 }
 
+/// `nettool dnsask TRANSPORT SERVER NAME QTYPE` from a container:
+/// `rcode=... answers=...` or `timeout`.
+fn dnsask(
+    sb: &Sandbox,
+    ctr: &str,
+    transport: &str,
+    server: &str,
+    name: &str,
+    qtype: &str,
+) -> String {
+    let out = sb.exec(ctr, &[&nettool(), "dnsask", transport, server, name, qtype]);
+    assert!(out.status.success(), "dnsask: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_resolver_answers_on_the_ipv6_gateway_too() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    // resolv.conf names both gateways, IPv4 first.
+    let conf = text(&sb.exec("a", &["cat", "/etc/resolv.conf"]));
+    let servers: Vec<&str> = conf
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(servers, ["172.18.0.1", "fd00:18::1"], "{conf}");
+    // AAAA and A asked over IPv6 (UDP and TCP) at the IPv6 gateway.
+    for transport in ["udp", "tcp"] {
+        assert_eq!(
+            dnsask(&sb, "a", transport, "fd00:18::1", "web", "AAAA"),
+            format!("rcode=NoError answers={WEB6}"),
+            "{transport}"
+        );
+        assert_eq!(
+            dnsask(&sb, "a", transport, "fd00:18::1", "web", "A"),
+            "rcode=NoError answers=172.18.0.2",
+            "{transport}"
+        );
+    }
+    // And over IPv4, as before.
+    assert_eq!(
+        dnsask(&sb, "a", "udp", "172.18.0.1", "web", "AAAA"),
+        format!("rcode=NoError answers={WEB6}")
+    );
+    // A container of another network asking front's IPv6 gateway learns
+    // nothing; its own IPv6 gateway answers it.
+    dual(&sb, "back", "172.19.0.0/16", "fd00:19::/64", &[]);
+    sb.netctl_ok(&["container", "run", "b", "--network", "back"]);
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:18::1", "web", "AAAA"),
+        "rcode=Refused answers="
+    );
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:19::1", "b", "AAAA"),
+        format!("rcode=NoError answers={}", sb.ip6_of("b", "back"))
+    );
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:19::1", "web", "AAAA"),
+        "rcode=NXDomain answers="
+    );
+    // doctor checks both gateways and finds the resolver answering.
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+}
+
 /// A second IPv6 address of the host (on its uplink), for ports bound to
 /// one address.
 const HOST_SECOND_IP6: &str = "2001:db8::11";

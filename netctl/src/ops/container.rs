@@ -134,7 +134,7 @@ pub struct ContainerView<'a> {
 #[derive(Debug, serde::Serialize)]
 pub struct ResolvView {
     pub path: Option<String>,
-    pub nameservers: Vec<Ipv4Addr>,
+    pub nameservers: Vec<IpAddr>,
     pub search: Vec<String>,
     pub options: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -86,7 +86,7 @@
 //!                                            `peer=IP:PORT echoed=BYTES` (3 s timeout)
 //!
 //!   nettool dnsserve IP:PORT NAME=IP...  a tiny upstream resolver (dns.rs)
-//!   nettool dnsask udp|tcp SERVER NAME     one A query to SERVER:53 (dns.rs)
+//!   nettool dnsask udp|tcp SERVER NAME [A|AAAA]  one query to SERVER:53 (dns.rs)
 //!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
@@ -180,7 +180,8 @@ fn main() -> ExitCode {
         ["rawecho", proto, millis] => rawip::raw_echo(proto, millis),
         ["rawask", proto, ip] => rawip::raw_ask(proto, ip),
         ["dnsserve", addr, entries @ ..] => dns::serve(addr, entries),
-        ["dnsask", transport, server, name] => dns::ask(transport, server, name),
+        ["dnsask", transport, server, name] => dns::ask(transport, server, name, "A"),
+        ["dnsask", transport, server, name, qtype] => dns::ask(transport, server, name, qtype),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -194,7 +195,7 @@ fn main() -> ExitCode {
                   | dial v4|v6 tcp|udp|udpconnect IP PORT \
                   | udptick IP:PORT SPORT EVERY_MS COUNT | icmpwatch MILLIS \
                   | rawecho PROTO MILLIS | rawask PROTO IP \
-                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME"
+                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME [A|AAAA]"
             .into()),
     };
     match result {
