@@ -859,6 +859,179 @@ fn a_port_on_one_ipv6_host_address_answers_there_only() {
     assert_eq!(call6(&sb, &out, HOST_SECOND_IP6, 8443, 1500), None);
 }
 
+/// Addresses behind the outside namespace: its link to a router
+/// (2001:db8:1::/64) and the router's link to a server (2001:db8:2::/64).
+const OUTSIDE_TO_ROUTER6: &str = "2001:db8:1::1";
+const ROUTER_NEAR6: &str = "2001:db8:1::2";
+const ROUTER_FAR6: &str = "2001:db8:2::1";
+const SERVER6: &str = "2001:db8:2::2";
+
+/// A router namespace behind the outside one and a server behind the
+/// router, over IPv6, the router's side of the server's link at MTU 1280
+/// (the server's at 1500: it announces an MSS the path cannot carry, so
+/// the router must send Packet Too Big). Removed when dropped (declared
+/// after the sandbox).
+struct Hops6 {
+    router: String,
+    server: String,
+}
+
+impl Hops6 {
+    fn new(sb: &Sandbox) -> Hops6 {
+        let hops = Hops6 {
+            router: format!("{}-rtr6", sb.prefix),
+            server: format!("{}-srv6", sb.prefix),
+        };
+        netctl::netns::create(&hops.router).expect("router netns");
+        netctl::netns::create(&hops.server).expect("server netns");
+        let run = |netns: &str, args: &[&str]| {
+            sb.run_in_ok(netns, args);
+        };
+        let (out, rtr, srv) = (
+            sb.outside_netns.as_str(),
+            hops.router.as_str(),
+            hops.server.as_str(),
+        );
+        // Each link: its two ends, IPv6 on, no DAD (the addresses work at once).
+        let link = |a: (&str, &str, &str), b: (&str, &str, &str), mtu: &str| {
+            run(
+                a.0,
+                &[
+                    "ip", "link", "add", a.1, "mtu", mtu, "type", "veth", "peer", "name", b.1,
+                    "netns", b.0,
+                ],
+            );
+            for (netns, ifname, address) in [a, b] {
+                run(
+                    netns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{ifname}.disable_ipv6=0"),
+                    ],
+                );
+                run(
+                    netns,
+                    &["ip", "address", "add", address, "dev", ifname, "nodad"],
+                );
+                run(netns, &["ip", "link", "set", ifname, "up"]);
+            }
+        };
+        for netns in [rtr, srv] {
+            run(netns, &["ip", "link", "set", "lo", "up"]);
+        }
+        link(
+            (out, "o-rtr6", "2001:db8:1::1/64"),
+            (rtr, "r-out6", "2001:db8:1::2/64"),
+            "1500",
+        );
+        link(
+            (rtr, "r-srv6", "2001:db8:2::1/64"),
+            (srv, "s-rtr6", "2001:db8:2::2/64"),
+            "1280",
+        );
+        run(srv, &["ip", "link", "set", "s-rtr6", "mtu", "1500"]);
+        run(
+            out,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "2001:db8:2::/64",
+                "via",
+                ROUTER_NEAR6,
+            ],
+        );
+        run(
+            rtr,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                OUTSIDE_TO_ROUTER6,
+            ],
+        );
+        run(
+            srv,
+            &["ip", "-6", "route", "add", "default", "via", ROUTER_FAR6],
+        );
+        for netns in [out, rtr] {
+            run(netns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
+        hops
+    }
+}
+
+impl Drop for Hops6 {
+    fn drop(&mut self) {
+        for netns in [&self.server, &self.router] {
+            let _ = netctl::netns::delete(netns);
+        }
+    }
+}
+
+#[test]
+fn path_mtu_and_fragments_through_nat66() {
+    let Some(mut sb) = front_sandbox() else {
+        return;
+    };
+    let hops = Hops6::new(&sb);
+    let tool = nettool();
+    let a = sb.netns_of("a");
+    // The path works at all (and the server sees the host's address).
+    let server = hops.server.clone();
+    sb.spawn_in(&server, &[&tool, "sink", "[::]:9000", "--count", "1"]);
+    // An upload through the router's 1280 link: the router's Packet Too
+    // Big goes to the host's address (NAT66), the kernel's conntrack
+    // translates it back to the container, which learns the path MTU and
+    // sends smaller segments; without it the upload stalls.
+    let out = sb.run_in(&a, &[&tool, "bulk", &bracket(SERVER6), "9000", "300000"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("sent=300000 received=300000"),
+        "the upload stalls ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let route = sb.run_in_ok(&a, &["ip", "-6", "route", "get", SERVER6]);
+    assert!(
+        route.contains("mtu 1280"),
+        "no path MTU learnt in the container: {route}"
+    );
+    // And it was the router that told (not the host: its links are 1500).
+    let nstat = sb.run_in_ok(&hops.router, &["nstat", "-az", "Icmp6OutPktTooBigs"]);
+    let too_big = counter_in(&nstat, "Icmp6OutPktTooBigs", |line| {
+        line.split_whitespace().nth(1)?.parse().ok()
+    });
+    assert!(too_big > 0, "no Packet Too Big from the router: {nstat}");
+
+    // ping -6 with a 2000-byte payload: fragments both ways through NAT66
+    // (reassembled for conntrack, fragmented again on the way out).
+    assert!(sb
+        .exec("a", &["ping", "-6", "-c1", "-W2", &OUTSIDE_IP6.to_string()])
+        .status
+        .success());
+    let big = sb.exec(
+        "a",
+        &[
+            "ping",
+            "-6",
+            "-c1",
+            "-W2",
+            "-s",
+            "2000",
+            &OUTSIDE_IP6.to_string(),
+        ],
+    );
+    assert!(big.status.success(), "ping -6 -s 2000: {}", text(&big));
+    assert!(text(&big).contains("2008 bytes from"), "{}", text(&big));
+    drop(hops);
+}
+
 /// What a failed command must leave as it was: the state as listed,
 /// netctl's rules of both families, its nftables rules (counters left
 /// out), the host's links.
