@@ -5,13 +5,13 @@
 //! test (as a runtime would), under the sandbox's prefix.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
 };
 
 use netctl::netns;
-use netctl_tests::output::{nettool, peer_ip, text};
+use netctl_tests::output::{nettool, peer_ip, peer_ip6, text};
 use netctl_tests::{
     cni::*,
     sandbox::{
@@ -782,16 +782,6 @@ fn result_ip6(result: &Value) -> Value {
         })
         .cloned()
         .unwrap_or_else(|| panic!("no IPv6 address in {result}"))
-}
-
-/// The IPv6 peer a `nettool serve` reply names: `peer=[2001:db8::2]:41000`.
-fn peer_ip6(reply: &str) -> Ipv6Addr {
-    reply
-        .trim()
-        .strip_prefix("peer=[")
-        .and_then(|r| r.split_once(']'))
-        .and_then(|(ip, _)| ip.parse().ok())
-        .unwrap_or_else(|| panic!("not an IPv6 peer: {reply:?}"))
 }
 
 /// The address of an `ips` entry without its prefix length.

@@ -15,9 +15,7 @@
 //! IPv4 on the same networks is covered as before by the other files; here
 //! it is checked to still work beside IPv6.
 
-use std::net::Ipv6Addr;
-
-use netctl_tests::output::{nettool, text};
+use netctl_tests::output::{nettool, peer_ip6 as peer6, text};
 use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP, HOST_UPLINK_IP6, OUTSIDE_IP6, UPLINK};
 
 const FRONT6: &str = "fd00:18::/64";
@@ -31,17 +29,6 @@ fn root(needs: &str) -> bool {
 /// `[ip]`, for nettool's HOST argument.
 fn bracket(ip: impl std::fmt::Display) -> String {
     format!("[{ip}]")
-}
-
-/// The peer a `nettool serve` reply names: `peer=[fd00::3]:41000` -> fd00::3.
-fn peer6(reply: &str) -> Ipv6Addr {
-    let peer = reply
-        .trim()
-        .strip_prefix("peer=[")
-        .and_then(|r| r.split_once(']'))
-        .map(|(ip, _)| ip)
-        .unwrap_or_else(|| panic!("not an IPv6 peer: {reply:?}"));
-    peer.parse().unwrap_or_else(|_| panic!("peer {peer:?}"))
 }
 
 /// `nettool call tcp [ip] port` from a namespace until it answers (a

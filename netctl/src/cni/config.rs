@@ -158,47 +158,49 @@ impl Env {
     }
 }
 
-/// The first IPv4 address of a list of addresses, each with or without a
-/// prefix length; code 7 for one that is not an address.
-fn first_ipv4<'t>(
+/// The first address of a list of addresses (each with or without a
+/// prefix length) that `family` takes; code 7 for one that is not an
+/// address. Every text is checked up to the one taken.
+fn first_of<'t, A>(
     what: &str,
     texts: impl IntoIterator<Item = &'t str>,
-) -> Result<Option<Ipv4Addr>, CniError> {
+    family: impl Fn(std::net::IpAddr) -> Option<A>,
+) -> Result<Option<A>, CniError> {
     for text in texts {
         let addr = text.trim().split('/').next().unwrap_or_default();
-        match addr.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
-            Ok(std::net::IpAddr::V6(_)) => continue,
-            Err(_) => {
-                return Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!("{what}: {text:?} is not an address"),
-                ))
-            }
+        let ip = addr.parse::<std::net::IpAddr>().map_err(|_| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("{what}: {text:?} is not an address"),
+            )
+        })?;
+        if let Some(ip) = family(ip) {
+            return Ok(Some(ip));
         }
     }
     Ok(None)
 }
 
-/// The first IPv6 address of a list of addresses, as [`first_ipv4`].
+/// The first IPv4 address of a list of addresses (see [`first_of`]).
+fn first_ipv4<'t>(
+    what: &str,
+    texts: impl IntoIterator<Item = &'t str>,
+) -> Result<Option<Ipv4Addr>, CniError> {
+    first_of(what, texts, |ip| match ip {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    })
+}
+
+/// The first IPv6 address of a list of addresses (see [`first_of`]).
 fn first_ipv6<'t>(
     what: &str,
     texts: impl IntoIterator<Item = &'t str>,
 ) -> Result<Option<Ipv6Addr>, CniError> {
-    for text in texts {
-        let addr = text.trim().split('/').next().unwrap_or_default();
-        match addr.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(ip)) => return Ok(Some(ip)),
-            Ok(std::net::IpAddr::V4(_)) => continue,
-            Err(_) => {
-                return Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!("{what}: {text:?} is not an address"),
-                ))
-            }
-        }
-    }
-    Ok(None)
+    first_of(what, texts, |ip| match ip {
+        std::net::IpAddr::V6(ip) => Some(ip),
+        std::net::IpAddr::V4(_) => None,
+    })
 }
 
 /// `CNI_ARGS` as pairs; an item without `=` is skipped (the spec leaves
