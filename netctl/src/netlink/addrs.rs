@@ -53,8 +53,8 @@ impl Netlink {
             .collect())
     }
 
-    /// Every IPv4 address of the namespace, on any link.
-    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+    /// Every address of the namespace, of both families, on any link.
+    pub async fn all_addresses(&self) -> Result<Vec<IpAddr>> {
         let messages: Vec<_> = self
             .handle
             .address()
@@ -63,17 +63,17 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| self.error("addresses of the host", e))?;
-        Ok(ipv4_of(&messages))
+        Ok(addresses_of(&messages))
     }
 }
 
-/// The IPv4 addresses of address messages, in their order.
-fn ipv4_of(messages: &[AddressMessage]) -> Vec<Ipv4Addr> {
+/// The addresses of address messages, in their order.
+fn addresses_of(messages: &[AddressMessage]) -> Vec<IpAddr> {
     messages
         .iter()
         .flat_map(|m| m.attributes.iter())
         .filter_map(|a| match a {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         })
         .collect()

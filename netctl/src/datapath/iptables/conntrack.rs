@@ -88,11 +88,13 @@ impl Flow {
 
     /// Whether the flow takes `port`'s host port on a host address
     /// (`local`, or the port's own address) somewhere else than to the
-    /// container publishing it.
+    /// container publishing it. IPv4 flows only: a port bound to one IPv6
+    /// address takes none.
     fn is_stale_for(&self, port: &PortMapping, local: &BTreeSet<Ipv4Addr>) -> bool {
         let to = self.original;
         let on_host_port = to.dport == port.host_port
-            && match port.host_ip.filter(|ip| !ip.is_unspecified()) {
+            && port.is_ipv4()
+            && match port.host_ip4() {
                 Some(ip) => to.dst == ip,
                 None => to.dst.is_loopback() || local.contains(&to.dst),
             };
