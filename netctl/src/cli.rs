@@ -398,7 +398,9 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
                     "{}/{} -> {}:{}",
                     p.container_port,
                     p.protocol,
-                    p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    crate::model::host_ip_text(
+                        p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                    ),
                     p.host_port
                 );
             }

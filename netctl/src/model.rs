@@ -8,7 +8,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     str::FromStr,
 };
@@ -226,13 +226,16 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
     pub protocol: Protocol,
-    /// `None` publishes on every address of the host.
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None` publishes on every address of the host. An IPv6 address
+    /// (`-p [2001:db8::1]:8080:80`, dual-stack networks only) publishes on
+    /// that address alone, to `container_ip6`: such a mapping has no IPv4
+    /// side (states written before IPv6 hold IPv4 addresses, read the same).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_ip: Ipv4Addr,
     /// The endpoint's IPv6 address when the port is published on every
-    /// host address of a dual-stack network: the host's IPv6 addresses
-    /// forward to it too.
+    /// host address of a dual-stack network (the host's IPv6 addresses
+    /// forward to it too) or on one IPv6 address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_ip6: Option<Ipv6Addr>,
     pub container_port: u16,
@@ -242,15 +245,31 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
-    /// `0.0.0.0:8080->80/tcp`, as `docker port` prints it.
+    /// `0.0.0.0:8080->80/tcp` or `[2001:db8::1]:8080->80/tcp`, as
+    /// `docker port` prints them.
     pub fn describe(&self) -> String {
         format!(
             "{}:{}->{}/{}",
-            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            host_ip_text(self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
             self.host_port,
             self.container_port,
             self.protocol
         )
+    }
+
+    /// Whether the mapping has an IPv4 side: on every host address or on
+    /// one IPv4 address (not on one IPv6 address).
+    pub fn is_ipv4(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V6(_)))
+    }
+
+    /// The IPv4 host address the mapping is bound to, if any (`None` also
+    /// for a mapping without IPv4 side: see [`PortMapping::is_ipv4`]).
+    pub fn host_ip4(&self) -> Option<Ipv4Addr> {
+        match self.host_ip {
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        }
     }
 
     /// Two mappings collide when they share protocol and host port and
@@ -259,6 +278,14 @@ impl PortMapping {
         self.protocol == other.protocol
             && self.host_port == other.host_port
             && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+}
+
+/// A host address as `-p` and `docker port` write it: IPv6 in brackets.
+pub fn host_ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     }
 }
 
@@ -382,7 +409,7 @@ mod tests {
     fn mapping(host_ip: Option<Ipv4Addr>, port: u16, protocol: Protocol) -> PortMapping {
         PortMapping {
             protocol,
-            host_ip,
+            host_ip: host_ip.map(IpAddr::V4),
             host_port: port,
             container_ip: Ipv4Addr::new(172, 18, 0, 2),
             container_ip6: None,
@@ -402,6 +429,16 @@ mod tests {
         assert!(!local.conflicts_with(&other));
         assert!(!any.conflicts_with(&mapping(None, 8080, Protocol::Udp)));
         assert!(!any.conflicts_with(&mapping(None, 8081, Protocol::Tcp)));
+        // One IPv6 address: overlaps every address, not an IPv4 one.
+        let v6 = PortMapping {
+            host_ip: Some("2001:db8::1".parse().unwrap()),
+            ..any.clone()
+        };
+        assert!(v6.conflicts_with(&any) && any.conflicts_with(&v6));
+        assert!(!v6.conflicts_with(&local));
+        assert_eq!(v6.describe(), "[2001:db8::1]:8080->80/tcp");
+        assert!(!v6.is_ipv4() && v6.host_ip4().is_none());
+        assert_eq!(local.host_ip4(), Some(Ipv4Addr::LOCALHOST));
     }
 
     #[test]

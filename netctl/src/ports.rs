@@ -1,16 +1,22 @@
 //! Published ports: Docker's `-p` specs, parsed, then expanded into the
 //! concrete [`PortMapping`]s the datapath installs.
 //!
-//! The forms are Docker's: `[IP:][HOST[-HOST]:]CONTAINER[-CONTAINER][/PROTO]`.
+//! The forms are Docker's: `[IP:][HOST[-HOST]:]CONTAINER[-CONTAINER][/PROTO]`,
+//! an IPv6 `IP` in brackets (`[2001:db8::1]:8080:80`).
 //! Parsing only checks the text; expanding picks host ports against what is
 //! already published, so that a conflict is refused before anything changes.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, net::Ipv4Addr, ops::RangeInclusive};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
+};
 
 use crate::{
     error::{Error, Result},
     ipam::shown,
-    model::{PortMapping, Protocol},
+    model::{host_ip_text, PortMapping, Protocol},
 };
 
 /// Where a spec without host ports publishes: the lowest free port of this
@@ -34,9 +40,9 @@ pub const LINUX_EPHEMERAL_PORTS: RangeInclusive<u16> = 32768..=60999;
 pub struct HostPorts {
     /// The kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
     pub kernel_ephemeral: RangeInclusive<u16>,
-    /// The host's IPv4 addresses, on every interface; a spec's host
-    /// address must be one of them or a loopback address.
-    pub addresses: BTreeSet<Ipv4Addr>,
+    /// The host's addresses of both families, on every interface; a
+    /// spec's host address must be one of them or an IPv4 loopback address.
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 impl Default for HostPorts {
@@ -58,18 +64,19 @@ impl HostPorts {
         }
     }
 
-    /// Whether a spec may publish on `ip`: an address of the host, or
+    /// Whether a spec may publish on `ip`: an address of the host, or IPv4
     /// loopback (127.0.0.0/8, which the host answers on whatever `lo` holds).
-    fn owns(&self, ip: Ipv4Addr) -> bool {
-        ip.is_loopback() || self.addresses.contains(&ip)
+    fn owns(&self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(v4) if v4.is_loopback()) || self.addresses.contains(&ip)
     }
 }
 
 /// One `-p` spec, parsed but not yet bound to host ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortSpec {
-    /// `None` publishes on every address of the host (also for `0.0.0.0`).
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None` publishes on every address of the host (also for `0.0.0.0`);
+    /// an IPv6 address needs a dual-stack network.
+    pub host_ip: Option<IpAddr>,
     /// Inclusive range; `None` asks for ephemeral host ports.
     pub host_ports: Option<(u16, u16)>,
     /// Inclusive range.
@@ -91,8 +98,8 @@ fn range_text((first, last): (u16, u16)) -> String {
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.host_ip, self.host_ports) {
-            (Some(ip), Some(host)) => write!(f, "{ip}:{}:", range_text(host))?,
-            (Some(ip), None) => write!(f, "{ip}::")?,
+            (Some(ip), Some(host)) => write!(f, "{}:{}:", host_ip_text(ip), range_text(host))?,
+            (Some(ip), None) => write!(f, "{}::", host_ip_text(ip))?,
             (None, Some(host)) => write!(f, "{}:", range_text(host))?,
             (None, None) => {}
         }
@@ -146,25 +153,35 @@ fn split_protocol(spec: &str) -> Result<(&str, Protocol), String> {
     Ok((ports, protocol))
 }
 
-/// Empty and `0.0.0.0` both mean every address of the host. IPv6 host
-/// addresses (`[::1]:8080:80`) are recognised only to say they are not
-/// supported.
-fn parse_host_ip(text: &str) -> Result<Option<Ipv4Addr>, String> {
+/// Empty and `0.0.0.0` both mean every address of the host. An IPv6
+/// address is written in brackets, as Docker's (`[2001:db8::1]:8080:80`).
+/// `[::1]` is refused: IPv6 has no `route_localnet`, so the kernel never
+/// forwards a packet from or to `::1` out of `lo` (Docker needs its userland
+/// proxy for it, which netctl does not run); `[::]` too, as it would mean
+/// every IPv6 address but no IPv4 one.
+fn parse_host_ip(text: &str) -> Result<Option<IpAddr>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
-    match bare.parse::<IpAddr>() {
+    let bracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+    match bracketed.unwrap_or(text).parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ok(None),
-        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
-        Ok(IpAddr::V6(_)) => Err(format!(
-            "IPv6 host address {} is not supported",
+        Ok(IpAddr::V4(ip)) => Ok(Some(IpAddr::V4(ip))),
+        Ok(IpAddr::V6(_)) if bracketed.is_none() => Err(format!(
+            "IPv6 host address {} must be in brackets ([ADDR]:HOST:CONTAINER)",
             shown(text)
         )),
-        Err(_) => Err(format!("{} is not a valid IPv4 address", shown(text))),
+        Ok(IpAddr::V6(ip)) if ip.is_loopback() => Err(
+            "[::1] cannot be published: the kernel never forwards ::1 to a container \
+             (IPv6 has no route_localnet); publish on every address or on one of the \
+             host's IPv6 addresses"
+                .to_owned(),
+        ),
+        Ok(IpAddr::V6(ip)) if ip.is_unspecified() => Err(
+            "[::] is not supported: leave the address out to publish on every address".to_owned(),
+        ),
+        Ok(IpAddr::V6(ip)) => Ok(Some(IpAddr::V6(ip))),
+        Err(_) => Err(format!("{} is not a valid IP address", shown(text))),
     }
 }
 
@@ -240,6 +257,8 @@ struct Target<'a> {
     container: &'a str,
     network: &'a str,
     ip: Ipv4Addr,
+    /// The endpoint's IPv6 address on a dual-stack network.
+    ip6: Option<Ipv6Addr>,
     host: &'a HostPorts,
 }
 
@@ -250,7 +269,13 @@ impl Target<'_> {
             host_ip: spec.host_ip,
             host_port,
             container_ip: self.ip,
-            container_ip6: None,
+            // On every host address or one IPv6 address: the host's IPv6
+            // side forwards to the endpoint's IPv6 address (Docker's
+            // behaviour); a port bound to one IPv4 address has none.
+            container_ip6: match spec.host_ip {
+                Some(IpAddr::V4(_)) => None,
+                None | Some(IpAddr::V6(_)) => self.ip6,
+            },
             container_port,
             container: self.container.to_owned(),
             network: self.network.to_owned(),
@@ -259,9 +284,9 @@ impl Target<'_> {
 }
 
 /// `8080/tcp` or `127.0.0.1:8080/tcp`: a host port as errors name it.
-fn host_port_text(host_ip: Option<Ipv4Addr>, ports: (u16, u16), protocol: Protocol) -> String {
+fn host_port_text(host_ip: Option<IpAddr>, ports: (u16, u16), protocol: Protocol) -> String {
     match host_ip {
-        Some(ip) => format!("{ip}:{}/{protocol}", range_text(ports)),
+        Some(ip) => format!("{}:{}/{protocol}", host_ip_text(ip), range_text(ports)),
         None => format!("{}/{protocol}", range_text(ports)),
     }
 }
@@ -319,30 +344,38 @@ pub fn expand(
         host,
         container,
         network,
-        container_ip,
+        (container_ip, None),
     )
 }
 
 /// Expands several specs in order; a later spec sees the host ports of the
 /// earlier ones as taken, so two specs of one container cannot collide.
-/// A host address the host does not have is refused.
+/// A host address the host does not have is refused, and so is an IPv6
+/// one when the endpoint has no IPv6 address (`container_ips.1`).
 pub fn expand_all(
     specs: &[PortSpec],
     taken: &[PortMapping],
     host: &HostPorts,
     container: &str,
     network: &str,
-    container_ip: Ipv4Addr,
+    container_ips: (Ipv4Addr, Option<Ipv6Addr>),
 ) -> Result<Vec<PortMapping>> {
     let target = Target {
         container,
         network,
-        ip: container_ip,
+        ip: container_ips.0,
+        ip6: container_ips.1,
         host,
     };
     let mut out = Vec::new();
     for spec in specs {
         check_shape(spec).map_err(|reason| Error::invalid(format!("port spec {spec}"), reason))?;
+        if matches!(spec.host_ip, Some(IpAddr::V6(_))) && target.ip6.is_none() {
+            return Err(Error::invalid(
+                format!("port spec {spec}"),
+                format!("network {network} has no IPv6 (create it with --ipv6)"),
+            ));
+        }
         if let Some(ip) = spec.host_ip.filter(|ip| !host.owns(*ip)) {
             return Err(Error::invalid(
                 format!("port spec {spec}"),

@@ -71,23 +71,25 @@ pub async fn create_container_netns(name: &str) -> Result<()> {
     inside.set_up(lo).await
 }
 
-/// Name of the container-side veth end while it is still in the host
-/// namespace (renamed to `ifname` once inside).
+/// Name of the container-side veth end while it is in the host namespace:
+/// a Docker endpoint's, until Docker moves it into its sandbox (and what
+/// netctl versions that moved the end in themselves could leave behind,
+/// which `doctor` finds).
 pub fn peer_name(ep: &Endpoint) -> String {
     format!("{}p", ep.host_veth)
 }
 
 /// Connects a container namespace to a network: a veth pair whose host end
-/// joins the bridge and whose other end becomes `ifname` inside, with the
-/// endpoint's MAC and address, and a default route via the gateway unless
-/// the network is internal. The host end stays down, so the pair carries
-/// nothing yet (no carrier on either end): the caller attaches the
-/// datapath to it, then calls [`activate`]. A link up before its
+/// joins the bridge and whose other end is made inside as `ifname`, with
+/// the endpoint's MAC, then gets its address, and a default route via the
+/// gateway unless the network is internal. The host end stays down, so the
+/// pair carries nothing yet (no carrier on either end): the caller attaches
+/// the datapath to it, then calls [`activate`]. A link up before its
 /// anti-spoofing would let the container's first packets out with any
 /// source. On failure the pair is deleted again, which leaves the system as
 /// before. `point` names the failpoint between the pair's making and the
-/// move of its peer (the caller's command's). Returns the host end's
-/// ifindex (for the datapath).
+/// configuration of its inside end (the caller's command's). Returns the
+/// host end's ifindex (for the datapath).
 ///
 /// Without a namespace (a Docker endpoint), the container's end stays in
 /// the host namespace as [`peer_name`], down, with the endpoint's MAC:
@@ -101,28 +103,31 @@ pub async fn attach(
     ep: &Endpoint,
     point: &str,
 ) -> Result<u32> {
-    let peer = peer_name(ep);
-    host.add_veth(&ep.host_veth, &peer).await?;
+    let bridge = host.index(&net.bridge).await?;
+    let inside = match netns_name {
+        Some(name) => Some((name, netns::open(name)?)),
+        None => None,
+    };
+    let peer = match inside {
+        Some(_) => ep.ifname.clone(),
+        None => peer_name(ep),
+    };
+    host.add_veth_into(
+        &ep.host_veth,
+        bridge,
+        net.mtu,
+        &peer,
+        ep.mac.octets(),
+        inside.as_ref().map(|(_, ns)| ns),
+    )
+    .await?;
     let result = async {
-        let bridge = host.index(&net.bridge).await?;
         let host_end = host.index(&ep.host_veth).await?;
-        host.set_master(host_end, bridge).await?;
         host.set_hairpin(host_end).await?;
         netns::disable_ipv6(Some(&ep.host_veth))?;
-        let peer_index = host.index(&peer).await?;
-        if let Some(mtu) = net.mtu {
-            host.set_mtu(host_end, mtu).await?;
-            host.set_mtu(peer_index, mtu).await?;
-        }
         failpoint::check(point)?;
-        match netns_name {
-            Some(netns_name) => {
-                let ns = netns::open(netns_name)?;
-                host.move_to_netns(peer_index, &ns, netns_name).await?;
-                configure_inside(netns_name, &peer, net, ep).await?;
-            }
-            // Docker keeps the MAC when it moves the link.
-            None => host.set_mac(peer_index, ep.mac.octets()).await?,
+        if let Some((netns_name, _)) = inside {
+            configure_inside(netns_name, net, ep).await?;
         }
         Ok(host_end)
     }
@@ -133,16 +138,9 @@ pub async fn attach(
     result
 }
 
-async fn configure_inside(
-    netns_name: &str,
-    peer: &str,
-    net: &Network,
-    ep: &Endpoint,
-) -> Result<()> {
+async fn configure_inside(netns_name: &str, net: &Network, ep: &Endpoint) -> Result<()> {
     let inside = Netlink::connect_in(netns_name)?;
-    let index = inside.index(peer).await?;
-    inside.rename(index, &ep.ifname).await?;
-    inside.set_mac(index, ep.mac.octets()).await?;
+    let index = inside.index(&ep.ifname).await?;
     inside
         .add_address(index, ep.ip, net.subnet.prefix_len())
         .await?;

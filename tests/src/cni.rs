@@ -252,9 +252,24 @@ pub struct Snapshot {
     pub portmap: usize,
 }
 
+/// The state file without its `generation`, which counts saves: a DEL
+/// that undoes an ADD leaves the same state, saved twice more.
+fn state_content(sb: &Sandbox) -> String {
+    let text = std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(mut state) => {
+            if let Some(fields) = state.as_object_mut() {
+                fields.remove("generation");
+            }
+            serde_json::to_string_pretty(&state).expect("json")
+        }
+        Err(_) => text,
+    }
+}
+
 pub fn snapshot(sb: &Sandbox) -> Snapshot {
     Snapshot {
-        state: std::fs::read_to_string(sb.state_dir.join("state.json")).unwrap_or_default(),
+        state: state_content(sb),
         links: sb.host_links(),
         rules: sb
             .iptables_save()

@@ -42,6 +42,17 @@ pub fn peer_ip(reply: &str) -> Ipv4Addr {
         .unwrap_or_else(|| panic!("not a peer=IP:PORT reply: {reply:?}"))
 }
 
+/// The IPv6 client address a `nettool serve` answer
+/// (`peer=[2001:db8::2]:41000`) reports.
+pub fn peer_ip6(reply: &str) -> std::net::Ipv6Addr {
+    reply
+        .trim()
+        .strip_prefix("peer=[")
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("not a peer=[IP]:PORT reply: {reply:?}"))
+}
+
 /// `nettool stream`'s `sent=N received=M`, both > 0 and equal.
 pub fn assert_no_byte_lost(what: &str, out: &Output) {
     let report = text(out);

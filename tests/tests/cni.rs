@@ -11,10 +11,12 @@ use std::{
 };
 
 use netctl::netns;
-use netctl_tests::output::{nettool, peer_ip, text};
+use netctl_tests::output::{nettool, peer_ip, peer_ip6, text};
 use netctl_tests::{
     cni::*,
-    sandbox::{call_until_answer, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP},
+    sandbox::{
+        call_until_answer, Sandbox, HOST_UPLINK_IP, HOST_UPLINK_IP6, OUTSIDE_IP, OUTSIDE_IP6,
+    },
 };
 use serde_json::{json, Value};
 
@@ -760,4 +762,275 @@ fn podman_names_and_vanished_namespaces(datapath: &str) {
     );
     let doctor = sb.netctl(&["doctor"]);
     assert!(doctor.status.success(), "doctor: {doctor:?}");
+}
+
+// ------------------------------------------------------------------- IPv6
+//
+// Dual stack is the iptables datapath's (the eBPF datapath's programs are
+// IPv4-only): these run on it, in a sandbox whose uplink has IPv6, and the
+// eBPF datapath's refusal is checked on its own.
+
+const SUBNET6: &str = "fd00:77::/64";
+
+/// The result's IPv6 entry of `ips` (the one whose address has a colon).
+fn result_ip6(result: &Value) -> Value {
+    result["ips"]
+        .as_array()
+        .and_then(|ips| {
+            ips.iter()
+                .find(|i| i["address"].as_str().is_some_and(|a| a.contains(':')))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"))
+}
+
+/// The address of an `ips` entry without its prefix length.
+fn bare(entry: &Value) -> String {
+    entry["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The IPv6 addresses of eth0 in a runtime's namespace.
+fn ip6_in(sb: &Sandbox, netns_path: &str) -> String {
+    let name = Path::new(netns_path).file_name().unwrap().to_str().unwrap();
+    text(&sb.run_in(
+        name,
+        &["ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"],
+    ))
+}
+
+#[test]
+fn ipv6_results_in_every_version() {
+    if !netctl_tests::privileged("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::dual_stack("iptables");
+    let rt = Runtime::new(&sb);
+    let netns_path = rt.make_netns("c1");
+    for (n, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let mut conf = rt.conf(version);
+        conf["subnet6"] = json!(SUBNET6);
+        let id = id(n as u32);
+        let result = rt.add(&id, &netns_path, &conf);
+        // Both families, each with its gateway; the family tag before 1.0.0.
+        assert_eq!(result_ip(&result).octets()[..3], [10, 77, 0], "{result}");
+        let v6 = result_ip6(&result);
+        assert_eq!(v6["address"], "fd00:77::2/64", "{version}: {result}");
+        assert_eq!(v6["gateway"], "fd00:77::1", "{version}");
+        assert_eq!(v6["interface"], 2, "{version}");
+        let family = v6.get("version").cloned();
+        match version.starts_with("0.") {
+            true => assert_eq!(family, Some(json!("6")), "{version}: {result}"),
+            false => assert_eq!(family, None, "{version}: {result}"),
+        }
+        assert_eq!(
+            result["ips"][0].get("version").is_some(),
+            version.starts_with("0.")
+        );
+        let routes: Vec<&Value> = result["routes"].as_array().unwrap().iter().collect();
+        assert!(
+            routes.contains(&&json!({"dst": "::/0", "gw": "fd00:77::1"})),
+            "{version}: {result}"
+        );
+        assert_eq!(
+            result["dns"]["nameservers"],
+            json!(["10.77.0.1", "fd00:77::1"]),
+            "{version}"
+        );
+        // As described: the address is on eth0 in the runtime's namespace,
+        // and netctl's state has it.
+        assert!(
+            ip6_in(&sb, &netns_path).contains("fd00:77::2/64"),
+            "{version}"
+        );
+        assert_eq!(
+            sb.ip6_of(&container(n as u32), NETWORK).to_string(),
+            "fd00:77::2"
+        );
+        if version != "0.3.1" {
+            let mut check = conf.clone();
+            check["prevResult"] = result.clone();
+            rt.netctl("CHECK", &id, &netns_path, &check).ok("CHECK");
+        }
+        rt.del(&id, &netns_path, &conf);
+        assert!(containers(&sb).is_empty());
+    }
+    // The network exists now, dual-stack: a configuration that does not
+    // mention IPv6 joins it and its result reports the IPv6 address too; one
+    // asking another IPv6 subnet is refused.
+    let result = rt.add(&id(9), &netns_path, &rt.conf("1.0.0"));
+    assert_eq!(result_ip6(&result)["address"], "fd00:77::2/64", "{result}");
+    let c2 = rt.make_netns("c2");
+    let mut other = rt.conf("1.0.0");
+    other["subnet6"] = json!("fd00:78::/64");
+    let before = snapshot(&sb);
+    let reply = rt.netctl("ADD", &id(10), &c2, &other);
+    assert_eq!(reply.error_code("another IPv6 subnet"), 7);
+    assert_eq!(
+        reply.json["details"],
+        format!("network {NETWORK}: exists with IPv6 subnet fd00:77::/64, the configuration says fd00:78::/64")
+    );
+    assert_eq!(snapshot(&sb), before);
+    rt.del(&id(9), &netns_path, &rt.conf("1.0.0"));
+}
+
+#[test]
+fn ipv6_egress_and_port_mappings_on_an_ipv6_host_address() {
+    if !netctl_tests::privileged("sandboxes") {
+        return;
+    }
+    let mut sb = Sandbox::dual_stack("iptables");
+    let rt = Runtime::new(&sb);
+    let web_ns = rt.make_netns("web");
+    let mut conf = rt.conf("1.0.0");
+    conf["subnet6"] = json!(SUBNET6);
+    let host6 = HOST_UPLINK_IP6.to_string();
+    conf["runtimeConfig"] = json!({
+        "portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"},
+            {"hostPort": 8443, "containerPort": 80, "protocol": "tcp", "hostIP": host6},
+        ],
+        "ips": ["fd00:77::50/64"],
+    });
+    let web = rt.add(&id(1), &web_ns, &conf);
+    assert_eq!(
+        bare(&result_ip6(&web)),
+        "fd00:77::50",
+        "ips capability, IPv6"
+    );
+    drop(rt);
+    let web_name = format!("{}-web", sb.prefix);
+    let tool = nettool();
+    sb.spawn_in(&web_name, &[&tool, "serve", "tcp", "[::]:80"]);
+    let outside = sb.outside_netns.clone();
+    sb.spawn_in(&outside, &[&tool, "serve", "tcp", "[::]:9000"]);
+    let six = |ip: &str| format!("[{ip}]");
+    // Egress through NAT66: the outside sees the uplink's IPv6 address.
+    let reply = call_until_answer(|| {
+        sb.run_in(
+            &web_name,
+            &[&tool, "call", "tcp", &six(&OUTSIDE_IP6.to_string()), "9000"],
+        )
+    });
+    assert_eq!(peer_ip6(&reply), HOST_UPLINK_IP6, "{reply}");
+    // The port on one IPv6 host address, and the one on every address over
+    // both families: the container sees the client's own address.
+    for port in ["8443", "8080"] {
+        let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &six(&host6), port]));
+        assert_eq!(peer_ip6(&reply), OUTSIDE_IP6, "{port}: {reply}");
+    }
+    let host = HOST_UPLINK_IP.to_string();
+    let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host, "8080"]));
+    // (The server's socket takes both families: IPv4 peers come mapped.)
+    assert_eq!(peer_ip6(&reply), OUTSIDE_IP.to_ipv6_mapped(), "{reply}");
+    // 8443 has no IPv4 side.
+    let v4 = sb.outside(&[&tool, "call", "tcp", &host, "8443", "--timeout-ms", "1500"]);
+    assert!(!v4.status.success(), "8443 over IPv4: {}", text(&v4));
+    let ports = sb.netctl_ok(&["port", &container(1)]);
+    assert!(
+        ports.contains(&format!("80/tcp -> [{host6}]:8443")),
+        "{ports}"
+    );
+    // CHECK agrees with the runtime's mappings; DEL takes the rules away.
+    let rt = Runtime::new(&sb);
+    let mut check = conf.clone();
+    check["prevResult"] = web.clone();
+    rt.netctl("CHECK", &id(1), &web_ns, &check).ok("CHECK");
+    rt.del(&id(1), &web_ns, &conf);
+    assert!(
+        !sb.ip6tables_save().contains("--dport 8443"),
+        "{}",
+        sb.ip6tables_save()
+    );
+}
+
+#[test]
+fn delegated_host_local_with_an_ipv6_range() {
+    if !netctl_tests::privileged("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::dual_stack("iptables");
+    let rt = Runtime::new(&sb);
+    let data_dir = sb.state_dir.join("host-local");
+    let mut conf = rt.conf("0.4.0");
+    conf.as_object_mut().unwrap().remove("subnet");
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [
+            [{"subnet": "10.79.0.0/24", "rangeStart": "10.79.0.100", "gateway": "10.79.0.1"}],
+            [{"subnet": "fd00:79::/64", "rangeStart": "fd00:79::100", "gateway": "fd00:79::1"}],
+        ],
+        "dataDir": data_dir,
+    });
+    let c1 = rt.make_netns("c1");
+    let result = rt.add(&id(1), &c1, &conf);
+    let v6 = result_ip6(&result);
+    assert_eq!(v6["address"], "fd00:79::100/64", "{result}");
+    assert_eq!(v6["gateway"], "fd00:79::1");
+    assert_eq!(v6["version"], "6");
+    // The network takes the IPAM's IPv6 range, the attachment its address.
+    let inspect: Value =
+        serde_json::from_str(&sb.netctl_ok(&["network", "inspect", NETWORK])).unwrap();
+    let shown = inspect[0].to_string();
+    assert!(shown.contains("fd00:79::/64"), "{shown}");
+    assert_eq!(
+        sb.ip6_of(&container(1), NETWORK).to_string(),
+        "fd00:79::100"
+    );
+    assert!(ip6_in(&sb, &c1).contains("fd00:79::100/64"));
+    assert!(
+        data_dir.join(NETWORK).join("fd00:79::100").exists(),
+        "host-local holds it"
+    );
+    rt.del(&id(1), &c1, &conf);
+    assert!(!data_dir.join(NETWORK).join("fd00:79::100").exists());
+    assert!(containers(&sb).is_empty());
+}
+
+#[test]
+fn ebpf_refuses_an_ipv6_range() {
+    if !netctl_tests::privileged("sandboxes") {
+        return;
+    }
+    let sb = Sandbox::new("ebpf");
+    let rt = Runtime::new(&sb);
+    let c1 = rt.make_netns("c1");
+    let before = snapshot(&sb);
+    let reason = format!(
+        "network {NETWORK}: --ipv6 needs the iptables datapath: the eBPF datapath's programs are IPv4-only for now"
+    );
+    // netctl's IPAM with an IPv6 subnet.
+    let mut conf = rt.conf("1.0.0");
+    conf["subnet6"] = json!(SUBNET6);
+    let reply = rt.netctl("ADD", &id(1), &c1, &conf);
+    assert_eq!(reply.error_code("subnet6 on eBPF"), 7);
+    assert_eq!(reply.json["details"], reason.as_str());
+    // A delegated host-local with an IPv6 range: refused, its addresses
+    // released.
+    let data_dir = sb.state_dir.join("host-local");
+    let mut conf = rt.conf("1.0.0");
+    conf.as_object_mut().unwrap().remove("subnet");
+    conf["ipam"] = json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.79.0.0/24"}], [{"subnet": "fd00:79::/64"}]],
+        "dataDir": data_dir,
+    });
+    let reply = rt.netctl("ADD", &id(2), &c1, &conf);
+    assert_eq!(reply.error_code("host-local IPv6 on eBPF"), 7);
+    assert_eq!(reply.json["details"], reason.as_str());
+    // host-local names each reservation by its address.
+    let held: Vec<String> = std::fs::read_dir(data_dir.join(NETWORK))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(held.is_empty(), "host-local still holds {held:?}");
+    assert_eq!(snapshot(&sb), before);
 }

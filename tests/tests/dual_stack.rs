@@ -15,10 +15,8 @@
 //! IPv4 on the same networks is covered as before by the other files; here
 //! it is checked to still work beside IPv6.
 
-use std::net::Ipv6Addr;
-
-use netctl_tests::output::{nettool, text};
-use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP6, OUTSIDE_IP6};
+use netctl_tests::output::{nettool, peer_ip6 as peer6, text};
+use netctl_tests::sandbox::{Sandbox, HOST_UPLINK_IP, HOST_UPLINK_IP6, OUTSIDE_IP6, UPLINK};
 
 const FRONT6: &str = "fd00:18::/64";
 const WEB6: &str = "fd00:18::2";
@@ -31,17 +29,6 @@ fn root(needs: &str) -> bool {
 /// `[ip]`, for nettool's HOST argument.
 fn bracket(ip: impl std::fmt::Display) -> String {
     format!("[{ip}]")
-}
-
-/// The peer a `nettool serve` reply names: `peer=[fd00::3]:41000` -> fd00::3.
-fn peer6(reply: &str) -> Ipv6Addr {
-    let peer = reply
-        .trim()
-        .strip_prefix("peer=[")
-        .and_then(|r| r.split_once(']'))
-        .map(|(ip, _)| ip)
-        .unwrap_or_else(|| panic!("not an IPv6 peer: {reply:?}"));
-    peer.parse().unwrap_or_else(|_| panic!("peer {peer:?}"))
 }
 
 /// `nettool call tcp [ip] port` from a namespace until it answers (a
@@ -412,7 +399,7 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         .filter(|l| !l.starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["network", "create", "tiny", "--ipv6", "--subnet", "fd00:30::/127"],
             "subnet fd00:30::/127: prefix /127 cannot hold the subnet-router anycast address, a gateway and a container (at most /126)",
@@ -448,6 +435,18 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         (
             &["container", "run", "b", "--network", "front", "--ip", "fd00:18::9"],
             "ip fd00:18::9: is an IPv6 address: give it with --ip6",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "-p", "[2001:db8::99]:8080:80"],
+            "port spec [2001:db8::99]:8080:80/tcp: 2001:db8::99 is not an address of the host",
+        ),
+        (
+            &["container", "run", "b", "--network", "v4only", "-p", "[fd00:18::1]:8080:80"],
+            "port spec [fd00:18::1]:8080:80/tcp: network v4only has no IPv6 (create it with --ipv6)",
+        ),
+        (
+            &["container", "run", "b", "--network", "front", "-p", "[::1]:8080:80"],
+            "port spec [::1]:8080:80: [::1] cannot be published: the kernel never forwards ::1 to a container (IPv6 has no route_localnet); publish on every address or on one of the host's IPv6 addresses",
         ),
     ];
     for (args, message) in cases {
@@ -670,6 +669,353 @@ fn hairpin_and_the_host_itself_reach_published_ports_over_ipv6() {
     let host = sb.host_netns.clone();
     let reply = answer6(&sb, &host, HOST_UPLINK_IP6, 8080);
     assert_eq!(peer6(&reply), HOST_UPLINK_IP6, "{reply}");
+}
+
+/// `nettool dnsask TRANSPORT SERVER NAME QTYPE` from a container:
+/// `rcode=... answers=...` or `timeout`.
+fn dnsask(
+    sb: &Sandbox,
+    ctr: &str,
+    transport: &str,
+    server: &str,
+    name: &str,
+    qtype: &str,
+) -> String {
+    let out = sb.exec(ctr, &[&nettool(), "dnsask", transport, server, name, qtype]);
+    assert!(out.status.success(), "dnsask: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_resolver_answers_on_the_ipv6_gateway_too() {
+    let Some(sb) = front_sandbox() else {
+        return;
+    };
+    // resolv.conf names both gateways, IPv4 first.
+    let conf = text(&sb.exec("a", &["cat", "/etc/resolv.conf"]));
+    let servers: Vec<&str> = conf
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(servers, ["172.18.0.1", "fd00:18::1"], "{conf}");
+    // AAAA and A asked over IPv6 (UDP and TCP) at the IPv6 gateway.
+    for transport in ["udp", "tcp"] {
+        assert_eq!(
+            dnsask(&sb, "a", transport, "fd00:18::1", "web", "AAAA"),
+            format!("rcode=NoError answers={WEB6}"),
+            "{transport}"
+        );
+        assert_eq!(
+            dnsask(&sb, "a", transport, "fd00:18::1", "web", "A"),
+            "rcode=NoError answers=172.18.0.2",
+            "{transport}"
+        );
+    }
+    // And over IPv4, as before.
+    assert_eq!(
+        dnsask(&sb, "a", "udp", "172.18.0.1", "web", "AAAA"),
+        format!("rcode=NoError answers={WEB6}")
+    );
+    // A container of another network asking front's IPv6 gateway learns
+    // nothing; its own IPv6 gateway answers it.
+    dual(&sb, "back", "172.19.0.0/16", "fd00:19::/64", &[]);
+    sb.netctl_ok(&["container", "run", "b", "--network", "back"]);
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:18::1", "web", "AAAA"),
+        "rcode=Refused answers="
+    );
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:19::1", "b", "AAAA"),
+        format!("rcode=NoError answers={}", sb.ip6_of("b", "back"))
+    );
+    assert_eq!(
+        dnsask(&sb, "b", "udp", "fd00:19::1", "web", "AAAA"),
+        "rcode=NXDomain answers="
+    );
+    // doctor checks both gateways and finds the resolver answering.
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+}
+
+/// A second IPv6 address of the host (on its uplink), for ports bound to
+/// one address.
+const HOST_SECOND_IP6: &str = "2001:db8::11";
+
+#[test]
+fn a_port_on_one_ipv6_host_address_answers_there_only() {
+    let Some(mut sb) = front_sandbox() else {
+        return;
+    };
+    let (host, out) = (sb.host_netns.clone(), sb.outside_netns.clone());
+    sb.run_in_ok(
+        &host,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{HOST_SECOND_IP6}/64"),
+            "dev",
+            UPLINK,
+            "nodad",
+        ],
+    );
+    let spec = format!("[{HOST_SECOND_IP6}]:8443:80");
+    server(&sb, "api", "front", &["-p", &spec]);
+    let api6 = sb.ip6_of("api", "front").to_string();
+    // Shown as Docker writes it, and DNATed in ip6tables only.
+    let ports = sb.netctl_ok(&["port", "api"]);
+    assert_eq!(ports.trim(), format!("80/tcp -> [{HOST_SECOND_IP6}]:8443"));
+    let rule = format!(
+        "-A NETCTL-DNAT -d {HOST_SECOND_IP6}/128 -p tcp -m tcp --dport 8443 -j DNAT --to-destination [{api6}]:80"
+    );
+    assert!(
+        sb.ip6tables_save().contains(&rule),
+        "{}",
+        sb.ip6tables_save()
+    );
+    assert!(
+        !sb.iptables_save().contains("--dport 8443"),
+        "{}",
+        sb.iptables_save()
+    );
+
+    // From outside at that address: the client's address kept.
+    let reply = answer6(&sb, &out, HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply), OUTSIDE_IP6, "{reply}");
+    // Not at the host's other IPv6 address, nor over IPv4.
+    assert_eq!(
+        call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 8443, 1500),
+        None,
+        "another IPv6 address of the host"
+    );
+    let v4 = sb.run_in(
+        &out,
+        &[
+            &nettool(),
+            "call",
+            "tcp",
+            &HOST_UPLINK_IP.to_string(),
+            "8443",
+            "--timeout-ms",
+            "1500",
+        ],
+    );
+    assert!(!v4.status.success(), "IPv4: {}", text(&v4));
+    // The host itself at that address, and hairpin from a container (its
+    // source MASQUERADEd to the gateway).
+    let reply = answer6(&sb, &host, HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply).to_string(), HOST_SECOND_IP6, "{reply}");
+    let reply = answer6(&sb, &sb.netns_of("a"), HOST_SECOND_IP6, 8443);
+    assert_eq!(peer6(&reply).to_string(), "fd00:18::1", "{reply}");
+
+    // A port on every address keeps its IPv6 side beside it; a port on one
+    // IPv4 address gets none.
+    server(
+        &sb,
+        "v4",
+        "front",
+        &["-p", &format!("{HOST_UPLINK_IP}:8444:80")],
+    );
+    assert!(!sb.ip6tables_save().contains("--dport 8444"));
+    assert_eq!(
+        call6(&sb, &out, &HOST_UPLINK_IP6.to_string(), 8444, 1500),
+        None
+    );
+    let reply = answer6(&sb, &out, HOST_UPLINK_IP6, 8080);
+    assert_eq!(peer6(&reply), OUTSIDE_IP6, "{reply}");
+    // [::1] is not forwarded to the container (IPv6 has no route_localnet;
+    // Docker needs its userland proxy for it), the host's own address is
+    // (above); nor is it DNATed into nowhere: a host service on
+    // [::1]:8080 still answers the host's clients.
+    sb.spawn_in(&host, &[&nettool(), "serve", "tcp", "[::1]:8080"]);
+    let reply = answer6(&sb, &host, "::1", 8080);
+    assert_eq!(peer6(&reply).to_string(), "::1", "{reply}");
+
+    let doctor = sb.netctl(&["doctor"]);
+    assert!(doctor.status.success(), "doctor: {}", text(&doctor));
+    // Unpublished on rm.
+    sb.netctl_ok(&["container", "rm", "api"]);
+    assert!(
+        !sb.ip6tables_save().contains("--dport 8443"),
+        "{}",
+        sb.ip6tables_save()
+    );
+    assert_eq!(call6(&sb, &out, HOST_SECOND_IP6, 8443, 1500), None);
+}
+
+/// Addresses behind the outside namespace: its link to a router
+/// (2001:db8:1::/64) and the router's link to a server (2001:db8:2::/64).
+const OUTSIDE_TO_ROUTER6: &str = "2001:db8:1::1";
+const ROUTER_NEAR6: &str = "2001:db8:1::2";
+const ROUTER_FAR6: &str = "2001:db8:2::1";
+const SERVER6: &str = "2001:db8:2::2";
+
+/// A router namespace behind the outside one and a server behind the
+/// router, over IPv6, the router's side of the server's link at MTU 1280
+/// (the server's at 1500: it announces an MSS the path cannot carry, so
+/// the router must send Packet Too Big). Removed when dropped (declared
+/// after the sandbox).
+struct Hops6 {
+    router: String,
+    server: String,
+}
+
+impl Hops6 {
+    fn new(sb: &Sandbox) -> Hops6 {
+        let hops = Hops6 {
+            router: format!("{}-rtr6", sb.prefix),
+            server: format!("{}-srv6", sb.prefix),
+        };
+        netctl::netns::create(&hops.router).expect("router netns");
+        netctl::netns::create(&hops.server).expect("server netns");
+        let run = |netns: &str, args: &[&str]| {
+            sb.run_in_ok(netns, args);
+        };
+        let (out, rtr, srv) = (
+            sb.outside_netns.as_str(),
+            hops.router.as_str(),
+            hops.server.as_str(),
+        );
+        // Each link: its two ends, IPv6 on, no DAD (the addresses work at once).
+        let link = |a: (&str, &str, &str), b: (&str, &str, &str), mtu: &str| {
+            run(
+                a.0,
+                &[
+                    "ip", "link", "add", a.1, "mtu", mtu, "type", "veth", "peer", "name", b.1,
+                    "netns", b.0,
+                ],
+            );
+            for (netns, ifname, address) in [a, b] {
+                run(
+                    netns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{ifname}.disable_ipv6=0"),
+                    ],
+                );
+                run(
+                    netns,
+                    &["ip", "address", "add", address, "dev", ifname, "nodad"],
+                );
+                run(netns, &["ip", "link", "set", ifname, "up"]);
+            }
+        };
+        for netns in [rtr, srv] {
+            run(netns, &["ip", "link", "set", "lo", "up"]);
+        }
+        link(
+            (out, "o-rtr6", "2001:db8:1::1/64"),
+            (rtr, "r-out6", "2001:db8:1::2/64"),
+            "1500",
+        );
+        link(
+            (rtr, "r-srv6", "2001:db8:2::1/64"),
+            (srv, "s-rtr6", "2001:db8:2::2/64"),
+            "1280",
+        );
+        run(srv, &["ip", "link", "set", "s-rtr6", "mtu", "1500"]);
+        run(
+            out,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "2001:db8:2::/64",
+                "via",
+                ROUTER_NEAR6,
+            ],
+        );
+        run(
+            rtr,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                OUTSIDE_TO_ROUTER6,
+            ],
+        );
+        run(
+            srv,
+            &["ip", "-6", "route", "add", "default", "via", ROUTER_FAR6],
+        );
+        for netns in [out, rtr] {
+            run(netns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
+        hops
+    }
+}
+
+impl Drop for Hops6 {
+    fn drop(&mut self) {
+        for netns in [&self.server, &self.router] {
+            let _ = netctl::netns::delete(netns);
+        }
+    }
+}
+
+#[test]
+fn path_mtu_and_fragments_through_nat66() {
+    let Some(mut sb) = front_sandbox() else {
+        return;
+    };
+    let hops = Hops6::new(&sb);
+    let tool = nettool();
+    let a = sb.netns_of("a");
+    // The path works at all (and the server sees the host's address).
+    let server = hops.server.clone();
+    sb.spawn_in(&server, &[&tool, "sink", "[::]:9000", "--count", "1"]);
+    // An upload through the router's 1280 link: the router's Packet Too
+    // Big goes to the host's address (NAT66), the kernel's conntrack
+    // translates it back to the container, which learns the path MTU and
+    // sends smaller segments; without it the upload stalls.
+    let out = sb.run_in(&a, &[&tool, "bulk", &bracket(SERVER6), "9000", "300000"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("sent=300000 received=300000"),
+        "the upload stalls ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let route = sb.run_in_ok(&a, &["ip", "-6", "route", "get", SERVER6]);
+    assert!(
+        route.contains("mtu 1280"),
+        "no path MTU learnt in the container: {route}"
+    );
+    // And it was the router that told (not the host: its links are 1500).
+    let nstat = sb.run_in_ok(&hops.router, &["nstat", "-az", "Icmp6OutPktTooBigs"]);
+    let too_big = counter_in(&nstat, "Icmp6OutPktTooBigs", |line| {
+        line.split_whitespace().nth(1)?.parse().ok()
+    });
+    assert!(too_big > 0, "no Packet Too Big from the router: {nstat}");
+
+    // ping -6 with a 2000-byte payload: fragments both ways through NAT66
+    // (reassembled for conntrack, fragmented again on the way out).
+    assert!(sb
+        .exec("a", &["ping", "-6", "-c1", "-W2", &OUTSIDE_IP6.to_string()])
+        .status
+        .success());
+    let big = sb.exec(
+        "a",
+        &[
+            "ping",
+            "-6",
+            "-c1",
+            "-W2",
+            "-s",
+            "2000",
+            &OUTSIDE_IP6.to_string(),
+        ],
+    );
+    assert!(big.status.success(), "ping -6 -s 2000: {}", text(&big));
+    assert!(text(&big).contains("2008 bytes from"), "{}", text(&big));
+    drop(hops);
 }
 
 /// What a failed command must leave as it was: the state as listed,

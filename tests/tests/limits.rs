@@ -189,7 +189,8 @@ fn a_bad_conntrack_size_is_refused() {
     }
 }
 
-/// 1,000 containers on one user-defined network: each gets its own
+/// 1,000 containers on one user-defined network, each publishing a port
+/// (`container run -p`, the command the bench times): each gets its own
 /// address, a sample of them reach each other by name and the outside, and
 /// removing them all leaves the host as before.
 ///
@@ -198,7 +199,10 @@ fn a_bad_conntrack_size_is_refused() {
 /// else's, so the per-command cost no longer grows with the number of
 /// members (before, every command rewrote every member's hosts file: this
 /// test made ~270 containers in 9 minutes on a user-defined network). The
-/// test prints the mean time of the first and the last 100 runs.
+/// test prints the median time of the first and the last 100 runs and
+/// their ratio (issue 17's target: the last at most 1.5× the first),
+/// reported, never asserted: a timed assertion would fail on a busy
+/// machine.
 fn thousand_containers_on_one_network(datapath: &str) {
     const N: usize = 1000;
     const RM_BATCH: usize = 100;
@@ -208,16 +212,31 @@ fn thousand_containers_on_one_network(datapath: &str) {
     sb.network("front", &["--subnet", "10.88.0.0/16"]);
     let names: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
     let mut run_times = Vec::with_capacity(N);
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
+        let publish = format!("{}:80", 20_000 + i);
         let run = Instant::now();
-        sb.netctl_ok(&["container", "run", name, "--network", "front"]);
+        sb.netctl_ok(&[
+            "container",
+            "run",
+            name,
+            "--network",
+            "front",
+            "-p",
+            &publish,
+        ]);
         run_times.push(run.elapsed().as_secs_f64());
     }
-    let mean = |times: &[f64]| 1000.0 * times.iter().sum::<f64>() / times.len() as f64;
-    let (first, last) = (mean(&run_times[..100]), mean(&run_times[N - 100..]));
+    let median = |times: &[f64]| {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        1000.0 * sorted[sorted.len() / 2]
+    };
+    let (first, last) = (median(&run_times[..100]), median(&run_times[N - 100..]));
     println!(
-        "{datapath}: {N} containers up in {:.1} s; container run: {first:.0} ms (first 100), {last:.0} ms (last 100)",
-        started.elapsed().as_secs_f64()
+        "{datapath}: {N} containers up in {:.1} s; container run -p median: {first:.1} ms (first 100), \
+         {last:.1} ms (last 100), last/first {:.2}",
+        started.elapsed().as_secs_f64(),
+        last / first
     );
     let containers = json(&sb, &["container", "ls"]);
     let containers = containers.as_array().expect("containers");
@@ -256,6 +275,18 @@ fn thousand_containers_on_one_network(datapath: &str) {
             peer_ip(&reply),
             HOST_UPLINK_IP,
             "{} reaches the outside",
+            names[from]
+        );
+        // Its published port takes the outside to it.
+        let netns = sb.netns_of(&names[from]);
+        sb.spawn_in(&netns, &[&tool, "serve", "tcp", "80"]);
+        let host_port = (20_000 + from).to_string();
+        let host_ip = HOST_UPLINK_IP.to_string();
+        let reply = call_until_answer(|| sb.outside(&[&tool, "call", "tcp", &host_ip, &host_port]));
+        assert_eq!(
+            peer_ip(&reply),
+            OUTSIDE_IP,
+            "the outside reaches {} on port {host_port}, its address kept",
             names[from]
         );
     }

@@ -2,13 +2,18 @@
 //! netlink, datapath) the way a CLI command does and reuses its
 //! transactions, so a failed ADD leaves the host as it was.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use serde_json::{json, Value};
 
 use super::{
     config::{Command, Env, NetConf, LATEST_VERSION, SUPPORTED_VERSIONS},
-    delegate::{self, Call},
+    delegate::{self, Allocated, Call},
     result::{AddResult, CniError, Code, Interface},
 };
 use crate::{
@@ -75,6 +80,15 @@ fn version(stdin: &[u8]) -> Value {
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| LATEST_VERSION.to_owned());
     json!({"cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS})
+}
+
+/// What a delegated IPAM plugin allocated: its first IPv4 address, and
+/// its first IPv6 one (a `host-local` with an IPv6 range), with their
+/// subnets and gateways.
+#[derive(Clone, Copy, Debug)]
+struct Delegated {
+    v4: Allocated<Ipv4Addr, Ipv4Net>,
+    v6: Option<Allocated<Ipv6Addr, Ipv6Net>>,
 }
 
 /// The netctl container of an attachment: `cni-` + the first 12
@@ -255,10 +269,14 @@ impl Invocation<'_> {
             Some(plugin) => {
                 let result =
                     delegate::exec(plugin, &self.env.path, &self.ipam_call("ADD"), self.stdin)?;
-                Some(delegate::first_ipv4(&result).inspect_err(|_| {
+                let v4 = delegate::first_ipv4(&result).inspect_err(|_| {
                     let _ =
                         delegate::exec(plugin, &self.env.path, &self.ipam_call("DEL"), self.stdin);
-                })?)
+                })?;
+                Some(Delegated {
+                    v4,
+                    v6: delegate::first_ipv6(&result),
+                })
             }
             None => None,
         };
@@ -278,19 +296,38 @@ impl Invocation<'_> {
         &self,
         host: &mut Host,
         name: &str,
-        allocated: Option<(Ipv4Addr, ipnet::Ipv4Net, Option<Ipv4Addr>)>,
+        allocated: Option<Delegated>,
         ports: Vec<PortSpec>,
         requested_ip: Option<Ipv4Addr>,
         mac: Option<Mac>,
     ) -> Result<Value, CniError> {
         failpoint::check("cni-add.ipam")?;
         let create_network = self.check_network(host, allocated)?;
-        let ip = allocated.map(|(ip, _, _)| ip).or(requested_ip);
+        let dual_stack = match &create_network {
+            Some(create) => create.ipv6,
+            None => host
+                .state
+                .networks
+                .get(&self.conf.name)
+                .is_some_and(|n| n.ipv6.is_some()),
+        };
+        let ip = allocated.map(|a| a.v4.0).or(requested_ip);
+        // An IPv6 address asked of a network without IPv6 is left out, as
+        // it always was (a dual-stack runtime asks one per family).
+        let ip6 = match (allocated.and_then(|a| a.v6), dual_stack) {
+            (Some((ip6, _, _)), _) => Some(ip6),
+            (None, true) => match self.conf.requested_ip6()? {
+                Some(ip6) => Some(ip6),
+                None => self.env.requested_ip6()?,
+            },
+            (None, false) => None,
+        };
         let run = ContainerRun {
             name: name.to_owned(),
             network: Networking::Network(self.conf.name.clone()),
             ip,
-            ports,
+            ip6,
+            ports: for_family(ports, dual_stack),
             mac,
             cni: Some(CniAttachment {
                 container_id: self.env.container_id.clone(),
@@ -332,19 +369,26 @@ impl Invocation<'_> {
     fn check_network(
         &self,
         host: &Host,
-        allocated: Option<(Ipv4Addr, ipnet::Ipv4Net, Option<Ipv4Addr>)>,
+        allocated: Option<Delegated>,
     ) -> Result<Option<NetworkCreate>, CniError> {
         let conf = self.conf;
         let subnet = match (&conf.subnet, allocated) {
             (Some(text), _) => Some(ipam::parse_subnet(text)?),
-            (None, Some((_, subnet, _))) => Some(subnet),
+            (None, Some(a)) => Some(a.v4.1),
             (None, None) => None,
         };
         let gateway = match (&conf.gateway, allocated) {
             (Some(text), _) => Some(ipam::parse_ip("gateway", text)?),
-            (None, Some((_, _, gateway))) => gateway,
+            (None, Some(a)) => a.v4.2,
             (None, None) => None,
         };
+        // The IPv6 side asked: the configuration's (`ipv6`, `subnet6`,
+        // `gateway6`), else the delegated IPAM's IPv6 range.
+        let delegated6 = allocated.and_then(|a| a.v6);
+        let ipv6 = conf
+            .ipv6_side()
+            .or(delegated6.map(|(_, s, g)| (Some(s), g)));
+        let (subnet6, gateway6) = ipv6.unwrap_or_default();
         let mismatch = |what: &str, have: String, want: String| {
             CniError::new(
                 Code::InvalidConfig,
@@ -368,6 +412,31 @@ impl Invocation<'_> {
                     net.gateway.to_string(),
                     gateway.to_string(),
                 ));
+            }
+            match (net.ipv6, ipv6) {
+                (None, Some(_)) => {
+                    let asked = subnet6.map_or_else(|| "IPv6".to_owned(), |s| s.to_string());
+                    return Err(mismatch("no IPv6", "(made without it)".into(), asked));
+                }
+                (Some(side), Some(_)) => {
+                    if let Some(subnet6) = subnet6.filter(|s| *s != side.subnet) {
+                        return Err(mismatch(
+                            "IPv6 subnet",
+                            side.subnet.to_string(),
+                            subnet6.to_string(),
+                        ));
+                    }
+                    if let Some(gateway6) = gateway6.filter(|g| *g != side.gateway) {
+                        return Err(mismatch(
+                            "IPv6 gateway",
+                            side.gateway.to_string(),
+                            gateway6.to_string(),
+                        ));
+                    }
+                }
+                // A configuration that does not mention IPv6 may join a
+                // dual-stack network (its attachments get both families).
+                (_, None) => {}
             }
             if let Some(bridge) = conf.bridge.as_ref().filter(|b| **b != net.bridge) {
                 return Err(mismatch("bridge", net.bridge.clone(), bridge.clone()));
@@ -400,7 +469,10 @@ impl Invocation<'_> {
             internal: conf.internal,
             bridge: conf.bridge.clone(),
             mtu: conf.mtu,
-            ..NetworkCreate::default()
+            ipv6: ipv6.is_some(),
+            subnet6,
+            gateway6,
+            host_id: self.config.host_id().to_owned(),
         };
         ops::plan_network(&host.state, &req).map_err(|e| match CniError::from(e) {
             // The configuration asks for what cannot be (a subnet that
@@ -453,7 +525,11 @@ impl Invocation<'_> {
             _ => serde_json::Map::new(),
         };
         let nameservers: Vec<String> = match net.dns {
-            true => vec![net.gateway.to_string()],
+            // The resolver listens on a dual-stack network's IPv6 gateway too.
+            true => std::iter::once(IpAddr::V4(net.gateway))
+                .chain(net.ipv6.map(|side| IpAddr::V6(side.gateway)))
+                .map(|ip| ip.to_string())
+                .collect(),
             false => runtime.servers.iter().map(ToString::to_string).collect(),
         };
         if !nameservers.is_empty() {
@@ -501,11 +577,17 @@ impl Invocation<'_> {
                     mtu: net.mtu,
                 },
             ],
-            ips: vec![(ep.ip, net.subnet, Some(net.gateway), 2)],
+            ips: addresses(net, ep.ip, ep.ip6),
             routes: if net.internal {
                 Vec::new()
             } else {
-                vec![(ipnet::Ipv4Net::default(), net.gateway)]
+                let v6 = net
+                    .ipv6
+                    .filter(|_| ep.ip6.is_some())
+                    .map(|side| (IpNet::V6(Ipv6Net::default()), IpAddr::V6(side.gateway)));
+                std::iter::once((IpNet::V4(Ipv4Net::default()), IpAddr::V4(net.gateway)))
+                    .chain(v6)
+                    .collect()
             },
             dns: self.result_dns(net, &ctr.naming.dns),
         };
@@ -613,7 +695,7 @@ impl Invocation<'_> {
                 ep.ifname, ep.ip
             )));
         }
-        let wanted: BTreeSet<String> = port_specs(self.conf)?
+        let wanted: BTreeSet<String> = for_family(port_specs(self.conf)?, net.ipv6.is_some())
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -718,19 +800,46 @@ impl Invocation<'_> {
     }
 }
 
-/// The `runtimeConfig.portMappings` as netctl port specs. IPv6 host
-/// addresses are left out (the datapaths are IPv4 only; a dual-stack runtime
-/// sends each mapping once per family).
+/// The attachment's addresses in a result: IPv4's, and IPv6's on a
+/// dual-stack network (on the interface in the container, index 2).
+fn addresses(
+    net: &Network,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+) -> Vec<(IpNet, Option<IpAddr>, usize)> {
+    let v4 = IpNet::new(ip.into(), net.subnet.prefix_len()).expect("a subnet's prefix");
+    let v6 = net.ipv6.zip(ip6).map(|(side, ip6)| {
+        let address = IpNet::new(ip6.into(), side.subnet.prefix_len()).expect("a subnet's prefix");
+        (address, Some(IpAddr::V6(side.gateway)), 2)
+    });
+    std::iter::once((v4, Some(IpAddr::V4(net.gateway)), 2))
+        .chain(v6)
+        .collect()
+}
+
+/// The specs that apply on the network: those on one IPv6 host address
+/// only on a dual-stack network (elsewhere they are left out, as before
+/// IPv6: a dual-stack runtime sends a mapping once per family).
+fn for_family(specs: Vec<PortSpec>, dual_stack: bool) -> Vec<PortSpec> {
+    specs
+        .into_iter()
+        .filter(|s| dual_stack || !matches!(s.host_ip, Some(IpAddr::V6(_))))
+        .collect()
+}
+
+/// The `runtimeConfig.portMappings` as netctl port specs. An IPv6 host
+/// address publishes on that address ([`for_family`] drops it on a network
+/// without IPv6); `::`, like `0.0.0.0`, on every address, and a mapping
+/// repeated that way (one per family) is taken once.
 fn port_specs(conf: &NetConf) -> Result<Vec<PortSpec>, CniError> {
     let invalid = |what: String| CniError::new(Code::InvalidConfig, what);
     let mut specs = Vec::new();
     for m in &conf.runtime_config.port_mappings {
         let object = format!("portMapping {}:{}", m.host_port, m.container_port);
         let host_ip = match m.host_ip.as_deref().unwrap_or("") {
-            "" | "0.0.0.0" => None,
-            text => match text.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-                Ok(std::net::IpAddr::V6(_)) => continue,
+            "" | "0.0.0.0" | "::" => None,
+            text => match text.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
                 Err(_) => {
                     return Err(invalid(format!(
                         "{object}: hostIP {text:?} is not an address"
@@ -762,7 +871,9 @@ fn port_specs(conf: &NetConf) -> Result<Vec<PortSpec>, CniError> {
             container_ports: (m.container_port, m.container_port),
             protocol,
         };
-        specs.push(spec);
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
     }
     Ok(specs)
 }
@@ -829,16 +940,29 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"portMappings":[
               {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
               {"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"127.0.0.1"},
-              {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"::"}]}}"#,
+              {"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":"::"},
+              {"hostPort":8443,"containerPort":443,"protocol":"tcp","hostIP":"2001:db8::1"}]}}"#,
             Command::Add,
         )
         .unwrap();
-        let specs: Vec<String> = port_specs(&conf)
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(specs, ["8080:80/tcp", "127.0.0.1:5353:53/udp"]);
+        let texts = |specs: Vec<PortSpec>| -> Vec<String> {
+            specs.iter().map(ToString::to_string).collect()
+        };
+        let specs = port_specs(&conf).unwrap();
+        assert_eq!(
+            texts(specs.clone()),
+            [
+                "8080:80/tcp",
+                "127.0.0.1:5353:53/udp",
+                "[2001:db8::1]:8443:443/tcp"
+            ]
+        );
+        // Without IPv6 on the network, the IPv6 host address is left out.
+        assert_eq!(
+            texts(for_family(specs.clone(), false)),
+            ["8080:80/tcp", "127.0.0.1:5353:53/udp"]
+        );
+        assert_eq!(for_family(specs.clone(), true), specs);
         let sctp = NetConf::decode(
             br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","runtimeConfig":{"portMappings":[
               {"hostPort":1,"containerPort":2,"protocol":"sctp"}]}}"#,

@@ -2,13 +2,17 @@
 //! configuration on stdin (one plugin object of a conflist, with `name`,
 //! `cniVersion`, `runtimeConfig` and, when chained or checking, `prevResult`).
 
-use std::{ffi::OsString, net::Ipv4Addr, path::PathBuf};
+use std::{
+    ffi::OsString,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::result::{CniError, Code};
-use crate::{ipam, model::DatapathKind};
+use crate::{ipam, ipam6, model::DatapathKind};
 
 /// Versions of the spec this plugin speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -127,13 +131,19 @@ impl Env {
     /// `CNI_ARGS` `IP`: the addresses asked (comma-separated), the way
     /// podman 4.3 passes `--ip` and host-local reads it.
     pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
-        first_ipv4(
-            "CNI_ARGS IP",
-            self.arg("IP")
-                .unwrap_or("")
-                .split(',')
-                .filter(|t| !t.is_empty()),
-        )
+        first_ipv4("CNI_ARGS IP", self.requested_texts())
+    }
+
+    /// The IPv6 address of `CNI_ARGS` `IP` (podman's `--ip6`).
+    pub fn requested_ip6(&self) -> Result<Option<Ipv6Addr>, CniError> {
+        first_ipv6("CNI_ARGS IP", self.requested_texts())
+    }
+
+    fn requested_texts(&self) -> impl Iterator<Item = &str> {
+        self.arg("IP")
+            .unwrap_or("")
+            .split(',')
+            .filter(|t| !t.is_empty())
     }
 
     /// The container's name as podman gives it: `K8S_POD_NAME` without
@@ -148,26 +158,49 @@ impl Env {
     }
 }
 
-/// The first IPv4 address of a list of addresses, each with or without a
-/// prefix length; code 7 for one that is not an address.
+/// The first address of a list of addresses (each with or without a
+/// prefix length) that `family` takes; code 7 for one that is not an
+/// address. Every text is checked up to the one taken.
+fn first_of<'t, A>(
+    what: &str,
+    texts: impl IntoIterator<Item = &'t str>,
+    family: impl Fn(std::net::IpAddr) -> Option<A>,
+) -> Result<Option<A>, CniError> {
+    for text in texts {
+        let addr = text.trim().split('/').next().unwrap_or_default();
+        let ip = addr.parse::<std::net::IpAddr>().map_err(|_| {
+            CniError::new(
+                Code::InvalidConfig,
+                format!("{what}: {text:?} is not an address"),
+            )
+        })?;
+        if let Some(ip) = family(ip) {
+            return Ok(Some(ip));
+        }
+    }
+    Ok(None)
+}
+
+/// The first IPv4 address of a list of addresses (see [`first_of`]).
 fn first_ipv4<'t>(
     what: &str,
     texts: impl IntoIterator<Item = &'t str>,
 ) -> Result<Option<Ipv4Addr>, CniError> {
-    for text in texts {
-        let addr = text.trim().split('/').next().unwrap_or_default();
-        match addr.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
-            Ok(std::net::IpAddr::V6(_)) => continue,
-            Err(_) => {
-                return Err(CniError::new(
-                    Code::InvalidConfig,
-                    format!("{what}: {text:?} is not an address"),
-                ))
-            }
-        }
-    }
-    Ok(None)
+    first_of(what, texts, |ip| match ip {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    })
+}
+
+/// The first IPv6 address of a list of addresses (see [`first_of`]).
+fn first_ipv6<'t>(
+    what: &str,
+    texts: impl IntoIterator<Item = &'t str>,
+) -> Result<Option<Ipv6Addr>, CniError> {
+    first_of(what, texts, |ip| match ip {
+        std::net::IpAddr::V6(ip) => Some(ip),
+        std::net::IpAddr::V4(_) => None,
+    })
 }
 
 /// `CNI_ARGS` as pairs; an item without `=` is skipped (the spec leaves
@@ -210,6 +243,16 @@ pub struct NetConf {
     pub subnet: Option<String>,
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Dual stack (netctl's IPAM; the CLI's `--ipv6`): without `subnet6`,
+    /// a unique-local /64. Implied by `subnet6`, and by a delegated IPAM
+    /// that answers an IPv6 address.
+    #[serde(default)]
+    pub ipv6: bool,
+    /// The IPv6 subnet of a dual-stack network (netctl's IPAM).
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    #[serde(default)]
+    pub gateway6: Option<String>,
     #[serde(default)]
     pub datapath: Option<DatapathKind>,
     #[serde(default)]
@@ -323,6 +366,12 @@ impl NetConf {
         if let Some(gateway) = &self.gateway {
             ipam::parse_ip("gateway", gateway).map_err(invalid)?;
         }
+        if let Some(subnet) = &self.subnet6 {
+            ipam6::parse_subnet(subnet).map_err(invalid)?;
+        }
+        if let Some(gateway) = &self.gateway6 {
+            parse_ip6("gateway6", gateway)?;
+        }
         if let Some(bridge) = &self.bridge {
             ipam::check_bridge_name(&self.name, bridge).map_err(invalid)?;
         }
@@ -374,6 +423,35 @@ impl NetConf {
             self.runtime_config.ips.iter().map(String::as_str),
         )
     }
+
+    /// The IPv6 address asked through the `ips` capability (first one).
+    pub fn requested_ip6(&self) -> Result<Option<Ipv6Addr>, CniError> {
+        first_ipv6(
+            "runtimeConfig.ips",
+            self.runtime_config.ips.iter().map(String::as_str),
+        )
+    }
+
+    /// The configuration's IPv6 side: `(subnet6, gateway6)` when it asks
+    /// for dual stack (`ipv6`, or a `subnet6`), checked by `validate`.
+    pub fn ipv6_side(&self) -> Option<(Option<ipnet::Ipv6Net>, Option<Ipv6Addr>)> {
+        let subnet = self
+            .subnet6
+            .as_deref()
+            .and_then(|s| ipam6::parse_subnet(s).ok());
+        let gateway = self.gateway6.as_deref().and_then(|g| g.parse().ok());
+        (self.ipv6 || subnet.is_some() || gateway.is_some()).then_some((subnet, gateway))
+    }
+}
+
+/// An IPv6 address of the configuration; code 7 when it is not one.
+fn parse_ip6(what: &str, text: &str) -> Result<Ipv6Addr, CniError> {
+    text.parse().map_err(|_| {
+        CniError::new(
+            Code::InvalidConfig,
+            format!("{what} {text:?}: not an IPv6 address"),
+        )
+    })
 }
 
 /// Code 1 for a version this plugin does not speak, or one older than the
@@ -437,6 +515,10 @@ mod tests {
             podman_ip.requested_ip().unwrap(),
             Some(Ipv4Addr::new(10, 9, 0, 5))
         );
+        assert_eq!(
+            podman_ip.requested_ip6().unwrap(),
+            Some("fd00::5".parse().unwrap())
+        );
         assert_eq!(podman_ip.arg("MAC"), Some("02:00:00:00:00:50"));
         assert_eq!(
             env("IP=nonsense").requested_ip().unwrap_err().code,
@@ -458,6 +540,31 @@ mod tests {
             conf.requested_ip().unwrap(),
             Some(Ipv4Addr::new(10, 9, 0, 7))
         );
+        assert_eq!(
+            conf.requested_ip6().unwrap(),
+            Some("fd00::2".parse().unwrap())
+        );
+        assert_eq!(conf.ipv6_side(), None);
+        let dual = br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","subnet6":"fd00:9::/64"}"#;
+        assert_eq!(
+            NetConf::decode(dual, Command::Add).unwrap().ipv6_side(),
+            Some((Some("fd00:9::/64".parse().unwrap()), None))
+        );
+        let ula = br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","ipv6":true}"#;
+        assert_eq!(
+            NetConf::decode(ula, Command::Add).unwrap().ipv6_side(),
+            Some((None, None))
+        );
+        for bad in [
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","subnet6":"10.0.0.0/24"}"#
+                .as_slice(),
+            br#"{"cniVersion":"1.0.0","name":"n","type":"netctl","gateway6":"10.0.0.1"}"#,
+        ] {
+            assert_eq!(
+                NetConf::decode(bad, Command::Add).unwrap_err().code,
+                Code::InvalidConfig
+            );
+        }
         let err = NetConf::decode(b"{not json", Command::Add).unwrap_err();
         assert_eq!(err.code, Code::DecodeFailed);
         let bad_subnet =

@@ -5,12 +5,12 @@
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use super::result::{CniError, Code};
@@ -105,24 +105,49 @@ pub fn exec(
     parsed.ok_or_else(|| CniError::new(Code::Ipam, format!("{object}: stdout is not JSON")))
 }
 
-/// The first IPv4 address of an IPAM result (any version's format) with
-/// its subnet and gateway.
-pub fn first_ipv4(result: &Value) -> Result<(Ipv4Addr, Ipv4Net, Option<Ipv4Addr>), CniError> {
-    let ips = result["ips"].as_array().cloned().unwrap_or_default();
-    for entry in &ips {
-        let Some(text) = entry["address"].as_str() else {
-            continue;
-        };
-        let Ok(net) = text.parse::<Ipv4Net>() else {
-            continue;
-        };
-        let gateway = entry["gateway"].as_str().and_then(|g| g.parse().ok());
-        return Ok((net.addr(), net.trunc(), gateway));
-    }
-    Err(CniError::new(
-        Code::Ipam,
-        format!("ipam result has no IPv4 address: {result}"),
-    ))
+/// An address of an IPAM result with its subnet and gateway.
+pub type Allocated<A, N> = (A, N, Option<A>);
+
+/// The `ips` of an IPAM result (any version's format): address text and
+/// gateway text.
+fn entries(result: &Value) -> impl Iterator<Item = (&str, Option<&str>)> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["address"].as_str()?, e["gateway"].as_str())))
+}
+
+/// The first IPv4 address of an IPAM result with its subnet and gateway.
+pub fn first_ipv4(result: &Value) -> Result<Allocated<Ipv4Addr, Ipv4Net>, CniError> {
+    entries(result)
+        .find_map(|(address, gateway)| {
+            let net = address.parse::<Ipv4Net>().ok()?;
+            Some((
+                net.addr(),
+                net.trunc(),
+                gateway.and_then(|g| g.parse().ok()),
+            ))
+        })
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Ipam,
+                format!("ipam result has no IPv4 address: {result}"),
+            )
+        })
+}
+
+/// The first IPv6 address of an IPAM result (a `host-local` with an IPv6
+/// range), if any, with its subnet and gateway.
+pub fn first_ipv6(result: &Value) -> Option<Allocated<Ipv6Addr, Ipv6Net>> {
+    entries(result).find_map(|(address, gateway)| {
+        let net = address.parse::<Ipv6Net>().ok()?;
+        Some((
+            net.addr(),
+            net.trunc(),
+            gateway.and_then(|g| g.parse().ok()),
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -141,5 +166,14 @@ mod tests {
         assert_eq!(gw, Some(Ipv4Addr::new(10, 22, 0, 1)));
         let v6only: Value = serde_json::from_str(r#"{"ips":[{"address":"fd00::5/64"}]}"#).unwrap();
         assert!(first_ipv4(&v6only).is_err());
+        assert_eq!(
+            first_ipv6(&v6only),
+            Some((
+                "fd00::5".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+                None
+            ))
+        );
+        assert_eq!(first_ipv6(&v04), None);
     }
 }

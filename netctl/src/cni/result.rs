@@ -1,9 +1,9 @@
 //! What the plugin prints: a result in the format of the requested
 //! `cniVersion`, or the spec's error object.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 
 /// The spec's error codes, and netctl's own from 100 on.
@@ -120,17 +120,18 @@ pub struct Interface {
 /// The result of an ADD, independent of the version it is printed in.
 pub struct AddResult {
     pub interfaces: Vec<Interface>,
-    /// Address with its prefix, gateway, index into `interfaces`.
-    pub ips: Vec<(Ipv4Addr, Ipv4Net, Option<Ipv4Addr>, usize)>,
+    /// Address with its prefix length (of either family), gateway, index
+    /// into `interfaces`.
+    pub ips: Vec<(IpNet, Option<IpAddr>, usize)>,
     /// Destination and gateway.
-    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub routes: Vec<(IpNet, IpAddr)>,
     pub dns: Value,
 }
 
 impl AddResult {
     /// The result in the format of `version`: 0.3.x and 0.4.0 tag each
-    /// address with `"version": "4"`, 1.0.0 dropped that field, 1.1.0 added
-    /// the interfaces' `mtu`.
+    /// address with its family, `"version": "4"` or `"6"`, 1.0.0 dropped
+    /// that field, 1.1.0 added the interfaces' `mtu`.
     pub fn render(&self, version: &str) -> Value {
         let pre_1_0 = version.starts_with("0.");
         let with_mtu = version == "1.1.0";
@@ -151,16 +152,20 @@ impl AddResult {
         let ips: Vec<Value> = self
             .ips
             .iter()
-            .map(|(ip, subnet, gateway, interface)| {
+            .map(|(address, gateway, interface)| {
                 let mut v = json!({
-                    "address": format!("{ip}/{}", subnet.prefix_len()),
+                    "address": address.to_string(),
                     "interface": interface,
                 });
                 if let Some(gateway) = gateway {
                     v["gateway"] = json!(gateway.to_string());
                 }
                 if pre_1_0 {
-                    v["version"] = json!("4");
+                    let family = match address {
+                        IpNet::V4(_) => "4",
+                        IpNet::V6(_) => "6",
+                    };
+                    v["version"] = json!(family);
                 }
                 v
             })
@@ -183,6 +188,7 @@ impl AddResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn sample() -> AddResult {
         AddResult {
@@ -192,13 +198,25 @@ mod tests {
                 sandbox: Some("/run/netns/x".into()),
                 mtu: Some(1400),
             }],
-            ips: vec![(
-                Ipv4Addr::new(10, 0, 0, 2),
-                "10.0.0.0/24".parse().unwrap(),
-                Some(Ipv4Addr::new(10, 0, 0, 1)),
-                0,
-            )],
-            routes: vec![("0.0.0.0/0".parse().unwrap(), Ipv4Addr::new(10, 0, 0, 1))],
+            ips: vec![
+                (
+                    "10.0.0.2/24".parse().unwrap(),
+                    Some(Ipv4Addr::new(10, 0, 0, 1).into()),
+                    0,
+                ),
+                (
+                    "fd00::2/64".parse().unwrap(),
+                    Some("fd00::1".parse().unwrap()),
+                    0,
+                ),
+            ],
+            routes: vec![
+                (
+                    "0.0.0.0/0".parse().unwrap(),
+                    Ipv4Addr::new(10, 0, 0, 1).into(),
+                ),
+                ("::/0".parse().unwrap(), "fd00::1".parse().unwrap()),
+            ],
             dns: json!({}),
         }
     }
@@ -207,6 +225,10 @@ mod tests {
     fn results_follow_the_version() {
         let old = sample().render("0.4.0");
         assert_eq!(old["ips"][0]["version"], "4");
+        assert_eq!(old["ips"][1]["version"], "6");
+        assert_eq!(old["ips"][1]["address"], "fd00::2/64");
+        assert_eq!(old["ips"][1]["gateway"], "fd00::1");
+        assert_eq!(sample().render("0.3.1")["ips"][1]["version"], "6");
         assert!(old["interfaces"][0].get("mtu").is_none());
         let v1 = sample().render("1.0.0");
         assert!(v1["ips"][0].get("version").is_none());
@@ -215,6 +237,9 @@ mod tests {
         let v11 = sample().render("1.1.0");
         assert_eq!(v11["interfaces"][0]["mtu"], 1400);
         assert_eq!(v11["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(v11["routes"][1]["dst"], "::/0");
+        assert_eq!(v1["ips"][1]["gateway"], "fd00::1");
+        assert!(v1["ips"][1].get("version").is_none());
     }
 
     #[test]

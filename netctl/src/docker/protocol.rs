@@ -259,7 +259,7 @@ pub fn port_specs(options: &Map<String, Value>) -> Result<Vec<PortSpec>> {
         let host_ip = match b.host_ip.as_str() {
             "" | "0.0.0.0" => None,
             text if text.contains(':') => continue,
-            text => Some(address("host address", text)?),
+            text => Some(address("host address", text)?.into()),
         };
         let host_ports = match (b.host_port, b.host_port_end) {
             (0, _) => None,
@@ -286,7 +286,7 @@ pub fn port_map(ports: &[PortMapping]) -> Value {
                     "Proto": p.protocol.number(),
                     "IP": p.container_ip.to_string(),
                     "Port": p.container_port,
-                    "HostIP": p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                    "HostIP": p.host_ip.map_or_else(|| Ipv4Addr::UNSPECIFIED.to_string(), |ip| ip.to_string()),
                     "HostPort": p.host_port,
                     "HostPortEnd": p.host_port,
                 })
@@ -392,7 +392,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                 },
                 PortSpec {
-                    host_ip: Some(Ipv4Addr::new(198, 51, 100, 1)),
+                    host_ip: Some(Ipv4Addr::new(198, 51, 100, 1).into()),
                     host_ports: None,
                     container_ports: (53, 53),
                     protocol: Protocol::Udp,

@@ -84,7 +84,9 @@ impl<'a> Entry<'a> {
     /// reply leaves the container's port and goes out as the host port.
     fn belongs_to(&self, port: &PortMapping) -> bool {
         let container = SocketAddrV4::new(port.container_ip, port.container_port);
-        let on_host_ip = |addr: &SocketAddrV4| port.host_ip.is_none_or(|ip| *addr.ip() == ip);
+        let on_host_ip = |addr: &SocketAddrV4| {
+            port.is_ipv4() && port.host_ip4().is_none_or(|ip| *addr.ip() == ip)
+        };
         self.is_published()
             && self.flow.proto == port.protocol.as_str()
             && if self.is_original() {
@@ -235,7 +237,9 @@ fn published_port_families(state: &State, entries: &[Entry]) -> Vec<Family> {
         "Bytes of the flows to a published port now in the conntrack table, to the container (ingress) or from it (egress).",
     );
     for port in state.containers.values().flat_map(|c| &c.ports) {
-        let host_ip = port.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string();
+        let host_ip = port
+            .host_ip
+            .map_or_else(|| Ipv4Addr::UNSPECIFIED.to_string(), |ip| ip.to_string());
         let host_port = port.host_port.to_string();
         let labels = [
             port.container.as_str(),

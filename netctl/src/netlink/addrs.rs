@@ -33,7 +33,7 @@ impl Netlink {
             .map_err(|e| self.error(format!("addresses of link #{index}"), e))?
         {
             let ours = msg.header.prefix_len == prefix
-                && ipv4_of(std::slice::from_ref(&msg)).contains(&ip);
+                && addresses_of(std::slice::from_ref(&msg)).contains(&IpAddr::V4(ip));
             if ours {
                 return match self.handle.address().del(msg).execute().await {
                     Ok(()) => Ok(()),
@@ -90,9 +90,9 @@ impl Netlink {
             .map_err(|e| self.error("addresses of the host", e))
     }
 
-    /// Every IPv4 address of the namespace, on any link.
-    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
-        Ok(ipv4_of(&self.address_messages().await?))
+    /// Every address of the namespace, of both families, on any link.
+    pub async fn all_addresses(&self) -> Result<Vec<IpAddr>> {
+        Ok(addresses_of(&self.address_messages().await?))
     }
 
     /// Every IPv4 address of the namespace with its link's index, each
@@ -104,8 +104,12 @@ impl Netlink {
             .iter()
             .flat_map(|m| {
                 let secondary = m.header.flags.contains(AddressHeaderFlags::Secondary);
-                ipv4_of(std::slice::from_ref(m))
+                addresses_of(std::slice::from_ref(m))
                     .into_iter()
+                    .filter_map(|ip| match ip {
+                        IpAddr::V4(ip) => Some(ip),
+                        IpAddr::V6(_) => None,
+                    })
                     .map(move |ip| (secondary, m.header.index, ip))
             })
             .collect();
@@ -118,13 +122,13 @@ impl Netlink {
     }
 }
 
-/// The IPv4 addresses of address messages, in their order.
-fn ipv4_of(messages: &[AddressMessage]) -> Vec<Ipv4Addr> {
+/// The addresses of address messages, in their order.
+fn addresses_of(messages: &[AddressMessage]) -> Vec<IpAddr> {
     messages
         .iter()
         .flat_map(|m| m.attributes.iter())
         .filter_map(|a| match a {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         })
         .collect()

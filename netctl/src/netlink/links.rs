@@ -2,8 +2,8 @@
 
 use std::os::fd::AsRawFd as _;
 
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::{collect, errno, Netlink};
 use crate::error::{Error, Result};
@@ -90,24 +90,56 @@ impl Netlink {
             return Ok(link.index);
         }
         let msg = LinkBridge::new(name).address(mac.to_vec()).up().build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| self.error(format!("bridge {name}"), e))?;
+        self.add(format!("bridge {name}"), msg).await?;
         self.index(name).await
     }
 
     /// Creates a veth pair; both ends stay down.
     pub async fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
         let msg = LinkVeth::new(name, peer).build();
+        self.add(format!("veth {name}/{peer}"), msg).await
+    }
+
+    /// Creates a veth pair in one request: this end `name` here, down and
+    /// enslaved to `bridge`; the peer straight inside the namespace open as
+    /// `peer_netns` (here without one), already named `peer` and with its
+    /// MAC (down too). Made
+    /// where it belongs rather than moved there: moving a link between
+    /// namespaces waits for the kernel's RCU grace periods, tens of
+    /// milliseconds, the largest cost of a `container run`. Both ends get
+    /// one queue from the start (see below).
+    pub async fn add_veth_into(
+        &self,
+        name: &str,
+        bridge: u32,
+        mtu: Option<u32>,
+        peer: &str,
+        peer_mac: [u8; 6],
+        peer_netns: Option<&std::fs::File>,
+    ) -> Result<()> {
+        let mut peer_msg = one_queue(LinkUnspec::new_with_name(peer).address(peer_mac.to_vec()));
+        if let Some(netns) = peer_netns {
+            peer_msg = peer_msg.setns_by_fd(netns.as_raw_fd());
+        }
+        let mut msg = one_queue(LinkVeth::new(name, peer).controller(bridge));
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            msg = msg.mtu(mtu);
+        }
+        // The builder names the peer only; this description replaces it.
+        let msg = msg
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
+        self.add(format!("veth {name}/{peer}"), msg).await
+    }
+
+    async fn add(&self, what: String, msg: LinkMessage) -> Result<()> {
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(|e| self.error(format!("veth {name}/{peer}"), e))
+            .map_err(|e| self.error(what, e))
     }
 
     async fn set(&self, what: String, msg: LinkMessage) -> Result<()> {
@@ -152,18 +184,6 @@ impl Netlink {
         self.set(format!("link #{index} address"), msg).await
     }
 
-    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.set(format!("link #{index} mtu {mtu}"), msg).await
-    }
-
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .name(name.to_owned())
-            .build();
-        self.set(format!("link #{index} name {name}"), msg).await
-    }
-
     /// Moves a link into the namespace open as `netns`.
     pub async fn move_to_netns(&self, index: u32, netns: &std::fs::File, what: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
@@ -185,4 +205,12 @@ impl Netlink {
             Err(e) => Err(self.error(format!("delete link {name}"), e)),
         }
     }
+}
+
+/// A link asked with one transmit and one receive queue: a veth made with
+/// the default (one per CPU) is cut down to one by the kernel at once,
+/// after an RCU grace period for each of its ends.
+fn one_queue<T>(msg: LinkMessageBuilder<T>) -> LinkMessageBuilder<T> {
+    msg.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
 }

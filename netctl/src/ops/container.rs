@@ -10,7 +10,7 @@
 
 use std::{
     convert::Infallible,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     str::FromStr,
 };
@@ -134,7 +134,7 @@ pub struct ContainerView<'a> {
 #[derive(Debug, serde::Serialize)]
 pub struct ResolvView {
     pub path: Option<String>,
-    pub nameservers: Vec<Ipv4Addr>,
+    pub nameservers: Vec<IpAddr>,
     pub search: Vec<String>,
     pub options: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,23 +316,17 @@ pub fn plan_container(
         let taken: Vec<PortMapping> = state.ports().cloned().collect();
         // The network's gateway is the host's, even before its bridge exists.
         let mut host = host.clone();
-        host.addresses.insert(network.gateway);
-        let mut ports = ports::expand_all(
+        host.addresses.insert(network.gateway.into());
+        host.addresses
+            .extend(network.ipv6.map(|side| IpAddr::V6(side.gateway)));
+        let ports = ports::expand_all(
             &req.ports,
             &taken,
             &host,
             &req.name,
             &network.name,
-            endpoint.ip,
+            (endpoint.ip, endpoint.ip6),
         )?;
-        // A port on every host address is on the host's IPv6 ones too
-        // (Docker's behaviour on a dual-stack network).
-        for port in ports
-            .iter_mut()
-            .filter(|p| p.host_ip.is_none_or(|ip| ip.is_unspecified()))
-        {
-            port.container_ip6 = endpoint.ip6;
-        }
         steps.push(match &netns_name {
             Some(netns) => Step::Attach {
                 netns: netns.clone(),
@@ -400,12 +394,7 @@ impl Host {
                 format!("unreadable value {text:?}"),
             )
         })?;
-        let addresses = self
-            .netlink
-            .all_ipv4_addresses()
-            .await?
-            .into_iter()
-            .collect();
+        let addresses = self.netlink.all_addresses().await?.into_iter().collect();
         Ok(HostPorts {
             kernel_ephemeral,
             addresses,

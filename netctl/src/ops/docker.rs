@@ -52,9 +52,10 @@ impl Host {
             ));
         }
         let mut host = self.host_ports().await?;
-        host.addresses.insert(net.gateway);
+        host.addresses.insert(net.gateway.into());
         let taken: Vec<PortMapping> = self.state.ports().cloned().collect();
-        let mappings = ports::expand_all(specs, &taken, &host, container, &net.name, ep.ip)?;
+        let mappings =
+            ports::expand_all(specs, &taken, &host, container, &net.name, (ep.ip, ep.ip6))?;
         if mappings.is_empty() {
             return Ok(mappings);
         }

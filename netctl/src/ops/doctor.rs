@@ -49,7 +49,10 @@ fn resolver_problems(
             .map(|(network, gateway)| {
                 Drift::new(
                     object,
-                    format!("no answer on {gateway}:53 (network {network})"),
+                    format!(
+                        "no answer on {} (network {network})",
+                        std::net::SocketAddr::new(*gateway, 53)
+                    ),
                 )
             })
             .collect(),

@@ -206,7 +206,7 @@ impl Host {
         }
         self.removal = Journal::default();
         self.state.journal = None;
-        errors.extend(self.dir.save(&self.state).err());
+        errors.extend(self.dir.save(&mut self.state).err());
         self.saved();
         Error::collect(errors).map_err(|e| {
             Error::system(
@@ -235,7 +235,8 @@ impl Host {
             undo: self.undo.clone(),
             ..Journal::default()
         };
-        self.dir.save_journal(&self.committed, &journal)?;
+        self.dir
+            .save_journal(&self.committed, self.had_state_file, &journal)?;
         failpoint::check(&format!("{point}.journaled"))
     }
 
@@ -250,7 +251,8 @@ impl Host {
         dedup_in_order(&mut removal.removing_containers);
         dedup_in_order(&mut removal.removing_networks);
         dedup_in_order(&mut removal.removing_endpoints);
-        self.dir.save_journal(&self.committed, &self.removal)
+        self.dir
+            .save_journal(&self.committed, self.had_state_file, &self.removal)
     }
 
     /// Saves the state as it is now as committed, with the journal of what
@@ -263,7 +265,8 @@ impl Host {
         if self.removal.has_work() {
             on_disk.journal = Some(self.removal.clone());
         }
-        self.dir.save(&on_disk)?;
+        self.dir.save(&mut on_disk)?;
+        self.state.generation = on_disk.generation;
         self.saved();
         Ok(())
     }
@@ -271,7 +274,7 @@ impl Host {
     /// Saves the state as committed: the journal is gone with the same write.
     fn save_committed(&mut self) -> Result<()> {
         self.state.journal = None;
-        self.dir.save(&self.state)?;
+        self.dir.save(&mut self.state)?;
         self.saved();
         Ok(())
     }
@@ -396,7 +399,9 @@ impl Host {
                 self.state = self.committed.clone();
                 if journaled {
                     let cleared = if self.had_state_file {
-                        self.dir.save(&self.state)
+                        let saved = self.dir.save(&mut self.state);
+                        self.committed.generation = self.state.generation;
+                        saved
                     } else {
                         self.dir.remove_state_file()
                     };

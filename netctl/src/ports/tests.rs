@@ -4,6 +4,8 @@ use super::*;
 
 const LOCALHOST: Option<Ipv4Addr> = Some(Ipv4Addr::LOCALHOST);
 const CTR_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+const CTR_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+const HOST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 fn spec(
     host_ip: Option<Ipv4Addr>,
@@ -12,7 +14,7 @@ fn spec(
     protocol: Protocol,
 ) -> PortSpec {
     PortSpec {
-        host_ip,
+        host_ip: host_ip.map(IpAddr::V4),
         host_ports,
         container_ports,
         protocol,
@@ -28,7 +30,7 @@ fn held(
 ) -> PortMapping {
     PortMapping {
         protocol,
-        host_ip,
+        host_ip: host_ip.map(IpAddr::V4),
         host_port,
         container_ip: Ipv4Addr::new(172, 18, 0, 2),
         container_ip6: None,
@@ -47,7 +49,7 @@ fn ours(
 ) -> PortMapping {
     PortMapping {
         protocol,
-        host_ip,
+        host_ip: host_ip.map(IpAddr::V4),
         host_port,
         container_ip: CTR_IP,
         container_ip6: None,
@@ -57,11 +59,16 @@ fn ours(
     }
 }
 
-/// A host with Linux's default ephemeral range and the addresses 10.0.0.1
-/// and 198.51.100.1.
+/// A host with Linux's default ephemeral range and the addresses 10.0.0.1,
+/// 198.51.100.1 and 2001:db8::1.
 fn host() -> HostPorts {
     HostPorts {
-        addresses: [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 51, 100, 1)].into(),
+        addresses: [
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            IpAddr::V6(HOST_IP6),
+        ]
+        .into(),
         ..HostPorts::default()
     }
 }
@@ -207,22 +214,93 @@ fn parse_rejects_ranges_of_different_lengths() {
 }
 
 #[test]
-fn parse_rejects_bad_and_ipv6_addresses() {
+fn parse_rejects_bad_and_unforwardable_addresses() {
     assert_eq!(
         message(parse("127.0.0.300:8080:80")),
-        "port spec 127.0.0.300:8080:80: 127.0.0.300 is not a valid IPv4 address"
+        "port spec 127.0.0.300:8080:80: 127.0.0.300 is not a valid IP address"
     );
     assert_eq!(
         message(parse("localhost:8080:80")),
-        "port spec localhost:8080:80: localhost is not a valid IPv4 address"
+        "port spec localhost:8080:80: localhost is not a valid IP address"
     );
     assert_eq!(
         message(parse("[::1]:8080:80")),
-        "port spec [::1]:8080:80: IPv6 host address [::1] is not supported"
+        "port spec [::1]:8080:80: [::1] cannot be published: the kernel never forwards ::1 to \
+         a container (IPv6 has no route_localnet); publish on every address or on one of the \
+         host's IPv6 addresses"
     );
     assert_eq!(
-        message(parse("::1:8080:80")),
-        "port spec ::1:8080:80: IPv6 host address ::1 is not supported"
+        message(parse("[::]:8080:80")),
+        "port spec [::]:8080:80: [::] is not supported: leave the address out to publish on \
+         every address"
+    );
+    assert_eq!(
+        message(parse("2001:db8::1:8080:80")),
+        "port spec 2001:db8::1:8080:80: IPv6 host address 2001:db8::1 must be in brackets \
+         ([ADDR]:HOST:CONTAINER)"
+    );
+    assert_eq!(
+        message(parse("[2001:db8::zz]:8080:80")),
+        "port spec [2001:db8::zz]:8080:80: [2001:db8::zz] is not a valid IP address"
+    );
+}
+
+#[test]
+fn parse_and_print_ipv6_host_addresses() {
+    let v6 = parse("[2001:db8::1]:8080:80").unwrap();
+    assert_eq!(v6.host_ip, Some(IpAddr::V6(HOST_IP6)));
+    assert_eq!(v6.host_ports, Some((8080, 8080)));
+    assert_eq!(v6.to_string(), "[2001:db8::1]:8080:80/tcp");
+    assert_eq!(parse(&v6.to_string()).unwrap(), v6);
+    let ephemeral = parse("[2001:db8::1]::53/udp").unwrap();
+    assert_eq!(ephemeral.host_ports, None);
+    assert_eq!(ephemeral.to_string(), "[2001:db8::1]::53/udp");
+    // Brackets around an IPv4 address read as before.
+    assert_eq!(
+        parse("[127.0.0.1]:8080:80").unwrap(),
+        spec(LOCALHOST, Some((8080, 8080)), (80, 80), Tcp)
+    );
+}
+
+#[test]
+fn expand_ipv6_host_addresses() {
+    let both = (CTR_IP, Some(CTR_IP6));
+    let expand6 = |text: &str, taken: &[PortMapping], ips| {
+        expand_all(&[parse(text).unwrap()], taken, &host(), "api", "back", ips)
+    };
+    // One IPv6 address: forwarded to the endpoint's IPv6 address.
+    let one = expand6("[2001:db8::1]:8080:80", &[], both).unwrap();
+    assert_eq!(
+        one,
+        vec![PortMapping {
+            host_ip: Some(IpAddr::V6(HOST_IP6)),
+            container_ip6: Some(CTR_IP6),
+            ..ours(None, 8080, 80, Tcp)
+        }]
+    );
+    // Every address: both families; one IPv4 address: no IPv6 side.
+    let all = expand6("8080:80", &[], both).unwrap();
+    assert_eq!(all[0].container_ip6, Some(CTR_IP6));
+    let v4 = expand6("127.0.0.1:8080:80", &[], both).unwrap();
+    assert_eq!(v4[0].container_ip6, None);
+    // It conflicts with every address, not with an IPv4 one.
+    assert_eq!(
+        message(expand6("8080:80", &one, both)),
+        "host port 8080/tcp: already published by container api"
+    );
+    assert_eq!(
+        message(expand6("[2001:db8::1]:8080:80", &all, both)),
+        "host port [2001:db8::1]:8080/tcp: already published by container api"
+    );
+    assert!(expand6("127.0.0.1:8080:80", &one, both).is_ok());
+    // An address the host lacks, and a network without IPv6.
+    assert_eq!(
+        message(expand6("[2001:db8::2]:8080:80", &[], both)),
+        "port spec [2001:db8::2]:8080:80/tcp: 2001:db8::2 is not an address of the host"
+    );
+    assert_eq!(
+        message(expand6("[2001:db8::1]:8080:80", &[], (CTR_IP, None))),
+        "port spec [2001:db8::1]:8080:80/tcp: network back has no IPv6 (create it with --ipv6)"
     );
 }
 
@@ -426,7 +504,7 @@ fn expand_all_keeps_order_and_shares_ephemeral_ports() {
     ];
     let taken = [held("web", None, 20000, Tcp)];
     assert_eq!(
-        expand_all(&specs, &taken, &host(), "api", "back", CTR_IP).unwrap(),
+        expand_all(&specs, &taken, &host(), "api", "back", (CTR_IP, None)).unwrap(),
         vec![
             ours(None, 8080, 80, Tcp),
             ours(None, 20001, 443, Tcp),
@@ -435,7 +513,7 @@ fn expand_all_keeps_order_and_shares_ephemeral_ports() {
         ]
     );
     assert_eq!(
-        expand_all(&[], &taken, &host(), "api", "back", CTR_IP).unwrap(),
+        expand_all(&[], &taken, &host(), "api", "back", (CTR_IP, None)).unwrap(),
         vec![]
     );
 }
@@ -447,20 +525,34 @@ fn expand_all_rejects_conflicts_between_specs() {
         parse("127.0.0.1:8080:81").unwrap(),
     ];
     assert_eq!(
-        message(expand_all(&specs, &[], &host(), "api", "back", CTR_IP)),
+        message(expand_all(
+            &specs,
+            &[],
+            &host(),
+            "api",
+            "back",
+            (CTR_IP, None)
+        )),
         "host port 127.0.0.1:8080/tcp: already published by container api"
     );
     // A range spec skips a port an earlier spec took.
     let specs = [parse("8080:80").unwrap(), parse("8080-8090:81").unwrap()];
     assert_eq!(
-        expand_all(&specs, &[], &host(), "api", "back", CTR_IP).unwrap(),
+        expand_all(&specs, &[], &host(), "api", "back", (CTR_IP, None)).unwrap(),
         vec![ours(None, 8080, 80, Tcp), ours(None, 8081, 81, Tcp)]
     );
     // And a conflict with `taken` is still named.
     let specs = [parse("8081:81").unwrap(), parse("8080:80").unwrap()];
     let taken = [held("web", None, 8080, Tcp)];
     assert_eq!(
-        message(expand_all(&specs, &taken, &host(), "api", "back", CTR_IP)),
+        message(expand_all(
+            &specs,
+            &taken,
+            &host(),
+            "api",
+            "back",
+            (CTR_IP, None)
+        )),
         "host port 8080/tcp: already published by container web"
     );
 }

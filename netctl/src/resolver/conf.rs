@@ -8,17 +8,16 @@
 //! Search domains and options are the host's unless `--dns-search` or
 //! `--dns-option` replace them, as in Docker.
 
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-};
+use std::{net::IpAddr, path::PathBuf};
 
 use crate::{config::HostConfig, model::Container, state::State};
 
-/// What a resolv.conf says (IPv4 nameservers only: networks have no IPv6).
+/// What a resolv.conf says. The host's is read for its IPv4 nameservers
+/// only; a container's names its network's IPv6 gateway too on a
+/// dual-stack network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvConf {
-    pub nameservers: Vec<Ipv4Addr>,
+    pub nameservers: Vec<IpAddr>,
     pub search: Vec<String>,
     pub options: Vec<String>,
 }
@@ -55,7 +54,7 @@ pub fn parse(text: &str) -> ResolvConf {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("nameserver") => {
-                if let Some(Ok(IpAddr::V4(ip))) = words.next().map(str::parse) {
+                if let Some(Ok(ip @ IpAddr::V4(_))) = words.next().map(str::parse) {
                     conf.nameservers.push(ip);
                 }
             }
@@ -111,22 +110,31 @@ pub fn for_container(
         ctr.naming.dns.options.clone()
     };
     // On a user-defined network, the network's resolver: it forwards what
-    // it does not know to --dns or to the host's resolvers.
+    // it does not know to --dns or to the host's resolvers. It listens on a
+    // dual-stack network's IPv6 gateway too, listed second: the IPv4 one
+    // stays the one asked first, as before.
     if let Some(net) = resolver_network(state, ctr) {
+        let v6 = net.ipv6.map(|side| IpAddr::V6(side.gateway));
         return Ok(ResolvConf {
-            nameservers: vec![net.gateway],
+            nameservers: std::iter::once(IpAddr::V4(net.gateway)).chain(v6).collect(),
             search,
             options,
         });
     }
-    let nameservers: Vec<Ipv4Addr> = if ctr.naming.dns.servers.is_empty() {
+    let nameservers: Vec<IpAddr> = if ctr.naming.dns.servers.is_empty() {
         host.nameservers
             .iter()
             .copied()
             .filter(|ns| !ns.is_loopback())
             .collect()
     } else {
-        ctr.naming.dns.servers.clone()
+        ctr.naming
+            .dns
+            .servers
+            .iter()
+            .copied()
+            .map(IpAddr::V4)
+            .collect()
     };
     if nameservers.is_empty() {
         let why = if host.nameservers.is_empty() {
@@ -154,6 +162,7 @@ pub fn for_container(
 mod tests {
     use super::*;
     use crate::model::{DnsConfig, Endpoint, Mac, Naming, Network, NetworkMode};
+    use std::net::Ipv4Addr;
 
     fn net(name: &str, dns: bool, gateway: [u8; 4]) -> Network {
         Network {
@@ -218,7 +227,10 @@ mod tests {
         let conf = parse(HOST);
         assert_eq!(
             conf.nameservers,
-            [Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(192, 0, 2, 53)]
+            [
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)),
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53))
+            ]
         );
         assert_eq!(conf.search, ["a.example", "b.example"]);
         assert_eq!(conf.options, ["edns0", "trust-ad"]);
@@ -256,7 +268,7 @@ mod tests {
         assert_eq!(
             got.unwrap(),
             ResolvConf {
-                nameservers: vec![Ipv4Addr::new(172, 18, 0, 1)],
+                nameservers: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1))],
                 search: dns.search.clone(),
                 options: dns.options.clone(),
             }
@@ -268,7 +280,21 @@ mod tests {
             &host,
             "/h".as_ref(),
         );
-        assert_eq!(got.unwrap().nameservers, dns.servers);
+        assert_eq!(
+            got.unwrap().nameservers,
+            [IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53))]
+        );
+        // A dual-stack network's resolver: its IPv6 gateway second.
+        let mut state = state();
+        state.networks.get_mut("front").unwrap().ipv6 = Some(crate::model::Ipv6Side {
+            subnet: "fd00:18::/64".parse().unwrap(),
+            gateway: "fd00:18::1".parse().unwrap(),
+        });
+        let got = for_container(&state, &ctr(&["front"], dns), &host, "/h".as_ref()).unwrap();
+        assert_eq!(
+            render(&got),
+            "# written by netctl\nnameserver 172.18.0.1\nnameserver fd00:18::1\nsearch corp.example\noptions ndots:2\n"
+        );
     }
 
     #[test]

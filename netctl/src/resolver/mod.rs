@@ -1,6 +1,7 @@
 //! The networks' resolver: one small process per host namespace (as
 //! aardvark-dns is for netavark), `netctl resolver`, listening on port 53
-//! (UDP and TCP) of the gateway of every user-defined network. It answers
+//! (UDP and TCP) of the gateway of every user-defined network (both
+//! gateways of a dual-stack network). It answers
 //! the names of the networks the asking container is on and forwards the
 //! rest to the host's resolvers (see `server.rs`).
 //!
@@ -27,7 +28,7 @@ pub mod server;
 use std::{
     collections::BTreeSet,
     io::Read as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::{
         fd::AsRawFd as _,
         unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
@@ -58,13 +59,19 @@ fn log_file(config: &HostConfig) -> PathBuf {
     config.state_dir.join("resolver.stderr")
 }
 
-/// The user-defined networks' (name, gateway): where the resolver listens.
-pub fn listening_set(state: &State) -> BTreeSet<(String, Ipv4Addr)> {
+/// The user-defined networks' (name, gateway): where the resolver listens
+/// (a dual-stack network's IPv6 gateway too).
+pub fn listening_set(state: &State) -> BTreeSet<(String, IpAddr)> {
     state
         .networks
         .values()
         .filter(|n| n.dns)
-        .map(|n| (n.name.clone(), n.gateway))
+        .flat_map(|n| {
+            let v6 = n
+                .ipv6
+                .map(|side| (n.name.clone(), IpAddr::V6(side.gateway)));
+            std::iter::once((n.name.clone(), IpAddr::V4(n.gateway))).chain(v6)
+        })
         .collect()
 }
 
@@ -220,13 +227,13 @@ pub fn follow(config: &HostConfig, old: &State, new: &State) -> Result<()> {
 
 /// Whether the host holds `gateway` (a bridge gone or without its address
 /// is a finding of its own, and then nothing can be asked there).
-pub fn gateway_is_local(gateway: Ipv4Addr) -> bool {
+pub fn gateway_is_local(gateway: IpAddr) -> bool {
     std::net::UdpSocket::bind((gateway, 0)).is_ok()
 }
 
 /// Whether something answers a DNS query on `gateway`:53/udp within a
 /// second (`doctor`'s check; any answer counts, REFUSED included).
-pub fn answers(gateway: Ipv4Addr) -> bool {
+pub fn answers(gateway: IpAddr) -> bool {
     let mut query = hickory_proto::op::Message::query();
     let name = hickory_proto::rr::Name::from_ascii("netctl-doctor.").expect("a valid name");
     query.add_query(hickory_proto::op::Query::query(

@@ -1,6 +1,7 @@
 //! `netctl resolver`: the process itself. One UDP socket and one TCP
-//! listener on port 53 of each user-defined network's gateway, in the host
-//! namespace; DNS messages are read and written with hickory-proto.
+//! listener on port 53 of each user-defined network's gateway (both of a
+//! dual-stack network's: IPv4 and IPv6), in the host namespace; DNS
+//! messages are read and written with hickory-proto.
 //!
 //! Who may ask what: a query is answered only when it comes from an
 //! address of a container on the network whose gateway it was sent to
@@ -17,7 +18,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::OwnedFd,
     path::PathBuf,
     rc::Rc,
@@ -31,7 +32,7 @@ use hickory_proto::{
         RData, Record, RecordType,
     },
 };
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -54,10 +55,11 @@ const TTL: u32 = 0;
 /// What the resolver knows, built from the state.
 #[derive(Debug, Default)]
 pub struct Tables {
-    /// Gateway → user-defined network.
-    networks: HashMap<Ipv4Addr, String>,
-    /// (network, address) → container.
-    clients: HashMap<(String, Ipv4Addr), String>,
+    /// Gateway (IPv4, and IPv6 on a dual-stack network) → user-defined
+    /// network.
+    networks: HashMap<IpAddr, String>,
+    /// (network, address of either family) → container.
+    clients: HashMap<(String, IpAddr), String>,
     /// Container → its user-defined networks (in endpoint order) and `--dns`.
     containers: HashMap<String, (Vec<String>, Vec<Ipv4Addr>)>,
     /// Network → lower-case name → addresses (IPv4, and IPv6 on a
@@ -75,7 +77,10 @@ impl Tables {
             ..Tables::default()
         };
         for net in state.networks.values().filter(|n| n.dns) {
-            t.networks.insert(net.gateway, net.name.clone());
+            t.networks.insert(net.gateway.into(), net.name.clone());
+            if let Some(side) = net.ipv6 {
+                t.networks.insert(side.gateway.into(), net.name.clone());
+            }
             t.names.insert(net.name.clone(), HashMap::new());
         }
         for ctr in state.containers.values() {
@@ -85,8 +90,11 @@ impl Tables {
                     continue;
                 };
                 networks.push(ep.network.clone());
-                t.clients
-                    .insert((ep.network.clone(), ep.ip), ctr.name.clone());
+                let addresses = [Some(IpAddr::V4(ep.ip)), ep.ip6.map(IpAddr::V6)];
+                for address in addresses.into_iter().flatten() {
+                    t.clients
+                        .insert((ep.network.clone(), address), ctr.name.clone());
+                }
                 let sharers = state
                     .containers
                     .values()
@@ -105,7 +113,7 @@ impl Tables {
         t
     }
 
-    pub fn gateways(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn gateways(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.networks.keys().copied()
     }
 }
@@ -131,11 +139,12 @@ pub enum Decision {
 }
 
 /// The decision for `name` (any case, with or without the final dot)
-/// asked by `client` at `gateway`.
+/// asked by `client` at `gateway` (of the same family: a container asks
+/// its network's IPv6 gateway from its IPv6 address).
 pub fn decide(
     t: &Tables,
-    gateway: Ipv4Addr,
-    client: Ipv4Addr,
+    gateway: IpAddr,
+    client: IpAddr,
     name: &str,
     qtype: RecordType,
 ) -> Decision {
@@ -203,16 +212,25 @@ impl Source {
 fn load(config: &HostConfig, state_file: &std::path::Path) -> Result<Tables> {
     let state = crate::state::read_snapshot(state_file)?;
     let (_, host) = conf::read_host(config);
-    Ok(Tables::build(&state, host.nameservers))
+    let upstream = host
+        .nameservers
+        .iter()
+        .filter_map(|ns| match ns {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    Ok(Tables::build(&state, upstream))
 }
 
 /// Port 53 of an address that may not (or no longer) be on the host: a
 /// bridge rebuilt by `doctor --fix` gets its address back later, and the
 /// sockets stay valid.
-fn bound(gateway: Ipv4Addr, kind: SockType) -> Result<OwnedFd> {
+fn bound(gateway: IpAddr, kind: SockType) -> Result<OwnedFd> {
     let object = || {
         format!(
-            "resolver {gateway}:53/{}",
+            "resolver {}/{}",
+            SocketAddr::new(gateway, 53),
             if kind == SockType::Stream {
                 "tcp"
             } else {
@@ -220,19 +238,26 @@ fn bound(gateway: Ipv4Addr, kind: SockType) -> Result<OwnedFd> {
             }
         )
     };
+    let family = match gateway {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
     let fd = socket::socket(
-        AddressFamily::Inet,
+        family,
         kind,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
     .map_err(|e| Error::system(object(), e))?;
+    // IP_FREEBIND holds for IPv6 sockets too (the kernel takes SOL_IP
+    // options on them): an IPv6 gateway may also be missing for a while.
     socket::setsockopt(&fd, sockopt::IpFreebind, &true).map_err(|e| Error::system(object(), e))?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| Error::system(object(), e))?;
-    socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(gateway, 53)),
-    )
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    match gateway {
+        IpAddr::V4(ip) => socket::bind(raw, &SockaddrIn::from(SocketAddrV4::new(ip, 53))),
+        IpAddr::V6(ip) => socket::bind(raw, &SockaddrIn6::from(SocketAddrV6::new(ip, 53, 0, 0))),
+    }
     .map_err(|e| Error::system(object(), format!("bind: {e}")))?;
     if kind == SockType::Stream {
         socket::listen(&fd, socket::Backlog::new(128).expect("in range"))
@@ -251,7 +276,7 @@ pub async fn run(config: &HostConfig) -> Result<()> {
         stamps: None,
         tables: Rc::new(tables),
     }));
-    let gateways: Vec<Ipv4Addr> = source.borrow_mut().current().gateways().collect();
+    let gateways: Vec<IpAddr> = source.borrow_mut().current().gateways().collect();
     let local = tokio::task::LocalSet::new();
     for gateway in gateways {
         let udp = UdpSocket::from_std(std::net::UdpSocket::from(bound(
@@ -288,30 +313,28 @@ pub async fn run(config: &HostConfig) -> Result<()> {
     Ok(())
 }
 
-async fn serve_udp(gateway: Ipv4Addr, socket: Rc<UdpSocket>, source: Rc<RefCell<Source>>) {
+async fn serve_udp(gateway: IpAddr, socket: Rc<UdpSocket>, source: Rc<RefCell<Source>>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        let SocketAddr::V4(from) = from else { continue };
         let query = buf[..n].to_vec();
         let tables = source.borrow_mut().current();
         let socket = socket.clone();
         tokio::task::spawn_local(async move {
-            if let Some(reply) = answer(&tables, gateway, *from.ip(), &query, false).await {
+            if let Some(reply) = answer(&tables, gateway, from.ip(), &query, false).await {
                 let _ = socket.send_to(&reply, from).await;
             }
         });
     }
 }
 
-async fn serve_tcp(gateway: Ipv4Addr, listener: TcpListener, source: Rc<RefCell<Source>>) {
+async fn serve_tcp(gateway: IpAddr, listener: TcpListener, source: Rc<RefCell<Source>>) {
     loop {
         let Ok((mut stream, from)) = listener.accept().await else {
             continue;
         };
-        let SocketAddr::V4(from) = from else { continue };
         let source = source.clone();
         tokio::task::spawn_local(async move {
             // Several queries may come on one connection.
@@ -319,7 +342,7 @@ async fn serve_tcp(gateway: Ipv4Addr, listener: TcpListener, source: Rc<RefCell<
                 tokio::time::timeout(TCP_TIMEOUT, read_framed(&mut stream)).await
             {
                 let tables = source.borrow_mut().current();
-                let Some(reply) = answer(&tables, gateway, *from.ip(), &query, true).await else {
+                let Some(reply) = answer(&tables, gateway, from.ip(), &query, true).await else {
                     return;
                 };
                 if write_framed(&mut stream, &reply).await.is_err() {
@@ -347,8 +370,8 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()>
 /// The reply to one query (`None`: not a DNS query, dropped).
 async fn answer(
     t: &Tables,
-    gateway: Ipv4Addr,
-    client: Ipv4Addr,
+    gateway: IpAddr,
+    client: IpAddr,
     query: &[u8],
     tcp: bool,
 ) -> Option<Vec<u8>> {
@@ -521,8 +544,9 @@ mod tests {
     #[test]
     fn names_of_the_askers_networks_only() {
         let t = tables();
-        let ask =
-            |gw: Ipv4Addr, from: Ipv4Addr, name: &str| decide(&t, gw, from, name, RecordType::A);
+        let ask = |gw: Ipv4Addr, from: Ipv4Addr, name: &str| {
+            decide(&t, gw.into(), from.into(), name, RecordType::A)
+        };
         // web on front: front's names and aliases, any case, with the dot.
         assert_eq!(
             ask(ip(18, 1), ip(18, 2), "both."),
@@ -555,7 +579,13 @@ mod tests {
         );
         // AAAA of a known name: no data (not forwarded).
         assert_eq!(
-            decide(&t, ip(18, 1), ip(18, 3), "web", RecordType::AAAA),
+            decide(
+                &t,
+                ip(18, 1).into(),
+                ip(18, 3).into(),
+                "web",
+                RecordType::AAAA
+            ),
             Decision::NoData
         );
     }
@@ -564,11 +594,23 @@ mod tests {
     fn the_rest_goes_to_dns_flags_or_the_host() {
         let t = tables();
         assert_eq!(
-            decide(&t, ip(18, 1), ip(18, 2), "example.com", RecordType::A),
+            decide(
+                &t,
+                ip(18, 1).into(),
+                ip(18, 2).into(),
+                "example.com",
+                RecordType::A
+            ),
             Decision::Forward(vec![Ipv4Addr::new(192, 0, 2, 53)])
         );
         assert_eq!(
-            decide(&t, ip(18, 1), ip(18, 3), "example.com.", RecordType::A),
+            decide(
+                &t,
+                ip(18, 1).into(),
+                ip(18, 3).into(),
+                "example.com.",
+                RecordType::A
+            ),
             Decision::Forward(vec![Ipv4Addr::new(127, 0, 0, 53)])
         );
     }
@@ -589,7 +631,7 @@ mod tests {
             state.containers.insert(c.name.clone(), c);
         }
         let t = Tables::build(&state, Vec::new());
-        let ask = |qtype| decide(&t, ip(30, 1), ip(30, 3), "web", qtype);
+        let ask = |qtype| decide(&t, ip(30, 1).into(), ip(30, 3).into(), "web", qtype);
         assert_eq!(
             ask(RecordType::AAAA),
             Decision::Address6("fd00:30::2".parse().unwrap())
@@ -597,8 +639,44 @@ mod tests {
         assert_eq!(ask(RecordType::A), Decision::Address(ip(30, 2)));
         // A name without an IPv6 address has no AAAA record.
         assert_eq!(
-            decide(&t, ip(30, 1), ip(30, 2), "a", RecordType::AAAA),
+            decide(
+                &t,
+                ip(30, 1).into(),
+                ip(30, 2).into(),
+                "a",
+                RecordType::AAAA
+            ),
             Decision::NoData
         );
+        // Asked over IPv6, at the IPv6 gateway from a's IPv6 address: the
+        // same answers; the IPv4 address at the IPv6 gateway is a client
+        // too (a container may send from either), a stranger is not.
+        let gw6: IpAddr = "fd00:30::1".parse().unwrap();
+        let a6: IpAddr = "fd00:30::3".parse().unwrap();
+        let t6 = {
+            let mut state = state.clone();
+            state.containers.get_mut("a").unwrap().endpoints[0].ip6 =
+                Some("fd00:30::3".parse().unwrap());
+            Tables::build(&state, Vec::new())
+        };
+        assert_eq!(
+            decide(&t6, gw6, a6, "web", RecordType::AAAA),
+            Decision::Address6("fd00:30::2".parse().unwrap())
+        );
+        assert_eq!(
+            decide(&t6, gw6, a6, "web", RecordType::A),
+            Decision::Address(ip(30, 2))
+        );
+        assert_eq!(
+            decide(
+                &t6,
+                gw6,
+                "fd00:30::99".parse().unwrap(),
+                "web",
+                RecordType::AAAA
+            ),
+            Decision::Refused
+        );
+        assert_eq!(t6.gateways().filter(IpAddr::is_ipv6).count(), 1);
     }
 }

@@ -6,7 +6,7 @@
 //!                                            server bound to IP answers from IP)
 //!   nettool call tcp|udp HOST PORT [--timeout-ms N]
 //!                                            print the server's answer (3 s timeout)
-//!   nettool sink PORT [--count N]            count each TCP client's bytes, answer "received=N"
+//!   nettool sink [IP:]PORT [--count N]       count each TCP client's bytes, answer "received=N"
 //!   nettool stream HOST PORT SECONDS         send for SECONDS, print "sent=N received=M"
 //!   nettool pong PORT [--count N]            answer each byte with one byte, one client at a time
 //!   nettool crr HOST PORT SECONDS            new connections/s against `pong`: connect,
@@ -86,7 +86,7 @@
 //!                                            `peer=IP:PORT echoed=BYTES` (3 s timeout)
 //!
 //!   nettool dnsserve IP:PORT NAME=IP...  a tiny upstream resolver (dns.rs)
-//!   nettool dnsask udp|tcp SERVER NAME     one A query to SERVER:53 (dns.rs)
+//!   nettool dnsask udp|tcp SERVER NAME [A|AAAA]  one query to SERVER:53 (dns.rs)
 //!
 //! `crr` and `rr` print one line: `count=N errors=E seconds=S rate=R p50_us=A p99_us=B`;
 //! `udpflood` prints `sent=N received=M seconds=S rate=R` (rate: received per second).
@@ -180,7 +180,8 @@ fn main() -> ExitCode {
         ["rawecho", proto, millis] => rawip::raw_echo(proto, millis),
         ["rawask", proto, ip] => rawip::raw_ask(proto, ip),
         ["dnsserve", addr, entries @ ..] => dns::serve(addr, entries),
-        ["dnsask", transport, server, name] => dns::ask(transport, server, name),
+        ["dnsask", transport, server, name] => dns::ask(transport, server, name, "A"),
+        ["dnsask", transport, server, name, qtype] => dns::ask(transport, server, name, qtype),
         _ => Err("usage: nettool serve tcp|udp [IP:]PORT [--count N] \
                   | call tcp|udp HOST PORT [--timeout-ms N] | count [IP:]PORT MILLIS \
                   | rawsend IFACE SRC_MAC DST_MAC SRC_IP DST_IP PORT COUNT [--truncated] \
@@ -188,13 +189,13 @@ fn main() -> ExitCode {
                   | probe tcp|udp|icmp HOST PORT [--timeout-ms N] \
                   | arpsend IFACE ETH_SRC SENDER_MAC SENDER_IP COUNT | rasend IFACE SRC_MAC COUNT \
                   | nasend IFACE SRC_MAC SRC_IP TARGET COUNT \
-                  | sink PORT [--count N] | stream HOST PORT SECONDS \
+                  | sink [IP:]PORT [--count N] | stream HOST PORT SECONDS \
                   | pong PORT [--count N] | crr HOST PORT SECONDS | rr HOST PORT SECONDS \
                   | udpsink PORT | udpflood HOST PORT SECONDS | udpask sendto|connect IP:PORT \
                   | dial v4|v6 tcp|udp|udpconnect IP PORT \
                   | udptick IP:PORT SPORT EVERY_MS COUNT | icmpwatch MILLIS \
                   | rawecho PROTO MILLIS | rawask PROTO IP \
-                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME"
+                  | dnsserve IP:PORT NAME=IP... | dnsask udp|tcp SERVER NAME [A|AAAA]"
             .into()),
     };
     match result {
@@ -306,7 +307,11 @@ const MAX_STREAM_SECONDS: u64 = 60;
 /// Reads each client to its end and answers with the byte count.
 fn sink(port: &str, rest: &[&str]) -> Result<(), String> {
     let count = parse_count(rest)?;
-    let addr = format!("0.0.0.0:{port}");
+    // `[::]:9000` for IPv6; a bare port listens on IPv4's every address.
+    let addr = match port.contains(':') {
+        true => port.to_owned(),
+        false => format!("0.0.0.0:{port}"),
+    };
     let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
     let mut clients = Vec::new();
     for stream in listener.incoming().take(count as usize) {

@@ -45,10 +45,11 @@ pub(super) fn ip_from_be(raw: u32) -> Ipv4Addr {
 }
 
 /// The PORTMAP key of a published port, as the programs build it from a
-/// packet (0 for any host address).
+/// packet (0 for any host address). The eBPF datapath has no IPv6
+/// networks, so no mapping on an IPv6 host address reaches it.
 pub(super) fn port_key(p: &PortMapping) -> PortKey {
     PortKey {
-        host_ip: p.host_ip.map(be_ip).unwrap_or(0),
+        host_ip: p.host_ip4().map(be_ip).unwrap_or(0),
         host_port: p.host_port.to_be(),
         proto: p.protocol.number(),
         _pad: 0,

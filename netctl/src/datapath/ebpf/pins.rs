@@ -19,7 +19,7 @@ use aya::{
 use netctl_common::{
     config::Config,
     conntrack::{CT_RECLAIM_RING_SPAN, CT_UNCONFIRMED_SLOTS},
-    layout::{self, Layout, DATAPATH_VERSION},
+    layout::{Layout, DATAPATH_VERSION},
     maps,
 };
 
@@ -84,6 +84,11 @@ pub fn fill_tail_calls(bpf: &mut aya::Ebpf) -> Result<()> {
 /// netctl-ebpf compiled for the bpf target by build.rs (aya-build).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netctl-ebpf"));
+
+/// `EBPF_OBJECT_FINGERPRINT`, computed by build.rs: the layout
+/// check every command makes reads it rather than hashing the object.
+pub const EBPF_OBJECT_FINGERPRINT: u64 =
+    include!(concat!(env!("OUT_DIR"), "/netctl-ebpf.fingerprint"));
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -228,10 +233,7 @@ impl Ebpf {
         self.write_config(&mut bpf, config)?;
         self.write_reclaim_span(&mut bpf, conntrack_max)?;
         self.attach_programs(&mut bpf, false)?;
-        upgrade::write_layout(
-            &self.pin_dir,
-            &Layout::current(layout::fingerprint(EBPF_OBJECT)),
-        )
+        upgrade::write_layout(&self.pin_dir, &Layout::current(EBPF_OBJECT_FINGERPRINT))
     }
 
     /// The object loaded against the pinned maps (each reused, or made and
@@ -458,10 +460,7 @@ impl Ebpf {
         for name in &plan.dropped {
             let _ = fs::remove_file(self.map_path(name));
         }
-        upgrade::write_layout(
-            &self.pin_dir,
-            &Layout::current(layout::fingerprint(EBPF_OBJECT)),
-        )?;
+        upgrade::write_layout(&self.pin_dir, &Layout::current(EBPF_OBJECT_FINGERPRINT))?;
         let from = plan.loaded.map_or("1 (no layout record)".to_owned(), |l| {
             l.datapath.to_string()
         });
@@ -603,5 +602,14 @@ mod tests {
         let mut declared = maps::ALL.to_vec();
         declared.sort_unstable();
         assert_eq!(in_object, declared);
+    }
+
+    /// build.rs hashed the very object this build embeds.
+    #[test]
+    fn the_fingerprint_is_the_objects() {
+        assert_eq!(
+            EBPF_OBJECT_FINGERPRINT,
+            netctl_common::layout::fingerprint(EBPF_OBJECT)
+        );
     }
 }

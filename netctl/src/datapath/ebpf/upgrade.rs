@@ -378,7 +378,7 @@ pub fn plan_for(pin_dir: &Path) -> Result<Option<Plan>> {
         return Ok(None);
     }
     let loaded = read_layout(pin_dir)?;
-    let object = layout::fingerprint(super::EBPF_OBJECT);
+    let object = super::pins::EBPF_OBJECT_FINGERPRINT;
     // This very build loaded it: same object, so the same maps (the common
     // case, and it spares every command parsing the object).
     if loaded == Some(Layout::current(object)) {
@@ -422,7 +422,7 @@ pub struct Versions {
 pub fn binary_versions() -> Versions {
     Versions {
         datapath: DATAPATH_VERSION,
-        object: Some(format!("{:016x}", layout::fingerprint(super::EBPF_OBJECT))),
+        object: Some(format!("{:016x}", super::pins::EBPF_OBJECT_FINGERPRINT)),
         maps: MAP_LAYOUTS
             .iter()
             .map(|(n, v)| ((*n).to_owned(), *v))

@@ -124,6 +124,8 @@ impl ArpRule {
 /// The table as nftables shows it.
 #[derive(Debug, Default)]
 pub(super) struct Listed {
+    /// Whether `table bridge netctl` is there at all.
+    pub table: bool,
     pub chain: bool,
     pub rules: Vec<ArpRule>,
 }
@@ -157,19 +159,13 @@ impl Nft {
         self.run(object, &["-f", "-"], script).map(drop)
     }
 
-    fn table_exists(&self) -> Result<bool> {
-        let tables = self.run("nftables: list tables", &["list", "tables", "bridge"], "")?;
-        let wanted = format!("table bridge {ARP_TABLE}");
-        Ok(tables.lines().any(|l| l.trim() == wanted))
-    }
-
-    /// The chain and its rules; nothing when the table is not there.
+    /// The chain and its rules; nothing when the table is not there. One
+    /// `nft` for both questions: the bridge family's ruleset, which lists
+    /// no table rather than failing when ours is absent (a listing of the
+    /// table alone fails then, and asking first cost a second process).
     pub fn listed(&self) -> Result<Listed> {
-        if !self.table_exists()? {
-            return Ok(Listed::default());
-        }
-        let object = format!("nftables: list table bridge {ARP_TABLE}");
-        let text = self.run(&object, &["-j", "list", "table", "bridge", ARP_TABLE], "")?;
+        let object = "nftables: list ruleset bridge";
+        let text = self.run(object, &["-j", "list", "ruleset", "bridge"], "")?;
         parse_listing(&text).map_err(|e| Error::system(object, e))
     }
 
@@ -178,7 +174,7 @@ impl Nft {
     }
 
     pub fn host_down(&self) -> Result<()> {
-        if !self.table_exists()? {
+        if !self.listed()?.table {
             return Ok(());
         }
         self.apply(
@@ -291,8 +287,9 @@ fn extra<'a>(rules: &'a [ArpRule], endpoints: &[&Endpoint]) -> Vec<&'a ArpRule> 
         .collect()
 }
 
-/// Reads `nft -j list table bridge netctl`: whether the chain is there, and
-/// its rules with their handle, comment and packet counter.
+/// Reads `nft -j list ruleset bridge`: whether our chain is there, and its
+/// rules with their handle, comment and packet counter (other tables' are
+/// not ours).
 fn parse_listing(text: &str) -> std::result::Result<Listed, String> {
     let json: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("unreadable nft -j output: {e}"))?;
@@ -301,11 +298,15 @@ fn parse_listing(text: &str) -> std::result::Result<Listed, String> {
         .ok_or("nft -j output without an nftables array")?;
     let mut listed = Listed::default();
     for item in items {
-        if item["chain"]["name"] == ARP_CHAIN {
+        if item["table"]["name"] == ARP_TABLE {
+            listed.table = true;
+        }
+        let chain = &item["chain"];
+        if chain["table"] == ARP_TABLE && chain["name"] == ARP_CHAIN {
             listed.chain = true;
         }
         let rule = &item["rule"];
-        if rule["chain"] != ARP_CHAIN {
+        if rule["table"] != ARP_TABLE || rule["chain"] != ARP_CHAIN {
             continue;
         }
         let handle = rule["handle"].as_u64().ok_or("a rule without a handle")?;
@@ -369,9 +370,13 @@ mod tests {
             {"chain": {"family": "bridge", "table": "netctl", "name": "antispoof", "handle": 1}},
             {"rule": {"family": "bridge", "table": "netctl", "chain": "antispoof", "handle": 3,
               "comment": "veth0 172.18.0.2 02:42:ac:12:00:02",
-              "expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 294}}, {"drop": null}]}}]}"#;
+              "expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 294}}, {"drop": null}]}},
+            {"table": {"family": "bridge", "name": "other", "handle": 2}},
+            {"chain": {"family": "bridge", "table": "other", "name": "antispoof", "handle": 1}},
+            {"rule": {"family": "bridge", "table": "other", "chain": "antispoof", "handle": 4,
+              "comment": "not ours", "expr": [{"drop": null}]}}]}"#;
         let listed = parse_listing(text).unwrap();
-        assert!(listed.chain);
+        assert!(listed.table && listed.chain);
         assert_eq!(
             listed.rules,
             [ArpRule {
@@ -387,5 +392,8 @@ mod tests {
         };
         assert_eq!(na.ip(), Some("fd00::2".parse().unwrap()));
         assert!(parse_listing("not json").is_err());
+        // A bridge family without our table.
+        let none = parse_listing(r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#).unwrap();
+        assert!(!none.table && !none.chain && none.rules.is_empty());
     }
 }

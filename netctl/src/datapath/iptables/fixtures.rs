@@ -35,7 +35,7 @@ pub fn port(
 ) -> PortMapping {
     PortMapping {
         protocol,
-        host_ip: host_ip.map(Ipv4Addr::from),
+        host_ip: host_ip.map(|ip| Ipv4Addr::from(ip).into()),
         host_port,
         container_ip: Ipv4Addr::from(container_ip),
         container_ip6: None,

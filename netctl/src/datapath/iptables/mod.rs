@@ -130,7 +130,12 @@ fn describe_ports(ports: &[PortMapping]) -> String {
     ports
         .iter()
         .map(|p| match p.host_ip.filter(|ip| !ip.is_unspecified()) {
-            Some(ip) => format!("{ip}:{}/{}", p.host_port, p.protocol),
+            Some(ip) => format!(
+                "{}:{}/{}",
+                crate::model::host_ip_text(ip),
+                p.host_port,
+                p.protocol
+            ),
             None => format!("{}/{}", p.host_port, p.protocol),
         })
         .collect::<Vec<_>>()

@@ -142,6 +142,8 @@ struct Spec {
     /// `! -s`: any source but `source`.
     source_negated: bool,
     destination: Option<IpNet>,
+    /// `! -d`: any destination but `destination`.
+    destination_negated: bool,
     /// (negated, interface)
     input: Option<(bool, String)>,
     output: Option<(bool, String)>,
@@ -199,6 +201,12 @@ impl Spec {
         self
     }
 
+    fn not_dst_host(mut self, ip: impl Into<IpAddr>) -> Spec {
+        self.destination = Some(IpNet::from(ip.into()));
+        self.destination_negated = true;
+        self
+    }
+
     fn in_(mut self, iface: &str) -> Spec {
         self.input = Some((false, iface.to_owned()));
         self
@@ -248,7 +256,8 @@ impl Spec {
             parts.push(format!("{not}-s {net}"));
         }
         if let Some(net) = self.destination {
-            parts.push(format!("-d {net}"));
+            let not = if self.destination_negated { "! " } else { "" };
+            parts.push(format!("{not}-d {net}"));
         }
         for (flag, iface) in [("-i", &self.input), ("-o", &self.output)] {
             if let Some((negated, name)) = iface {
@@ -470,17 +479,19 @@ fn antispoof_rules(ep: &Endpoint, ip: IpAddr) -> Vec<Rule> {
     ]
 }
 
-/// One DNAT rule per published port, as Docker does.
+/// One DNAT rule per published port, as Docker does (none for a port
+/// bound to one IPv6 address).
 pub fn port_rules(ports: &[PortMapping]) -> Vec<Rule> {
     ports
         .iter()
+        .filter(|p| p.is_ipv4())
         .map(|p| {
             let mut spec = Spec::jump(format!(
                 "DNAT --to-destination {}:{}",
                 p.container_ip, p.container_port
             ))
             .dport(p.protocol, p.host_port);
-            if let Some(ip) = p.host_ip.filter(|ip| !ip.is_unspecified()) {
+            if let Some(ip) = p.host_ip4() {
                 spec = spec.dst_host(ip);
             }
             Rule::append(Table::Nat, DNAT_CHAIN, spec)
@@ -488,19 +499,28 @@ pub fn port_rules(ports: &[PortMapping]) -> Vec<Rule> {
         .collect()
 }
 
-/// The ip6tables DNAT of the ports published on every host address of a
-/// dual-stack network: the host's IPv6 addresses forward to the endpoint's
-/// IPv6 address (ports bound to one IPv4 address have no IPv6 side).
+/// The ip6tables DNAT of the ports published on a dual-stack network, on
+/// every host address (the host's IPv6 addresses forward to the endpoint's
+/// IPv6 address) or on one IPv6 address (that one alone); ports bound to
+/// one IPv4 address have no IPv6 side. `::1` is left out of "every
+/// address" (as Docker does): the kernel never forwards it to a container
+/// (no route_localnet for IPv6), so a DNAT there would only swallow the
+/// host's own connections to `[::1]:PORT`; they reach the host's own
+/// sockets instead.
 pub fn port_rules6(ports: &[PortMapping]) -> Vec<Rule> {
     ports
         .iter()
         .filter_map(|p| {
             let ip6 = p.container_ip6?;
-            let spec = Spec::jump(format!(
+            let mut spec = Spec::jump(format!(
                 "DNAT --to-destination [{ip6}]:{}",
                 p.container_port
             ))
             .dport(p.protocol, p.host_port);
+            spec = match p.host_ip {
+                Some(ip @ IpAddr::V6(_)) => spec.dst_host(ip),
+                _ => spec.not_dst_host(std::net::Ipv6Addr::LOCALHOST),
+            };
             Some(Rule::append(Table::Nat, DNAT_CHAIN, spec))
         })
         .collect()
@@ -741,8 +761,26 @@ mod tests {
         ports[0].container_ip6 = Some("fd00:18::2".parse().unwrap());
         assert_eq!(
             saved_lines(&port_rules6(&ports)),
-            ["-A NETCTL-DNAT -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:18::2]:80"]
+            ["-A NETCTL-DNAT ! -d ::1/128 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:18::2]:80"]
         );
+        // A port on one IPv6 address: that address in ip6tables, nothing in
+        // iptables.
+        let v4_before = port_rules(&ports);
+        ports.push(PortMapping {
+            host_ip: Some("2001:db8::1".parse().unwrap()),
+            host_port: 8443,
+            container_ip6: Some("fd00:18::2".parse().unwrap()),
+            ..ports[0].clone()
+        });
+        assert_eq!(port_rules(&ports), v4_before);
+        assert_eq!(
+            saved_lines(&port_rules6(&ports)),
+            [
+                "-A NETCTL-DNAT ! -d ::1/128 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:18::2]:80",
+                "-A NETCTL-DNAT -d 2001:db8::1/128 -p tcp -m tcp --dport 8443 -j DNAT --to-destination [fd00:18::2]:80",
+            ]
+        );
+        assert!(describe_ports(&ports).ends_with(", [2001:db8::1]:8443/tcp"));
     }
 
     #[test]

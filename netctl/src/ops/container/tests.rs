@@ -422,7 +422,7 @@ fn a_dual_stack_run_gets_an_ipv6_address_and_ipv6_ports() {
     };
     state.networks.insert("dual".into(), dual);
     let hosts = HostPorts {
-        addresses: [Ipv4Addr::LOCALHOST].into(),
+        addresses: [std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)].into(),
         ..HostPorts::default()
     };
     let req = ContainerRun {

@@ -6,13 +6,15 @@
 //!                                         `listening on ...`, then `query NAME
 //!                                         from IP` per query (at most 10,000
 //!                                         queries, 10 minutes)
-//!   nettool dnsask udp|tcp SERVER NAME    one A query to SERVER:53, prints
+//!   nettool dnsask udp|tcp SERVER NAME [A|AAAA]
+//!                                         one query (A unless told) to
+//!                                         SERVER:53 (IPv4 or IPv6), prints
 //!                                         `rcode=CODE answers=IP,...` or
 //!                                         `timeout` (2 s)
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -78,17 +80,26 @@ pub fn serve(addr: &str, entries: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn ask(transport: &str, server: &str, name: &str) -> Result<(), String> {
-    let server: Ipv4Addr = server.parse().map_err(|_| format!("bad server {server}"))?;
+pub fn ask(transport: &str, server: &str, name: &str, qtype: &str) -> Result<(), String> {
+    let server: IpAddr = server.parse().map_err(|_| format!("bad server {server}"))?;
+    let qtype = match qtype {
+        "A" => RecordType::A,
+        "AAAA" => RecordType::AAAA,
+        other => return Err(format!("type {other}: A or AAAA")),
+    };
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| format!("name {name}: {e}"))?;
-    query.add_query(Query::query(fqdn, RecordType::A));
+    query.add_query(Query::query(fqdn, qtype));
     let bytes = query.to_vec().map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(2);
     let reply = match transport {
         "udp" => {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+            let any: IpAddr = match server {
+                IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            let socket = UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
             socket
                 .set_read_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
@@ -138,6 +149,7 @@ pub fn ask(transport: &str, server: &str, name: &str) -> Result<(), String> {
         .iter()
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(aaaa) => Some(aaaa.0.to_string()),
             _ => None,
         })
         .collect();
