@@ -4,9 +4,11 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Uplink interface (SNAT leaves and published ports arrive here).
+    /// The uplink when the datapath was loaded (its interface and IPv4
+    /// address, network order). No program reads them since datapath 3:
+    /// every host interface is in `HOST_IFACES` with its current address
+    /// (see `host`). Kept so that CONFIG keeps its layout.
     pub uplink_ifindex: u32,
-    /// Uplink IPv4 address, network order: the SNAT source.
     pub uplink_ip: u32,
     /// SNAT source ports, host order, inclusive.
     pub snat_port_min: u16,

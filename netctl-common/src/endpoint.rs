@@ -49,7 +49,8 @@ const _: () = assert!(core::mem::size_of::<NetworkInfo>() == 28);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkPrefix {
     pub network_id: u32,
-    /// `PREFIX_SUBNET` or `PREFIX_GATEWAY`.
+    /// `PREFIX_SUBNET`, `PREFIX_GATEWAY` or `PREFIX_HOST` (whose
+    /// `network_id` holds the interface's index instead: no network).
     pub kind: u32,
 }
 
@@ -59,6 +60,9 @@ const _: () = assert!(core::mem::size_of::<NetworkPrefix>() == 8);
 pub const PREFIX_SUBNET: u32 = 1;
 /// The network's gateway: a host address.
 pub const PREFIX_GATEWAY: u32 = 2;
+/// An address of one of the host's interfaces (a /32; see `host`): since
+/// datapath 3, written only by its controller once it runs the programs.
+pub const PREFIX_HOST: u32 = 3;
 
 /// One entry of `NETWORK_PREFIXES`: prefix length, address (network order,
 /// host bits cleared) and value.

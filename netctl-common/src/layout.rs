@@ -24,15 +24,25 @@ use crate::maps;
 /// contract with the controller. 1 was every datapath loaded before layouts
 /// were recorded (no `LAYOUT` pinned): a netctl that finds one treats each
 /// of its maps as layout version 1.
-pub const DATAPATH_VERSION: u32 = 2;
+///
+/// 3: the host's interfaces (`HOST_IFACES`, and host addresses as
+/// `PREFIX_HOST` entries of `NETWORK_PREFIXES`): SNAT to the address of the
+/// interface a packet leaves by (noted in `SNAT_SEARCH`'s `source`, which
+/// took what was padding), published ports on every host address, the
+/// uplink programs on every host interface.
+pub const DATAPATH_VERSION: u32 = 3;
 
 /// The layout version of each map of [`maps::ALL`].
-pub const MAP_LAYOUTS: [(&str, u32); 15] = [
+pub const MAP_LAYOUTS: [(&str, u32); 16] = [
     // A zero `_pad` of a version-1 CONFIG reads as "no skipped SNAT
     // range" in version 1's place: same layout.
     (maps::CONFIG, 1),
     (maps::ENDPOINTS, 1),
     (maps::NETWORKS, 1),
+    // Datapath 3 added the entry kind PREFIX_HOST; its layout is that of
+    // version 1, and only a controller of datapath 3, after taking the
+    // datapath over, writes such entries (an older one refuses a newer
+    // datapath), so no program that misreads them ever sees one.
     (maps::NETWORK_PREFIXES, 1),
     (maps::PORTMAP, 1),
     // 2: CtEntry grew from 48 to 56 bytes (sequence tracking) and the
@@ -49,6 +59,9 @@ pub const MAP_LAYOUTS: [(&str, u32); 15] = [
     // New with flow events: created by an upgrade from an older datapath.
     (maps::FLOW_EVENTS, 1),
     (maps::FLOW_LISTENER, 1),
+    // New in datapath 3 (created empty by an upgrade, then filled by the
+    // command's host sync).
+    (maps::HOST_IFACES, 1),
 ];
 
 /// The layout version of map `name`, if it is one of ours.

@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod endpoint;
 pub mod event;
 pub mod fragment;
+pub mod host;
 pub mod layout;
 pub mod portmap;
 pub mod sock;
@@ -40,13 +41,16 @@ pub mod maps {
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The host's interfaces that are not netctl's: ifindex → primary IPv4
+    /// address (see [`crate::host`]).
+    pub const HOST_IFACES: &str = "HOST_IFACES";
     /// Flow events for `netctl trace` (a ring buffer; see `event`).
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     /// The lease of whoever listens to `FLOW_EVENTS` (see `event`).
     pub const FLOW_LISTENER: &str = "FLOW_LISTENER";
 
     /// Every map of the object, all pinned by the controller.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         ENDPOINTS,
         NETWORKS,
@@ -62,6 +66,7 @@ pub mod maps {
         TAIL_CALLS,
         FLOW_EVENTS,
         FLOW_LISTENER,
+        HOST_IFACES,
     ];
 
     /// The program in `TAIL_CALLS` slot [`TAIL_ICMP_ERROR`]: a container's

@@ -122,6 +122,9 @@ stat_indexes! {
     /// Not a packet verdict: a flow event (`netctl trace`) the ring buffer
     /// had no room for, its reader being too slow. The bytes are 0.
     EventLost => "event_lost",
+    /// Drop: a container's new flow leaving by a host interface that has
+    /// no IPv4 address to translate it to (MASQUERADE drops it too).
+    DropNoHostAddress => "drop_no_host_address",
 }
 
 /// One counter slot: packets and bytes.

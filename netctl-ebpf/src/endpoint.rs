@@ -20,11 +20,11 @@
 //! the kernel would instead be dropped as a martian (its source would be a
 //! local address arriving on a veth).
 
-use aya_ebpf::{helpers::bpf_redirect_peer, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use netctl_common::{
     config::Config,
     conntrack::{CtEntry, CT_KIND_HAIRPIN},
-    endpoint::{EndpointInfo, NETWORK_FLAG_INTERNAL, PREFIX_GATEWAY},
+    endpoint::{EndpointInfo, NETWORK_FLAG_INTERNAL},
     fragment::FragEntry,
     maps::{TAIL_ENDPOINT_INGRESS, TAIL_ICMP_ERROR},
     portmap::PortTarget,
@@ -32,10 +32,12 @@ use netctl_common::{
 };
 
 use crate::{
-    config, conntrack,
+    conntrack,
     forward::{self, fib_route, network, peer_target, Route},
-    fragment, icmp_error,
-    maps::{ENDPOINTS, NETWORK_PREFIXES, TAIL_CALLS},
+    fragment,
+    host::{network_prefix, Prefix},
+    icmp_error,
+    maps::{ENDPOINTS, TAIL_CALLS},
     nat::{self, NewFlow},
     parse::{classify_not_ipv4, parse, ptr_at, skb_ifindex, NotIpv4, Packet, L4},
     stats::{count, pass},
@@ -89,7 +91,7 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     // either direction.
     if pkt.has_tuple() {
         if let Some(entry) = conntrack::lookup_packet(&pkt) {
-            return known_flow(ctx, &pkt, entry, cfg, bytes);
+            return known_flow(ctx, &pkt, entry, bytes);
         }
     }
 
@@ -117,13 +119,12 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         return Ok(pass(StatIndex::Pass, bytes));
     }
 
-    // The host addresses with published ports: the uplink address and the
-    // networks' gateways; any other address of another network's subnet is
-    // isolated.
+    // The host addresses with published ports: the addresses of the host's
+    // interfaces and the networks' gateways; any other address of another
+    // network's subnet is isolated.
     let host = own_gateway
-        || pkt.daddr == cfg.uplink_ip
         || match network_prefix(pkt.daddr) {
-            Prefix::Gateway => true,
+            Prefix::Gateway | Prefix::Host => true,
             Prefix::Subnet => return Err(StatIndex::DropIsolated),
             Prefix::None => false,
         };
@@ -135,19 +136,19 @@ pub fn try_endpoint_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
     }
     let route = fib_route(ctx, &pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if ifindex == cfg.uplink_ifindex =>
-        {
+        // Out of a host interface (fib_route checked it and noted its
+        // address in SNAT_SEARCH): SNAT to that address, as MASQUERADE does.
+        Route::Direct { .. } | Route::Neigh { .. } => {
             to_outside(ctx, &pkt, &ep, cfg, &route, bytes)
         }
         Route::TooBig => Ok(pass(StatIndex::MtuPass, bytes)),
         // Everything else is the kernel's, untranslated: another host
         // address, no route, unreachable, forwarding disabled, fragmentation
-        // needed, or a route through an interface other than the uplink
-        // (netctl translates for the uplink only: replies through another
-        // interface would not come back through uplink_ingress). What the
-        // kernel does route out of the uplink, uplink_egress translates.
-        _ => Ok(pass(StatIndex::FibPass, bytes)),
+        // needed, or an interface that is not a host interface with an
+        // address (fib_route). What the kernel routes out of a host
+        // interface, uplink_egress there translates (or drops,
+        // drop_no_host_address).
+        Route::Kernel => Ok(pass(StatIndex::FibPass, bytes)),
     }
 }
 
@@ -166,13 +167,13 @@ pub fn try_endpoint_icmp_error(ctx: &TcContext) -> Result<i32, StatIndex> {
         Err(reason) => return Ok(pass(reason, bytes)),
     };
     if pkt.l4 == L4::IcmpError {
-        if let Some(verdict) = icmp_error::from_container(ctx, &pkt, &config(), bytes)? {
+        if let Some(verdict) = icmp_error::from_container(ctx, &pkt, bytes)? {
             return Ok(verdict);
         }
     }
     if pkt.l4 == L4::Fragment {
         if let Some(frag) = fragment::lookup(&pkt) {
-            return known_fragment(ctx, &pkt, &frag, &config(), bytes);
+            return known_fragment(ctx, &pkt, &frag, bytes);
         }
     }
     icmp_error::mark_revisit(ctx);
@@ -262,38 +263,13 @@ fn same_network(
     Ok(pass(StatIndex::Pass, bytes))
 }
 
-/// What an address outside the own subnet is, from `NETWORK_PREFIXES`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Prefix {
-    None,
-    /// A network's gateway (a host address).
-    Gateway,
-    /// In a network's subnet (not its gateway).
-    Subnet,
-}
-
-/// One longest-prefix lookup: the gateways are /32 entries inside their
-/// subnets' entries, so the longest match tells a gateway from the rest of
-/// its subnet. (It replaced a bpf_for_each_map_elem walk of every bucket
-/// of NETWORKS, whose callback also shared the 512-byte stack.)
-#[inline(always)]
-fn network_prefix(addr: u32) -> Prefix {
-    let key = Key::new(32, addr);
-    match NETWORK_PREFIXES.get(&key) {
-        Some(prefix) if prefix.kind == PREFIX_GATEWAY => Prefix::Gateway,
-        Some(_) => Prefix::Subnet,
-        None => Prefix::None,
-    }
-}
-
 /// A packet of a tracked flow: rewrite with the entry, deliver into the
-/// entry's container or out of the uplink.
+/// entry's container or out of a host interface.
 #[inline(always)]
 fn known_flow(
     ctx: &TcContext,
     pkt: &Packet,
     entry_ptr: *mut CtEntry,
-    cfg: &Config,
     bytes: u32,
 ) -> Result<i32, StatIndex> {
     // SAFETY: a map value from conntrack::lookup, read in place: a 56-byte
@@ -313,9 +289,8 @@ fn known_flow(
     }
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if ifindex == cfg.uplink_ifindex =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             nat::translate(ctx, pkt, entry_ptr, entry, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
@@ -333,7 +308,6 @@ fn known_fragment(
     ctx: &TcContext,
     pkt: &Packet,
     frag: &FragEntry,
-    cfg: &Config,
     bytes: u32,
 ) -> Result<i32, StatIndex> {
     if pkt.ttl <= 1 {
@@ -346,9 +320,8 @@ fn known_fragment(
     }
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if ifindex == cfg.uplink_ifindex =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             fragment::apply(ctx, pkt, frag, bytes)?;
             forward::redirect_out(ctx, pkt, &route)
         }
@@ -430,7 +403,8 @@ fn hairpin(
     forward::redirect_peer(ctx, pkt, &peer)
 }
 
-/// A new flow to the outside, routed through the uplink: SNAT, then out.
+/// A new flow to the outside, routed through a host interface: SNAT to
+/// that interface's address (noted in SNAT_SEARCH by fib_route), then out.
 #[inline(always)]
 fn to_outside(
     ctx: &TcContext,

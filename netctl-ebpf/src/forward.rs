@@ -22,7 +22,7 @@ use netctl_common::{
 
 use crate::{
     csum,
-    maps::{ENDPOINTS, NETWORKS},
+    maps::{ENDPOINTS, HOST_IFACES, NETWORKS},
     parse::{skb_ifindex, Packet},
     stats::count,
 };
@@ -126,6 +126,17 @@ pub fn fib_route(ctx: &TcContext, pkt: &Packet) -> Route {
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Route::TooBig,
         _ => return Route::Kernel,
     };
+    // The fast path leaves only by a host interface with an address to
+    // translate to (HOST_IFACES), which a new flow is SNATed to
+    // (nat::set_snat_source); anything else (an interface without an address, say)
+    // is the kernel's. Keyed by the params' own ifindex: endpoint_ingress
+    // has no stack left for a copy (hence the borrow, not a value).
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let Some(source) = HOST_IFACES.get_ptr(&params.ifindex) else {
+        return Route::Kernel;
+    };
+    // SAFETY: a map value pointer from a successful lookup, read at once.
+    crate::nat::set_snat_source(unsafe { *source });
     // The egress MTU: bpf_fib_lookup checks it (tot_len 0: the skb
     // against the device) on SUCCESS only, and takes any GSO packet as
     // fitting; bpf_check_mtu with BPF_MTU_CHK_SEGS checks each GSO segment

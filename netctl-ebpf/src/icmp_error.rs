@@ -28,7 +28,6 @@
 
 use aya_ebpf::programs::TcContext;
 use netctl_common::{
-    config::Config,
     conntrack::{CtEntry, CtKey, CT_KIND_HOST},
     stats::StatIndex,
 };
@@ -314,12 +313,7 @@ pub fn from_outside(ctx: &TcContext, pkt: &Packet, bytes: u32) -> Result<i32, St
 /// address, anti-spoofed, is the key's source): it cannot reach another
 /// container's flow this way.
 #[inline(always)]
-pub fn from_container(
-    ctx: &TcContext,
-    pkt: &Packet,
-    cfg: &Config,
-    bytes: u32,
-) -> Result<Option<i32>, StatIndex> {
+pub fn from_container(ctx: &TcContext, pkt: &Packet, bytes: u32) -> Result<Option<i32>, StatIndex> {
     let Some((q, entry_ptr)) = quoted_flow(ctx, pkt) else {
         return Ok(None);
     };
@@ -337,13 +331,12 @@ pub fn from_container(
         translate(ctx, pkt, &q, &e, bytes)?;
         return forward::redirect_peer(ctx, pkt, &target).map(Some);
     }
-    // Out of the uplink: the route of the untranslated packet, as for the
+    // Out of a host interface: the route of the untranslated packet, as for the
     // flow's own packets (known_flow).
     let route = fib_route(ctx, pkt);
     match route {
-        Route::Direct { ifindex, .. } | Route::Neigh { ifindex, .. }
-            if ifindex == cfg.uplink_ifindex =>
-        {
+        // Out of a host interface (fib_route checked it).
+        Route::Direct { .. } | Route::Neigh { .. } => {
             translate(ctx, pkt, &q, &e, bytes)?;
             forward::redirect_out(ctx, pkt, &route).map(Some)
         }

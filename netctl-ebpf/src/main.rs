@@ -28,6 +28,7 @@ mod endpoint;
 mod events;
 mod forward;
 mod fragment;
+mod host;
 mod icmp_error;
 mod maps;
 mod nat;

@@ -22,6 +22,7 @@ use netctl_common::{
     endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix},
     event::FLOW_EVENTS_BYTES,
     fragment::{FragEntry, FragKey, FRAGMENTS_MAX},
+    host::HOST_IFACES_MAX,
     maps::TAIL_SLOTS,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -41,7 +42,8 @@ pub static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(4_096
 
 /// Each network's subnet and its gateway (a /32) → network id and kind:
 /// what a destination is, in one longest-prefix lookup (two entries per
-/// network of NETWORKS, kept in step by the controller).
+/// network of NETWORKS, kept in step by the controller); and each address
+/// of the host's interfaces (a /32 of kind `PREFIX_HOST`).
 #[map]
 pub static NETWORK_PREFIXES: LpmTrie<u32, NetworkPrefix> = LpmTrie::with_max_entries(8_192, 0);
 
@@ -99,3 +101,9 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 /// `netctl trace` wants events (0: nobody listens).
 #[map]
 pub static FLOW_LISTENER: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The host's interfaces that are not netctl's: ifindex → primary IPv4
+/// address (network order; see `netctl_common::host`). The address a new
+/// flow leaving by that interface is translated to.
+#[map]
+pub static HOST_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(HOST_IFACES_MAX, 0);

@@ -77,6 +77,19 @@ pub fn translate(
     Ok(())
 }
 
+/// Notes the address the packet under way is SNATed to (`source` in this
+/// CPU's `SNAT_SEARCH` slot), for the SNAT of [`masquerade`] ([`new_flow`]
+/// and `generic_snat` read it there): where the interface it leaves by is
+/// known (`forward::fib_route`, `uplink_egress`). Off the stack: carried
+/// down as an argument, or read into a local before the SNAT, it took
+/// endpoint_ingress past its 512 bytes.
+#[inline(always)]
+pub fn set_snat_source(ip: u32) {
+    if let Some(slot) = scratch() {
+        slot.source = ip;
+    }
+}
+
 /// SNAT of a container's new flow to the outside, shared by the fast path
 /// (endpoint_ingress) and the slow path (uplink_egress). `Ok(None)`: the
 /// packet is translated; `Ok(Some(verdict))`: passed untranslated. No
@@ -96,7 +109,7 @@ pub fn masquerade(
         if pkt.proto == PROTO_DCCP || pkt.proto == PROTO_UDPLITE {
             return Err(StatIndex::DropUntranslatable);
         }
-        let entry = generic_snat(pkt, cfg, client_ifindex, bytes)?;
+        let entry = generic_snat(pkt, client_ifindex, bytes)?;
         apply(ctx, pkt, entry)?;
     } else {
         // A later fragment with no FRAGMENTS entry (the callers look it up
@@ -189,11 +202,16 @@ fn flow_hash(k: &CtKey) -> u32 {
     h ^ (h >> 16)
 }
 
+/// `NewFlow::nat_ip` for the address [`set_snat_source`] noted (read from
+/// the scratch slot where it is, rather than carried on the stack).
+pub const NOTED_SOURCE: u32 = 0;
+
 /// A new flow whose source becomes `nat_ip:<allocated port>` and whose
 /// destination becomes `dst_ip:dst_port` (unchanged for SNAT; the target
 /// container for hairpin).
 pub struct NewFlow {
     pub kind: u8,
+    /// [`NOTED_SOURCE`]: the address [`set_snat_source`] noted.
     pub nat_ip: u32,
     pub dst_ip: u32,
     pub dst_port: u16,
@@ -285,11 +303,19 @@ pub struct PortSearch {
     syn: u32,
     /// The port found (host order), 0 while none.
     found: u32,
+    /// The address the packet under way is SNATed to ([`set_snat_source`]),
+    /// read before the search starts. It took what was padding before
+    /// `reply` (8-aligned), so `SNAT_SEARCH` keeps its layout: its old
+    /// programs never read it.
+    pub source: u32,
     /// The new flow's entries, built here rather than on the stack (the
     /// same 512 bytes).
     pub reply: CtEntry,
     pub original: CtEntry,
 }
+
+// SNAT_SEARCH's value, layout version 1 (`source` fills the padding).
+const _: () = assert!(core::mem::size_of::<PortSearch>() == 176);
 
 /// This CPU's `SNAT_SEARCH` slot, as scratch room for building a new
 /// flow's keys and entries off the stack (the port search, generic and
@@ -384,17 +410,25 @@ pub fn new_flow<'a>(
         .ok_or(StatIndex::DropSnatExhausted)?;
     // SAFETY: this CPU's slot of a per-CPU array.
     let search = unsafe { &mut *search };
+    let nat_ip = match flow.nat_ip {
+        NOTED_SOURCE => search.source,
+        ip => ip,
+    };
+    // Leaving by an interface without an address: nothing to give it.
+    if nat_ip == 0 {
+        return Err(StatIndex::DropNoHostAddress);
+    }
     *search = PortSearch {
         reply_key: CtKey {
             saddr: flow.dst_ip,
-            daddr: flow.nat_ip,
+            daddr: nat_ip,
             sport: flow.dst_port,
             dport: 0,
             proto: pkt.proto,
             _pad: [0; 3],
         },
         port_key: PortKey {
-            host_ip: flow.nat_ip,
+            host_ip: nat_ip,
             host_port: 0,
             proto: pkt.proto,
             _pad: 0,
@@ -405,6 +439,7 @@ pub fn new_flow<'a>(
         icmp: u32::from(icmp),
         syn: u32::from(pkt.proto == PROTO_TCP && state == CT_STATE_SYN_SENT),
         found: 0,
+        source: search.source,
         reply: conntrack::entry(
             (pkt.daddr, pkt.dport),
             (pkt.saddr, pkt.sport),
@@ -415,7 +450,7 @@ pub fn new_flow<'a>(
             bytes,
         ),
         original: conntrack::entry(
-            (flow.nat_ip, 0),
+            (nat_ip, 0),
             (flow.dst_ip, flow.dst_port),
             flow.kind,
             CT_DIR_ORIGINAL,
@@ -460,7 +495,8 @@ pub fn new_flow<'a>(
     Ok(&search.original)
 }
 
-/// SNAT of a container's new flow to the uplink address.
+/// SNAT of a container's new flow to `nat_ip`, the address of the host
+/// interface it leaves by.
 #[inline(always)]
 fn snat<'a>(
     pkt: &Packet,
@@ -473,7 +509,7 @@ fn snat<'a>(
         cfg,
         &NewFlow {
             kind: CT_KIND_SNAT,
-            nat_ip: cfg.uplink_ip,
+            nat_ip: NOTED_SOURCE,
             dst_ip: pkt.daddr,
             dst_port: pkt.dport,
             out_ifindex: 0,
@@ -484,7 +520,7 @@ fn snat<'a>(
 }
 
 /// SNAT of a new flow of a protocol without ports (GRE, ESP, SCTP, ICMP
-/// other than echo...): the source address becomes the uplink's, nothing
+/// other than echo...): the source address becomes `nat_ip`, nothing
 /// else changes, and the flow is keyed by addresses and protocol (ports 0),
 /// as MASQUERADE does for protocols without a NAT module of their own.
 /// Replies from the server in that protocol go back to the container.
@@ -498,13 +534,9 @@ fn snat<'a>(
 #[inline(always)]
 fn generic_snat<'a>(
     pkt: &Packet,
-    cfg: &Config,
     client_ifindex: u32,
     bytes: u32,
 ) -> Result<&'a CtEntry, StatIndex> {
-    if cfg.uplink_ip == 0 {
-        return Err(StatIndex::DropUntranslatable);
-    }
     // The keys and entries are built in this CPU's SNAT_SEARCH slot, as
     // new_flow's are: endpoint_ingress has no stack left for two more
     // entries.
@@ -513,9 +545,14 @@ fn generic_snat<'a>(
         .ok_or(StatIndex::DropUntranslatable)?;
     // SAFETY: this CPU's slot of a per-CPU array.
     let s = unsafe { &mut *search };
+    // The address of the host interface it leaves by, noted by the caller.
+    let nat_ip = s.source;
+    if nat_ip == 0 {
+        return Err(StatIndex::DropNoHostAddress);
+    }
     s.reply_key = CtKey {
         saddr: pkt.daddr,
-        daddr: cfg.uplink_ip,
+        daddr: nat_ip,
         sport: 0,
         dport: 0,
         proto: pkt.proto,
@@ -541,7 +578,7 @@ fn generic_snat<'a>(
         }
     }
     s.original = conntrack::entry(
-        (cfg.uplink_ip, 0),
+        (nat_ip, 0),
         (pkt.daddr, 0),
         CT_KIND_SNAT,
         CT_DIR_ORIGINAL,

@@ -13,7 +13,9 @@
 //!    address (`-p 127.0.0.1:8080:80`, `-p 198.51.100.1:8080:80`);
 //! 2. `PORTMAP[(0, dst port, proto)]` (`-p 8080:80`), only when the
 //!    destination is an address of the host: 127.0.0.0/8, 0.0.0.0 (Linux
-//!    connects that to the host itself) or `Config::uplink_ip`.
+//!    connects that to the host itself) or an address of the host in
+//!    `NETWORK_PREFIXES` (an interface's: the uplink's, a LAN's...; or a
+//!    network's gateway), as `--dst-type LOCAL` takes them.
 //!
 //! Why 127.0.0.1 works without `route_localnet` or a proxy: nothing is
 //! translated per packet. connect() itself is redirected, so the kernel
@@ -194,15 +196,15 @@ fn host_config(ctx: &SockAddrContext) -> Option<Config> {
 /// `ip` (network order) is an address the host answers on for ports
 /// published on every address.
 #[inline(always)]
-fn is_host_local(ip: u32, uplink_ip: u32) -> bool {
+fn is_host_local(ip: u32) -> bool {
     // The first octet is the first byte in memory.
     let first_octet = ip.to_ne_bytes()[0];
-    ip == 0 || first_octet == 127 || (uplink_ip != 0 && ip == uplink_ip)
+    ip == 0 || first_octet == 127 || crate::host::network_prefix(ip).is_host()
 }
 
 /// The published port behind `ip:port` (network order), if any.
 #[inline(always)]
-fn published(ip: u32, port: u16, proto: u8, uplink_ip: u32) -> Option<PortTarget> {
+fn published(ip: u32, port: u16, proto: u8) -> Option<PortTarget> {
     let mut key = PortKey {
         host_ip: ip,
         host_port: port,
@@ -213,7 +215,7 @@ fn published(ip: u32, port: u16, proto: u8, uplink_ip: u32) -> Option<PortTarget
         // SAFETY: a value pointer from a successful lookup; copied at once.
         return Some(unsafe { *target });
     }
-    if !is_host_local(ip, uplink_ip) {
+    if !is_host_local(ip) {
         return None;
     }
     key.host_ip = 0;
@@ -235,13 +237,13 @@ fn translate(ctx: &SockAddrContext, family: Family) {
     let Some(dst_ip) = read_ip(ctx, family) else {
         return;
     };
-    let Some(config) = host_config(ctx) else {
+    if host_config(ctx).is_none() {
         return;
-    };
+    }
     // user_port holds the port in network order in its low 16 bits (the first
     // two bytes in memory), as PortKey does.
     let dst_port = dst_port as u16;
-    let Some(target) = published(dst_ip, dst_port, proto as u8, config.uplink_ip) else {
+    let Some(target) = published(dst_ip, dst_port, proto as u8) else {
         return;
     };
     let key = SockRevKey {

@@ -1,4 +1,6 @@
-//! The uplink's two hooks.
+//! The two hooks of every host interface (the uplink, a second LAN
+//! interface, a VPN...: every link of the host namespace that is not
+//! netctl's, see `netctl_common::host`).
 //!
 //! `uplink_ingress`: replies of SNAT flows and connections to published
 //! ports, translated and sent straight into the container (fast path);
@@ -25,10 +27,10 @@ use netctl_common::{
 use crate::{
     config, conntrack,
     forward::{self, network, peer_target},
-    fragment, icmp_error,
+    fragment, host, icmp_error,
     maps::ENDPOINTS,
     nat,
-    parse::{parse, Packet, L4},
+    parse::{parse, skb_ifindex, Packet, L4},
     stats::{count, pass},
     TC_OK,
 };
@@ -42,11 +44,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, StatIndex> {
         Ok(pkt) => pkt,
         Err(reason) => return Ok(pass(reason, bytes)),
     };
-    let cfg = config();
-
-    if cfg.uplink_ip == 0 || pkt.daddr != cfg.uplink_ip {
-        // The outside must not reach containers directly, only through
-        // published ports (truncated or not).
+    // Addressed to the host (any address of its interfaces, or a network's
+    // gateway), or not ours at all.
+    if !host::network_prefix(pkt.daddr).is_host() {
+        // The outside, on any host interface, must not reach containers
+        // directly, only through published ports (truncated or not).
         if ENDPOINTS.get_ptr(pkt.daddr).is_some() {
             return Err(StatIndex::DropUnsolicited);
         }
@@ -180,7 +182,11 @@ pub fn try_uplink_egress(ctx: &TcContext) -> Result<i32, StatIndex> {
     if net.flags & NETWORK_FLAG_INTERNAL != 0 {
         return Err(StatIndex::DropInternal);
     }
-    // The kernel already routed it (MACs, TTL): translate and let it go.
+    // The kernel already routed it (MACs, TTL): translate to this
+    // interface's address and let it go. An interface without one has no
+    // address to give: dropped rather than sent with the container's.
+    let source = host::iface_address(&skb_ifindex(ctx)).ok_or(StatIndex::DropNoHostAddress)?;
+    nat::set_snat_source(*source);
     Ok(nat::masquerade(ctx, &pkt, &cfg, ep.ifindex, bytes)?.unwrap_or(TC_OK))
 }
 

@@ -98,6 +98,11 @@ pub enum Command {
         #[arg(long)]
         fix: bool,
     },
+    /// Keep the datapath following the host's interfaces and addresses
+    /// (DHCP, VPNs, a second LAN) until SIGINT or SIGTERM: a re-sync on
+    /// every netlink link or address change. Commands re-read them anyway;
+    /// this is for hosts whose addresses change between commands.
+    Watch,
     /// Remove everything netctl made on this host.
     Down,
     /// This netctl's version and its datapath's (datapath version, object
@@ -401,8 +406,21 @@ async fn dispatch(cli: Cli, config: HostConfig) -> Result<()> {
             }
             Ok(())
         }
-        Command::Doctor { fix } => doctor(Host::open(config).await?, fix, format).await,
-        Command::Down => Host::open(config).await?.down().await,
+        // Opened without following the host's interfaces: doctor audits
+        // the datapath's view of them (`--fix` repairs it), down removes it.
+        Command::Doctor { fix } => {
+            doctor(Host::open_without_sync(config).await?, fix, format).await
+        }
+        Command::Down => Host::open_without_sync(config).await?.down().await,
+        Command::Watch => {
+            ops::watch(
+                &config,
+                // Scripts and tests wait for this line.
+                || println!("watching"),
+                |change| println!("{change}"),
+            )
+            .await
+        }
         Command::Version => version(&Host::open(config).await?, format),
         Command::Resolver => resolver::server::run(&config).await,
         Command::Conntrack(cmd) => conntrack(&Host::open(config).await?, cmd, format),

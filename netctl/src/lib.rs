@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod docker;
 pub mod error;
 pub mod failpoint;
+pub mod host_ifaces;
 pub mod hosts;
 pub mod ipam;
 pub mod ipam6;

@@ -15,6 +15,23 @@ pub fn nettool() -> String {
     nettool_bin().display().to_string()
 }
 
+/// The lines `read` gives, on a channel fed by a thread of their own (a
+/// child's stdout or stderr, read while the test goes on).
+pub fn line_channel(
+    read: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(read).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// The client address a `nettool serve` answer (`peer=IP:PORT`) reports.
 pub fn peer_ip(reply: &str) -> Ipv4Addr {
     reply

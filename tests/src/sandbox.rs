@@ -38,6 +38,12 @@ pub const HOST_UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0
 pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 pub const UPLINK: &str = "uplink0";
 const WAN: &str = "wan0";
+/// A second host interface ([`Sandbox::add_lan`]) and its peer, in a "LAN"
+/// namespace on another TEST-NET range.
+pub const HOST_LAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const LAN: &str = "lan0";
+const LAN_PEER: &str = "lan1";
 
 pub struct Sandbox {
     pub prefix: String,
@@ -152,6 +158,74 @@ impl Sandbox {
             }
             host.add_default_route(OUTSIDE_IP).await
         })
+    }
+
+    /// The "LAN" namespace's name (made by [`Sandbox::add_lan`]).
+    pub fn lan_netns(&self) -> String {
+        format!("{}-lan", self.prefix)
+    }
+
+    /// Gives the host a second interface, `lan0` ([`HOST_LAN_IP`]/24), to a
+    /// "LAN" namespace (`lan1`, [`LAN_IP`]/24) with no route beyond its
+    /// own subnet. Removed with the sandbox (its namespace carries the
+    /// prefix). Returns the LAN namespace's name.
+    pub fn add_lan(&self) -> String {
+        let lan = self.lan_netns();
+        let built: netctl::error::Result<()> = (|| {
+            netns::create(&lan)?;
+            runtime().block_on(async {
+                let host = Netlink::connect_in(&self.host_netns)?;
+                let other = Netlink::connect_in(&lan)?;
+                host.add_veth(LAN, LAN_PEER).await?;
+                let peer = host.index(LAN_PEER).await?;
+                host.move_to_netns(peer, &netns::open(&lan)?, &lan).await?;
+                let lo = other.index("lo").await?;
+                other.set_up(lo).await?;
+                for (nl, ifname, ip) in [(&host, LAN, HOST_LAN_IP), (&other, LAN_PEER, LAN_IP)] {
+                    let index = nl.index(ifname).await?;
+                    nl.add_address(index, ip, 24).await?;
+                    nl.set_up(index).await?;
+                }
+                Ok(())
+            })
+        })();
+        built.unwrap_or_else(|e| panic!("sandbox {}: LAN: {e}", self.prefix));
+        lan
+    }
+
+    /// In namespace `netns_name`: a route to `destination/prefix` via
+    /// `gateway` (the LAN reaching the containers' subnet by the host).
+    pub fn add_route_in(
+        &self,
+        netns_name: &str,
+        destination: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) {
+        runtime()
+            .block_on(async {
+                Netlink::connect_in(netns_name)?
+                    .add_route(destination, prefix, gateway)
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("route in {netns_name}: {e}"));
+    }
+
+    /// Renumbers the host's uplink while everything runs, as a DHCP client
+    /// would: [`HOST_UPLINK_IP`] removed (which takes the default route with
+    /// it), `new`/24 added, the default route put back. (Added first, `new`
+    /// would be a secondary address of the same subnet, removed with the
+    /// primary unless `promote_secondaries` is set.)
+    pub fn renumber_uplink(&self, new: Ipv4Addr) {
+        runtime()
+            .block_on(async {
+                let host = Netlink::connect_in(&self.host_netns)?;
+                let index = host.index(UPLINK).await?;
+                host.delete_address(index, HOST_UPLINK_IP, 24).await?;
+                host.add_address(index, new, 24).await?;
+                host.add_default_route(OUTSIDE_IP).await
+            })
+            .unwrap_or_else(|e| panic!("renumbering {UPLINK}: {e}"));
     }
 
     fn command(&self, args: &[&str]) -> Command {

@@ -44,8 +44,9 @@ use aya::{
 use netctl::{datapath::ebpf::EBPF_OBJECT, netlink::Netlink};
 use netctl_common::{
     config::Config,
-    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL},
+    endpoint::{EndpointInfo, NetworkInfo, NetworkPrefix, NETWORK_FLAG_INTERNAL, PREFIX_HOST},
     event::{FlowEvent, LEASE_NS},
+    maps,
     portmap::{PortKey, PortTarget},
     stats::{Counter, StatIndex, STAT_COUNT, STAT_NAMES},
 };
@@ -255,6 +256,42 @@ impl Env {
         let mut map: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut("CONFIG").expect("CONFIG")).expect("CONFIG");
         map.set(0, config, 0).expect("CONFIG[0]");
+        // The uplink, as the controller's host sync writes it.
+        self.host_iface(self.uplink, UPLINK_IP);
+    }
+
+    /// Interface `ifindex` as a host interface with address `ip`, as the
+    /// controller's host sync writes it: its primary address in
+    /// HOST_IFACES (what SNAT leaving by it gives), `ip` a `PREFIX_HOST`
+    /// entry of NETWORK_PREFIXES.
+    pub fn host_iface(&mut self, ifindex: u32, ip: Ipv4Addr) {
+        self.hash::<u32, u32>(maps::HOST_IFACES)
+            .insert(ifindex, be_ip(ip), 0)
+            .expect("HOST_IFACES");
+        let host = NetworkPrefix {
+            network_id: ifindex,
+            kind: PREFIX_HOST,
+        };
+        self.prefixes()
+            .insert(&Key::new(32, be_ip(ip)), host, 0)
+            .expect("NETWORK_PREFIXES");
+    }
+
+    /// Forgets host interface `ifindex`'s address in HOST_IFACES (an
+    /// interface without one).
+    pub fn forget_host_iface(&mut self, ifindex: u32) {
+        self.hash::<u32, u32>(maps::HOST_IFACES)
+            .remove(&ifindex)
+            .expect("HOST_IFACES");
+    }
+
+    fn prefixes(&mut self) -> LpmTrie<&mut MapData, u32, NetworkPrefix> {
+        LpmTrie::try_from(
+            self.ebpf
+                .map_mut(maps::NETWORK_PREFIXES)
+                .expect("NETWORK_PREFIXES"),
+        )
+        .expect("NETWORK_PREFIXES")
     }
 
     pub fn populate(&mut self, opts: Opts) {
@@ -324,12 +361,7 @@ impl Env {
         self.hash::<u32, NetworkInfo>("NETWORKS")
             .insert(id, info, 0)
             .expect("NETWORKS");
-        let mut prefixes: LpmTrie<&mut MapData, u32, NetworkPrefix> = LpmTrie::try_from(
-            self.ebpf
-                .map_mut("NETWORK_PREFIXES")
-                .expect("NETWORK_PREFIXES"),
-        )
-        .expect("NETWORK_PREFIXES");
+        let mut prefixes = self.prefixes();
         for (len, addr, value) in info.prefixes(id) {
             prefixes
                 .insert(&Key::new(len, addr), value, 0)

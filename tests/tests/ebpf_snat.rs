@@ -586,18 +586,66 @@ fn uplink_egress_leaves_host_traffic_alone_and_checks_container_traffic() {
 #[test]
 fn a_route_through_another_interface_is_the_kernels() {
     in_netns(Opts::default(), |env| {
-        // 192.0.2.0/24 is routed through wan0, not the uplink: netctl does
-        // not translate there (replies would not come back through
-        // uplink_ingress), the kernel decides.
+        // 192.0.2.0/24 is routed through wan0, which the datapath does not
+        // know as a host interface (no HOST_IFACES entry: no address to
+        // translate to): the kernel decides.
         ip_cmd(&["route", "add", "192.0.2.0/24", "dev", "wan0"]);
         let syn = Frame::from(A1, Ipv4Addr::new(192, 0, 2, 5), tcp(33000, 443, SYN)).bytes();
         assert_verdict(env.endpoint(A1, &syn), TC_ACT_OK, &syn);
-        // A host address that is neither the uplink's nor a gateway: the
-        // host's (no hairpin there, although 8080 is published on 0.0.0.0).
+        // An address the datapath does not know as the host's: the host's
+        // (no hairpin there, although 8080 is published on 0.0.0.0).
         ip_cmd(&["address", "add", "192.0.2.1/24", "dev", "wan0"]);
         let host = Frame::from(A1, Ipv4Addr::new(192, 0, 2, 1), tcp(33000, 8080, SYN)).bytes();
         assert_verdict(env.endpoint(A1, &host), TC_ACT_OK, &host);
         env.assert_stats(&[(StatIndex::FibPass, 2)]);
         assert!(env.conntrack().is_empty());
+    });
+}
+
+#[test]
+fn a_route_through_another_host_interface_leaves_with_its_address() {
+    in_netns(Opts::default(), |env| {
+        // wan0 as a second host interface (a LAN), 192.0.2.1/24, known to
+        // the datapath as the controller's host sync writes it.
+        let lan_host = Ipv4Addr::new(192, 0, 2, 1);
+        ip_cmd(&["address", "add", "192.0.2.1/24", "dev", "wan0"]);
+        let wan0 = nix::net::if_::if_nametoindex("wan0").expect("wan0");
+        env.host_iface(wan0, lan_host);
+        // A new flow routed out of wan0 leaves with wan0's address.
+        let syn = Frame::from(A1, Ipv4Addr::new(192, 0, 2, 5), tcp(33000, 443, SYN));
+        let (verdict, out) = env.endpoint(A1, &syn.bytes());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "out of wan0");
+        let port = view(&out).sport;
+        assert_frame(
+            &out,
+            &with(&syn, |f| {
+                f.src = lan_host;
+                f.l4 = tcp(port, 443, SYN);
+                f.ttl = 63;
+            }),
+        );
+        // wan0's address is a host address: a port published on 0.0.0.0
+        // answers there (hairpin from a container).
+        let published = Frame::from(A1, lan_host, tcp(33001, 8080, SYN)).bytes();
+        let (verdict, _) = env.endpoint(A1, &published);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "hairpin to the published port");
+        // An interface without an address (its HOST_IFACES entry gone): a
+        // container's new flow the kernel routed out of it is dropped,
+        // never sent with the container's address.
+        env.forget_host_iface(env.uplink);
+        let routed = with(&Frame::from(A1, REMOTE, tcp(33002, 443, SYN)), |f| {
+            f.src_mac = UPLINK_MAC;
+            f.dst_mac = WAN_GW_MAC;
+            f.ttl = 63;
+        })
+        .bytes();
+        assert_verdict(env.uplink_out(&routed), TC_ACT_SHOT, &routed);
+        env.assert_stats(&[
+            (StatIndex::Snat, 1),
+            (StatIndex::RedirectUplink, 1),
+            (StatIndex::Hairpin, 1),
+            (StatIndex::RedirectPeer, 1),
+            (StatIndex::DropNoHostAddress, 1),
+        ]);
     });
 }

@@ -31,7 +31,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, PerCpuArray,
+    },
     programs::{CgroupAttachMode, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
@@ -41,6 +44,7 @@ use netctl::{
 };
 use netctl_common::{
     config::Config,
+    endpoint::{NetworkPrefix, PREFIX_HOST},
     maps,
     portmap::{PortKey, PortTarget},
     sock::{SockRevKey, SockRevValue},
@@ -304,11 +308,23 @@ fn configure(ebpf: &mut Ebpf, host_netns_cookie: u64) {
     let mut config: Array<_, Config> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).expect("CONFIG")).expect("an array");
     let value = Config {
-        uplink_ip: net_ip(HOST_IP),
         host_netns_cookie,
         ..Config::default()
     };
     config.set(0, value, 0).expect("set CONFIG");
+    // The host's address, as the controller's host sync writes it.
+    let mut prefixes: LpmTrie<_, u32, NetworkPrefix> = LpmTrie::try_from(
+        ebpf.map_mut(maps::NETWORK_PREFIXES)
+            .expect("NETWORK_PREFIXES"),
+    )
+    .expect("an LPM trie");
+    let host = NetworkPrefix {
+        network_id: 1,
+        kind: PREFIX_HOST,
+    };
+    prefixes
+        .insert(&Key::new(32, net_ip(HOST_IP)), host, 0)
+        .expect("set NETWORK_PREFIXES");
 }
 
 /// STATS[sock_translated], summed over CPUs.

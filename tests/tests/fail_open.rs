@@ -8,15 +8,16 @@
 //! set with a forged source and one with its own: none may arrive.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     process::{Child, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
 use netctl::{failpoint, model::Mac};
-use netctl_tests::sandbox::{nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP};
+use netctl_tests::{
+    output::line_channel,
+    sandbox::{nettool_bin, Sandbox, HOST_UPLINK_IP, OUTSIDE_IP},
+};
 
 netctl_tests::on_both_datapaths!(
     a_new_link_carries_nothing_before_its_datapath,
@@ -42,13 +43,7 @@ fn paused_at(sb: &Sandbox, point: &str, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn netctl");
-    let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(child.stderr.take().expect("piped"));
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_secs(20)) {

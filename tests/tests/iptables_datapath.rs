@@ -42,6 +42,7 @@ fn host() -> HostInfo {
     HostInfo {
         config: HostConfig::new(None, Some(dir), None, None),
         uplink: None,
+        interfaces: Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod iptables;
 
 use std::net::Ipv4Addr;
 
+pub use crate::host_ifaces::HostIface;
 use crate::{
     config::HostConfig,
     error::Result,
@@ -38,8 +39,12 @@ impl Drift {
 #[derive(Clone, Debug)]
 pub struct HostInfo {
     pub config: HostConfig,
-    /// Uplink interface and its primary IPv4 address (SNAT source).
+    /// Uplink interface and its primary IPv4 address (the default route's,
+    /// or `--uplink`): the eBPF datapath needs one to load.
     pub uplink: Option<Uplink>,
+    /// Every interface of the host that is not netctl's, with its
+    /// addresses as the kernel has them now (see `host_ifaces`).
+    pub interfaces: Vec<HostIface>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +70,15 @@ pub trait Datapath {
     /// Removes everything the datapath made on the host; keeps going past
     /// errors and reports all of them.
     fn host_down(&self) -> Result<()>;
+    /// Makes the datapath follow the host's interfaces and addresses as
+    /// `HostInfo::interfaces` has them (read just before): every command
+    /// that opens an up datapath calls it, and `netctl watch` on every
+    /// netlink change. Returns what it changed, one line each. The
+    /// iptables datapath has nothing to follow: MASQUERADE and
+    /// `--dst-type LOCAL` read the host's addresses per packet.
+    fn sync_host(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// `bridge_ifindex` is the index topology gave the network's bridge.
     fn network_up(&self, net: &Network, bridge_ifindex: u32) -> Result<()>;

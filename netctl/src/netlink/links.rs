@@ -17,6 +17,7 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     /// Index of the bridge it is enslaved to.
     pub master: Option<u32>,
+    pub loopback: bool,
 }
 
 impl LinkInfo {
@@ -27,6 +28,7 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             mac: None,
             master: None,
+            loopback: msg.header.flags.contains(LinkFlags::Loopback),
         };
         for attr in &msg.attributes {
             match attr {

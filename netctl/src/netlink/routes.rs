@@ -13,13 +13,24 @@ use crate::error::Result;
 impl Netlink {
     /// `default via GATEWAY`; present already is not an error.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.add_route(Ipv4Addr::UNSPECIFIED, 0, gateway).await
+    }
+
+    /// `DESTINATION/PREFIX via GATEWAY`; present already is not an error.
+    pub async fn add_route(
+        &self,
+        destination: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, prefix)
             .gateway(gateway)
             .build();
         match self.handle.route().add(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(self.error(format!("default route via {gateway}"), e)),
+            Err(e) => Err(self.error(format!("route {destination}/{prefix} via {gateway}"), e)),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::{
     config::HostConfig,
     datapath::{self, Datapath, HostInfo, Uplink},
     error::{Error, Result},
-    failpoint, hosts,
+    failpoint, host_ifaces, hosts,
     journal::{EndpointRef, Journal, Undo},
     model::{DatapathKind, Network, NetworkMode},
     netlink::Netlink,
@@ -37,6 +37,7 @@ mod ebpf;
 mod metrics;
 mod naming;
 mod network;
+mod watch;
 
 pub use container::{
     lookup_container, plan_container, ContainerPlan, ContainerRun, Networking, Step,
@@ -45,6 +46,7 @@ pub use container::{
 pub use doctor::Finding;
 pub use metrics::{metrics_text, serve_metrics};
 pub use network::{plan_network, NetworkCreate, NetworkView};
+pub use watch::watch;
 
 /// The datapath a new host gets when `--datapath` is not given.
 pub const DEFAULT_DATAPATH: DatapathKind = DatapathKind::Ebpf;
@@ -100,6 +102,21 @@ impl Host {
     /// interrupted netctl left in the journal. The calling thread must be in
     /// the host namespace already (main enters it at start-up).
     pub async fn open(config: HostConfig) -> Result<Self> {
+        let host = Self::open_without_sync(config).await?;
+        // Every command re-reads the host's interfaces and addresses: the
+        // datapath follows a renumbered interface from the next command on,
+        // whatever the command. Not fatal: the command's own work does not
+        // depend on it, and `doctor` reports what stays stale.
+        if let Err(e) = host.follow_host_interfaces().await {
+            eprintln!("netctl: {e}");
+        }
+        Ok(host)
+    }
+
+    /// [`Host::open`] without the datapath following the host's interfaces:
+    /// for `doctor` (which reports a stale view; `--fix` repairs it) and
+    /// `down` (which takes everything away).
+    pub async fn open_without_sync(config: HostConfig) -> Result<Self> {
         let dir = StateDir::lock(&config.state_dir)?;
         let had_state_file = dir.has_state_file();
         let state = dir.load()?;
@@ -276,6 +293,17 @@ impl Host {
         self.had_state_file = true;
     }
 
+    /// Makes an up datapath follow the host's interfaces as the kernel has
+    /// them now (`Datapath::sync_host`), without taking it over: a datapath
+    /// loaded by another build is left as it is until a command that opens
+    /// it takes it over (and syncs then). What changed, one line each.
+    async fn follow_host_interfaces(&self) -> Result<Vec<String>> {
+        match self.state.datapath {
+            Some(kind) => datapath::open(kind, &self.host_info().await?)?.sync_host(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Host facts for the datapath: the uplink and its address, when found.
     async fn host_info(&self) -> Result<HostInfo> {
         let index = match &self.config.uplink {
@@ -305,9 +333,12 @@ impl Host {
                 });
             }
         }
+        let links = self.netlink.links().await?;
+        let addresses = self.netlink.ipv4_addresses_by_link().await?;
         Ok(HostInfo {
             config: self.config.clone(),
             uplink,
+            interfaces: host_ifaces::select(&links, &addresses, &self.state),
         })
     }
 
@@ -333,6 +364,11 @@ impl Host {
                 if self.take_over && self.state.datapath.is_some() {
                     if let Some(done) = dp.take_over()? {
                         eprintln!("netctl: {done}");
+                        // Opening skipped the host's interfaces while the
+                        // datapath was another build's (see `open`).
+                        if let Err(e) = dp.sync_host() {
+                            eprintln!("netctl: {e}");
+                        }
                     }
                 }
                 self.datapath = Some(dp.clone());

@@ -307,6 +307,8 @@ impl Host {
             let dp = self.datapath().await?;
             self.record(Undo::HostDown, "create.host")?;
             dp.host_up()?;
+            // The host's interfaces, which the loaded datapath now follows.
+            dp.sync_host()?;
             failpoint::check("create.host")?;
         }
         if self.netlink.link(&net.bridge).await?.is_some() {

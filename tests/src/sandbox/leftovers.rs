@@ -20,7 +20,7 @@ use std::{
 
 use netctl::netns;
 
-use super::{Sandbox, UPLINK};
+use super::{Sandbox, LAN, UPLINK};
 
 /// How long processes netctl stopped may take to be gone (SIGKILL is
 /// asynchronous; a loaded machine is slow to reap).
@@ -282,11 +282,12 @@ fn describe_pid(pid: u32, why: &str) -> String {
     format!("{pid} ({}) {why}", comm.trim())
 }
 
-/// Links of the host namespace other than the sandbox's own (lo, uplink).
+/// Links of the host namespace other than the sandbox's own (lo, uplink,
+/// the LAN interface of `add_lan`).
 fn host_links(sb: &Sandbox) -> Vec<String> {
     sb.host_links()
         .into_iter()
-        .filter(|l| l != "lo" && l != UPLINK)
+        .filter(|l| l != "lo" && l != UPLINK && l != LAN)
         .collect()
 }
 

@@ -8,16 +8,16 @@ use std::{
 };
 
 use netctl_common::{
-    endpoint::{EndpointInfo, NetworkInfo, PrefixEntry},
+    endpoint::{EndpointInfo, NetworkInfo, PrefixEntry, PREFIX_HOST},
     maps,
     portmap::{PortKey, PortTarget},
 };
 
 use super::{
-    bpf_error, endpoint_info, ifindex,
+    bpf_error, endpoint_info, host, ifindex,
     maps::{be_ip, ip_from_be, port_key, prefix_key},
     network_info,
-    pins::{ENDPOINT_INGRESS, UPLINK_PROGRAMS},
+    pins::ENDPOINT_INGRESS,
     Ebpf,
 };
 use crate::{
@@ -47,18 +47,13 @@ fn pinned_links(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Links the state implies: the uplink's programs, one per endpoint.
+/// Links the state and the host imply: the uplink programs on each host
+/// interface, one per endpoint.
 fn wanted_links(dp: &Ebpf, state: &State) -> BTreeSet<String> {
     let mut wanted: BTreeSet<String> = endpoints(state)
         .map(|(_, ep)| format!("{}@{ENDPOINT_INGRESS}", ep.host_veth))
         .collect();
-    if let Some(uplink) = &dp.host.uplink {
-        wanted.extend(
-            UPLINK_PROGRAMS
-                .iter()
-                .map(|(prog, _)| format!("{}@{prog}", uplink.name)),
-        );
-    }
+    wanted.extend(host::wanted_links(&dp.host.interfaces));
     wanted
 }
 
@@ -129,6 +124,8 @@ fn orphans(dp: &Ebpf, state: &State, links: &BTreeSet<String>) -> Result<Orphans
             .iter()
             .flatten()
             .map(|(key, value)| (key.prefix_len(), key.data(), value))
+            // The host's addresses are the host sync's (host.rs).
+            .filter(|(_, _, value)| value.kind != PREFIX_HOST)
             .filter(|entry| !known_prefixes.contains(entry))
             .collect(),
         endpoint_ips: dp
@@ -175,6 +172,10 @@ pub(super) fn audit(dp: &Ebpf, state: &State) -> Result<Vec<Drift>> {
             drift.push(Drift::new(format!("ebpf link {name}"), "not pinned"));
         }
     }
+
+    // The host's addresses as the datapath has them (stale after a
+    // renumbering that no command or `netctl watch` followed).
+    drift.extend(dp.host_drift()?);
 
     let networks = dp.hash::<u32, NetworkInfo>(maps::NETWORKS)?;
     for net in state.networks.values() {
@@ -266,6 +267,7 @@ pub(super) fn reconcile(dp: &Ebpf, state: &State) -> Result<()> {
         errors.extend(dp.host_down().err());
     }
     errors.extend(dp.host_up().err());
+    errors.extend(dp.sync_host_ifaces().err());
     let links = pinned_links(&dp.pin_dir);
     for net in state.networks.values() {
         // Doctor reads the kernel: the indexes of the links as they are now.

@@ -12,16 +12,20 @@
 //! LAYOUT                      the layout record: datapath version, object fingerprint, each map's layout version
 //! maps/<NAME>                 CONFIG, ENDPOINTS, NETWORKS, NETWORK_PREFIXES, PORTMAP, CONNTRACK,
 //!                             CT_RECLAIM, CT_UNCONFIRMED, SNAT_SEARCH, SOCK_REVNAT, STATS,
-//!                             FRAGMENTS, TAIL_CALLS
+//!                             FRAGMENTS, TAIL_CALLS, HOST_IFACES
 //! next/<NAME>                 (during an upgrade) a migrated map being filled
 //! progs/<program>             endpoint_ingress, uplink_ingress, uplink_egress, sock_*
-//! links/<ifname>@<program>    TCX links (uplink, and each endpoint's host-side veth)
+//! links/<ifname>@<program>    TCX links (each host interface's uplink_ingress and
+//!                             uplink_egress, and each endpoint's host-side veth)
 //! links/cgroup@<program>      cgroup sock_addr links (on --cgroup)
 //! ```
 //!
 //! One concern a module: [`pins`] (bpffs, loading, attaching, pinning and
 //! opening what is pinned), [`maps`] (typed map access, the batch dump and
 //! the byte order of keys), [`conntrack`] (the table's size and its flows),
+//! [`host`] (the host's interfaces: their primary addresses in
+//! `HOST_IFACES`, all their addresses as `PREFIX_HOST` entries of
+//! `NETWORK_PREFIXES`, the uplink programs on each),
 //! [`stats`], [`trace`], [`audit`] (`netctl doctor`), [`upgrade`] (taking
 //! over a datapath loaded by another build: plan, migrations, the layout
 //! record) and [`sys`] (the bpf(2) commands aya lacks: link update, object
@@ -30,6 +34,7 @@
 
 mod audit;
 mod conntrack;
+mod host;
 mod maps;
 mod pins;
 mod stats;
@@ -218,6 +223,10 @@ impl Datapath for Ebpf {
 
     fn host_down(&self) -> Result<()> {
         self.unpin_all()
+    }
+
+    fn sync_host(&self) -> Result<Vec<String>> {
+        self.sync_host_ifaces()
     }
 
     fn network_up(&self, net: &Network, bridge_ifindex: u32) -> Result<()> {

@@ -179,7 +179,7 @@ impl Ebpf {
         prog_pin_path(&self.pin_dir, name)
     }
 
-    fn link_path(&self, target: &str, program: &str) -> PathBuf {
+    pub(super) fn link_path(&self, target: &str, program: &str) -> PathBuf {
         self.pin_dir
             .join("links")
             .join(format!("{target}@{program}"))
@@ -385,7 +385,7 @@ impl Ebpf {
     }
 
     /// The pinned links, as (target, program) from `links/<target>@<program>`.
-    fn pinned_links(&self) -> Vec<(String, String)> {
+    pub(super) fn pinned_links(&self) -> Vec<(String, String)> {
         let Ok(dir) = fs::read_dir(self.pin_dir.join("links")) else {
             return Vec::new();
         };
@@ -492,6 +492,21 @@ impl Ebpf {
             TcAttachType::Ingress,
             &self.link_path(host_veth, ENDPOINT_INGRESS),
         )
+    }
+
+    /// Attaches the pinned uplink program `program` to a host interface,
+    /// with a pinned link (replacing a dead pin of the same name).
+    pub(super) fn attach_iface(
+        &self,
+        ifname: &str,
+        program: &str,
+        hook: TcAttachType,
+    ) -> Result<()> {
+        let mut prog = SchedClassifier::from_pin(self.prog_path(program))
+            .map_err(|e| bpf_error(format!("program {program}"), e))?;
+        let pin = self.link_path(ifname, program);
+        Self::unpin_link(&pin)?;
+        attach_tc(&mut prog, ifname, hook, &pin)
     }
 
     /// Unpins the link of an endpoint's veth, which detaches its program.

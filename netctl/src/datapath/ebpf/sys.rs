@@ -115,6 +115,14 @@ fn u32_of(buf: &[u8], offset: usize) -> u32 {
     u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes"))
 }
 
+/// The interface a TCX link is attached to (`bpf_link_info.tcx.ifindex`,
+/// after type, id and prog_id, 8-aligned): 0 once that interface is gone
+/// (the kernel detaches its links, whose pins stay).
+pub(super) fn tcx_link_ifindex(link: BorrowedFd<'_>, what: &str) -> Result<u32> {
+    let buf: [u8; 64] = info(link, what)?;
+    Ok(u32_of(&buf, 16))
+}
+
 /// A map's shape (`bpf_map_info`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct MapShape {
