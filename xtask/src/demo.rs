@@ -11,7 +11,7 @@
 //! the address it saw ("peer=IP:PORT"), and every client `nettool call tcp
 //! HOST PORT` (3 s timeout), run inside a namespace.
 //!
-//! Assumptions about the netctl CLI (keep in step with netctl/src/cli.rs):
+//! Assumptions about the netctl CLI (keep in step with netctl/src/cli/):
 //! - global options come first: `--host-netns NAME --cgroup DIR`, and the
 //!   state dir is derived from the host netns (`/run/netctl/<p>-host`);
 //!   `--format json` is global too;
