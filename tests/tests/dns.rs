@@ -35,6 +35,16 @@ fn resolve(sb: &Sandbox, container: &str, name: &str) -> Option<Ipv4Addr> {
         .and_then(|ip| ip.parse().ok())
 }
 
+/// The name `getent hosts ADDRESS` gives in a container (a PTR query to
+/// its resolver), if any.
+fn reverse(sb: &Sandbox, container: &str, address: Ipv4Addr) -> Option<String> {
+    let out = sb.exec(container, &["getent", "hosts", &address.to_string()]);
+    text(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
 /// One A query from a container straight to a server: `rcode=... answers=...`
 /// or `timeout`.
 fn ask(sb: &Sandbox, container: &str, transport: &str, server: &str, name: &str) -> String {
@@ -246,6 +256,16 @@ fn names_and_aliases_resolve_on_their_network_only(datapath: &str) {
     assert_eq!(
         ask(&sb, "a", "tcp", "172.19.0.1", "store"),
         "rcode=Refused answers="
+    );
+    // Reverse names: a container's address on the asker's networks gives
+    // its name; another network's container, or an address nobody has,
+    // gives none (answered NXDOMAIN by the resolver, never forwarded).
+    assert_eq!(reverse(&sb, "a", web), Some("web".to_owned()));
+    assert_eq!(reverse(&sb, "a", sb.ip_of("db", "back")), None);
+    assert_eq!(reverse(&sb, "a", Ipv4Addr::new(172, 18, 9, 9)), None);
+    assert_eq!(
+        reverse(&sb, "db", sb.ip_of("db", "back")),
+        Some("db".to_owned())
     );
     // Network-scoped aliases in inspect.
     let inspected = sb.inspect("web");

@@ -14,6 +14,13 @@
 //! the answer relayed as is; except a single-label name, answered NXDOMAIN
 //! at once (it cannot be a name in the DNS, and systemd-resolved does not
 //! forward those either), so that a name just removed fails fast.
+//!
+//! Reverse lookups (PTR) of an address in a user-defined network's subnet
+//! are answered here too: the container's name when the address is one of
+//! a container on the asker's networks, else NXDOMAIN. Forwarded, such a
+//! private name would wait on resolvers that cannot know it (`ping NAME`
+//! asks the PTR of every reply's source: 2 s per unanswering resolver), and
+//! would tell the host's DNS which addresses the containers talk to.
 
 use std::{
     cell::RefCell,
@@ -28,8 +35,8 @@ use std::{
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{
-        rdata::{A, AAAA},
-        RData, Record, RecordType,
+        rdata::{A, AAAA, PTR},
+        Name, RData, Record, RecordType,
     },
 };
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
@@ -66,6 +73,9 @@ pub struct Tables {
     /// dual-stack network): containers, their aliases on it, and the
     /// containers that share their namespace.
     names: HashMap<String, HashMap<String, (Ipv4Addr, Option<Ipv6Addr>)>>,
+    /// The user-defined networks' subnets (both families): the reverse
+    /// names answered here.
+    subnets: Vec<ipnet::IpNet>,
     /// The host's resolvers, for the rest.
     upstream: Vec<Ipv4Addr>,
 }
@@ -78,8 +88,10 @@ impl Tables {
         };
         for net in state.networks.values().filter(|n| n.dns) {
             t.networks.insert(net.gateway.into(), net.name.clone());
+            t.subnets.push(net.subnet.into());
             if let Some(side) = net.ipv6 {
                 t.networks.insert(side.gateway.into(), net.name.clone());
+                t.subnets.push(side.subnet.into());
             }
             t.names.insert(net.name.clone(), HashMap::new());
         }
@@ -130,6 +142,9 @@ pub enum Decision {
     /// A name of the container's networks, another type (or AAAA of a
     /// name without IPv6): no records.
     NoData,
+    /// A reverse name of a container's address on the asker's networks:
+    /// the container's name (type PTR).
+    Pointer(String),
     /// Not a name here, and not one to forward.
     NxDomain,
     /// To these resolvers, in turn.
@@ -156,6 +171,19 @@ pub fn decide(
     };
     let (networks, servers) = &t.containers[ctr];
     let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(address) = reverse_address(&name) {
+        if t.subnets.iter().any(|subnet| subnet.contains(&address)) {
+            // The network asked first, then the container's others.
+            let owner = std::iter::once(network)
+                .chain(networks)
+                .find_map(|n| t.clients.get(&(n.clone(), address)));
+            return match owner {
+                Some(owner) if qtype == RecordType::PTR => Decision::Pointer(owner.clone()),
+                Some(_) => Decision::NoData,
+                None => Decision::NxDomain,
+            };
+        }
+    }
     // The network asked first, then the container's others.
     let found = std::iter::once(network)
         .chain(networks)
@@ -177,6 +205,17 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The address a whole reverse name stands for (`4.0.18.172.in-addr.arpa`,
+/// 32 nibbles under `ip6.arpa`); `None` for any other name, a partial one
+/// included.
+fn reverse_address(name: &str) -> Option<IpAddr> {
+    let net = Name::from_ascii(format!("{name}."))
+        .ok()?
+        .parse_arpa_name()
+        .ok()?;
+    (net.prefix_len() == net.max_prefix_len()).then(|| net.addr())
 }
 
 use crate::state::{stamp, Stamp};
@@ -409,6 +448,15 @@ async fn answer(
                 RData::AAAA(AAAA(ip6)),
             ));
         }
+        Decision::Pointer(owner) => {
+            reply.metadata.authoritative = true;
+            let target = Name::from_ascii(format!("{owner}.")).ok()?;
+            reply.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL,
+                RData::PTR(PTR(target)),
+            ));
+        }
         Decision::NoData => reply.metadata.authoritative = true,
         Decision::NxDomain => {
             reply.metadata.authoritative = true;
@@ -587,6 +635,62 @@ mod tests {
                 RecordType::AAAA
             ),
             Decision::NoData
+        );
+    }
+
+    /// Reverse names of the networks' subnets are answered here: the name
+    /// of a container on the asker's networks, NXDOMAIN for any other
+    /// address of those subnets (another network's container included);
+    /// other reverse names go where other names go.
+    #[test]
+    fn reverse_names_of_the_subnets_are_answered_here() {
+        let t = tables();
+        let ptr = |from: Ipv4Addr, name: &str| {
+            decide(&t, ip(18, 1).into(), from.into(), name, RecordType::PTR)
+        };
+        assert_eq!(
+            ptr(ip(18, 2), "3.0.18.172.in-addr.arpa."),
+            Decision::Pointer("both".into())
+        );
+        // both's address on back, asked at front's gateway by both: its
+        // networks include back.
+        assert_eq!(
+            ptr(ip(18, 3), "3.0.19.172.in-addr.arpa"),
+            Decision::Pointer("both".into())
+        );
+        // web is not on back: db's address is not its to learn.
+        assert_eq!(
+            ptr(ip(18, 2), "2.0.19.172.in-addr.arpa"),
+            Decision::NxDomain
+        );
+        assert_eq!(
+            ptr(ip(18, 2), "1.0.18.172.in-addr.arpa"),
+            Decision::NxDomain
+        );
+        assert_eq!(
+            decide(
+                &t,
+                ip(18, 1).into(),
+                ip(18, 2).into(),
+                "3.0.18.172.in-addr.arpa",
+                RecordType::A
+            ),
+            Decision::NoData
+        );
+        // Outside the subnets, or not a whole address: forwarded.
+        let forwarded = Decision::Forward(vec![Ipv4Addr::new(192, 0, 2, 53)]);
+        assert_eq!(ptr(ip(18, 2), "2.100.51.198.in-addr.arpa"), forwarded);
+        assert_eq!(ptr(ip(18, 2), "18.172.in-addr.arpa"), forwarded);
+        assert_eq!(
+            reverse_address("4.0.18.172.in-addr.arpa"),
+            Some(IpAddr::V4(ip(18, 4)))
+        );
+        assert_eq!(
+            reverse_address(&format!(
+                "2.{}.0.0.0.0.8.1.0.0.0.0.d.f.ip6.arpa",
+                "0.".repeat(19).trim_end_matches('.')
+            )),
+            Some("fd00:18::2".parse().unwrap())
         );
     }
 
