@@ -200,7 +200,7 @@ pub fn disable_ipv6(link: Option<&str>) -> Result<()> {
     // kernel keeps one dentry a namespace for each per-namespace sysctl
     // dir under a shared parent, so every walk from /proc/sys compares
     // against all of them (a measurable part of a command at 1,000
-    // containers; see docs/architecture.md, Control flow).
+    // containers: `perf` shows `proc_sys_compare` under the walks).
     let conf = match File::open("/proc/sys/net/ipv6/conf") {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -81,7 +81,12 @@ pub trait Datapath {
     /// An endpoint going with the ports published to it (`container rm`,
     /// `network disconnect`), past errors: the ports, then the endpoint. A
     /// datapath that applies changes in batches takes both in one.
-    fn endpoint_forgotten(&self, net: &Network, ep: &Endpoint, ports: &[PortMapping]) -> Result<()> {
+    fn endpoint_forgotten(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        ports: &[PortMapping],
+    ) -> Result<()> {
         let unpublished = match ports {
             [] => Ok(()),
             ports => self.ports_unpublished(net, ports),

@@ -558,5 +558,8 @@ pub(super) fn forget_in_datapath(
         .filter(|p| p.network == ep.network)
         .cloned()
         .collect();
-    dp.endpoint_forgotten(net, ep, &ports).err().into_iter().collect()
+    dp.endpoint_forgotten(net, ep, &ports)
+        .err()
+        .into_iter()
+        .collect()
 }

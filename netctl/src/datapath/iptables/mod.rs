@@ -496,11 +496,19 @@ impl Datapath for Iptables {
     /// the flush), whatever became of the rules. One save and one restore
     /// a family for ports and endpoint: two of each were most of an
     /// iptables `container rm`.
-    fn endpoint_forgotten(&self, _net: &Network, ep: &Endpoint, ports: &[PortMapping]) -> Result<()> {
+    fn endpoint_forgotten(
+        &self,
+        _net: &Network,
+        ep: &Endpoint,
+        ports: &[PortMapping],
+    ) -> Result<()> {
         let object = format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip);
         let removed = self.saved().and_then(|saved| {
             let mut batch = Batch::default();
-            batch.remove(&saved, &dedup([port_rules(ports), endpoint_rules(ep)].concat()));
+            batch.remove(
+                &saved,
+                &dedup([port_rules(ports), endpoint_rules(ep)].concat()),
+            );
             self.restore(&object, &batch)
         });
         let rules6 = dedup([port_rules6(ports), endpoint_rules6(ep)].concat());
