@@ -8,6 +8,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
+    io::Write as _,
     os::{fd::AsFd, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
@@ -195,18 +196,33 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
 /// in later start with). Written by path, not by dotted key, since a link
 /// name may hold a dot. A kernel without IPv6 has nothing to turn off.
 pub fn disable_ipv6(link: Option<&str>) -> Result<()> {
-    let conf = Path::new("/proc/sys/net/ipv6/conf");
-    if !conf.exists() {
-        return Ok(());
-    }
+    // One path walk from /proc/sys, then the files relative to the dir: the
+    // kernel keeps one dentry a namespace for each per-namespace sysctl
+    // dir under a shared parent, so every walk from /proc/sys compares
+    // against all of them (a measurable part of a command at 1,000
+    // containers: `perf` shows `proc_sys_compare` under the walks).
+    let conf = match File::open("/proc/sys/net/ipv6/conf") {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("sysctl net.ipv6.conf", e)),
+    };
     let names = match link {
         Some(name) => vec![name],
         None => vec!["all", "default"],
     };
     for name in names {
-        let file = conf.join(name).join("disable_ipv6");
-        fs::write(&file, "1")
-            .map_err(|e| Error::io(format!("sysctl net.ipv6.conf.{name}.disable_ipv6"), e))?;
+        let object = || format!("sysctl net.ipv6.conf.{name}.disable_ipv6");
+        let file = Path::new(name).join("disable_ipv6");
+        let fd = nix::fcntl::openat(
+            &conf,
+            &file,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::io(object(), e.into()))?;
+        File::from(fd)
+            .write_all(b"1")
+            .map_err(|e| Error::io(object(), e))?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 pub use crate::host_ifaces::HostIface;
 use crate::{
     config::HostConfig,
-    error::Result,
+    error::{Error, Result},
     model::{DatapathKind, Endpoint, Network, PortMapping},
     state::State,
 };
@@ -91,6 +91,23 @@ pub trait Datapath {
     /// Publishes a batch (one `iptables-restore` or one round of map updates).
     fn ports_published(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
     fn ports_unpublished(&self, net: &Network, ports: &[PortMapping]) -> Result<()>;
+
+    /// An endpoint going with the ports published to it (`container rm`,
+    /// `network disconnect`), past errors: the ports, then the endpoint. A
+    /// datapath that applies changes in batches takes both in one.
+    fn endpoint_forgotten(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        ports: &[PortMapping],
+    ) -> Result<()> {
+        let unpublished = match ports {
+            [] => Ok(()),
+            ports => self.ports_unpublished(net, ports),
+        };
+        let removed = self.endpoint_removed(net, ep);
+        Error::collect(unpublished.err().into_iter().chain(removed.err()).collect())
+    }
 
     /// What the datapath lacks of `state`, and what it holds that no
     /// object of `state` owns (for `netctl doctor`). Reads only.

@@ -560,10 +560,8 @@ pub(super) fn forget_in_datapath(
         .filter(|p| p.network == ep.network)
         .cloned()
         .collect();
-    let mut errors = Vec::new();
-    if !ports.is_empty() {
-        errors.extend(dp.ports_unpublished(net, &ports).err());
-    }
-    errors.extend(dp.endpoint_removed(net, ep).err());
-    errors
+    dp.endpoint_forgotten(net, ep, &ports)
+        .err()
+        .into_iter()
+        .collect()
 }

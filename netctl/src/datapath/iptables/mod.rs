@@ -492,28 +492,44 @@ impl Datapath for Iptables {
         self.apply_endpoint(ep)
     }
 
-    /// Its rules and its ARP rule, then its conntrack entries (after the rules, so that no
-    /// flow through them starts after the flush), whatever became of the rules.
-    fn endpoint_removed(&self, _net: &Network, ep: &Endpoint) -> Result<()> {
+    fn endpoint_removed(&self, net: &Network, ep: &Endpoint) -> Result<()> {
+        self.endpoint_forgotten(net, ep, &[])
+    }
+
+    /// The ports' rules, its rules and its ARP rule, then its conntrack
+    /// entries (after the rules, so that no flow through them starts after
+    /// the flush), whatever became of the rules. One save and one restore
+    /// a family for ports and endpoint: two of each were most of an
+    /// iptables `container rm`.
+    fn endpoint_forgotten(
+        &self,
+        _net: &Network,
+        ep: &Endpoint,
+        ports: &[PortMapping],
+    ) -> Result<()> {
         let object = format!("iptables: endpoint {} ({}) down", ep.host_veth, ep.ip);
         let removed = self.saved().and_then(|saved| {
             let mut batch = Batch::default();
-            batch.remove(&saved, &endpoint_rules(ep));
+            batch.remove(
+                &saved,
+                &dedup([port_rules(ports), endpoint_rules(ep)].concat()),
+            );
             self.restore(&object, &batch)
         });
-        let removed6 = match ep.ip6 {
-            None => Ok(()),
-            Some(ip6) => {
-                let ip6tables = self.ip6();
-                ip6tables.saved().and_then(|saved| {
-                    let mut batch = Batch::default();
-                    batch.remove(&saved, &endpoint_rules6(ep));
-                    ip6tables.restore(
-                        &format!("ip6tables: endpoint {} ({ip6}) down", ep.host_veth),
-                        &batch,
-                    )
-                })
-            }
+        let rules6 = dedup([port_rules6(ports), endpoint_rules6(ep)].concat());
+        let removed6 = if rules6.is_empty() {
+            Ok(())
+        } else {
+            let object6 = match ep.ip6 {
+                Some(ip6) => format!("ip6tables: endpoint {} ({ip6}) down", ep.host_veth),
+                None => format!("ip6tables: endpoint {} down", ep.host_veth),
+            };
+            let ip6tables = self.ip6();
+            ip6tables.saved().and_then(|saved| {
+                let mut batch = Batch::default();
+                batch.remove(&saved, &rules6);
+                ip6tables.restore(&object6, &batch)
+            })
         };
         let arp = self.nft.remove(&object, Some(ep), &[]);
         let forgotten = conntrack::forget_address(ep.ip);
